@@ -1,0 +1,13 @@
+//! Shared types of sigma: the JSON bodies of sigma-api, the enums they use, and the input
+//! validation every component applies to data that comes from outside.
+//!
+//! Everything here is pure (no I/O), so the storage layer, the HTTP service, the agent and the
+//! CLI agree on one definition of "a valid hostname" or "a valid country".
+
+pub mod api;
+pub mod country;
+pub mod patch;
+pub mod validate;
+
+pub use api::*;
+pub use validate::{FieldErrors, Normalize};

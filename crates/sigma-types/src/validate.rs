@@ -1,0 +1,253 @@
+//! Validation of values that come from outside (HTTP bodies, query strings, agent reports).
+//!
+//! Every check returns a human-readable reason; callers collect them per field in
+//! [`FieldErrors`] so one 422 response names every bad field at once.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+/// Reasons per field path (`hostname`, `ip_addresses[1].ip`, …), sorted for stable output.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct FieldErrors(pub BTreeMap<String, String>);
+
+impl FieldErrors {
+    /// An empty set of errors.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records `reason` for `field`; the first reason for a field wins.
+    pub fn add(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.0.entry(field.into()).or_insert_with(|| reason.into());
+    }
+
+    /// Records the outcome of a check that returns `Err(reason)`.
+    pub fn check<T>(&mut self, field: &str, r: Result<T, String>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.add(field, e);
+                None
+            }
+        }
+    }
+
+    /// True when no field failed.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `Ok(())` when no field failed, the errors otherwise.
+    pub fn into_result(self) -> Result<(), FieldErrors> {
+        if self.is_empty() { Ok(()) } else { Err(self) }
+    }
+}
+
+/// A request body or query that checks itself beyond what its types already enforce and
+/// returns itself in canonical form (lower-cased hostnames, upper-cased countries,
+/// canonical IP text, trimmed names).
+pub trait Normalize: Sized {
+    /// The canonical value, or every problem found, each naming its field.
+    fn normalize(self) -> Result<Self, FieldErrors>;
+}
+
+/// Longest hostname accepted (RFC 1035 presentation limit).
+pub const MAX_HOSTNAME_LEN: usize = 253;
+
+/// A hostname per RFC 1123: dot-separated labels of letters, digits and hyphens, each
+/// 1–63 characters, not starting or ending with a hyphen. Returned lower-cased, since
+/// hostnames compare case-insensitively; a single trailing dot is dropped.
+pub fn hostname(s: &str) -> Result<String, String> {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if s.len() > MAX_HOSTNAME_LEN {
+        return Err(format!("longer than {MAX_HOSTNAME_LEN} characters"));
+    }
+    for label in s.split('.') {
+        if label.is_empty() {
+            return Err("has an empty label (two dots in a row?)".into());
+        }
+        if label.len() > 63 {
+            return Err(format!("label {label:?} is longer than 63 characters"));
+        }
+        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(format!(
+                "label {label:?} may only hold letters, digits and '-'"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!(
+                "label {label:?} must not start or end with '-'"
+            ));
+        }
+    }
+    Ok(s.to_ascii_lowercase())
+}
+
+/// A DNS-1123 label (Kubernetes' rule for names that end up in object names and labels):
+/// lower-case letters, digits and '-', 1–63 characters, starting and ending alphanumeric.
+pub fn dns_label(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if s.len() > 63 {
+        return Err("longer than 63 characters".into());
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err("may only hold lower-case letters, digits and '-'".into());
+    }
+    if s.starts_with('-') || s.ends_with('-') {
+        return Err("must start and end with a letter or digit".into());
+    }
+    Ok(s.to_string())
+}
+
+/// An ISO 3166-1 alpha-2 country code, returned upper-cased.
+pub fn country(s: &str) -> Result<String, String> {
+    crate::country::normalize(s)
+        .ok_or_else(|| format!("{s:?} is not an ISO 3166-1 alpha-2 country code"))
+}
+
+/// An IPv4 or IPv6 address, returned in canonical text form.
+pub fn ip(s: &str) -> Result<String, String> {
+    s.trim()
+        .parse::<IpAddr>()
+        .map(|a| a.to_string())
+        .map_err(|_| format!("{s:?} is not an IPv4 or IPv6 address"))
+}
+
+/// A TCP/UDP port, 1–65535.
+pub fn port(p: i64) -> Result<u16, String> {
+    u16::try_from(p)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{p} is not a port (1-65535)"))
+}
+
+/// The label of an address: `public`, `private`, or an operator's own label made of
+/// lower-case letters, digits, '-' and '_' (1–32 characters).
+pub fn ip_label(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 32 {
+        return Err("must be 1-32 characters".into());
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    {
+        return Err("may only hold lower-case letters, digits, '-' and '_'".into());
+    }
+    Ok(s.to_string())
+}
+
+/// A tag: 1–63 characters of letters, digits and `-_.:/=`; case is kept.
+pub fn tag(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 63 {
+        return Err("must be 1-63 characters".into());
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.:/=".contains(&b))
+    {
+        return Err(format!(
+            "{s:?} may only hold letters, digits and '-_.:/='"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// Free text: at most `max` characters and no control characters except tab and newline.
+pub fn text(s: &str, max: usize) -> Result<String, String> {
+    if s.chars().count() > max {
+        return Err(format!("longer than {max} characters"));
+    }
+    if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err("must not contain control characters".into());
+    }
+    Ok(s.to_string())
+}
+
+/// A non-empty single-line name of at most `max` characters.
+pub fn name(s: &str, max: usize) -> Result<String, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if t.contains(['\n', '\r']) {
+        return Err("must be a single line".into());
+    }
+    text(t, max)
+}
+
+/// An http(s) URL of at most 2048 characters (a website field, not fetched by sigma).
+pub fn url(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    let rest = t
+        .strip_prefix("https://")
+        .or_else(|| t.strip_prefix("http://"))
+        .ok_or_else(|| "must start with http:// or https://".to_string())?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err("has no host".into());
+    }
+    if t.len() > 2048 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("is not a valid URL".into());
+    }
+    Ok(t.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostnames() {
+        assert_eq!(hostname("Node-1.Example.com.").unwrap(), "node-1.example.com");
+        assert!(hostname("").is_err());
+        assert!(hostname("-a").is_err());
+        assert!(hostname("a..b").is_err());
+        assert!(hostname("a_b").is_err());
+        assert!(hostname(&"a".repeat(64)).is_err());
+        assert!(hostname(&["a"; 130].join(".")).is_err());
+        assert!(hostname("héllo").is_err());
+        assert_eq!(hostname("1-2-3").unwrap(), "1-2-3");
+    }
+
+    #[test]
+    fn labels_countries_ips_ports() {
+        assert!(dns_label("vpn-exit").is_ok());
+        assert!(dns_label("VPN").is_err());
+        assert!(dns_label("a-").is_err());
+        assert_eq!(country("fr").unwrap(), "FR");
+        assert!(country("ZZ").is_err());
+        assert_eq!(ip(" 2001:DB8::1 ").unwrap(), "2001:db8::1");
+        assert!(ip("300.1.1.1").is_err());
+        assert!(port(0).is_err());
+        assert!(port(65536).is_err());
+        assert_eq!(port(9100).unwrap(), 9100);
+        assert!(ip_label("public").is_ok());
+        assert!(ip_label("Public").is_err());
+        assert!(tag("env=prod").is_ok());
+        assert!(tag("a b").is_err());
+        assert!(text("a\u{0}", 10).is_err());
+        assert!(name("  ", 10).is_err());
+        assert!(url("https://example.org/x").is_ok());
+        assert!(url("ftp://x").is_err());
+        assert!(url("https://").is_err());
+    }
+
+    #[test]
+    fn field_errors_keep_first_reason() {
+        let mut e = FieldErrors::new();
+        e.add("a", "one");
+        e.add("a", "two");
+        assert_eq!(e.0["a"], "one");
+        assert!(e.into_result().is_err());
+    }
+}
