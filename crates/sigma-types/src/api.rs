@@ -292,19 +292,35 @@ impl Normalize for ProviderCreate {
 #[serde(deny_unknown_fields)]
 pub struct ProviderPatch {
     /// New name.
-    #[serde(default, deserialize_with = "double_option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<String>)]
     pub name: Option<Option<String>>,
     /// New country, or `null`.
-    #[serde(default, deserialize_with = "double_option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<String>)]
     pub country: Option<Option<String>>,
     /// New website, or `null`.
-    #[serde(default, deserialize_with = "double_option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<String>)]
     pub website: Option<Option<String>>,
     /// New notes, or `null`.
-    #[serde(default, deserialize_with = "double_option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<String>)]
     pub notes: Option<Option<String>>,
 }
@@ -393,11 +409,19 @@ impl Normalize for PurposeCreate {
 #[serde(deny_unknown_fields)]
 pub struct PurposePatch {
     /// New display name.
-    #[serde(default, deserialize_with = "double_option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<String>)]
     pub display_name: Option<Option<String>>,
     /// New mesh settings (replaces the whole object).
-    #[serde(default, deserialize_with = "double_option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<Object>)]
     pub mesh: Option<Option<serde_json::Value>>,
 }
@@ -596,7 +620,9 @@ impl Normalize for VpsCreate {
         let mut e = FieldErrors::new();
         let hostname = e.check("hostname", v::hostname(&self.hostname));
         let alias = opt(self.alias, "alias", &mut e, |s| v::name(s, MAX_NAME_LEN));
-        let provider = opt(self.provider, "provider", &mut e, |s| v::name(s, MAX_NAME_LEN));
+        let provider = opt(self.provider, "provider", &mut e, |s| {
+            v::name(s, MAX_NAME_LEN)
+        });
         let ip_addresses = normalize_ips(self.ip_addresses, "ip_addresses", &mut e);
         let country = opt(self.country, "country", &mut e, v::country);
         let city = opt(self.city, "city", &mut e, |s| v::name(s, MAX_NAME_LEN));
@@ -630,47 +656,91 @@ impl Normalize for VpsCreate {
 #[serde(deny_unknown_fields)]
 pub struct VpsPatch {
     /// New hostname.
-    #[serde(default, deserialize_with = "double_option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<String>)]
     pub hostname: Option<Option<String>>,
     /// New alias, or `null`.
-    #[serde(default, deserialize_with = "double_option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<String>)]
     pub alias: Option<Option<String>>,
     /// New provider name, or `null`.
-    #[serde(default, deserialize_with = "double_option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<String>)]
     pub provider: Option<Option<String>>,
     /// New address list (replaces it); `null` empties it.
-    #[serde(default, deserialize_with = "double_option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<Vec<IpAddress>>)]
     pub ip_addresses: Option<Option<Vec<IpAddress>>>,
     /// New country, or `null`.
-    #[serde(default, deserialize_with = "double_option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<String>)]
     pub country: Option<Option<String>>,
     /// New city, or `null`.
-    #[serde(default, deserialize_with = "double_option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<String>)]
     pub city: Option<Option<String>>,
     /// New purpose.
-    #[serde(default, deserialize_with = "double_option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<String>)]
     pub purpose: Option<Option<String>>,
     /// New status (only lifecycle moves an operator may make).
-    #[serde(default, deserialize_with = "double_option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<VpsStatus>)]
     pub status: Option<Option<VpsStatus>>,
     /// New tag list (replaces it); `null` empties it.
-    #[serde(default, deserialize_with = "double_option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<Vec<String>>)]
     pub tags: Option<Option<Vec<String>>>,
     /// Scrape node-exporter.
-    #[serde(default, deserialize_with = "double_option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<bool>)]
     pub monitoring: Option<Option<bool>>,
     /// node-exporter port.
-    #[serde(default, deserialize_with = "double_option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<i64>)]
     pub node_exporter_port: Option<Option<i64>>,
 }
@@ -682,7 +752,9 @@ impl Normalize for VpsPatch {
             .and_then(|s| e.check("hostname", v::hostname(&s)))
             .map(Some);
         let alias = opt2(self.alias, "alias", &mut e, |s| v::name(s, MAX_NAME_LEN));
-        let provider = opt2(self.provider, "provider", &mut e, |s| v::name(s, MAX_NAME_LEN));
+        let provider = opt2(self.provider, "provider", &mut e, |s| {
+            v::name(s, MAX_NAME_LEN)
+        });
         let ip_addresses = self
             .ip_addresses
             .map(|o| Some(normalize_ips(o.unwrap_or_default(), "ip_addresses", &mut e)));
@@ -749,7 +821,9 @@ impl Normalize for VpsQuery {
         let mut e = FieldErrors::new();
         let purpose = opt(self.purpose, "purpose", &mut e, v::dns_label);
         let country = opt(self.country, "country", &mut e, v::country);
-        let provider = opt(self.provider, "provider", &mut e, |s| v::name(s, MAX_NAME_LEN));
+        let provider = opt(self.provider, "provider", &mut e, |s| {
+            v::name(s, MAX_NAME_LEN)
+        });
         let tag = opt(self.tag, "tag", &mut e, v::tag);
         let hostname = opt(self.hostname, "hostname", &mut e, v::hostname);
         let q = opt(self.q, "q", &mut e, |s| v::name(s, MAX_NAME_LEN));
@@ -977,7 +1051,9 @@ impl Normalize for EnrollmentTokenCreate {
             e.add("max_uses", format!("must be 1-{MAX_TOKEN_USES}"));
         }
         let purpose = opt(self.purpose, "purpose", &mut e, v::dns_label);
-        let provider = opt(self.provider, "provider", &mut e, |s| v::name(s, MAX_NAME_LEN));
+        let provider = opt(self.provider, "provider", &mut e, |s| {
+            v::name(s, MAX_NAME_LEN)
+        });
         let country = opt(self.country, "country", &mut e, v::country);
         let tags = normalize_tags(self.tags, "tags", &mut e);
         e.into_result()?;
@@ -1199,9 +1275,7 @@ impl AuditQuery {
     /// Checks the query.
     pub fn filter(self) -> Result<AuditFilter, FieldErrors> {
         let mut e = FieldErrors::new();
-        let mut short = |f: &str, v: Option<String>| {
-            v.and_then(|s| e.check(f, v::name(&s, 256)))
-        };
+        let mut short = |f: &str, v: Option<String>| v.and_then(|s| e.check(f, v::name(&s, 256)));
         let actor = short("actor", self.actor);
         let action = short("action", self.action);
         let resource_type = short("resource_type", self.resource_type);
@@ -1344,8 +1418,7 @@ mod tests {
 
     #[test]
     fn system_info_keeps_unknown_fields() {
-        let s: SystemInfo =
-            serde_json::from_str(r#"{"cpu_cores": 2, "gpu": "none"}"#).unwrap();
+        let s: SystemInfo = serde_json::from_str(r#"{"cpu_cores": 2, "gpu": "none"}"#).unwrap();
         assert_eq!(s.cpu_cores, Some(2));
         assert_eq!(s.extra["gpu"], "none");
         let mut e = FieldErrors::new();

@@ -75,15 +75,16 @@ pub fn hostname(s: &str) -> Result<String, String> {
         if label.len() > 63 {
             return Err(format!("label {label:?} is longer than 63 characters"));
         }
-        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
             return Err(format!(
                 "label {label:?} may only hold letters, digits and '-'"
             ));
         }
         if label.starts_with('-') || label.ends_with('-') {
-            return Err(format!(
-                "label {label:?} must not start or end with '-'"
-            ));
+            return Err(format!("label {label:?} must not start or end with '-'"));
         }
     }
     Ok(s.to_ascii_lowercase())
@@ -156,9 +157,7 @@ pub fn tag(s: &str) -> Result<String, String> {
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"-_.:/=".contains(&b))
     {
-        return Err(format!(
-            "{s:?} may only hold letters, digits and '-_.:/='"
-        ));
+        return Err(format!("{s:?} may only hold letters, digits and '-_.:/='"));
     }
     Ok(s.to_string())
 }
@@ -208,7 +207,10 @@ mod tests {
 
     #[test]
     fn hostnames() {
-        assert_eq!(hostname("Node-1.Example.com.").unwrap(), "node-1.example.com");
+        assert_eq!(
+            hostname("Node-1.Example.com.").unwrap(),
+            "node-1.example.com"
+        );
         assert!(hostname("").is_err());
         assert!(hostname("-a").is_err());
         assert!(hostname("a..b").is_err());

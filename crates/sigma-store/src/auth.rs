@@ -1,0 +1,662 @@
+//! API keys and enrollment tokens: issuing, listing, revoking, and authenticating requests.
+//!
+//! Authenticated keys are cached by prefix, so a request costs one SHA-256 and a map lookup.
+//! A revocation made here takes effect at once; one made by another replica takes effect at
+//! that replica's next change poll.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use sigma_types::{
+    ApiKey, ApiKeyCreate, ApiKeyCreated, EnrollmentPresets, EnrollmentToken, EnrollmentTokenCreate,
+    EnrollmentTokenCreated, List, Role,
+};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use uuid::Uuid;
+
+use crate::Store;
+use crate::audit::{Record, record};
+use crate::db::{from_ms, now_ms};
+use crate::error::{Error, Result, is_unique_violation};
+use crate::secret;
+
+/// Who is making a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The key's id.
+    pub key_id: Uuid,
+    /// The key's prefix.
+    pub prefix: String,
+    /// The key's role.
+    pub role: Role,
+    /// For agent keys, the VPS it acts for.
+    pub vps_id: Option<Uuid>,
+}
+
+impl Principal {
+    /// How this principal appears in the audit log.
+    pub fn actor(&self) -> String {
+        format!("key:{}", self.prefix)
+    }
+}
+
+#[derive(Debug)]
+struct CachedKey {
+    id: Uuid,
+    hash: String,
+    role: Role,
+    vps_id: Option<Uuid>,
+    expires_at: Option<i64>,
+    revoked_at: AtomicI64,
+    last_used_at: AtomicI64,
+}
+
+/// Keys seen recently, by prefix.
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    keys: RwLock<HashMap<String, Arc<CachedKey>>>,
+}
+
+/// How often a key's `last_used_at` is written at most.
+const LAST_USED_RESOLUTION_MS: i64 = 60_000;
+
+impl KeyCache {
+    fn get(&self, prefix: &str) -> Option<Arc<CachedKey>> {
+        self.keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(prefix)
+            .cloned()
+    }
+
+    fn put(&self, prefix: String, k: Arc<CachedKey>) {
+        self.keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(prefix, k);
+    }
+
+    pub(crate) fn mark_revoked(&self, prefix: &str, at: i64) {
+        if let Some(k) = self.get(prefix) {
+            k.revoked_at.store(at, Ordering::Relaxed);
+        }
+    }
+}
+
+const KEY_COLS: &str = "id, prefix, key_hash, name, role, vps_id, created_by, created_at, \
+                        last_used_at, expires_at, revoked_at";
+
+fn uuid_col(row: &AnyRow, col: &str) -> Result<Uuid> {
+    let s: String = row.try_get(col)?;
+    Uuid::parse_str(&s).map_err(|_| Error::Corrupt(format!("{col} {s:?}")))
+}
+
+fn opt_uuid_col(row: &AnyRow, col: &str) -> Result<Option<Uuid>> {
+    let s: Option<String> = row.try_get(col)?;
+    s.map(|s| Uuid::parse_str(&s).map_err(|_| Error::Corrupt(format!("{col} {s:?}"))))
+        .transpose()
+}
+
+fn role_col(row: &AnyRow) -> Result<Role> {
+    let s: String = row.try_get("role")?;
+    Role::parse(&s).ok_or_else(|| Error::Corrupt(format!("role {s:?}")))
+}
+
+fn api_key_from_row(row: &AnyRow) -> Result<ApiKey> {
+    Ok(ApiKey {
+        id: uuid_col(row, "id")?,
+        prefix: row.try_get("prefix")?,
+        name: row.try_get("name")?,
+        role: role_col(row)?,
+        vps_id: opt_uuid_col(row, "vps_id")?,
+        created_by: row.try_get("created_by")?,
+        created_at: from_ms(row.try_get("created_at")?),
+        last_used_at: row.try_get::<Option<i64>, _>("last_used_at")?.map(from_ms),
+        expires_at: row.try_get::<Option<i64>, _>("expires_at")?.map(from_ms),
+        revoked_at: row.try_get::<Option<i64>, _>("revoked_at")?.map(from_ms),
+    })
+}
+
+const TOKEN_COLS: &str = "id, prefix, token_hash, name, presets, max_uses, uses, created_by, \
+                          created_at, expires_at, revoked_at";
+
+fn token_from_row(row: &AnyRow) -> Result<EnrollmentToken> {
+    let presets: String = row.try_get("presets")?;
+    Ok(EnrollmentToken {
+        id: uuid_col(row, "id")?,
+        prefix: row.try_get("prefix")?,
+        name: row.try_get("name")?,
+        presets: serde_json::from_str(&presets)
+            .map_err(|e| Error::Corrupt(format!("token presets: {e}")))?,
+        max_uses: row.try_get("max_uses")?,
+        uses: row.try_get("uses")?,
+        created_by: row.try_get("created_by")?,
+        created_at: from_ms(row.try_get("created_at")?),
+        expires_at: from_ms(row.try_get("expires_at")?),
+        revoked_at: row.try_get::<Option<i64>, _>("revoked_at")?.map(from_ms),
+    })
+}
+
+/// Whether the bootstrap admin key came from the environment or was generated now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminBootstrap {
+    /// `SIGMA_ADMIN_KEY` was given and is stored.
+    FromEnvironment {
+        /// Its prefix.
+        prefix: String,
+    },
+    /// First run: a key was generated; print it once.
+    Generated {
+        /// The key.
+        key: String,
+    },
+    /// Not the first run and no key given: nothing to do.
+    AlreadyInitialised,
+}
+
+impl Store {
+    /// Authenticates a bearer secret as an API key.
+    pub async fn authenticate(&self, secret_text: &str) -> Result<Principal> {
+        let prefix = secret::prefix_of(secret_text);
+        let key = match self.keys.get(&prefix) {
+            Some(k) => k,
+            None => {
+                let row = sqlx::query(dynsql!("SELECT {KEY_COLS} FROM api_keys WHERE prefix = $1"))
+                    .bind(prefix.clone())
+                    .fetch_optional(&self.pools.read)
+                    .await?
+                    .ok_or_else(|| Error::Unauthorized("unknown API key".into()))?;
+                let k = Arc::new(CachedKey {
+                    id: uuid_col(&row, "id")?,
+                    hash: row.try_get("key_hash")?,
+                    role: role_col(&row)?,
+                    vps_id: opt_uuid_col(&row, "vps_id")?,
+                    expires_at: row.try_get("expires_at")?,
+                    revoked_at: AtomicI64::new(
+                        row.try_get::<Option<i64>, _>("revoked_at")?.unwrap_or(0),
+                    ),
+                    last_used_at: AtomicI64::new(
+                        row.try_get::<Option<i64>, _>("last_used_at")?.unwrap_or(0),
+                    ),
+                });
+                self.keys.put(prefix.clone(), k.clone());
+                k
+            }
+        };
+        if !secret::matches(secret_text, &key.hash) {
+            return Err(Error::Unauthorized("unknown API key".into()));
+        }
+        let now = now_ms();
+        let revoked = key.revoked_at.load(Ordering::Relaxed);
+        if revoked != 0 {
+            return Err(Error::Unauthorized(format!(
+                "API key {prefix} was revoked at {}",
+                from_ms(revoked)
+            )));
+        }
+        if key.expires_at.is_some_and(|e| e <= now) {
+            return Err(Error::Unauthorized(format!("API key {prefix} has expired")));
+        }
+        let last = key.last_used_at.load(Ordering::Relaxed);
+        if now - last >= LAST_USED_RESOLUTION_MS
+            && key
+                .last_used_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.fleet.queue_key_use(key.id, now);
+        }
+        Ok(Principal {
+            key_id: key.id,
+            prefix,
+            role: key.role,
+            vps_id: key.vps_id,
+        })
+    }
+
+    /// Makes sure an admin can log in: stores `SIGMA_ADMIN_KEY` if given, otherwise generates
+    /// one key on the very first run only.
+    pub async fn bootstrap_admin(&self, chosen: Option<&str>) -> Result<AdminBootstrap> {
+        let now = now_ms();
+        if let Some(key) = chosen {
+            secret::check_chosen(key).map_err(|r| Error::Config(format!("SIGMA_ADMIN_KEY {r}")))?;
+            let prefix = secret::prefix_of(key);
+            let existing =
+                sqlx::query("SELECT key_hash, revoked_at FROM api_keys WHERE prefix = $1")
+                    .bind(prefix.clone())
+                    .fetch_optional(&self.pools.write)
+                    .await?;
+            if let Some(row) = existing {
+                let hash: String = row.try_get("key_hash")?;
+                if !secret::matches(key, &hash) {
+                    return Err(Error::Config(format!(
+                        "SIGMA_ADMIN_KEY has the prefix of another stored key ({prefix})"
+                    )));
+                }
+                if row.try_get::<Option<i64>, _>("revoked_at")?.is_some() {
+                    tracing::warn!(%prefix, "SIGMA_ADMIN_KEY is stored but revoked; it will not log in");
+                }
+            } else {
+                let mut tx = self.pools.write.begin().await?;
+                let id = Uuid::new_v4();
+                let inserted = sqlx::query(
+                    "INSERT INTO api_keys (id, prefix, key_hash, name, role, created_by, created_at) \
+                     VALUES ($1, $2, $3, $4, 'admin', 'system', $5)",
+                )
+                .bind(id.to_string())
+                .bind(prefix.clone())
+                .bind(secret::hash(key))
+                .bind("admin (SIGMA_ADMIN_KEY)")
+                .bind(now)
+                .execute(&mut *tx)
+                .await;
+                match inserted {
+                    Ok(_) => {
+                        record(
+                            &mut *tx,
+                            Record {
+                                actor: "system",
+                                action: "api_key.create",
+                                resource_type: "api_key",
+                                resource_id: id.to_string(),
+                            },
+                            None::<&()>,
+                            Some(&serde_json::json!({"prefix": prefix, "role": "admin"})),
+                        )
+                        .await?;
+                        tx.commit().await?;
+                    }
+                    // Another replica stored it at the same moment.
+                    Err(e) if is_unique_violation(&e) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            return Ok(AdminBootstrap::FromEnvironment { prefix });
+        }
+        // The marker row makes "first run" a single decision even with several replicas
+        // starting against one empty database.
+        let mut tx = self.pools.write.begin().await?;
+        let marker =
+            sqlx::query("INSERT INTO settings (name, value) VALUES ('initial_admin_key', $1)")
+                .bind(now.to_string())
+                .execute(&mut *tx)
+                .await;
+        match marker {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => return Ok(AdminBootstrap::AlreadyInitialised),
+            Err(e) => return Err(e.into()),
+        }
+        let admins: i64 = sqlx::query("SELECT COUNT(*) AS n FROM api_keys WHERE role = 'admin'")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+        if admins > 0 {
+            tx.commit().await?;
+            return Ok(AdminBootstrap::AlreadyInitialised);
+        }
+        let s = secret::generate(secret::API_KEY_KIND)?;
+        let id = Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO api_keys (id, prefix, key_hash, name, role, created_by, created_at) \
+             VALUES ($1, $2, $3, 'initial admin', 'admin', 'system', $4)",
+        )
+        .bind(id.to_string())
+        .bind(s.prefix.clone())
+        .bind(s.hash)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        record(
+            &mut *tx,
+            Record {
+                actor: "system",
+                action: "api_key.create",
+                resource_type: "api_key",
+                resource_id: id.to_string(),
+            },
+            None::<&()>,
+            Some(&serde_json::json!({"prefix": s.prefix, "role": "admin"})),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(AdminBootstrap::Generated { key: s.plaintext })
+    }
+
+    /// Issues an API key.
+    pub async fn create_api_key(&self, actor: &str, c: &ApiKeyCreate) -> Result<ApiKeyCreated> {
+        let mut tx = self.pools.write.begin().await?;
+        if let Some(vps) = c.vps_id {
+            let found = sqlx::query("SELECT deleted_at FROM vps WHERE id = $1")
+                .bind(vps.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+            match found {
+                None => return Err(Error::invalid("vps_id", format!("no VPS with id {vps}"))),
+                Some(r) if r.try_get::<Option<i64>, _>("deleted_at")?.is_some() => {
+                    return Err(Error::Conflict(format!("VPS {vps} is deleted")));
+                }
+                Some(_) => {}
+            }
+        }
+        let (key, s) = self
+            .insert_key(&mut tx, actor, &c.name, c.role, c.vps_id, c.ttl_seconds)
+            .await?;
+        tx.commit().await?;
+        Ok(ApiKeyCreated {
+            key: s,
+            api_key: key,
+        })
+    }
+
+    pub(crate) async fn insert_key(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        actor: &str,
+        name: &str,
+        role: Role,
+        vps_id: Option<Uuid>,
+        ttl_seconds: Option<i64>,
+    ) -> Result<(ApiKey, String)> {
+        let s = secret::generate(secret::API_KEY_KIND)?;
+        let id = Uuid::new_v4();
+        let now = now_ms();
+        let expires = ttl_seconds.map(|t| now + t * 1000);
+        sqlx::query(
+            "INSERT INTO api_keys (id, prefix, key_hash, name, role, vps_id, created_by, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(id.to_string())
+        .bind(s.prefix.clone())
+        .bind(s.hash.clone())
+        .bind(name.to_string())
+        .bind(role.as_str())
+        .bind(vps_id.map(|v| v.to_string()))
+        .bind(actor.to_string())
+        .bind(now)
+        .bind(expires)
+        .execute(&mut **tx)
+        .await?;
+        let key = ApiKey {
+            id,
+            prefix: s.prefix,
+            name: name.to_string(),
+            role,
+            vps_id,
+            created_by: actor.to_string(),
+            created_at: from_ms(now),
+            last_used_at: None,
+            expires_at: expires.map(from_ms),
+            revoked_at: None,
+        };
+        record(
+            &mut **tx,
+            Record {
+                actor,
+                action: "api_key.create",
+                resource_type: "api_key",
+                resource_id: id.to_string(),
+            },
+            None::<&()>,
+            Some(&key),
+        )
+        .await?;
+        Ok((key, s.plaintext))
+    }
+
+    /// Lists API keys, newest first.
+    pub async fn list_api_keys(&self, limit: i64, offset: i64) -> Result<List<ApiKey>> {
+        let total: i64 = sqlx::query("SELECT COUNT(*) AS n FROM api_keys")
+            .fetch_one(&self.pools.read)
+            .await?
+            .try_get("n")?;
+        let rows = sqlx::query(dynsql!(
+            "SELECT {KEY_COLS} FROM api_keys ORDER BY created_at DESC, id LIMIT $1 OFFSET $2"
+        ))
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pools.read)
+        .await?;
+        let items = rows.iter().map(api_key_from_row).collect::<Result<_>>()?;
+        Ok(List { items, total })
+    }
+
+    /// Revokes an API key (idempotent). A key cannot revoke itself, so an admin cannot lock
+    /// the last door by accident.
+    pub async fn revoke_api_key(&self, actor: &Principal, id: Uuid) -> Result<ApiKey> {
+        if actor.key_id == id {
+            return Err(Error::Conflict(
+                "a key cannot revoke itself; use another admin key".into(),
+            ));
+        }
+        let mut tx = self.pools.write.begin().await?;
+        let row = sqlx::query(dynsql!("SELECT {KEY_COLS} FROM api_keys WHERE id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no API key with id {id}")))?;
+        let before = api_key_from_row(&row)?;
+        if before.revoked_at.is_some() {
+            return Ok(before);
+        }
+        let now = now_ms();
+        sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        let after = ApiKey {
+            revoked_at: Some(from_ms(now)),
+            ..before.clone()
+        };
+        record(
+            &mut *tx,
+            Record {
+                actor: &actor.actor(),
+                action: "api_key.revoke",
+                resource_type: "api_key",
+                resource_id: id.to_string(),
+            },
+            Some(&before),
+            Some(&after),
+        )
+        .await?;
+        tx.commit().await?;
+        self.keys.mark_revoked(&after.prefix, now);
+        Ok(after)
+    }
+
+    /// Checks that enrollment presets name things that exist; returns the provider's id.
+    async fn check_presets<'c, E>(&self, exec: E, p: &EnrollmentPresets) -> Result<()>
+    where
+        E: sqlx::Executor<'c, Database = sqlx::Any> + Copy,
+    {
+        if let Some(purpose) = &p.purpose
+            && !self.purpose_exists(exec, purpose).await?
+        {
+            return Err(Error::invalid(
+                "purpose",
+                format!("no purpose named {purpose:?}"),
+            ));
+        }
+        if let Some(provider) = &p.provider
+            && self.provider_id_by_name(exec, provider).await?.is_none()
+        {
+            return Err(Error::invalid(
+                "provider",
+                format!("no provider named {provider:?}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Issues an enrollment token.
+    pub async fn create_enrollment_token(
+        &self,
+        actor: &str,
+        c: &EnrollmentTokenCreate,
+    ) -> Result<EnrollmentTokenCreated> {
+        let presets = EnrollmentPresets {
+            purpose: c.purpose.clone(),
+            provider: c.provider.clone(),
+            country: c.country.clone(),
+            tags: c.tags.clone(),
+        };
+        self.check_presets(&self.pools.read, &presets).await?;
+        let s = secret::generate(secret::ENROLLMENT_KIND)?;
+        let id = Uuid::new_v4();
+        let now = now_ms();
+        let token = EnrollmentToken {
+            id,
+            prefix: s.prefix.clone(),
+            name: c.name.clone().unwrap_or_default(),
+            presets,
+            max_uses: c.max_uses,
+            uses: 0,
+            created_by: actor.to_string(),
+            created_at: from_ms(now),
+            expires_at: from_ms(now + c.ttl_seconds * 1000),
+            revoked_at: None,
+        };
+        let mut tx = self.pools.write.begin().await?;
+        sqlx::query(
+            "INSERT INTO enrollment_tokens (id, prefix, token_hash, name, presets, max_uses, created_by, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(id.to_string())
+        .bind(s.prefix)
+        .bind(s.hash)
+        .bind(token.name.clone())
+        .bind(serde_json::to_string(&token.presets).unwrap_or_else(|_| "{}".into()))
+        .bind(c.max_uses)
+        .bind(actor.to_string())
+        .bind(now)
+        .bind(now + c.ttl_seconds * 1000)
+        .execute(&mut *tx)
+        .await?;
+        record(
+            &mut *tx,
+            Record {
+                actor,
+                action: "enrollment_token.create",
+                resource_type: "enrollment_token",
+                resource_id: id.to_string(),
+            },
+            None::<&()>,
+            Some(&token),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(EnrollmentTokenCreated {
+            token: s.plaintext,
+            enrollment_token: token,
+        })
+    }
+
+    /// Lists enrollment tokens, newest first.
+    pub async fn list_enrollment_tokens(
+        &self,
+        limit: i64,
+        offset: i64,
+    ) -> Result<List<EnrollmentToken>> {
+        let total: i64 = sqlx::query("SELECT COUNT(*) AS n FROM enrollment_tokens")
+            .fetch_one(&self.pools.read)
+            .await?
+            .try_get("n")?;
+        let rows = sqlx::query(dynsql!(
+            "SELECT {TOKEN_COLS} FROM enrollment_tokens ORDER BY created_at DESC, id LIMIT $1 OFFSET $2"
+        ))
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pools.read)
+        .await?;
+        let items = rows.iter().map(token_from_row).collect::<Result<_>>()?;
+        Ok(List { items, total })
+    }
+
+    /// Revokes an enrollment token (idempotent).
+    pub async fn revoke_enrollment_token(&self, actor: &str, id: Uuid) -> Result<EnrollmentToken> {
+        let mut tx = self.pools.write.begin().await?;
+        let row = sqlx::query(dynsql!(
+            "SELECT {TOKEN_COLS} FROM enrollment_tokens WHERE id = $1"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no enrollment token with id {id}")))?;
+        let before = token_from_row(&row)?;
+        if before.revoked_at.is_some() {
+            return Ok(before);
+        }
+        let now = now_ms();
+        sqlx::query("UPDATE enrollment_tokens SET revoked_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        let after = EnrollmentToken {
+            revoked_at: Some(from_ms(now)),
+            ..before.clone()
+        };
+        record(
+            &mut *tx,
+            Record {
+                actor,
+                action: "enrollment_token.revoke",
+                resource_type: "enrollment_token",
+                resource_id: id.to_string(),
+            },
+            Some(&before),
+            Some(&after),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(after)
+    }
+
+    /// Takes one use of an enrollment token inside `tx`, returning the token.
+    pub(crate) async fn consume_enrollment_token(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        secret_text: &str,
+    ) -> Result<EnrollmentToken> {
+        let prefix = secret::prefix_of(secret_text);
+        let row = sqlx::query(dynsql!(
+            "SELECT {TOKEN_COLS} FROM enrollment_tokens WHERE prefix = $1"
+        ))
+        .bind(prefix.clone())
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| Error::Unauthorized("unknown enrollment token".into()))?;
+        let hash: String = row.try_get("token_hash")?;
+        if !secret::matches(secret_text, &hash) {
+            return Err(Error::Unauthorized("unknown enrollment token".into()));
+        }
+        let token = token_from_row(&row)?;
+        let now = now_ms();
+        if token.revoked_at.is_some() {
+            return Err(Error::Unauthorized(format!(
+                "enrollment token {prefix} was revoked"
+            )));
+        }
+        if crate::db::to_ms(token.expires_at) <= now {
+            return Err(Error::Unauthorized(format!(
+                "enrollment token {prefix} has expired"
+            )));
+        }
+        let taken = sqlx::query(
+            "UPDATE enrollment_tokens SET uses = uses + 1 WHERE id = $1 AND uses < max_uses AND revoked_at IS NULL",
+        )
+        .bind(token.id.to_string())
+        .execute(&mut **tx)
+        .await?;
+        if taken.rows_affected() != 1 {
+            return Err(Error::Unauthorized(format!(
+                "enrollment token {prefix} has been used {} of {} times",
+                token.max_uses, token.max_uses
+            )));
+        }
+        Ok(token)
+    }
+}

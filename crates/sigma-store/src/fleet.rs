@@ -1,0 +1,369 @@
+//! The in-memory side of the agent hot path: each VPS's identity and lifecycle state, and the
+//! heartbeats not yet written.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Mutex, RwLock};
+
+use sigma_types::VpsStatus;
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::Store;
+use crate::db::{Sql, now_ms};
+use crate::error::{Error, Result};
+
+/// What the heartbeat path needs to know about a VPS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HotVps {
+    /// Lower-case hostname.
+    pub hostname: String,
+    /// Lifecycle status.
+    pub status: VpsStatus,
+    /// Desired-state version.
+    pub desired_version: i64,
+    /// The address list as last stored or reported (JSON), to write it only when it changes.
+    pub ips_json: String,
+}
+
+/// A heartbeat's effects, waiting to be written.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Beat {
+    pub at: i64,
+    pub ips_json: Option<String>,
+    pub system_info_json: Option<String>,
+}
+
+impl Beat {
+    /// Folds a newer beat into this one: the latest time wins, and each field keeps the
+    /// latest value that was reported.
+    fn merge(&mut self, newer: Beat) {
+        if newer.at >= self.at {
+            self.at = newer.at;
+            if newer.ips_json.is_some() {
+                self.ips_json = newer.ips_json;
+            }
+            if newer.system_info_json.is_some() {
+                self.system_info_json = newer.system_info_json;
+            }
+        } else {
+            // An older beat re-queued after a failed write: keep only what the newer lacks.
+            if self.ips_json.is_none() {
+                self.ips_json = newer.ips_json;
+            }
+            if self.system_info_json.is_none() {
+                self.system_info_json = newer.system_info_json;
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    pub beats: HashMap<Uuid, Beat>,
+    pub key_uses: HashMap<Uuid, i64>,
+}
+
+/// In-memory fleet state shared by every request.
+#[derive(Debug, Default)]
+pub struct Fleet {
+    vps: RwLock<HashMap<Uuid, HotVps>>,
+    pending: Mutex<Pending>,
+    /// When the change poll last started (Unix ms; 0 before the first poll).
+    last_poll: AtomicI64,
+}
+
+/// Rows per batched UPDATE (4 bound values each, well under both backends' limits).
+const BATCH: usize = 1000;
+/// How far back the change poll looks beyond its last run, so rows committed late or stamped by
+/// a replica whose clock is a little behind are still seen.
+const POLL_OVERLAP_MS: i64 = 10_000;
+
+impl Fleet {
+    pub(crate) fn get(&self, id: Uuid) -> Option<HotVps> {
+        self.vps
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    pub(crate) fn put(&self, id: Uuid, hot: HotVps) {
+        self.vps
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, hot);
+    }
+
+    pub(crate) fn remove(&self, id: Uuid) {
+        self.vps
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    /// Records the reported address list as current, returning whether it changed.
+    pub(crate) fn note_ips(&self, id: Uuid, ips_json: &str) -> bool {
+        let mut map = self.vps.write().unwrap_or_else(|p| p.into_inner());
+        match map.get_mut(&id) {
+            Some(h) if h.ips_json == ips_json => false,
+            Some(h) => {
+                h.ips_json = ips_json.to_string();
+                true
+            }
+            None => true,
+        }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn queue_beat(&self, id: Uuid, beat: Beat) {
+        let mut p = self.pending();
+        match p.beats.get_mut(&id) {
+            Some(b) => b.merge(beat),
+            None => {
+                p.beats.insert(id, beat);
+            }
+        }
+    }
+
+    pub(crate) fn queue_key_use(&self, key: Uuid, at: i64) {
+        let mut p = self.pending();
+        let e = p.key_uses.entry(key).or_insert(at);
+        *e = (*e).max(at);
+    }
+
+    /// The not-yet-written heartbeat of a VPS, so reads show the latest state.
+    pub(crate) fn pending_beat(&self, id: Uuid) -> Option<Beat> {
+        self.pending().beats.get(&id).cloned()
+    }
+
+    fn take(&self) -> Pending {
+        std::mem::take(&mut *self.pending())
+    }
+
+    /// Puts back what a failed write took, without overwriting anything newer.
+    fn requeue(&self, old: Pending) {
+        let mut p = self.pending();
+        for (id, beat) in old.beats {
+            match p.beats.get_mut(&id) {
+                Some(newer) => newer.merge(beat),
+                None => {
+                    p.beats.insert(id, beat);
+                }
+            }
+        }
+        for (id, at) in old.key_uses {
+            let e = p.key_uses.entry(id).or_insert(at);
+            *e = (*e).max(at);
+        }
+    }
+
+    /// Counts cached VPS per status (for metrics).
+    pub fn len(&self) -> usize {
+        self.vps.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether no VPS is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+pub(crate) fn hot_from_row(row: &sqlx::any::AnyRow) -> Result<(Uuid, HotVps, bool)> {
+    let id: String = row.try_get("id")?;
+    let id = Uuid::parse_str(&id).map_err(|_| Error::Corrupt(format!("vps id {id:?}")))?;
+    let status: String = row.try_get("status")?;
+    let status = VpsStatus::parse(&status)
+        .ok_or_else(|| Error::Corrupt(format!("vps status {status:?}")))?;
+    let deleted: Option<i64> = row.try_get("deleted_at")?;
+    Ok((
+        id,
+        HotVps {
+            hostname: row.try_get("hostname")?,
+            status,
+            desired_version: row.try_get("desired_version")?,
+            ips_json: row.try_get("ip_addresses")?,
+        },
+        deleted.is_some(),
+    ))
+}
+
+pub(crate) const HOT_COLS: &str = "id, hostname, status, desired_version, ip_addresses, deleted_at";
+
+impl Store {
+    /// The hot state of a VPS, from memory or (first time) from the database. A deleted VPS
+    /// is returned with status `deleted` and not cached.
+    pub(crate) async fn hot_vps(&self, id: Uuid) -> Result<HotVps> {
+        if let Some(h) = self.fleet.get(id) {
+            return Ok(h);
+        }
+        let row = sqlx::query(dynsql!("SELECT {HOT_COLS} FROM vps WHERE id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(&self.pools.read)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no VPS with id {id}")))?;
+        let (id, hot, deleted) = hot_from_row(&row)?;
+        if !deleted {
+            self.fleet.put(id, hot.clone());
+        }
+        Ok(hot)
+    }
+
+    /// Re-reads one VPS's hot state after this replica changed it.
+    pub(crate) async fn reload_hot<'c, E>(&self, exec: E, id: Uuid) -> Result<()>
+    where
+        E: sqlx::Executor<'c, Database = sqlx::Any>,
+    {
+        let row = sqlx::query(dynsql!("SELECT {HOT_COLS} FROM vps WHERE id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(exec)
+            .await?;
+        match row {
+            Some(row) => {
+                let (id, hot, deleted) = hot_from_row(&row)?;
+                if deleted {
+                    self.fleet.remove(id);
+                } else {
+                    self.fleet.put(id, hot);
+                }
+            }
+            None => self.fleet.remove(id),
+        }
+        Ok(())
+    }
+
+    /// Writes every pending heartbeat and key use; returns how many heartbeats were written.
+    /// On failure everything taken is queued again.
+    pub async fn flush(&self) -> Result<usize> {
+        let pending = self.fleet.take();
+        if pending.beats.is_empty() && pending.key_uses.is_empty() {
+            return Ok(0);
+        }
+        match self.write_pending(&pending).await {
+            Ok(()) => Ok(pending.beats.len()),
+            Err(e) => {
+                self.fleet.requeue(pending);
+                Err(e)
+            }
+        }
+    }
+
+    async fn write_pending(&self, p: &Pending) -> Result<()> {
+        let mut tx = self.pools.write.begin().await?;
+        let beats: Vec<_> = p.beats.iter().collect();
+        for chunk in beats.chunks(BATCH) {
+            let mut sql = Sql::new("WITH b(id, at, ips, sys) AS (VALUES ");
+            for (i, (id, beat)) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.push("(")
+                    .bind(**id)
+                    .push(", ")
+                    .bind(beat.at)
+                    .push(", ")
+                    .bind(beat.ips_json.clone())
+                    .push(", ")
+                    .bind(beat.system_info_json.clone())
+                    .push(")");
+            }
+            sql.push(
+                ") UPDATE vps SET last_heartbeat_at = b.at, \
+                 ip_addresses = COALESCE(b.ips, vps.ip_addresses), \
+                 system_info = COALESCE(b.sys, vps.system_info), \
+                 updated_at = CASE WHEN b.ips IS NULL THEN vps.updated_at ELSE b.at END \
+                 FROM b WHERE vps.id = b.id \
+                 AND (vps.last_heartbeat_at IS NULL OR vps.last_heartbeat_at <= b.at)",
+            );
+            sql.query().execute(&mut *tx).await?;
+        }
+        let uses: Vec<_> = p.key_uses.iter().collect();
+        for chunk in uses.chunks(BATCH) {
+            let mut sql = Sql::new("WITH k(id, at) AS (VALUES ");
+            for (i, (id, at)) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.push("(").bind(**id).push(", ").bind(**at).push(")");
+            }
+            sql.push(
+                ") UPDATE api_keys SET last_used_at = k.at FROM k WHERE api_keys.id = k.id \
+                 AND (api_keys.last_used_at IS NULL OR api_keys.last_used_at < k.at)",
+            );
+            sql.query().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Picks up changes made by other replicas: VPS rows updated since the last poll, and keys
+    /// revoked since then.
+    pub async fn refresh(&self) -> Result<()> {
+        let started = now_ms();
+        let last = self.fleet.last_poll.load(Ordering::Relaxed);
+        let since = if last == 0 { started } else { last } - POLL_OVERLAP_MS;
+        let rows = sqlx::query(dynsql!("SELECT {HOT_COLS} FROM vps WHERE updated_at >= $1"))
+            .bind(since)
+            .fetch_all(&self.pools.read)
+            .await?;
+        for row in rows {
+            let (id, hot, deleted) = hot_from_row(&row)?;
+            if deleted {
+                self.fleet.remove(id);
+            } else if self.fleet.get(id).is_some() {
+                self.fleet.put(id, hot);
+            }
+        }
+        let rows = sqlx::query("SELECT prefix, revoked_at FROM api_keys WHERE revoked_at >= $1")
+            .bind(since)
+            .fetch_all(&self.pools.read)
+            .await?;
+        for row in rows {
+            let prefix: String = row.try_get("prefix")?;
+            let at: Option<i64> = row.try_get("revoked_at")?;
+            if let Some(at) = at {
+                self.keys.mark_revoked(&prefix, at);
+            }
+        }
+        self.fleet.last_poll.store(started, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn beat(at: i64, ips: Option<&str>, sys: Option<&str>) -> Beat {
+        Beat {
+            at,
+            ips_json: ips.map(String::from),
+            system_info_json: sys.map(String::from),
+        }
+    }
+
+    #[test]
+    fn newer_beats_win_field_by_field() {
+        let mut b = beat(1, Some("[1]"), Some("{1}"));
+        b.merge(beat(2, None, Some("{2}")));
+        assert_eq!(b, beat(2, Some("[1]"), Some("{2}")));
+        // An older one (re-queued after a failed write) only fills gaps.
+        let mut b = beat(5, None, Some("{5}"));
+        b.merge(beat(3, Some("[3]"), Some("{3}")));
+        assert_eq!(b, beat(5, Some("[3]"), Some("{5}")));
+    }
+
+    #[test]
+    fn requeue_keeps_newer_pending_data() {
+        let f = Fleet::default();
+        let id = Uuid::new_v4();
+        f.queue_beat(id, beat(1, None, Some("old")));
+        let taken = f.take();
+        f.queue_beat(id, beat(2, None, Some("new")));
+        f.requeue(taken);
+        assert_eq!(f.pending_beat(id).unwrap(), beat(2, None, Some("new")));
+    }
+}
