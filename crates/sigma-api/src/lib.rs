@@ -1,1 +1,136 @@
+//! sigma-api: the fleet inventory HTTP service.
+//!
+//! [`router`] builds the whole HTTP interface over a [`sigma_store::Store`]; [`run`] is the
+//! service's life: open the store, install the admin key, serve until shut down, then write
+//! what is pending.
 
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod openapi;
+pub mod routes;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use sigma_store::auth::AdminBootstrap;
+use sigma_store::{ConnectSettings, Store, StoreSettings};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::catch_panic::CatchPanicLayer;
+
+pub use config::Config;
+use error::ApiError;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The inventory.
+    pub store: Store,
+    /// Metrics.
+    pub metrics: Arc<metrics::Metrics>,
+    /// The OpenAPI document, rendered once.
+    pub openapi: Arc<serde_json::Value>,
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    axum::response::IntoResponse::into_response(ApiError::internal(&"handler panicked"))
+}
+
+/// The whole HTTP interface.
+pub fn router(store: Store, max_body_bytes: usize) -> Router {
+    let (api, doc) = openapi::api_router().split_for_parts();
+    let state = AppState {
+        store,
+        metrics: Arc::new(metrics::Metrics::default()),
+        openapi: Arc::new(serde_json::to_value(&doc).unwrap_or_default()),
+    };
+    api.fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .with_state(state)
+}
+
+/// Runs sigma-api until `shutdown` is cancelled.
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let url = cfg.database_url()?;
+    let admin_key = cfg.admin_key()?;
+    let store = Store::open(
+        &ConnectSettings {
+            url,
+            max_connections: cfg.database_max_connections,
+            acquire_timeout: std::time::Duration::from_secs(5),
+        },
+        StoreSettings {
+            flush_interval: cfg.heartbeat_flush_interval,
+            refresh_interval: cfg.change_poll_interval,
+        },
+    )
+    .await
+    .context("opening the database")?;
+    tracing::info!(backend = ?store.backend(), "database ready");
+    match store
+        .bootstrap_admin(admin_key.as_deref())
+        .await
+        .context("installing the admin key")?
+    {
+        AdminBootstrap::Generated { key } => {
+            println!("sigma-api: first run; the initial admin key (shown once, store it now):");
+            println!("{key}");
+        }
+        AdminBootstrap::FromEnvironment { prefix } => {
+            tracing::info!(%prefix, "admin key from SIGMA_ADMIN_KEY installed");
+        }
+        AdminBootstrap::AlreadyInitialised => {}
+    }
+
+    let tracker = TaskTracker::new();
+    store.spawn_background(&tracker, shutdown.clone());
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "listening");
+    println!("sigma-api listening on http://{addr}");
+
+    let app = router(store.clone(), cfg.max_body_bytes as usize);
+    let grace = cfg.shutdown_grace;
+    let stop = shutdown.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        stop.cancelled().await;
+    });
+    let served = tokio::select! {
+        r = server => r.context("serving HTTP"),
+        // Graceful shutdown waits for in-flight requests; a stuck client must not hold the
+        // process (and the final heartbeat flush) hostage.
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("in-flight requests did not finish within the grace period");
+            Ok(())
+        }
+    };
+    shutdown.cancel();
+    tracker.close();
+    tracker.wait().await;
+    store.close().await;
+    tracing::info!("stopped");
+    served
+}

@@ -856,10 +856,11 @@ pub fn page(limit: Option<i64>, offset: Option<i64>, e: &mut FieldErrors) -> (i6
     (limit, offset)
 }
 
-/// Retires a VPS.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+/// Query of `POST /api/vps/{id}/retire`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RetireRequest {
+#[into_params(parameter_in = Query)]
+pub struct RetireQuery {
     /// Skip `retiring` and mark it `retired` at once (for a VPS whose agent is gone).
     #[serde(default)]
     pub force: bool,

@@ -201,6 +201,28 @@ pub fn url(s: &str) -> Result<String, String> {
     Ok(t.to_string())
 }
 
+/// A duration like `500ms`, `30s`, `5m`, `1h` or a bare number of seconds; at least 1 ms.
+pub fn duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 30s, 5m, 1h)"))?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    }
+    .ok_or_else(|| format!("{s:?} is too long"))?;
+    if ms == 0 {
+        return Err("must be longer than zero".into());
+    }
+    Ok(std::time::Duration::from_millis(ms))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,6 +264,19 @@ mod tests {
         assert!(url("https://example.org/x").is_ok());
         assert!(url("ftp://x").is_err());
         assert!(url("https://").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!(duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(duration("5").unwrap(), Duration::from_secs(5));
+        assert!(duration("0s").is_err());
+        assert!(duration("1d").is_err());
+        assert!(duration("x").is_err());
+        assert!(duration("99999999999999999999h").is_err());
     }
 
     #[test]

@@ -1,0 +1,145 @@
+//! sigma-api's own Prometheus metrics.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::AppState;
+
+/// Labels of HTTP request metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// HTTP method.
+    pub method: String,
+    /// Route template (`/api/vps/{id}`), never the raw path, so ids do not explode cardinality.
+    pub route: String,
+    /// Status code.
+    pub status: u16,
+}
+
+/// Labels of outcome counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok`, or the error code (`unauthorized`, `conflict`, …).
+    pub result: String,
+}
+
+/// Labels of the VPS gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    /// VPS status.
+    pub status: String,
+}
+
+type HistogramFamily = Family<RequestLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms … ~4 s.
+    Histogram::new(exponential_buckets(0.00025, 2.0, 15))
+}
+
+/// Every metric sigma-api exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Request latency by method, route and status (its `_count` is the request count).
+    pub requests: HistogramFamily,
+    /// Agent heartbeats by outcome.
+    pub heartbeats: Family<ResultLabels, Counter>,
+    /// Agent registrations by outcome.
+    pub registrations: Family<ResultLabels, Counter>,
+    /// VPS by status, refreshed at each scrape.
+    pub vps: Family<StatusLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("sigma");
+        let requests = HistogramFamily::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP requests by method, route and status, with latency",
+            requests.clone(),
+        );
+        let heartbeats = Family::<ResultLabels, Counter>::default();
+        registry.register("agent_heartbeats", "Agent heartbeats by result", heartbeats.clone());
+        let registrations = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "agent_registrations",
+            "Agent registrations by result",
+            registrations.clone(),
+        );
+        let vps = Family::<StatusLabels, Gauge>::default();
+        registry.register("vps", "VPS in the inventory by status", vps.clone());
+        Metrics {
+            registry,
+            requests,
+            heartbeats,
+            registrations,
+            vps,
+        }
+    }
+}
+
+impl Metrics {
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Counts an outcome.
+    pub fn outcome<T, E>(family: &Family<ResultLabels, Counter>, r: &Result<T, E>)
+    where
+        E: HasCode,
+    {
+        let result = match r {
+            Ok(_) => "ok".to_string(),
+            Err(e) => e.code().to_string(),
+        };
+        family.get_or_create(&ResultLabels { result }).inc();
+    }
+}
+
+/// Something with a stable error code.
+pub trait HasCode {
+    /// The code.
+    fn code(&self) -> &str;
+}
+
+impl HasCode for crate::error::ApiError {
+    fn code(&self) -> &str {
+        self.code
+    }
+}
+
+/// Middleware recording every request.
+pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().as_str().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let resp = next.run(req).await;
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            method,
+            route,
+            status: resp.status().as_u16(),
+        })
+        .observe(start.elapsed().as_secs_f64());
+    resp
+}

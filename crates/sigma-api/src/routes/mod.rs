@@ -1,0 +1,6 @@
+//! HTTP handlers, grouped by resource.
+
+pub mod admin;
+pub mod agent;
+pub mod inventory;
+pub mod system;
