@@ -19,7 +19,12 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// Database: `sqlite://PATH` (embedded, created if missing) or `postgres://…`.
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://sigma.db", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://sigma.db",
+        hide_env_values = true
+    )]
     pub database_url: String,
 
     /// File holding the database URL (takes precedence over --database-url).
@@ -60,7 +65,9 @@ pub struct Config {
 
 /// Reads a secret from a `*_FILE` path, trimming the trailing newline editors add.
 pub fn read_secret_file(path: &std::path::Path) -> std::io::Result<String> {
-    Ok(std::fs::read_to_string(path)?.trim_end_matches(['\n', '\r']).to_string())
+    Ok(std::fs::read_to_string(path)?
+        .trim_end_matches(['\n', '\r'])
+        .to_string())
 }
 
 impl Config {

@@ -14,7 +14,11 @@ use crate::error::ApiError;
 
 fn serde_field(path: &serde_path_to_error::Path) -> String {
     let p = path.to_string();
-    if p == "." || p.is_empty() { "body".into() } else { p }
+    if p == "." || p.is_empty() {
+        "body".into()
+    } else {
+        p
+    }
 }
 
 /// A JSON body. Wrong content type → 415, too large → 413, malformed JSON, wrong types,
@@ -43,9 +47,17 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|r| {
             if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body too large")
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "request body too large",
+                )
             } else {
-                ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("could not read the body: {r}"))
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("could not read the body: {r}"),
+                )
             }
         })?;
         let de = &mut serde_json::Deserializer::from_slice(&bytes);
@@ -77,7 +89,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
             .map(ApiQuery)
             .map_err(|e| {
                 let field = serde_field(e.path());
-                let field = if field == "body" { "query".into() } else { field };
+                let field = if field == "body" {
+                    "query".into()
+                } else {
+                    field
+                };
                 ApiError::field(&field, e.inner().to_string())
             })
     }
@@ -106,7 +122,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Bearer {
             .ok_or_else(|| ApiError::unauthorized("Authorization must be 'Bearer <key>'"))?;
         let secret = secret.trim();
         if !scheme.eq_ignore_ascii_case("bearer") || secret.is_empty() || secret.len() > 512 {
-            return Err(ApiError::unauthorized("Authorization must be 'Bearer <key>'"));
+            return Err(ApiError::unauthorized(
+                "Authorization must be 'Bearer <key>'",
+            ));
         }
         Ok(Bearer(secret.to_string()))
     }

@@ -62,14 +62,19 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("sigma");
-        let requests = HistogramFamily::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let requests =
+            HistogramFamily::new_with_constructor(latency_histogram as fn() -> Histogram);
         registry.register(
             "http_request_duration_seconds",
             "HTTP requests by method, route and status, with latency",
             requests.clone(),
         );
         let heartbeats = Family::<ResultLabels, Counter>::default();
-        registry.register("agent_heartbeats", "Agent heartbeats by result", heartbeats.clone());
+        registry.register(
+            "agent_heartbeats",
+            "Agent heartbeats by result",
+            heartbeats.clone(),
+        );
         let registrations = Family::<ResultLabels, Counter>::default();
         registry.register(
             "agent_registrations",

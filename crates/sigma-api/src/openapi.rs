@@ -42,7 +42,10 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(system::readyz))
         .routes(routes!(system::metrics))
         .routes(routes!(system::openapi))
-        .routes(routes!(inventory::list_providers, inventory::create_provider))
+        .routes(routes!(
+            inventory::list_providers,
+            inventory::create_provider
+        ))
         .routes(routes!(
             inventory::get_provider,
             inventory::update_provider,

@@ -36,7 +36,10 @@ pub async fn create_api_key(
 ) -> ApiResult<(StatusCode, Json<ApiKeyCreated>)> {
     let p = auth.admin()?;
     let c = c.normalize()?;
-    Ok((StatusCode::CREATED, Json(s.store.create_api_key(&p.actor(), &c).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(s.store.create_api_key(&p.actor(), &c).await?),
+    ))
 }
 
 /// Revokes an API key at once.

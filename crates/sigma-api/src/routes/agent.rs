@@ -2,7 +2,9 @@
 
 use axum::Json;
 use axum::extract::State;
-use sigma_types::{HeartbeatRequest, HeartbeatResponse, Normalize, RegisterRequest, RegisterResponse};
+use sigma_types::{
+    HeartbeatRequest, HeartbeatResponse, Normalize, RegisterRequest, RegisterResponse,
+};
 
 use crate::AppState;
 use crate::error::ApiResult;

@@ -1,8 +1,8 @@
 //! Providers, purposes and VPS.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::Json;
 use sigma_types::{
     List, Normalize, PageQuery, Provider, ProviderCreate, ProviderPatch, Purpose, PurposeCreate,
     PurposePatch, RetireQuery, Vps, VpsCreate, VpsPatch, VpsQuery,
@@ -39,7 +39,10 @@ pub async fn create_provider(
 ) -> ApiResult<(StatusCode, Json<Provider>)> {
     let p = auth.operator()?;
     let c = c.normalize()?;
-    Ok((StatusCode::CREATED, Json(s.store.create_provider(&p.actor(), &c).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(s.store.create_provider(&p.actor(), &c).await?),
+    ))
 }
 
 /// A provider by id or name.
@@ -68,7 +71,9 @@ pub async fn update_provider(
 ) -> ApiResult<Json<Provider>> {
     let p = auth.operator()?;
     let patch = patch.normalize()?;
-    Ok(Json(s.store.update_provider(&p.actor(), &id, &patch).await?))
+    Ok(Json(
+        s.store.update_provider(&p.actor(), &id, &patch).await?,
+    ))
 }
 
 /// Removes a provider no live VPS uses.
@@ -113,7 +118,10 @@ pub async fn create_purpose(
 ) -> ApiResult<(StatusCode, Json<Purpose>)> {
     let p = auth.operator()?;
     let c = c.normalize()?;
-    Ok((StatusCode::CREATED, Json(s.store.create_purpose(&p.actor(), &c).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(s.store.create_purpose(&p.actor(), &c).await?),
+    ))
 }
 
 /// A purpose.
@@ -141,7 +149,9 @@ pub async fn update_purpose(
 ) -> ApiResult<Json<Purpose>> {
     let p = auth.operator()?;
     let patch = patch.normalize()?;
-    Ok(Json(s.store.update_purpose(&p.actor(), &name, &patch).await?))
+    Ok(Json(
+        s.store.update_purpose(&p.actor(), &name, &patch).await?,
+    ))
 }
 
 /// Removes a purpose no VPS has.
@@ -187,7 +197,10 @@ pub async fn create_vps(
 ) -> ApiResult<(StatusCode, Json<Vps>)> {
     let p = auth.operator()?;
     let c = c.normalize()?;
-    Ok((StatusCode::CREATED, Json(s.store.create_vps(&p.actor(), &c).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(s.store.create_vps(&p.actor(), &c).await?),
+    ))
 }
 
 /// A VPS by id.

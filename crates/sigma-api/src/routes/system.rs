@@ -22,7 +22,11 @@ pub async fn healthz() -> &'static str {
 pub async fn readyz(State(s): State<AppState>) -> ApiResult<&'static str> {
     s.store.ping().await.map_err(|e| {
         tracing::warn!(error = %e, "readiness check failed");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "database unreachable")
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "database unreachable",
+        )
     })?;
     Ok("ready")
 }

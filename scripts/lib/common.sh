@@ -1,0 +1,59 @@
+# Shared helpers of sigma's scripts (sourced, not run).
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+
+# The git-ignored cache of things the tests build or download (kept between runs on one machine).
+CACHE_DIR="${SIGMA_CACHE_DIR:-$root/.cache}"
+mkdir -p "$CACHE_DIR"
+
+apt_updated=""
+# Installs Debian packages that are missing (needs root or sudo).
+ensure_debian_packages() {
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  log "installing Debian packages: ${missing[*]}"
+  if [ -z "$apt_updated" ]; then
+    $sudo apt-get update -qq
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# Starts a throw-away PostgreSQL cluster on loopback and sets PG_URL. Stopped on exit.
+start_postgres() {
+  local bindir
+  bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
+  [ -n "$bindir" ] || { echo "PostgreSQL server binaries not found" >&2; return 1; }
+  PG_DIR=$(mktemp -d /tmp/sigma-pg.XXXXXX)
+  local port run=()
+  port=$(free_port)
+  if [ "$(id -u)" -eq 0 ]; then
+    # initdb refuses to run as root; the Debian package's postgres user owns the cluster.
+    chown postgres "$PG_DIR"
+    run=(runuser -u postgres --)
+  fi
+  "${run[@]}" "$bindir/initdb" -D "$PG_DIR/data" -U postgres -A trust --no-sync >/dev/null
+  "${run[@]}" "$bindir/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/log" -w -o \
+    "-p $port -k $PG_DIR -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=400" start >/dev/null
+  PG_URL="postgres://postgres@127.0.0.1:$port/postgres"
+  PG_STOP=("${run[@]}" "$bindir/pg_ctl" -D "$PG_DIR/data" -m fast stop)
+  trap 'stop_postgres' EXIT
+  log "PostgreSQL running at $PG_URL"
+}
+
+stop_postgres() {
+  if [ -n "${PG_DIR:-}" ]; then
+    "${PG_STOP[@]}" >/dev/null 2>&1 || true
+    rm -rf "$PG_DIR"
+    PG_DIR=""
+  fi
+}
