@@ -139,7 +139,7 @@ impl Store {
                 id
             }
         };
-        let (_, key) = self
+        let (api_key, key) = self
             .insert_key(
                 &mut tx,
                 &enroll_actor,
@@ -151,11 +151,12 @@ impl Store {
             .await?;
         let vps = self.vps_in(&mut *tx, id).await?;
         tx.commit().await?;
+        self.keys.remember(&api_key, key.hash);
         self.reload_hot(&self.pools.read, id).await?;
         Ok(RegisterResponse {
             desired: desired(&vps),
             vps,
-            agent_key: Some(key),
+            agent_key: Some(key.plaintext),
         })
     }
 

@@ -78,6 +78,11 @@ impl KeyCache {
             .insert(prefix, k);
     }
 
+    /// Caches a key this replica has just committed, so its first use costs no query.
+    pub(crate) fn remember(&self, key: &ApiKey, hash: String) {
+        self.put(key.prefix.clone(), Arc::new(cached_from_key(key, hash)));
+    }
+
     pub(crate) fn mark_revoked(&self, prefix: &str, at: i64) {
         if let Some(k) = self.get(prefix) {
             k.revoked_at.store(at, Ordering::Relaxed);
@@ -102,6 +107,18 @@ fn opt_uuid_col(row: &AnyRow, col: &str) -> Result<Option<Uuid>> {
 fn role_col(row: &AnyRow) -> Result<Role> {
     let s: String = row.try_get("role")?;
     Role::parse(&s).ok_or_else(|| Error::Corrupt(format!("role {s:?}")))
+}
+
+fn cached_from_key(k: &ApiKey, hash: String) -> CachedKey {
+    CachedKey {
+        id: k.id,
+        hash,
+        role: k.role,
+        vps_id: k.vps_id,
+        expires_at: k.expires_at.map(crate::db::to_ms),
+        revoked_at: AtomicI64::new(k.revoked_at.map_or(0, crate::db::to_ms)),
+        last_used_at: AtomicI64::new(k.last_used_at.map_or(0, crate::db::to_ms)),
+    }
 }
 
 fn api_key_from_row(row: &AnyRow) -> Result<ApiKey> {
@@ -168,19 +185,7 @@ impl Store {
                     .fetch_optional(&self.pools.read)
                     .await?
                     .ok_or_else(|| Error::Unauthorized("unknown API key".into()))?;
-                let k = Arc::new(CachedKey {
-                    id: uuid_col(&row, "id")?,
-                    hash: row.try_get("key_hash")?,
-                    role: role_col(&row)?,
-                    vps_id: opt_uuid_col(&row, "vps_id")?,
-                    expires_at: row.try_get("expires_at")?,
-                    revoked_at: AtomicI64::new(
-                        row.try_get::<Option<i64>, _>("revoked_at")?.unwrap_or(0),
-                    ),
-                    last_used_at: AtomicI64::new(
-                        row.try_get::<Option<i64>, _>("last_used_at")?.unwrap_or(0),
-                    ),
-                });
+                let k = Arc::new(cached_from_key(&api_key_from_row(&row)?, row.try_get("key_hash")?));
                 self.keys.put(prefix.clone(), k.clone());
                 k
             }
@@ -344,8 +349,9 @@ impl Store {
             .insert_key(&mut tx, actor, &c.name, c.role, c.vps_id, c.ttl_seconds)
             .await?;
         tx.commit().await?;
+        self.keys.remember(&key, s.hash);
         Ok(ApiKeyCreated {
-            key: s,
+            key: s.plaintext,
             api_key: key,
         })
     }
@@ -358,7 +364,7 @@ impl Store {
         role: Role,
         vps_id: Option<Uuid>,
         ttl_seconds: Option<i64>,
-    ) -> Result<(ApiKey, String)> {
+    ) -> Result<(ApiKey, secret::NewSecret)> {
         let s = secret::generate(secret::API_KEY_KIND)?;
         let id = Uuid::new_v4();
         let now = now_ms();
@@ -380,7 +386,7 @@ impl Store {
         .await?;
         let key = ApiKey {
             id,
-            prefix: s.prefix,
+            prefix: s.prefix.clone(),
             name: name.to_string(),
             role,
             vps_id,
@@ -402,7 +408,38 @@ impl Store {
             Some(&key),
         )
         .await?;
-        Ok((key, s.plaintext))
+        Ok((key, s))
+    }
+
+    /// Loads every usable key and every live VPS into memory, so that after a restart the
+    /// agent hot path does not fall back to one query per agent.
+    pub async fn warm_caches(&self) -> Result<(usize, usize)> {
+        use futures_util::TryStreamExt;
+        let now = now_ms();
+        let mut keys = 0;
+        let mut rows = sqlx::query(dynsql!(
+            "SELECT {KEY_COLS} FROM api_keys WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1)"
+        ))
+        .bind(now)
+        .fetch(&self.pools.read);
+        while let Some(row) = rows.try_next().await? {
+            let k = api_key_from_row(&row)?;
+            self.keys.remember(&k, row.try_get("key_hash")?);
+            keys += 1;
+        }
+        drop(rows);
+        let mut vps = 0;
+        let mut rows = sqlx::query(dynsql!(
+            "SELECT {} FROM vps WHERE deleted_at IS NULL",
+            crate::fleet::HOT_COLS
+        ))
+        .fetch(&self.pools.read);
+        while let Some(row) = rows.try_next().await? {
+            let (id, hot, _) = crate::fleet::hot_from_row(&row)?;
+            self.fleet.put(id, hot);
+            vps += 1;
+        }
+        Ok((keys, vps))
     }
 
     /// Lists API keys, newest first.

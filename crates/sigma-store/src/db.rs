@@ -70,26 +70,31 @@ impl Pools {
             .map_err(|e| Error::Config(format!("database URL: {e}")))?;
         let pools = match backend {
             Backend::Sqlite => {
-                let pool = |n: u32| {
+                let pool = |n: u32, writer: bool| {
                     AnyPoolOptions::new()
                         .max_connections(n)
                         .min_connections(1)
                         .acquire_timeout(s.acquire_timeout)
-                        .after_connect(|conn, _| {
+                        .after_connect(move |conn, _| {
                             Box::pin(async move {
                                 conn.execute(
                                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
                                      PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
                                 )
                                 .await?;
+                                if writer {
+                                    // Heartbeat batches touch rows all over the table; a larger
+                                    // page cache for the one writer keeps them in memory.
+                                    conn.execute("PRAGMA cache_size = -65536").await?;
+                                }
                                 Ok(())
                             })
                         })
                         .connect_with(opts.clone())
                 };
                 // The writer first, so the file exists and is in WAL mode before readers open it.
-                let write = pool(1).await?;
-                let read = pool(s.max_connections.max(1)).await?;
+                let write = pool(1, true).await?;
+                let read = pool(s.max_connections.max(1), false).await?;
                 Pools {
                     read,
                     write,
