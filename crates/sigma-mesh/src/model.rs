@@ -1,0 +1,616 @@
+//! From the inventory to the desired set of Istio objects.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+
+use sha2::{Digest, Sha256};
+use sigma_types::{IpAddress, Normalize, VpsStatus};
+use uuid::Uuid;
+
+use crate::names;
+use crate::objects::*;
+use crate::settings::{MeshSettings, MeshTemplate, NetworkMode, Probe, Protocol};
+use crate::{Error, Result};
+
+/// A purpose as the mesh sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshPurpose {
+    /// DNS-1123 label; the `app` of its workloads.
+    pub name: String,
+    /// Its `mesh` object.
+    pub settings: MeshSettings,
+}
+
+/// A VPS as the mesh sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshVps {
+    /// Inventory id.
+    pub id: Uuid,
+    /// Hostname.
+    pub hostname: String,
+    /// Lifecycle status; only active VPS join the mesh.
+    pub status: VpsStatus,
+    /// Purpose name.
+    pub purpose: String,
+    /// Provider name.
+    pub provider: Option<String>,
+    /// ISO 3166-1 alpha-2 country.
+    pub country: Option<String>,
+    /// City.
+    pub city: Option<String>,
+    /// Addresses with their labels (`public`, `private`, …).
+    pub ip_addresses: Vec<IpAddress>,
+    /// Kept out of the mesh by the operator.
+    pub mesh_opt_out: bool,
+}
+
+/// Why a VPS that should be in the mesh has no WorkloadEntry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SkipReason {
+    /// None of its addresses can be an endpoint (none, unparsable, loopback, link-local, …).
+    NoUsableAddress,
+    /// Its purpose is not among the purposes given.
+    UnknownPurpose(String),
+    /// Its object name is already taken by another VPS (only possible through a hash
+    /// collision of two hostnames that clean to the same name).
+    NameCollision {
+        /// The contested name.
+        name: String,
+        /// The VPS that kept it (the one with the smaller id).
+        with: Uuid,
+    },
+    /// Another VPS in the input has the same id.
+    DuplicateId,
+    /// The generated entry breaks an Istio rule (a bug in the model; reported, not applied).
+    Invalid(String),
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SkipReason::NoUsableAddress => f.write_str("no address usable as a mesh endpoint"),
+            SkipReason::UnknownPurpose(p) => write!(f, "unknown purpose {p:?}"),
+            SkipReason::NameCollision { name, with } => {
+                write!(f, "object name {name:?} is already used by VPS {with}")
+            }
+            SkipReason::DuplicateId => f.write_str("id listed twice"),
+            SkipReason::Invalid(r) => write!(f, "generated entry is invalid: {r}"),
+        }
+    }
+}
+
+/// A VPS left out of the mesh although it qualifies, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedVps {
+    /// Its id.
+    pub id: Uuid,
+    /// Its hostname.
+    pub hostname: String,
+    /// Why.
+    pub reason: SkipReason,
+}
+
+/// The objects the mesh should hold, plus the VPS that could not be represented.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DesiredState {
+    /// Every object, sorted by kind then name.
+    pub objects: Vec<MeshObject>,
+    /// Active, mesh-enabled, not opted-out VPS without a WorkloadEntry, sorted by id.
+    pub skipped: Vec<SkippedVps>,
+}
+
+/// An egress entry with its listener address resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressBinding {
+    /// Service host.
+    pub host: String,
+    /// Service port.
+    pub port: u16,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Loopback address the proxy listens on; the agent maps `host` to it.
+    pub bind: Ipv4Addr,
+    /// Listener port name (`<protocol>-<port>`).
+    pub name: String,
+}
+
+/// Number of addresses in 127.0.0.2 ..= 127.255.255.254.
+const LOOPBACK_SLOTS: u32 = (1 << 24) - 3;
+
+fn loopback_slot(host: &str) -> u32 {
+    let d = Sha256::digest(host.as_bytes());
+    u32::from_be_bytes([d[0], d[1], d[2], d[3]]) % LOOPBACK_SLOTS
+}
+
+fn slot_addr(slot: u32) -> Ipv4Addr {
+    Ipv4Addr::from((127u32 << 24) + 2 + slot)
+}
+
+/// The listener address of every egress entry of (normalized) settings.
+///
+/// An explicit `bind` wins. Otherwise a host's address is derived from a hash of the host name
+/// alone (somewhere in 127.0.0.2–127.255.255.254), so it does not depend on the other entries:
+/// adding, removing or reordering entries never moves an existing host, and the same host gets
+/// the same address in every purpose. Positional schemes (list order, or sorted order) move
+/// addresses on insertion. Only when two hosts of one purpose hash to the same address (about
+/// one chance in 16 million per pair) does the later one in host order take the next free
+/// address. Entries of one host share its address.
+pub fn egress_bindings(settings: &MeshSettings) -> Vec<EgressBinding> {
+    let mut by_host: BTreeMap<&str, Option<Ipv4Addr>> = BTreeMap::new();
+    for g in &settings.egress {
+        let e = by_host.entry(g.host.as_str()).or_insert(None);
+        if e.is_none() {
+            *e = g.bind;
+        }
+    }
+    let mut used: HashSet<Ipv4Addr> = by_host.values().flatten().copied().collect();
+    let mut addr: HashMap<&str, Ipv4Addr> = HashMap::with_capacity(by_host.len());
+    for (host, bind) in &by_host {
+        let a = match bind {
+            Some(b) => *b,
+            None => {
+                let mut slot = loopback_slot(host);
+                while used.contains(&slot_addr(slot)) {
+                    slot = (slot + 1) % LOOPBACK_SLOTS;
+                }
+                let a = slot_addr(slot);
+                used.insert(a);
+                a
+            }
+        };
+        addr.insert(host, a);
+    }
+    let mut out: Vec<EgressBinding> = settings
+        .egress
+        .iter()
+        .map(|g| EgressBinding {
+            host: g.host.clone(),
+            port: g.port,
+            protocol: g.protocol,
+            bind: addr[g.host.as_str()],
+            name: format!("{}-{}", g.protocol.name_token(), g.port),
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
+    out
+}
+
+/// Whether an address is in a range that is never routed on the internet: RFC 1918, CGNAT
+/// (100.64.0.0/10) and IPv6 unique-local (fc00::/7).
+fn is_private_range(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            a.is_private() || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(a) => (a.segments()[0] & 0xfe00) == 0xfc00,
+    }
+}
+
+/// Whether an address can never be an endpoint other hosts reach.
+fn is_unusable(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => {
+            a.is_loopback()
+                || a.is_unspecified()
+                || a.is_link_local()
+                || a.is_multicast()
+                || a.is_broadcast()
+        }
+        IpAddr::V6(a) => {
+            a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || (a.segments()[0] & 0xffc0) == 0xfe80
+                || a.to_ipv4_mapped().is_some()
+        }
+    }
+}
+
+/// The address a VPS is reached at in the mesh, or `None` when it has no usable one.
+///
+/// Preference: public IPv4, public IPv6, private IPv4, private IPv6; ties go to the smallest
+/// address, so the choice does not depend on the order addresses are listed in. An address is
+/// private when labelled `private` or in a private range (RFC 1918, CGNAT, fc00::/7): a `public`
+/// label cannot make 10.0.0.5 reachable. A private address is used only when the VPS has no
+/// public one (its network's east-west gateway then has to reach it).
+pub fn select_address(ips: &[IpAddress]) -> Option<IpAddr> {
+    ips.iter()
+        .filter_map(|a| {
+            let ip: IpAddr = a.ip.trim().parse().ok()?;
+            if is_unusable(ip) {
+                return None;
+            }
+            let private = a.label == "private" || is_private_range(ip);
+            Some(((private, ip.is_ipv6()), ip))
+        })
+        .min()
+        .map(|(_, ip)| ip)
+}
+
+/// The `region/zone` locality of a VPS (`fr/paris`), or `None` without a usable country.
+pub fn locality(country: Option<&str>, city: Option<&str>) -> Option<String> {
+    let region = names::locality_component(country?)?;
+    Some(match city.and_then(names::locality_component) {
+        Some(zone) => format!("{region}/{zone}"),
+        None => region,
+    })
+}
+
+/// The name of a VPS's WorkloadEntry: `vps-<hostname>` as a DNS-1123 label (see
+/// [`names::dns_label`]).
+pub fn workload_entry_name(hostname: &str) -> String {
+    names::dns_label(&format!("vps-{hostname}"))
+}
+
+/// The name of the DestinationRule for a called host.
+pub fn destination_rule_name(host: &str) -> String {
+    names::dns_label(&format!("{host}-mtls"))
+}
+
+/// The host of a purpose's ServiceEntry.
+pub fn service_host(purpose: &str, template: &MeshTemplate) -> String {
+    format!("{purpose}.{}", template.service_domain)
+}
+
+/// The Istio network of a VPS: the purpose's override, else the template's fixed network, else
+/// `provider-<provider>` (cleaned into a label value), else none.
+pub fn vps_network(
+    template: &MeshTemplate,
+    settings: &MeshSettings,
+    provider: Option<&str>,
+) -> Option<String> {
+    if let Some(n) = &settings.network {
+        return Some(n.clone());
+    }
+    match &template.network {
+        NetworkMode::Fixed(n) => Some(n.clone()),
+        NetworkMode::PerProvider => provider
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| names::label_value(&format!("provider-{}", p.trim()))),
+    }
+}
+
+fn managed_meta(
+    name: String,
+    template: &MeshTemplate,
+    mut labels: BTreeMap<String, String>,
+) -> ObjectMeta {
+    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
+    let mut annotations = BTreeMap::new();
+    annotations.insert(MANAGED_ANNOTATION.into(), "true".into());
+    ObjectMeta {
+        name,
+        namespace: template.namespace.clone(),
+        labels,
+        annotations,
+    }
+}
+
+fn app_labels(purpose: &str, template: &MeshTemplate) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app".to_string(), purpose.to_string()),
+        ("version".to_string(), template.version.clone()),
+    ])
+}
+
+fn selector(purpose: &str) -> WorkloadSelector {
+    WorkloadSelector {
+        labels: BTreeMap::from([("app".to_string(), purpose.to_string())]),
+    }
+}
+
+struct Prepared<'a> {
+    name: &'a str,
+    settings: MeshSettings,
+    service_account: String,
+}
+
+/// Computes every object the mesh should hold.
+///
+/// Fails when the template is invalid, a purpose name is not a DNS-1123 label, a purpose is
+/// listed twice or a purpose's settings are invalid: the reconciler must then change nothing,
+/// rather than delete the objects of a purpose it can no longer read. Problems of single VPS
+/// never fail the whole computation; they are listed in [`DesiredState::skipped`].
+///
+/// A WorkloadGroup and a Sidecar are generated for each enabled purpose, a ServiceEntry for
+/// each enabled purpose that serves ports (Istio requires ports on a ServiceEntry; a purpose
+/// that only calls other services is a client and has nothing to publish), a DestinationRule
+/// per distinct called host and a WorkloadEntry per VPS that is active, not opted out and of
+/// an enabled purpose.
+pub fn desired_state(
+    template: &MeshTemplate,
+    purposes: &[MeshPurpose],
+    vps: &[MeshVps],
+) -> Result<DesiredState> {
+    template.validate().map_err(Error::InvalidTemplate)?;
+
+    let mut prepared: HashMap<&str, Prepared<'_>> = HashMap::with_capacity(purposes.len());
+    let mut disabled: HashSet<&str> = HashSet::new();
+    for p in purposes {
+        if !names::is_dns_label(&p.name) {
+            let mut errors = sigma_types::FieldErrors::new();
+            errors.add("name", "must be a DNS-1123 label");
+            return Err(Error::InvalidPurpose {
+                purpose: p.name.clone(),
+                errors,
+            });
+        }
+        if prepared.contains_key(p.name.as_str()) || disabled.contains(p.name.as_str()) {
+            return Err(Error::DuplicatePurpose(p.name.clone()));
+        }
+        if !p.settings.enabled {
+            disabled.insert(&p.name);
+            continue;
+        }
+        let settings = p
+            .settings
+            .clone()
+            .normalize()
+            .map_err(|errors| Error::InvalidPurpose {
+                purpose: p.name.clone(),
+                errors,
+            })?;
+        let service_account = settings
+            .service_account
+            .clone()
+            .unwrap_or_else(|| template.service_account.clone());
+        prepared.insert(
+            &p.name,
+            Prepared {
+                name: &p.name,
+                settings,
+                service_account,
+            },
+        );
+    }
+
+    let mut objects = Vec::with_capacity(vps.len() + purposes.len() * 3);
+    let mut called_hosts = BTreeSet::new();
+    for p in prepared.values() {
+        purpose_objects(template, p, &mut objects, &mut called_hosts);
+    }
+    for host in called_hosts {
+        objects.push(MeshObject::DestinationRule(resource(
+            Kind::DestinationRule,
+            managed_meta(destination_rule_name(&host), template, BTreeMap::new()),
+            DestinationRuleSpec {
+                host,
+                traffic_policy: Some(TrafficPolicy {
+                    tls: Some(ClientTlsSettings {
+                        mode: Some(TlsMode::IstioMutual),
+                    }),
+                }),
+                // Only sigma's own namespace (the VPS proxies) follows the rule, so it cannot
+                // change how workloads elsewhere in the cluster reach the service.
+                export_to: vec![".".into()],
+            },
+        )));
+    }
+
+    // Ids decide who keeps a contested name, so process in id order.
+    let mut order: Vec<&MeshVps> = vps.iter().collect();
+    order.sort_by_key(|v| v.id);
+    let mut skipped = Vec::new();
+    let mut names_taken: HashMap<String, Uuid> = HashMap::with_capacity(vps.len());
+    let mut prev_id: Option<Uuid> = None;
+    for v in order {
+        if prev_id == Some(v.id) {
+            skipped.push(skip(v, SkipReason::DuplicateId));
+            continue;
+        }
+        prev_id = Some(v.id);
+        if v.status != VpsStatus::Active || v.mesh_opt_out {
+            continue;
+        }
+        let Some(p) = prepared.get(v.purpose.as_str()) else {
+            if !disabled.contains(v.purpose.as_str()) {
+                skipped.push(skip(v, SkipReason::UnknownPurpose(v.purpose.clone())));
+            }
+            continue;
+        };
+        let Some(address) = select_address(&v.ip_addresses) else {
+            skipped.push(skip(v, SkipReason::NoUsableAddress));
+            continue;
+        };
+        let name = workload_entry_name(&v.hostname);
+        if let Some(with) = names_taken.get(&name) {
+            let reason = SkipReason::NameCollision { name, with: *with };
+            skipped.push(skip(v, reason));
+            continue;
+        }
+        let entry = workload_entry(template, p, v, name.clone(), address);
+        if let Err(r) = check_object(&entry) {
+            skipped.push(skip(v, SkipReason::Invalid(r.join("; "))));
+            continue;
+        }
+        names_taken.insert(name, v.id);
+        objects.push(entry);
+    }
+
+    for o in &objects {
+        if o.kind() != Kind::WorkloadEntry
+            && let Err(r) = check_object(o)
+        {
+            return Err(Error::Internal(format!("{}: {}", o.key(), r.join("; "))));
+        }
+    }
+    objects.sort_by(|a, b| (a.kind(), a.name()).cmp(&(b.kind(), b.name())));
+    Ok(DesiredState { objects, skipped })
+}
+
+fn skip(v: &MeshVps, reason: SkipReason) -> SkippedVps {
+    SkippedVps {
+        id: v.id,
+        hostname: v.hostname.clone(),
+        reason,
+    }
+}
+
+fn purpose_objects(
+    template: &MeshTemplate,
+    p: &Prepared<'_>,
+    objects: &mut Vec<MeshObject>,
+    called_hosts: &mut BTreeSet<String>,
+) {
+    let s = &p.settings;
+    // Only a network shared by every VPS of the purpose belongs in the template.
+    let shared_network = s.network.clone().or_else(|| match &template.network {
+        NetworkMode::Fixed(n) => Some(n.clone()),
+        NetworkMode::PerProvider => None,
+    });
+    let probe = match &s.probe {
+        None => ReadinessProbe {
+            http_get: Some(HttpGetAction {
+                path: template.health_path.clone(),
+                port: u32::from(template.health_port),
+            }),
+            tcp_socket: None,
+        },
+        Some(Probe::HttpGet(h)) => ReadinessProbe {
+            http_get: Some(HttpGetAction {
+                path: h.path.clone(),
+                port: u32::from(h.port),
+            }),
+            tcp_socket: None,
+        },
+        Some(Probe::TcpSocket(t)) => ReadinessProbe {
+            http_get: None,
+            tcp_socket: Some(TcpSocketAction {
+                port: u32::from(t.port),
+            }),
+        },
+    };
+    objects.push(MeshObject::WorkloadGroup(resource(
+        Kind::WorkloadGroup,
+        managed_meta(p.name.to_string(), template, app_labels(p.name, template)),
+        WorkloadGroupSpec {
+            metadata: Some(WorkloadGroupMetadata {
+                labels: app_labels(p.name, template),
+                annotations: BTreeMap::new(),
+            }),
+            template: WorkloadEntrySpec {
+                address: String::new(),
+                labels: BTreeMap::new(),
+                network: shared_network,
+                locality: None,
+                service_account: Some(p.service_account.clone()),
+            },
+            probe: Some(probe),
+        },
+    )));
+
+    if !s.ports.is_empty() {
+        let mut ports: Vec<ServiceEntryPort> = s
+            .ports
+            .iter()
+            .map(|sp| ServiceEntryPort {
+                number: u32::from(sp.number),
+                protocol: sp.protocol.as_str().to_string(),
+                name: sp.name.clone(),
+                target_port: sp.target_port.map(u32::from),
+            })
+            .collect();
+        ports.sort_by_key(|sp| sp.number);
+        let labels = BTreeMap::from([("app".to_string(), p.name.to_string())]);
+        objects.push(MeshObject::ServiceEntry(resource(
+            Kind::ServiceEntry,
+            managed_meta(p.name.to_string(), template, labels),
+            ServiceEntrySpec {
+                hosts: vec![service_host(p.name, template)],
+                location: Some(Location::MeshInternal),
+                resolution: Some(Resolution::Static),
+                ports,
+                workload_selector: Some(selector(p.name)),
+            },
+        )));
+    }
+
+    let bindings = egress_bindings(s);
+    let egress = if bindings.is_empty() {
+        // Without listeners Istio would import every service of the mesh; `~/*` imports none,
+        // which is what a purpose that calls nothing needs.
+        vec![EgressListener {
+            port: None,
+            bind: None,
+            capture_mode: None,
+            hosts: vec!["~/*".into()],
+        }]
+    } else {
+        bindings
+            .iter()
+            .map(|b| {
+                called_hosts.insert(b.host.clone());
+                EgressListener {
+                    port: Some(SidecarPort {
+                        number: u32::from(b.port),
+                        protocol: b.protocol.as_str().to_string(),
+                        name: b.name.clone(),
+                    }),
+                    bind: Some(b.bind.to_string()),
+                    capture_mode: Some(CaptureMode::None),
+                    hosts: vec![format!("*/{}", b.host)],
+                }
+            })
+            .collect()
+    };
+    let labels = BTreeMap::from([("app".to_string(), p.name.to_string())]);
+    objects.push(MeshObject::Sidecar(resource(
+        Kind::Sidecar,
+        managed_meta(p.name.to_string(), template, labels),
+        SidecarSpec {
+            workload_selector: Some(selector(p.name)),
+            egress,
+            outbound_traffic_policy: Some(OutboundTrafficPolicy {
+                mode: Some(OutboundMode::RegistryOnly),
+            }),
+        },
+    )));
+}
+
+fn workload_entry(
+    template: &MeshTemplate,
+    p: &Prepared<'_>,
+    v: &MeshVps,
+    name: String,
+    address: IpAddr,
+) -> MeshObject {
+    let mut labels = app_labels(p.name, template);
+    labels.insert(CANONICAL_NAME_LABEL.into(), p.name.to_string());
+    labels.insert(CANONICAL_REVISION_LABEL.into(), template.version.clone());
+    labels.insert(VPS_ID_LABEL.into(), v.id.to_string());
+    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
+    if let Some(c) = v
+        .country
+        .as_deref()
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+    {
+        labels.insert("country".into(), names::label_value(c));
+    }
+    if let Some(pr) = v
+        .provider
+        .as_deref()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        labels.insert("provider".into(), names::label_value(pr));
+    }
+    let mut meta = managed_meta(name, template, labels.clone());
+    meta.annotations
+        .insert(HEALTH_CHECKS_ANNOTATION.into(), "true".into());
+    meta.annotations
+        .insert(HOSTNAME_ANNOTATION.into(), v.hostname.clone());
+    MeshObject::WorkloadEntry(resource(
+        Kind::WorkloadEntry,
+        meta,
+        WorkloadEntrySpec {
+            address: address.to_string(),
+            labels,
+            network: vps_network(template, &p.settings, v.provider.as_deref()),
+            locality: locality(v.country.as_deref(), v.city.as_deref()),
+            service_account: Some(p.service_account.clone()),
+        },
+    ))
+}

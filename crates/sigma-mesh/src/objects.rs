@@ -1,0 +1,835 @@
+//! Typed Istio objects (`networking.istio.io/v1`) that serialize exactly like the Kubernetes
+//! resources, holding only the fields sigma sets.
+//!
+//! Decoding ignores fields sigma does not model (`status`, `uid`, `managedFields`, a `weight`
+//! someone added), so comparing a decoded object with a desired one compares exactly what sigma
+//! owns; that is what makes [`crate::diff`] reach zero writes in steady state under server-side
+//! apply.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::names;
+use crate::settings::{Protocol, check_network, check_port_name, check_service_account};
+use crate::{Error, Result};
+
+/// API group and version of every generated object.
+pub const API_VERSION: &str = "networking.istio.io/v1";
+
+/// Label that marks an object as sigma's; the reconciler lists and deletes only such objects.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`].
+pub const MANAGED_BY: &str = "sigma";
+/// Annotation that marks an object as sigma's, for tools that look at annotations.
+pub const MANAGED_ANNOTATION: &str = "sigma.io/managed";
+/// Label holding the VPS's id on its WorkloadEntry.
+pub const VPS_ID_LABEL: &str = "sigma.io/vps-id";
+/// Annotation holding the VPS's hostname, since the object name may be a sanitised form of it.
+pub const HOSTNAME_ANNOTATION: &str = "sigma.io/hostname";
+/// Annotation asking Istio to track the health of a WorkloadEntry from its proxy's probes.
+pub const HEALTH_CHECKS_ANNOTATION: &str = "proxy.istio.io/health-checks-enabled";
+/// Istio's canonical service name label (what Kiali groups telemetry by).
+pub const CANONICAL_NAME_LABEL: &str = "service.istio.io/canonical-name";
+/// Istio's canonical revision label.
+pub const CANONICAL_REVISION_LABEL: &str = "service.istio.io/canonical-revision";
+
+/// Every label key sigma may ever write on an object's metadata. The diff compares these keys
+/// only, so labels added by other tools (Argo CD, kubectl) do not cause writes, while a label
+/// sigma stops setting (a VPS that lost its provider) is still noticed.
+pub const OWNED_LABELS: [&str; 8] = [
+    "app",
+    "version",
+    "country",
+    "provider",
+    VPS_ID_LABEL,
+    MANAGED_BY_LABEL,
+    CANONICAL_NAME_LABEL,
+    CANONICAL_REVISION_LABEL,
+];
+
+/// Every annotation key sigma may ever write; see [`OWNED_LABELS`].
+pub const OWNED_ANNOTATIONS: [&str; 3] = [
+    MANAGED_ANNOTATION,
+    HEALTH_CHECKS_ANNOTATION,
+    HOSTNAME_ANNOTATION,
+];
+
+// ---------------------------------------------------------------------------------------------
+// Kinds and keys
+
+/// The kinds sigma generates, in the order they are exported and applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Kind {
+    /// One per mesh-enabled purpose.
+    WorkloadGroup,
+    /// One per meshed VPS.
+    WorkloadEntry,
+    /// One per mesh-enabled purpose that serves ports.
+    ServiceEntry,
+    /// One per mesh-enabled purpose.
+    Sidecar,
+    /// One per mesh service some purpose calls.
+    DestinationRule,
+}
+
+impl Kind {
+    /// Every kind, in order.
+    pub const ALL: [Kind; 5] = [
+        Kind::WorkloadGroup,
+        Kind::WorkloadEntry,
+        Kind::ServiceEntry,
+        Kind::Sidecar,
+        Kind::DestinationRule,
+    ];
+
+    /// The Kubernetes `kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::WorkloadGroup => "WorkloadGroup",
+            Kind::WorkloadEntry => "WorkloadEntry",
+            Kind::ServiceEntry => "ServiceEntry",
+            Kind::Sidecar => "Sidecar",
+            Kind::DestinationRule => "DestinationRule",
+        }
+    }
+
+    /// The resource's plural (its REST path segment).
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::WorkloadGroup => "workloadgroups",
+            Kind::WorkloadEntry => "workloadentries",
+            Kind::ServiceEntry => "serviceentries",
+            Kind::Sidecar => "sidecars",
+            Kind::DestinationRule => "destinationrules",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Identity of an object: kind, namespace and name. The namespace is part of it so that moving
+/// the mesh to another namespace deletes the objects left in the old one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ObjectKey {
+    /// Kind.
+    pub kind: Kind,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Common parts
+
+/// The part of Kubernetes `metadata` sigma sets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectMeta {
+    /// Object name.
+    pub name: String,
+    /// Namespace.
+    #[serde(default)]
+    pub namespace: String,
+    /// Labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A Kubernetes resource with a typed `spec`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resource<S> {
+    /// Always [`API_VERSION`] for generated objects.
+    pub api_version: String,
+    /// The Kubernetes kind.
+    pub kind: String,
+    /// Metadata.
+    pub metadata: ObjectMeta,
+    /// Spec.
+    pub spec: S,
+}
+
+/// Selects workloads by label.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadSelector {
+    /// Labels a workload must carry.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// WorkloadEntry / WorkloadGroup
+
+/// `WorkloadEntry.spec`, and (without `address`) `WorkloadGroup.spec.template`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadEntrySpec {
+    /// IP address of the VPS; empty in a WorkloadGroup template.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub address: String,
+    /// Endpoint labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Istio network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// `region/zone`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<String>,
+    /// Service account (identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+}
+
+/// Labels and annotations a WorkloadGroup gives its workloads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadGroupMetadata {
+    /// Labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// HTTP GET probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpGetAction {
+    /// Path.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub path: String,
+    /// Port.
+    pub port: u32,
+}
+
+/// TCP connect probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpSocketAction {
+    /// Port.
+    pub port: u32,
+}
+
+/// `WorkloadGroup.spec.probe`: exactly one method.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadinessProbe {
+    /// HTTP GET check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_get: Option<HttpGetAction>,
+    /// TCP connect check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_socket: Option<TcpSocketAction>,
+}
+
+/// `WorkloadGroup.spec`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadGroupSpec {
+    /// Labels given to the group's workloads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<WorkloadGroupMetadata>,
+    /// Template of the group's WorkloadEntries.
+    #[serde(default)]
+    pub template: WorkloadEntrySpec,
+    /// Health check run by the workloads' proxies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ReadinessProbe>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// ServiceEntry
+
+/// `ServiceEntry.spec.location`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Location {
+    /// Outside the mesh.
+    MeshExternal,
+    /// Part of the mesh (mTLS between proxies).
+    MeshInternal,
+}
+
+/// `ServiceEntry.spec.resolution`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Resolution {
+    /// Pass through to the requested address.
+    None,
+    /// Endpoints are the selected workloads' addresses.
+    Static,
+    /// DNS lookup.
+    Dns,
+    /// DNS lookup, one address at a time.
+    DnsRoundRobin,
+    /// DNS lookup per request.
+    DynamicDns,
+}
+
+/// A ServiceEntry port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceEntryPort {
+    /// Port number.
+    pub number: u32,
+    /// Istio protocol (kept as text: Istio itself accepts any case when reading).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub protocol: String,
+    /// Port name.
+    pub name: String,
+    /// Port on the endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<u32>,
+}
+
+/// `ServiceEntry.spec`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceEntrySpec {
+    /// Service hosts.
+    pub hosts: Vec<String>,
+    /// Mesh-internal or external.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
+    /// How endpoints are found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<Resolution>,
+    /// Ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ServiceEntryPort>,
+    /// Workloads that serve it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_selector: Option<WorkloadSelector>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sidecar
+
+/// `captureMode` of a Sidecar listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CaptureMode {
+    /// The proxy's default.
+    Default,
+    /// Traffic is redirected by iptables.
+    Iptables,
+    /// The application connects to the listener itself.
+    None,
+}
+
+/// `outboundTrafficPolicy.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OutboundMode {
+    /// Only services in the registry are reachable.
+    RegistryOnly,
+    /// Unknown destinations pass through.
+    AllowAny,
+}
+
+/// A Sidecar listener port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SidecarPort {
+    /// Port number.
+    pub number: u32,
+    /// Istio protocol.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub protocol: String,
+    /// Port name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+}
+
+/// A Sidecar egress listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressListener {
+    /// Listener port; none for a catch-all listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<SidecarPort>,
+    /// Address the listener binds to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<String>,
+    /// How traffic reaches the listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture_mode: Option<CaptureMode>,
+    /// Services reachable through it, as `namespace/dnsName`.
+    pub hosts: Vec<String>,
+}
+
+/// `Sidecar.spec.outboundTrafficPolicy`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundTrafficPolicy {
+    /// Mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<OutboundMode>,
+}
+
+/// `Sidecar.spec`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarSpec {
+    /// Workloads it applies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_selector: Option<WorkloadSelector>,
+    /// Egress listeners.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<EgressListener>,
+    /// What happens to traffic to unknown destinations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// DestinationRule
+
+/// Client TLS mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TlsMode {
+    /// Plain text.
+    Disable,
+    /// TLS to the server.
+    Simple,
+    /// Mutual TLS with given certificates.
+    Mutual,
+    /// Mutual TLS with Istio's certificates.
+    IstioMutual,
+}
+
+/// `trafficPolicy.tls`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientTlsSettings {
+    /// Mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<TlsMode>,
+}
+
+/// `DestinationRule.spec.trafficPolicy`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficPolicy {
+    /// TLS to the destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClientTlsSettings>,
+}
+
+/// `DestinationRule.spec`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationRuleSpec {
+    /// Destination host.
+    pub host: String,
+    /// Policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_policy: Option<TrafficPolicy>,
+    /// Namespaces the rule is visible to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub export_to: Vec<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// MeshObject
+
+/// One object sigma manages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MeshObject {
+    /// A purpose's WorkloadGroup.
+    WorkloadGroup(Resource<WorkloadGroupSpec>),
+    /// A VPS's WorkloadEntry.
+    WorkloadEntry(Resource<WorkloadEntrySpec>),
+    /// A purpose's ServiceEntry.
+    ServiceEntry(Resource<ServiceEntrySpec>),
+    /// A purpose's Sidecar.
+    Sidecar(Resource<SidecarSpec>),
+    /// A called service's DestinationRule.
+    DestinationRule(Resource<DestinationRuleSpec>),
+}
+
+impl Serialize for MeshObject {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            MeshObject::WorkloadGroup(r) => r.serialize(s),
+            MeshObject::WorkloadEntry(r) => r.serialize(s),
+            MeshObject::ServiceEntry(r) => r.serialize(s),
+            MeshObject::Sidecar(r) => r.serialize(s),
+            MeshObject::DestinationRule(r) => r.serialize(s),
+        }
+    }
+}
+
+/// Builds a resource of `kind` with sigma's API version.
+pub fn resource<S>(kind: Kind, metadata: ObjectMeta, spec: S) -> Resource<S> {
+    Resource {
+        api_version: API_VERSION.to_string(),
+        kind: kind.as_str().to_string(),
+        metadata,
+        spec,
+    }
+}
+
+impl MeshObject {
+    /// The object's kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            MeshObject::WorkloadGroup(_) => Kind::WorkloadGroup,
+            MeshObject::WorkloadEntry(_) => Kind::WorkloadEntry,
+            MeshObject::ServiceEntry(_) => Kind::ServiceEntry,
+            MeshObject::Sidecar(_) => Kind::Sidecar,
+            MeshObject::DestinationRule(_) => Kind::DestinationRule,
+        }
+    }
+
+    /// The object's metadata.
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            MeshObject::WorkloadGroup(r) => &r.metadata,
+            MeshObject::WorkloadEntry(r) => &r.metadata,
+            MeshObject::ServiceEntry(r) => &r.metadata,
+            MeshObject::Sidecar(r) => &r.metadata,
+            MeshObject::DestinationRule(r) => &r.metadata,
+        }
+    }
+
+    /// The object's metadata, mutable.
+    pub fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            MeshObject::WorkloadGroup(r) => &mut r.metadata,
+            MeshObject::WorkloadEntry(r) => &mut r.metadata,
+            MeshObject::ServiceEntry(r) => &mut r.metadata,
+            MeshObject::Sidecar(r) => &mut r.metadata,
+            MeshObject::DestinationRule(r) => &mut r.metadata,
+        }
+    }
+
+    /// The object's name.
+    pub fn name(&self) -> &str {
+        &self.metadata().name
+    }
+
+    /// Kind, namespace and name.
+    pub fn key(&self) -> ObjectKey {
+        let m = self.metadata();
+        ObjectKey {
+            kind: self.kind(),
+            namespace: m.namespace.clone(),
+            name: m.name.clone(),
+        }
+    }
+
+    /// Whether the object carries sigma's managed-by label.
+    pub fn is_managed(&self) -> bool {
+        self.metadata()
+            .labels
+            .get(MANAGED_BY_LABEL)
+            .map(String::as_str)
+            == Some(MANAGED_BY)
+    }
+
+    /// Whether `self` and `other` have the same spec (on the fields sigma models).
+    pub fn same_spec(&self, other: &MeshObject) -> bool {
+        match (self, other) {
+            (MeshObject::WorkloadGroup(a), MeshObject::WorkloadGroup(b)) => a.spec == b.spec,
+            (MeshObject::WorkloadEntry(a), MeshObject::WorkloadEntry(b)) => a.spec == b.spec,
+            (MeshObject::ServiceEntry(a), MeshObject::ServiceEntry(b)) => a.spec == b.spec,
+            (MeshObject::Sidecar(a), MeshObject::Sidecar(b)) => a.spec == b.spec,
+            (MeshObject::DestinationRule(a), MeshObject::DestinationRule(b)) => a.spec == b.spec,
+            _ => false,
+        }
+    }
+
+    /// Decodes an object read from the API server (or a YAML/JSON export). Fields sigma does not
+    /// model are ignored; the API version must be one Istio serves these kinds under.
+    pub fn from_json(value: serde_json::Value) -> Result<MeshObject> {
+        let kind_str = value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let api = value
+            .get("apiVersion")
+            .and_then(|k| k.as_str())
+            .unwrap_or_default();
+        let Some(kind) = Kind::parse(&kind_str) else {
+            return Err(Error::UnsupportedObject(format!(
+                "kind {kind_str:?} is not one sigma manages"
+            )));
+        };
+        if !matches!(
+            api,
+            "networking.istio.io/v1"
+                | "networking.istio.io/v1beta1"
+                | "networking.istio.io/v1alpha3"
+        ) {
+            return Err(Error::UnsupportedObject(format!(
+                "{kind_str} with apiVersion {api:?}"
+            )));
+        }
+        let decode = |e: serde_json::Error| Error::Decode {
+            kind,
+            reason: e.to_string(),
+        };
+        Ok(match kind {
+            Kind::WorkloadGroup => {
+                MeshObject::WorkloadGroup(serde_json::from_value(value).map_err(decode)?)
+            }
+            Kind::WorkloadEntry => {
+                MeshObject::WorkloadEntry(serde_json::from_value(value).map_err(decode)?)
+            }
+            Kind::ServiceEntry => {
+                MeshObject::ServiceEntry(serde_json::from_value(value).map_err(decode)?)
+            }
+            Kind::Sidecar => MeshObject::Sidecar(serde_json::from_value(value).map_err(decode)?),
+            Kind::DestinationRule => {
+                MeshObject::DestinationRule(serde_json::from_value(value).map_err(decode)?)
+            }
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks beyond the CRD schemas
+
+/// Checks the rules Istio's webhook and the CRDs' CEL rules enforce beyond the structural
+/// schema, plus Kubernetes' metadata rules: name and label syntax and length, unique port names
+/// and numbers, addresses that are IPs, hosts that are not wildcards, unique egress ports. The
+/// model should never produce an object that fails; the reasons name the offending field.
+pub fn check_object(obj: &MeshObject) -> std::result::Result<(), Vec<String>> {
+    let mut errs = Vec::new();
+    let m = obj.metadata();
+    if !names::is_dns_label(&m.name) {
+        errs.push(format!(
+            "metadata.name {:?} is not a DNS-1123 label",
+            m.name
+        ));
+    }
+    if !names::is_dns_label(&m.namespace) {
+        errs.push(format!(
+            "metadata.namespace {:?} is not a DNS-1123 label",
+            m.namespace
+        ));
+    }
+    check_labels("metadata.labels", &m.labels, &mut errs);
+    for k in m.annotations.keys() {
+        if !names::is_label_key(k) {
+            errs.push(format!("metadata.annotations: invalid key {k:?}"));
+        }
+    }
+    match obj {
+        MeshObject::WorkloadEntry(r) => check_workload("spec", &r.spec, true, &mut errs),
+        MeshObject::WorkloadGroup(r) => {
+            if let Some(md) = &r.spec.metadata {
+                check_labels("spec.metadata.labels", &md.labels, &mut errs);
+            }
+            check_workload("spec.template", &r.spec.template, false, &mut errs);
+            if let Some(p) = &r.spec.probe {
+                let methods =
+                    usize::from(p.http_get.is_some()) + usize::from(p.tcp_socket.is_some());
+                if methods != 1 {
+                    errs.push("spec.probe: exactly one of httpGet, tcpSocket".into());
+                }
+                if let Some(h) = &p.http_get {
+                    check_port_u32("spec.probe.httpGet.port", h.port, &mut errs);
+                    if !h.path.starts_with('/') {
+                        errs.push(format!(
+                            "spec.probe.httpGet.path {:?} must start with '/'",
+                            h.path
+                        ));
+                    }
+                }
+                if let Some(t) = &p.tcp_socket {
+                    check_port_u32("spec.probe.tcpSocket.port", t.port, &mut errs);
+                }
+            }
+        }
+        MeshObject::ServiceEntry(r) => {
+            let s = &r.spec;
+            if s.hosts.is_empty() {
+                errs.push("spec.hosts: at least one host".into());
+            }
+            for h in &s.hosts {
+                if h == "*" || !names::is_dns_subdomain(h) {
+                    errs.push(format!("spec.hosts: {h:?} is not a DNS name"));
+                }
+            }
+            if s.ports.is_empty() {
+                errs.push("spec.ports: a STATIC ServiceEntry needs ports".into());
+            }
+            let mut port_names = BTreeSet::new();
+            let mut numbers = BTreeSet::new();
+            for (i, p) in s.ports.iter().enumerate() {
+                if let Err(r) = check_port_name(&p.name) {
+                    errs.push(format!("spec.ports[{i}].name: {r}"));
+                }
+                if !port_names.insert(&p.name) {
+                    errs.push(format!("spec.ports[{i}].name {:?} is duplicated", p.name));
+                }
+                if !numbers.insert(p.number) {
+                    errs.push(format!("spec.ports[{i}].number {} is duplicated", p.number));
+                }
+                check_port_u32(&format!("spec.ports[{i}].number"), p.number, &mut errs);
+                if let Some(t) = p.target_port {
+                    check_port_u32(&format!("spec.ports[{i}].targetPort"), t, &mut errs);
+                }
+                check_protocol(&format!("spec.ports[{i}].protocol"), &p.protocol, &mut errs);
+            }
+            check_selector(
+                "spec.workloadSelector",
+                s.workload_selector.as_ref(),
+                &mut errs,
+            );
+        }
+        MeshObject::Sidecar(r) => {
+            let s = &r.spec;
+            check_selector(
+                "spec.workloadSelector",
+                s.workload_selector.as_ref(),
+                &mut errs,
+            );
+            if s.egress.is_empty() && s.outbound_traffic_policy.is_none() {
+                errs.push("spec: empty Sidecar".into());
+            }
+            let mut ports = BTreeSet::new();
+            for (i, l) in s.egress.iter().enumerate() {
+                let f = format!("spec.egress[{i}]");
+                match &l.port {
+                    None if i + 1 != s.egress.len() => {
+                        errs.push(format!("{f}: a listener without port must be the last"))
+                    }
+                    None => {}
+                    Some(p) => {
+                        check_port_u32(&format!("{f}.port.number"), p.number, &mut errs);
+                        if !ports.insert(p.number) {
+                            errs.push(format!("{f}.port.number {} is duplicated", p.number));
+                        }
+                        if !p.name.is_empty()
+                            && let Err(r) = check_port_name(&p.name)
+                        {
+                            errs.push(format!("{f}.port.name: {r}"));
+                        }
+                        check_protocol(&format!("{f}.port.protocol"), &p.protocol, &mut errs);
+                    }
+                }
+                if let Some(b) = &l.bind
+                    && b.parse::<IpAddr>().is_err()
+                {
+                    errs.push(format!("{f}.bind {b:?} is not an IP address"));
+                }
+                if l.hosts.is_empty() {
+                    errs.push(format!("{f}.hosts: at least one host"));
+                }
+                for h in &l.hosts {
+                    if !sidecar_host_ok(h) {
+                        errs.push(format!("{f}.hosts: {h:?} is not namespace/dnsName"));
+                    }
+                }
+            }
+        }
+        MeshObject::DestinationRule(r) => {
+            let s = &r.spec;
+            if s.host == "*" || !names::is_dns_subdomain(&s.host) {
+                errs.push(format!("spec.host {:?} is not a DNS name", s.host));
+            }
+        }
+    }
+    if errs.is_empty() { Ok(()) } else { Err(errs) }
+}
+
+fn check_labels(field: &str, labels: &BTreeMap<String, String>, errs: &mut Vec<String>) {
+    for (k, v) in labels {
+        if !names::is_label_key(k) {
+            errs.push(format!("{field}: invalid key {k:?}"));
+        }
+        if !names::is_label_value(v) {
+            errs.push(format!("{field}.{k}: invalid value {v:?}"));
+        }
+    }
+}
+
+fn check_workload(field: &str, w: &WorkloadEntrySpec, entry: bool, errs: &mut Vec<String>) {
+    if entry {
+        // The CRD's CEL rule wants an address or a network; sigma always gives an IP.
+        if w.address.parse::<IpAddr>().is_err() {
+            errs.push(format!(
+                "{field}.address {:?} is not an IP address",
+                w.address
+            ));
+        }
+    } else if !w.address.is_empty() {
+        errs.push(format!("{field}.address must be empty in a template"));
+    }
+    check_labels(&format!("{field}.labels"), &w.labels, errs);
+    if let Some(n) = &w.network
+        && let Err(r) = check_network(n)
+    {
+        errs.push(format!("{field}.network: {r}"));
+    }
+    if let Some(l) = &w.locality
+        && (l.is_empty()
+            || l.split('/').count() > 3
+            || l.split('/').any(|c| !names::is_dns_label(c)))
+    {
+        errs.push(format!("{field}.locality {l:?} is not region/zone/subzone"));
+    }
+    if let Some(sa) = &w.service_account
+        && let Err(r) = check_service_account(sa)
+    {
+        errs.push(format!("{field}.serviceAccount: {r}"));
+    }
+}
+
+fn check_port_u32(field: &str, p: u32, errs: &mut Vec<String>) {
+    if p == 0 || p > 65535 {
+        errs.push(format!("{field}: {p} is not a port (1-65535)"));
+    }
+}
+
+fn check_protocol(field: &str, p: &str, errs: &mut Vec<String>) {
+    if let Err(r) = p.parse::<Protocol>() {
+        errs.push(format!("{field}: {r}"));
+    }
+}
+
+fn check_selector(field: &str, sel: Option<&WorkloadSelector>, errs: &mut Vec<String>) {
+    match sel {
+        None => errs.push(format!("{field}: sigma always selects by app")),
+        Some(s) if s.labels.is_empty() => errs.push(format!("{field}.labels: empty")),
+        Some(s) => {
+            check_labels(&format!("{field}.labels"), &s.labels, errs);
+            for (k, v) in &s.labels {
+                if v.contains('*') {
+                    errs.push(format!("{field}.labels.{k}: wildcards are not supported"));
+                }
+            }
+        }
+    }
+}
+
+fn sidecar_host_ok(h: &str) -> bool {
+    let Some((ns, name)) = h.split_once('/') else {
+        return false;
+    };
+    let ns_ok = matches!(ns, "*" | "." | "~") || names::is_dns_label(ns);
+    let name_ok = name == "*"
+        || names::is_dns_subdomain(name)
+        || name.strip_prefix("*.").is_some_and(names::is_dns_subdomain);
+    ns_ok && name_ok
+}

@@ -1,0 +1,1033 @@
+//! The inputs an operator writes: the fleet-wide [`MeshTemplate`] and the per-purpose
+//! [`MeshSettings`] (the purpose's `mesh` JSON object), with validation that names every bad
+//! field the way sigma-api reports errors (`ports[1].protocol`, `egress[0].bind`, …).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::str::FromStr;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+use sigma_types::validate as v;
+use sigma_types::{FieldErrors, Normalize};
+
+use crate::names;
+
+/// Ports the Istio sidecar itself listens on (admin, capture, health, telemetry, DNS, HBONE).
+/// A VPS service or an egress listener on one of them would fail to bind next to the proxy.
+pub const ISTIO_RESERVED_PORTS: [u16; 10] = [
+    15000, 15001, 15004, 15006, 15008, 15009, 15020, 15021, 15053, 15090,
+];
+
+/// Most ports one purpose may serve: a WorkloadEntry holds at most 128 named ports.
+pub const MAX_PORTS: usize = 128;
+
+/// Most egress entries one purpose may declare; far above any real use, it bounds the work a
+/// single stored object can cause.
+pub const MAX_EGRESS: usize = 256;
+
+/// Most service CIDRs in iptables interception mode.
+pub const MAX_SERVICE_CIDRS: usize = 64;
+
+/// Longest port name. Istio wants a DNS-1123 label (≤ 63) for ServiceEntry ports, but the
+/// WorkloadEntry/WorkloadGroup CRDs require `size(key) < 63` for the names in `ports`, so only
+/// names of at most 62 characters are usable everywhere a port name travels.
+pub const MAX_PORT_NAME_LEN: usize = 62;
+
+/// Longest HTTP probe path accepted.
+pub const MAX_PROBE_PATH_LEN: usize = 1024;
+
+// ---------------------------------------------------------------------------------------------
+// Protocol
+
+/// An Istio port protocol. Istio only knows this fixed list; sigma accepts exactly these
+/// spellings so that what is stored is what Istio will be given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    /// `TCP`
+    Tcp,
+    /// `UDP`
+    Udp,
+    /// `GRPC`
+    Grpc,
+    /// `GRPC-Web`
+    GrpcWeb,
+    /// `HTTP`
+    Http,
+    /// `HTTP_PROXY`
+    HttpProxy,
+    /// `HTTP2`
+    Http2,
+    /// `HTTPS`
+    Https,
+    /// `TLS`
+    Tls,
+    /// `Mongo`
+    Mongo,
+    /// `Redis`
+    Redis,
+    /// `MySQL`
+    MySql,
+}
+
+impl Protocol {
+    /// Every protocol Istio accepts.
+    pub const ALL: [Protocol; 12] = [
+        Protocol::Tcp,
+        Protocol::Udp,
+        Protocol::Grpc,
+        Protocol::GrpcWeb,
+        Protocol::Http,
+        Protocol::HttpProxy,
+        Protocol::Http2,
+        Protocol::Https,
+        Protocol::Tls,
+        Protocol::Mongo,
+        Protocol::Redis,
+        Protocol::MySql,
+    ];
+
+    /// Istio's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Grpc => "GRPC",
+            Protocol::GrpcWeb => "GRPC-Web",
+            Protocol::Http => "HTTP",
+            Protocol::HttpProxy => "HTTP_PROXY",
+            Protocol::Http2 => "HTTP2",
+            Protocol::Https => "HTTPS",
+            Protocol::Tls => "TLS",
+            Protocol::Mongo => "Mongo",
+            Protocol::Redis => "Redis",
+            Protocol::MySql => "MySQL",
+        }
+    }
+
+    /// A lower-case token for generated port names (`grpc-web`, `http-proxy`).
+    pub fn name_token(self) -> String {
+        self.as_str().to_ascii_lowercase().replace('_', "-")
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(p) = Protocol::ALL.iter().find(|p| p.as_str() == s) {
+            return Ok(*p);
+        }
+        let list = Protocol::ALL.map(Protocol::as_str).join(", ");
+        if let Some(p) = Protocol::ALL
+            .iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(s))
+        {
+            return Err(format!(
+                "unknown protocol {s:?}: protocol names are case-sensitive, did you mean {:?}?",
+                p.as_str()
+            ));
+        }
+        Err(format!("unknown protocol {s:?}: Istio accepts only {list}"))
+    }
+}
+
+impl Serialize for Protocol {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Protocol {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(de::Error::custom)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Port numbers
+
+struct PortVisitor;
+
+impl Visitor<'_> for PortVisitor {
+    type Value = u16;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a port number (1-65535)")
+    }
+
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<u16, E> {
+        u16::try_from(n)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| E::custom(format!("{n} is not a port (1-65535)")))
+    }
+
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<u16, E> {
+        match u64::try_from(n) {
+            Ok(u) => self.visit_u64(u),
+            Err(_) => Err(E::custom(format!("{n} is not a port (1-65535)"))),
+        }
+    }
+
+    fn visit_f64<E: de::Error>(self, n: f64) -> Result<u16, E> {
+        Err(E::custom(format!("{n} is not a port (1-65535)")))
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<u16, E> {
+        // Ranges are what operators most often try; Istio has no way to express them.
+        if s.contains(['-', ':']) {
+            return Err(E::custom(format!(
+                "{s:?} looks like a port range; Istio has no port ranges, list each port"
+            )));
+        }
+        Err(E::custom(format!(
+            "{s:?} is a string; write the port as a number (1-65535)"
+        )))
+    }
+}
+
+fn de_port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    d.deserialize_any(PortVisitor)
+}
+
+fn de_opt_port<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+    struct Opt;
+    impl<'de> Visitor<'de> for Opt {
+        type Value = Option<u16>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a port number (1-65535) or null")
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Option<u16>, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Option<u16>, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Option<u16>, D::Error> {
+            de_port(d).map(Some)
+        }
+    }
+    d.deserialize_option(Opt)
+}
+
+// ---------------------------------------------------------------------------------------------
+// MeshSettings
+
+/// A port a purpose's VPS serve to the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServicePort {
+    /// DNS-1123 label of at most 62 characters, unique within the purpose.
+    pub name: String,
+    /// Port clients connect to, unique within the purpose.
+    #[serde(deserialize_with = "de_port")]
+    pub number: u16,
+    /// Istio protocol.
+    pub protocol: Protocol,
+    /// Port the service really listens on at the VPS, when it differs from `number`.
+    #[serde(
+        default,
+        deserialize_with = "de_opt_port",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub target_port: Option<u16>,
+}
+
+/// A mesh service a purpose's VPS call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Egress {
+    /// Fully qualified name of the service (`xboard.sigma.svc.cluster.local`).
+    pub host: String,
+    /// Service port; unique among one purpose's egress entries, because Istio requires the
+    /// ports of a Sidecar's IP-bound egress listeners to be unique.
+    #[serde(deserialize_with = "de_port")]
+    pub port: u16,
+    /// Istio protocol of that port.
+    pub protocol: Protocol,
+    /// Loopback address the proxy listens on for this host (127.0.0.0/8 except 127.0.0.1);
+    /// allocated by sigma when absent. Every entry of one host shares one address, since the
+    /// application resolves one name to one address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<Ipv4Addr>,
+}
+
+/// HTTP GET health check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpGetProbe {
+    /// Absolute path, e.g. `/healthz`.
+    pub path: String,
+    /// Port on the VPS.
+    #[serde(deserialize_with = "de_port")]
+    pub port: u16,
+}
+
+/// TCP connect health check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpSocketProbe {
+    /// Port on the VPS.
+    #[serde(deserialize_with = "de_port")]
+    pub port: u16,
+}
+
+/// How the sidecar decides a VPS is healthy, replacing the default check of sigma's agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Probe {
+    /// `{"http_get": {"path": "/healthz", "port": 8080}}`
+    HttpGet(HttpGetProbe),
+    /// `{"tcp_socket": {"port": 22}}`
+    TcpSocket(TcpSocketProbe),
+}
+
+/// Whether the sidecar captures traffic with iptables.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case", try_from = "RawInterception")]
+pub enum Interception {
+    /// No capture: applications call mesh services through the Sidecar's loopback listeners.
+    #[default]
+    None,
+    /// Capture outbound traffic to these CIDRs (the cluster's service ranges).
+    Iptables {
+        /// Canonical CIDRs (`10.96.0.0/12`), IPv4 or IPv6.
+        service_cidrs: Vec<String>,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum InterceptionMode {
+    None,
+    Iptables,
+}
+
+/// The wire form, decoded flat because serde ignores unknown fields next to the tag of a unit
+/// variant even with `deny_unknown_fields`, and a stray `service_cidrs` must not pass silently.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInterception {
+    mode: InterceptionMode,
+    #[serde(default)]
+    service_cidrs: Option<Vec<String>>,
+}
+
+impl TryFrom<RawInterception> for Interception {
+    type Error = String;
+
+    fn try_from(r: RawInterception) -> Result<Self, String> {
+        match (r.mode, r.service_cidrs) {
+            (InterceptionMode::None, None) => Ok(Interception::None),
+            (InterceptionMode::None, Some(_)) => {
+                Err("service_cidrs only applies to mode \"iptables\"".into())
+            }
+            (InterceptionMode::Iptables, cidrs) => Ok(Interception::Iptables {
+                service_cidrs: cidrs.unwrap_or_default(),
+            }),
+        }
+    }
+}
+
+/// A purpose's `mesh` object: whether and how its VPS join the mesh.
+///
+/// ```json
+/// {
+///   "enabled": true,
+///   "service_account": "xrayr",
+///   "ports": [{"name": "http-api", "number": 8080, "protocol": "HTTP"}],
+///   "egress": [{"host": "xboard.sigma.svc.cluster.local", "port": 443, "protocol": "HTTPS"}],
+///   "probe": {"http_get": {"path": "/healthz", "port": 9102}},
+///   "network": "vpn",
+///   "interception": {"mode": "none"}
+/// }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshSettings {
+    /// Whether this purpose's VPS join the mesh.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Kubernetes service account (identity) of the workloads; the template's default when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+    /// Ports served to the mesh.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ServicePort>,
+    /// Mesh services called.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<Egress>,
+    /// Health check replacing the agent's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<Probe>,
+    /// Istio network of all VPS of this purpose, replacing the template's choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// Traffic capture mode.
+    #[serde(default)]
+    pub interception: Interception,
+}
+
+impl MeshSettings {
+    /// Parses and checks a stored or submitted `mesh` object. Structural problems (unknown
+    /// field, wrong type, a port range, a misspelt protocol) are reported for the first field
+    /// where decoding stopped; semantic problems are all reported at once.
+    ///
+    /// Paths are relative to the `mesh` object (`ports[1].protocol`); the empty path is the
+    /// object itself.
+    pub fn from_json(value: &serde_json::Value) -> Result<MeshSettings, FieldErrors> {
+        if !value.is_object() {
+            let mut errors = FieldErrors::new();
+            errors.add("", "must be a JSON object");
+            return Err(errors);
+        }
+        let parsed: MeshSettings = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let mut errors = FieldErrors::new();
+            // serde_path_to_error prints the root as "."; the empty path is the object itself.
+            let field = if path == "." { String::new() } else { path };
+            errors.add(field, e.into_inner().to_string());
+            errors
+        })?;
+        parsed.normalize()
+    }
+}
+
+fn check_port_number(port: u16) -> Result<u16, String> {
+    if ISTIO_RESERVED_PORTS.contains(&port) {
+        return Err(format!(
+            "{port} is reserved by the Istio sidecar ({})",
+            ISTIO_RESERVED_PORTS.map(|p| p.to_string()).join(", ")
+        ));
+    }
+    Ok(port)
+}
+
+/// A port name Istio accepts everywhere it is used (see [`MAX_PORT_NAME_LEN`]).
+pub fn check_port_name(s: &str) -> Result<(), String> {
+    if s.len() > MAX_PORT_NAME_LEN {
+        return Err(format!("longer than {MAX_PORT_NAME_LEN} characters"));
+    }
+    if !names::is_dns_label(s) {
+        return Err(
+            "must be a DNS-1123 label: lower-case letters, digits and '-', starting and ending with a letter or digit"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// A service account name: a DNS-1123 subdomain, as Kubernetes requires.
+pub fn check_service_account(s: &str) -> Result<(), String> {
+    if names::is_dns_subdomain(s) {
+        Ok(())
+    } else {
+        Err("must be a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', at most 253 characters".into())
+    }
+}
+
+/// An Istio network name; it also ends up as the value of the `topology.istio.io/network`
+/// label on gateways, so it must be a non-empty label value.
+pub fn check_network(s: &str) -> Result<(), String> {
+    if !s.is_empty() && names::is_label_value(s) {
+        Ok(())
+    } else {
+        Err("must be 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit".into())
+    }
+}
+
+fn check_probe_path(s: &str) -> Result<(), String> {
+    if !s.starts_with('/') {
+        return Err("must start with '/'".into());
+    }
+    if s.len() > MAX_PROBE_PATH_LEN {
+        return Err(format!("longer than {MAX_PROBE_PATH_LEN} characters"));
+    }
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain spaces or control characters".into());
+    }
+    Ok(())
+}
+
+/// A mesh service host: a fully qualified DNS name (two labels or more, not an IP address),
+/// returned lower-cased without a trailing dot.
+pub fn check_mesh_host(s: &str) -> Result<String, String> {
+    if s.contains('*') {
+        return Err("wildcards are not allowed; name one service".into());
+    }
+    if s.contains('/') {
+        return Err("write the bare DNS name; sigma adds Istio's namespace prefix".into());
+    }
+    let h = v::hostname(s)?;
+    let labels: Vec<&str> = h.split('.').collect();
+    if labels.len() < 2 {
+        return Err(format!(
+            "{h:?} is not fully qualified (e.g. xboard.sigma.svc.cluster.local)"
+        ));
+    }
+    if h.parse::<IpAddr>().is_ok()
+        || labels
+            .last()
+            .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(format!(
+            "{h:?} is an address; name the service by its DNS name"
+        ));
+    }
+    Ok(h)
+}
+
+fn check_bind(ip: Ipv4Addr) -> Result<(), String> {
+    let o = ip.octets();
+    if o[0] != 127 {
+        return Err(format!("{ip} is not a loopback address (127.0.0.0/8)"));
+    }
+    if ip == Ipv4Addr::new(127, 0, 0, 1) {
+        return Err("127.0.0.1 is left to the VPS's own services; pick another 127.x.y.z".into());
+    }
+    if ip == Ipv4Addr::new(127, 0, 0, 0) || ip == Ipv4Addr::new(127, 255, 255, 255) {
+        return Err(format!(
+            "{ip} is the network or broadcast address of 127.0.0.0/8"
+        ));
+    }
+    Ok(())
+}
+
+/// A CIDR in canonical form (no host bits set), IPv4 or IPv6.
+pub fn check_cidr(s: &str) -> Result<String, String> {
+    let (addr, len) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not a CIDR (e.g. 10.96.0.0/12)"))?;
+    let ip: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{s:?} is not a CIDR (e.g. 10.96.0.0/12)"))?;
+    let len: u8 = len
+        .parse()
+        .map_err(|_| format!("{s:?} has an invalid prefix length"))?;
+    let (bits, max) = match ip {
+        IpAddr::V4(a) => (u128::from(u32::from(a)) << 96, 32u8),
+        IpAddr::V6(a) => (u128::from(a), 128u8),
+    };
+    if len > max {
+        return Err(format!("{s:?}: prefix length {len} exceeds {max}"));
+    }
+    let mask: u128 = if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(len))
+    };
+    let network = bits & mask;
+    if network != bits {
+        let canon = match ip {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from((network >> 96) as u32)),
+            IpAddr::V6(_) => IpAddr::V6(network.into()),
+        };
+        return Err(format!(
+            "{s:?} has host bits set; did you mean {canon}/{len}?"
+        ));
+    }
+    Ok(format!("{ip}/{len}"))
+}
+
+impl Normalize for MeshSettings {
+    fn normalize(self) -> Result<Self, FieldErrors> {
+        let mut e = FieldErrors::new();
+
+        let service_account = self.service_account.map(|sa| {
+            e.check("service_account", check_service_account(&sa));
+            sa
+        });
+
+        if self.ports.len() > MAX_PORTS {
+            e.add("ports", format!("at most {MAX_PORTS} ports"));
+        }
+        let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut numbers: BTreeMap<u16, usize> = BTreeMap::new();
+        for (i, p) in self.ports.iter().enumerate() {
+            let f = |k: &str| format!("ports[{i}].{k}");
+            if e.check(&f("name"), check_port_name(&p.name)).is_some()
+                && let Some(j) = names.insert(&p.name, i)
+            {
+                e.add(
+                    f("name"),
+                    format!("{:?} is already the name of ports[{j}]", p.name),
+                );
+            }
+            if let Some(j) = numbers.insert(p.number, i) {
+                e.add(
+                    f("number"),
+                    format!("{} is already served by ports[{j}]", p.number),
+                );
+            }
+            match p.target_port {
+                Some(t) => e.check(&f("target_port"), check_port_number(t)),
+                None => e.check(&f("number"), check_port_number(p.number)),
+            };
+        }
+
+        if self.egress.len() > MAX_EGRESS {
+            e.add("egress", format!("at most {MAX_EGRESS} egress entries"));
+        }
+        let mut egress = Vec::with_capacity(self.egress.len());
+        let mut seen: BTreeMap<(String, u16), usize> = BTreeMap::new();
+        let mut ports: BTreeMap<u16, usize> = BTreeMap::new();
+        let mut host_bind: BTreeMap<String, (Ipv4Addr, usize)> = BTreeMap::new();
+        let mut bind_host: BTreeMap<Ipv4Addr, (String, usize)> = BTreeMap::new();
+        for (i, g) in self.egress.into_iter().enumerate() {
+            let f = |k: &str| format!("egress[{i}].{k}");
+            let host = e.check(&f("host"), check_mesh_host(&g.host));
+            if let Some(j) = ports.insert(g.port, i) {
+                e.add(
+                    f("port"),
+                    format!(
+                        "{} is already used by egress[{j}]; Istio requires the ports of a Sidecar's egress listeners to be unique",
+                        g.port
+                    ),
+                );
+            }
+            e.check(&f("port"), check_port_number(g.port));
+            if let Some(b) = g.bind {
+                e.check(&f("bind"), check_bind(b));
+            }
+            let Some(host) = host else { continue };
+            if let Some(j) = seen.insert((host.clone(), g.port), i) {
+                e.add(
+                    f("host"),
+                    format!("{host}:{} is already listed as egress[{j}]", g.port),
+                );
+            }
+            if let Some(b) = g.bind {
+                match host_bind.get(&host) {
+                    Some((other, j)) if *other != b => e.add(
+                        f("bind"),
+                        format!("{host} is already bound to {other} by egress[{j}]; one host has one address"),
+                    ),
+                    _ => {
+                        host_bind.insert(host.clone(), (b, i));
+                    }
+                }
+                match bind_host.get(&b) {
+                    Some((other, j)) if *other != host => e.add(
+                        f("bind"),
+                        format!("{b} is already the address of {other} (egress[{j}])"),
+                    ),
+                    _ => {
+                        bind_host.insert(b, (host.clone(), i));
+                    }
+                }
+            }
+            egress.push(Egress { host, ..g });
+        }
+        // An explicit bind on one entry of a host applies to the host's other entries too.
+        for g in &mut egress {
+            if g.bind.is_none() {
+                g.bind = host_bind.get(&g.host).map(|(b, _)| *b);
+            }
+        }
+
+        if let Some(probe) = &self.probe {
+            match probe {
+                Probe::HttpGet(h) => {
+                    e.check("probe.http_get.path", check_probe_path(&h.path));
+                }
+                Probe::TcpSocket(_) => {}
+            }
+        }
+
+        if let Some(n) = &self.network {
+            e.check("network", check_network(n));
+        }
+
+        let interception = match self.interception {
+            Interception::None => Interception::None,
+            Interception::Iptables { service_cidrs } => {
+                if service_cidrs.is_empty() {
+                    e.add(
+                        "interception.service_cidrs",
+                        "list the cluster's service CIDRs to capture",
+                    );
+                }
+                if service_cidrs.len() > MAX_SERVICE_CIDRS {
+                    e.add(
+                        "interception.service_cidrs",
+                        format!("at most {MAX_SERVICE_CIDRS} CIDRs"),
+                    );
+                }
+                let mut out = Vec::with_capacity(service_cidrs.len());
+                let mut uniq = BTreeSet::new();
+                for (i, c) in service_cidrs.iter().enumerate() {
+                    let f = format!("interception.service_cidrs[{i}]");
+                    if let Some(c) = e.check(&f, check_cidr(c.trim())) {
+                        if !uniq.insert(c.clone()) {
+                            e.add(f, format!("{c} is listed twice"));
+                        }
+                        out.push(c);
+                    }
+                }
+                Interception::Iptables { service_cidrs: out }
+            }
+        };
+
+        e.into_result()?;
+        Ok(MeshSettings {
+            enabled: self.enabled,
+            service_account,
+            ports: self.ports,
+            egress,
+            probe: self.probe,
+            network: self.network,
+            interception,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// MeshTemplate
+
+/// How VPS are assigned to Istio networks (groups of endpoints that reach each other directly;
+/// traffic between networks goes through east-west gateways).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum NetworkMode {
+    /// `provider-<provider>` for each VPS; a VPS without a provider gets no network (Istio's
+    /// default network, i.e. reached directly).
+    #[default]
+    PerProvider,
+    /// One network for the whole fleet.
+    Fixed(String),
+}
+
+/// Fleet-wide mesh settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MeshTemplate {
+    /// Kubernetes namespace of every generated object.
+    pub namespace: String,
+    /// DNS domain of the purposes' services (`<purpose>.<domain>`).
+    pub service_domain: String,
+    /// Service account of workloads whose purpose names none.
+    pub service_account: String,
+    /// Network assignment.
+    pub network: NetworkMode,
+    /// Port of the agent's health endpoint.
+    pub health_port: u16,
+    /// Path of the agent's health endpoint.
+    pub health_path: String,
+    /// Value of the `version` label.
+    pub version: String,
+}
+
+impl Default for MeshTemplate {
+    fn default() -> Self {
+        MeshTemplate {
+            namespace: "sigma".into(),
+            service_domain: "sigma.mesh".into(),
+            service_account: "sigma-vm".into(),
+            network: NetworkMode::PerProvider,
+            health_port: 9102,
+            health_path: "/healthz".into(),
+            version: "v1".into(),
+        }
+    }
+}
+
+impl MeshTemplate {
+    /// Every problem of the template, by field.
+    pub fn validate(&self) -> Result<(), FieldErrors> {
+        let mut e = FieldErrors::new();
+        if !names::is_dns_label(&self.namespace) {
+            e.add("namespace", "must be a DNS-1123 label");
+        }
+        match check_mesh_host(&self.service_domain) {
+            // A purpose name (≤ 63) and a dot must still fit in a 253-character host.
+            Ok(d) if d.len() > 253 - 64 => e.add("service_domain", "longer than 189 characters"),
+            Ok(d) if d != self.service_domain => {
+                e.add("service_domain", format!("write it in canonical form: {d}"))
+            }
+            Ok(_) => {}
+            Err(r) => e.add("service_domain", r),
+        }
+        e.check(
+            "service_account",
+            check_service_account(&self.service_account),
+        );
+        if let NetworkMode::Fixed(n) = &self.network {
+            e.check("network", check_network(n));
+        }
+        if self.health_port == 0 {
+            e.add("health_port", "0 is not a port (1-65535)");
+        }
+        e.check("health_path", check_probe_path(&self.health_path));
+        if self.version.is_empty() || !names::is_label_value(&self.version) {
+            e.add("version", "must be a non-empty label value");
+        }
+        e.into_result()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn errors(v: serde_json::Value) -> BTreeMap<String, String> {
+        MeshSettings::from_json(&v).unwrap_err().0
+    }
+
+    #[test]
+    fn empty_object_is_disabled() {
+        let s = MeshSettings::from_json(&json!({})).unwrap();
+        assert_eq!(s, MeshSettings::default());
+        assert!(!s.enabled);
+    }
+
+    #[test]
+    fn full_example_round_trips() {
+        let v = json!({
+            "enabled": true,
+            "service_account": "xrayr",
+            "ports": [{"name": "http-api", "number": 8080, "protocol": "HTTP", "target_port": 18080}],
+            "egress": [
+                {"host": "XBoard.sigma.svc.cluster.local.", "port": 443, "protocol": "HTTPS"},
+                {"host": "redis.sigma.svc.cluster.local", "port": 6379, "protocol": "Redis", "bind": "127.0.0.9"}
+            ],
+            "probe": {"http_get": {"path": "/healthz", "port": 9102}},
+            "network": "vpn",
+            "interception": {"mode": "iptables", "service_cidrs": ["10.96.0.0/12", "fd00::/108"]}
+        });
+        let s = MeshSettings::from_json(&v).unwrap();
+        assert_eq!(s.egress[0].host, "xboard.sigma.svc.cluster.local");
+        assert_eq!(s.egress[1].bind, Some(Ipv4Addr::new(127, 0, 0, 9)));
+        assert_eq!(s.ports[0].target_port, Some(18080));
+        let back = MeshSettings::from_json(&serde_json::to_value(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn port_range_is_rejected_naming_the_field() {
+        let e = errors(json!({"ports": [
+            {"name": "a", "number": 80, "protocol": "HTTP"},
+            {"name": "b", "number": "10000-30000", "protocol": "TCP"}
+        ]}));
+        let r = &e["ports[1].number"];
+        assert!(r.contains("port range"), "{r}");
+    }
+
+    #[test]
+    fn misspelt_protocol_is_rejected_naming_the_field() {
+        let e = errors(json!({"ports": [
+            {"name": "a", "number": 80, "protocol": "HTTP"},
+            {"name": "b", "number": 81, "protocol": "HTPP"}
+        ]}));
+        assert!(
+            e["ports[1].protocol"].contains("Istio accepts only TCP, UDP"),
+            "{e:?}"
+        );
+        let e = errors(json!({"ports": [{"name": "a", "number": 80, "protocol": "http"}]}));
+        assert!(
+            e["ports[0].protocol"].contains("did you mean \"HTTP\""),
+            "{e:?}"
+        );
+        let e = errors(json!({"ports": [{"name": "a", "number": 80, "protocol": "grpc-web"}]}));
+        assert!(e["ports[0].protocol"].contains("\"GRPC-Web\""), "{e:?}");
+    }
+
+    #[test]
+    fn every_istio_protocol_parses() {
+        for p in Protocol::ALL {
+            assert_eq!(p.as_str().parse::<Protocol>().unwrap(), p);
+        }
+        assert_eq!(Protocol::GrpcWeb.name_token(), "grpc-web");
+        assert_eq!(Protocol::HttpProxy.name_token(), "http-proxy");
+    }
+
+    #[test]
+    fn bad_port_numbers() {
+        for (n, want) in [
+            (json!(0), "not a port"),
+            (json!(70000), "not a port"),
+            (json!(-1), "not a port"),
+            (json!(80.5), "not a port"),
+            (json!("80"), "write the port as a number"),
+            (json!("8000:8100"), "port range"),
+        ] {
+            let e = errors(json!({"ports": [{"name": "a", "number": n, "protocol": "TCP"}]}));
+            assert!(e["ports[0].number"].contains(want), "{n}: {e:?}");
+        }
+        let e = errors(
+            json!({"ports": [{"name": "a", "number": 80, "protocol": "TCP", "target_port": 0}]}),
+        );
+        assert!(e.contains_key("ports[0].target_port"), "{e:?}");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let e = errors(json!({"enabled": true, "portz": []}));
+        assert!(
+            e.values().any(|r| r.contains("unknown field `portz`")),
+            "{e:?}"
+        );
+        let e =
+            errors(json!({"ports": [{"name": "a", "number": 80, "protocol": "TCP", "nmae": "x"}]}));
+        assert!(
+            e.values().any(|r| r.contains("unknown field `nmae`")),
+            "{e:?}"
+        );
+        let e = errors(json!({"probe": {"exec": {"command": ["true"]}}}));
+        assert!(
+            e.values().any(|r| r.contains("unknown variant `exec`")),
+            "{e:?}"
+        );
+        let e = errors(json!({"interception": {"mode": "ebpf"}}));
+        assert!(e.values().any(|r| r.contains("ebpf")), "{e:?}");
+        let e = errors(json!({"interception": {"mode": "none", "service_cidrs": []}}));
+        assert!(e.values().any(|r| r.contains("service_cidrs")), "{e:?}");
+        let e = errors(json!([1, 2]));
+        assert_eq!(e[""], "must be a JSON object");
+        let e = errors(json!({"egress": [{"host": "a.b", "port": 1, "protocol": "TCP", "bind": "::1"}]}));
+        assert!(e.contains_key("egress[0].bind"), "{e:?}");
+    }
+
+    #[test]
+    fn semantic_errors_are_all_reported() {
+        let e = errors(json!({
+            "service_account": "Bad_SA",
+            "ports": [
+                {"name": "http", "number": 80, "protocol": "HTTP"},
+                {"name": "http", "number": 80, "protocol": "HTTP"},
+                {"name": "Web", "number": 81, "protocol": "HTTP"},
+                {"name": "x".repeat(63), "number": 82, "protocol": "HTTP"},
+                {"name": "admin", "number": 15000, "protocol": "HTTP"},
+                {"name": "ok", "number": 83, "protocol": "HTTP", "target_port": 15021}
+            ],
+            "egress": [
+                {"host": "xboard", "port": 443, "protocol": "HTTPS"},
+                {"host": "a.example.com", "port": 443, "protocol": "HTTPS"},
+                {"host": "*.example.com", "port": 444, "protocol": "HTTPS"},
+                {"host": "10.0.0.1", "port": 445, "protocol": "TCP"},
+                {"host": "b.example.com", "port": 446, "protocol": "TCP", "bind": "127.0.0.1"},
+                {"host": "c.example.com", "port": 447, "protocol": "TCP", "bind": "10.0.0.2"},
+                {"host": "ns/d.example.com", "port": 448, "protocol": "TCP"}
+            ],
+            "probe": {"http_get": {"path": "healthz", "port": 80}},
+            "network": "has space",
+            "interception": {"mode": "iptables", "service_cidrs": ["10.96.0.1/12", "nonsense", "10.0.0.0/8", "10.0.0.0/8"]}
+        }));
+        for k in [
+            "service_account",
+            "ports[1].name",
+            "ports[1].number",
+            "ports[2].name",
+            "ports[3].name",
+            "ports[4].number",
+            "ports[5].target_port",
+            "egress[0].host",
+            "egress[1].port",
+            "egress[2].host",
+            "egress[3].host",
+            "egress[4].bind",
+            "egress[5].bind",
+            "egress[6].host",
+            "probe.http_get.path",
+            "network",
+            "interception.service_cidrs[0]",
+            "interception.service_cidrs[1]",
+            "interception.service_cidrs[3]",
+        ] {
+            assert!(e.contains_key(k), "missing {k}: {e:#?}");
+        }
+        assert!(e["interception.service_cidrs[0]"].contains("10.96.0.0/12"));
+        assert!(e["ports[3].name"].contains("62"));
+        assert_eq!(e.len(), 19, "{e:#?}");
+    }
+
+    #[test]
+    fn port_name_of_62_is_accepted() {
+        let v = json!({"ports": [{"name": "x".repeat(62), "number": 80, "protocol": "TCP"}]});
+        assert!(MeshSettings::from_json(&v).is_ok());
+    }
+
+    #[test]
+    fn egress_binds_are_consistent_per_host() {
+        let e = errors(json!({"egress": [
+            {"host": "a.example.com", "port": 1, "protocol": "TCP", "bind": "127.0.0.2"},
+            {"host": "a.example.com", "port": 2, "protocol": "TCP", "bind": "127.0.0.3"},
+            {"host": "b.example.com", "port": 3, "protocol": "TCP", "bind": "127.0.0.2"},
+            {"host": "c.example.com", "port": 4, "protocol": "TCP", "bind": "127.255.255.255"},
+            {"host": "c.example.com", "port": 4, "protocol": "HTTP"}
+        ]}));
+        assert!(e["egress[1].bind"].contains("already bound"), "{e:?}");
+        assert!(e["egress[2].bind"].contains("already the address"), "{e:?}");
+        assert!(e["egress[3].bind"].contains("broadcast"), "{e:?}");
+        assert!(e["egress[4].port"].contains("unique"), "{e:?}");
+        assert!(e["egress[4].host"].contains("already listed"), "{e:?}");
+
+        let ok = MeshSettings::from_json(&json!({"egress": [
+            {"host": "a.example.com", "port": 1, "protocol": "TCP"},
+            {"host": "a.example.com", "port": 2, "protocol": "TCP", "bind": "127.0.0.2"}
+        ]}))
+        .unwrap();
+        assert_eq!(ok.egress[0].bind, Some(Ipv4Addr::new(127, 0, 0, 2)));
+    }
+
+    #[test]
+    fn iptables_needs_cidrs() {
+        let e = errors(json!({"interception": {"mode": "iptables", "service_cidrs": []}}));
+        assert!(e.contains_key("interception.service_cidrs"));
+        let ok = MeshSettings::from_json(
+            &json!({"interception": {"mode": "iptables", "service_cidrs": [" 10.96.0.0/12 ", "FD00::/108"]}}),
+        )
+        .unwrap();
+        assert_eq!(
+            ok.interception,
+            Interception::Iptables {
+                service_cidrs: vec!["10.96.0.0/12".into(), "fd00::/108".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn cidrs() {
+        assert_eq!(check_cidr("0.0.0.0/0").unwrap(), "0.0.0.0/0");
+        assert!(check_cidr("10.0.0.0/33").is_err());
+        assert!(check_cidr("10.0.0.0").is_err());
+        assert!(check_cidr("10.0.0.0/x").is_err());
+        assert!(
+            check_cidr("2001:db8::1/64")
+                .unwrap_err()
+                .contains("2001:db8::/64")
+        );
+    }
+
+    #[test]
+    fn template_defaults_and_validation() {
+        let t = MeshTemplate::default();
+        t.validate().unwrap();
+        assert_eq!(t.namespace, "sigma");
+        assert_eq!(t.health_port, 9102);
+        let t: MeshTemplate = serde_json::from_value(json!({"network": {"fixed": "vpn"}})).unwrap();
+        assert_eq!(t.network, NetworkMode::Fixed("vpn".into()));
+        assert_eq!(t.service_domain, "sigma.mesh");
+        let bad = MeshTemplate {
+            namespace: "Sigma".into(),
+            service_domain: "mesh".into(),
+            service_account: "A".into(),
+            network: NetworkMode::Fixed("".into()),
+            health_port: 0,
+            health_path: "healthz".into(),
+            version: "".into(),
+        };
+        let e = bad.validate().unwrap_err().0;
+        assert_eq!(e.len(), 7, "{e:?}");
+    }
+}
