@@ -51,6 +51,10 @@ struct Args {
     /// Length of the measured heartbeat phase.
     #[arg(long, default_value = "10s", value_parser = duration)]
     duration: Duration,
+    /// Reuse the agent keys saved here by an earlier run against the same database (and save
+    /// them here after enrolling), to skip enrollment when repeating a large run.
+    #[arg(long)]
+    keys_file: Option<std::path::PathBuf>,
     /// Unmeasured warm-up before it.
     #[arg(long, default_value = "2s", value_parser = duration)]
     warmup: Duration,
@@ -63,12 +67,17 @@ struct Conn {
 
 impl Conn {
     async fn open(addr: &str) -> anyhow::Result<Conn> {
-        let stream = TcpStream::connect(addr).await.with_context(|| format!("connect {addr}"))?;
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connect {addr}"))?;
         stream.set_nodelay(true)?;
         let io = hyper_util::rt::TokioIo::new(stream);
         let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
         tokio::spawn(conn);
-        Ok(Conn { sender, host: addr.to_string() })
+        Ok(Conn {
+            sender,
+            host: addr.to_string(),
+        })
     }
 
     async fn post(&mut self, path: &str, key: &str, body: Bytes) -> anyhow::Result<(u16, Bytes)> {
@@ -112,7 +121,12 @@ fn heartbeat_body(i: usize, n: u64) -> Bytes {
     )
 }
 
-async fn enroll(addr: &str, admin: &str, n: usize, concurrency: usize) -> anyhow::Result<Vec<String>> {
+async fn enroll(
+    addr: &str,
+    admin: &str,
+    n: usize,
+    concurrency: usize,
+) -> anyhow::Result<Vec<String>> {
     let mut c = Conn::open(addr).await?;
     let (st, body) = c
         .post(
@@ -122,7 +136,10 @@ async fn enroll(addr: &str, admin: &str, n: usize, concurrency: usize) -> anyhow
         )
         .await?;
     if st != 201 {
-        bail!("creating an enrollment token: {st} {}", String::from_utf8_lossy(&body));
+        bail!(
+            "creating an enrollment token: {st} {}",
+            String::from_utf8_lossy(&body)
+        );
     }
     let v: serde_json::Value = serde_json::from_slice(&body)?;
     let token = Arc::new(v["token"].as_str().context("token")?.to_string());
@@ -130,7 +147,8 @@ async fn enroll(addr: &str, admin: &str, n: usize, concurrency: usize) -> anyhow
     let keys = Arc::new(std::sync::Mutex::new(vec![String::new(); n]));
     let mut tasks = vec![];
     for _ in 0..concurrency.min(n.max(1)) {
-        let (addr, token, next, keys) = (addr.to_string(), token.clone(), next.clone(), keys.clone());
+        let (addr, token, next, keys) =
+            (addr.to_string(), token.clone(), next.clone(), keys.clone());
         tasks.push(tokio::spawn(async move {
             let mut c = Conn::open(&addr).await?;
             loop {
@@ -139,7 +157,9 @@ async fn enroll(addr: &str, admin: &str, n: usize, concurrency: usize) -> anyhow
                     return anyhow::Ok(());
                 }
                 let body = serde_json::json!({"hostname": hostname(i)}).to_string();
-                let (st, body) = c.post("/api/agent/register", &token, Bytes::from(body)).await?;
+                let (st, body) = c
+                    .post("/api/agent/register", &token, Bytes::from(body))
+                    .await?;
                 if st != 200 {
                     bail!("register {i}: {st} {}", String::from_utf8_lossy(&body));
                 }
@@ -162,14 +182,21 @@ struct Phase {
     elapsed: Duration,
 }
 
-async fn drive(addr: &str, keys: Arc<Vec<String>>, concurrency: usize, length: Duration, record: bool) -> anyhow::Result<Phase> {
+async fn drive(
+    addr: &str,
+    keys: Arc<Vec<String>>,
+    concurrency: usize,
+    length: Duration,
+    record: bool,
+) -> anyhow::Result<Phase> {
     let next = Arc::new(AtomicUsize::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let deadline = start + length;
     let mut tasks = vec![];
     for _ in 0..concurrency {
-        let (addr, keys, next, errors) = (addr.to_string(), keys.clone(), next.clone(), errors.clone());
+        let (addr, keys, next, errors) =
+            (addr.to_string(), keys.clone(), next.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {
             let mut c = Conn::open(&addr).await?;
             let mut lat = Vec::with_capacity(if record { 200_000 } else { 0 });
@@ -194,7 +221,11 @@ async fn drive(addr: &str, keys: Arc<Vec<String>>, concurrency: usize, length: D
     for t in tasks {
         all.extend(t.await??);
     }
-    Ok(Phase { latencies_us: all, errors: errors.load(Ordering::Relaxed), elapsed: start.elapsed() })
+    Ok(Phase {
+        latencies_us: all,
+        errors: errors.load(Ordering::Relaxed),
+        elapsed: start.elapsed(),
+    })
 }
 
 fn pct(sorted: &[u32], p: f64) -> f64 {
@@ -205,7 +236,11 @@ fn pct(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[idx]) / 1000.0
 }
 
-async fn spawn_server(bin: &str, db: &str, admin: &str) -> anyhow::Result<(tokio::process::Child, String)> {
+async fn spawn_server(
+    bin: &str,
+    db: &str,
+    admin: &str,
+) -> anyhow::Result<(tokio::process::Child, String)> {
     let mut child = tokio::process::Command::new(bin)
         .args(["--listen", "127.0.0.1:0"])
         .env("DATABASE_URL", db)
@@ -235,18 +270,42 @@ async fn main() -> anyhow::Result<()> {
             let (child, url) = spawn_server(bin, &args.database_url, &admin).await?;
             (Some(child), url, admin)
         }
-        None => (None, args.api_url.clone(), args.admin_key.clone().context("--admin-key or SIGMA_ADMIN_KEY")?),
+        None => (
+            None,
+            args.api_url.clone(),
+            args.admin_key
+                .clone()
+                .context("--admin-key or SIGMA_ADMIN_KEY")?,
+        ),
     };
     let addr = host_of(&url)?;
-    let t0 = Instant::now();
-    let keys = Arc::new(enroll(&addr, &admin, args.vps, args.concurrency.min(32)).await?);
-    let enroll_time = t0.elapsed();
-    println!(
-        "enrolled {} VPS in {:.1}s ({:.0} registers/s)",
-        args.vps,
-        enroll_time.as_secs_f64(),
-        args.vps as f64 / enroll_time.as_secs_f64()
-    );
+    let saved: Option<Vec<String>> = args
+        .keys_file
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.lines().map(String::from).collect())
+        .filter(|k: &Vec<String>| k.len() == args.vps);
+    let keys = match saved {
+        Some(k) => {
+            println!("reusing {} agent keys", k.len());
+            Arc::new(k)
+        }
+        None => {
+            let t0 = Instant::now();
+            let keys = enroll(&addr, &admin, args.vps, args.concurrency.min(32)).await?;
+            let enroll_time = t0.elapsed();
+            println!(
+                "enrolled {} VPS in {:.1}s ({:.0} registers/s)",
+                args.vps,
+                enroll_time.as_secs_f64(),
+                args.vps as f64 / enroll_time.as_secs_f64()
+            );
+            if let Some(p) = &args.keys_file {
+                std::fs::write(p, keys.join("\n"))?;
+            }
+            Arc::new(keys)
+        }
+    };
     drive(&addr, keys.clone(), args.concurrency, args.warmup, false).await?;
     let phase = drive(&addr, keys, args.concurrency, args.duration, true).await?;
     let mut lat = phase.latencies_us;
@@ -268,7 +327,10 @@ async fn main() -> anyhow::Result<()> {
     if let Some(child) = server.as_mut() {
         if let Some(pid) = child.id() {
             // SIGTERM so the server does its final flush like in production.
-            let _ = tokio::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+            let _ = tokio::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
     }

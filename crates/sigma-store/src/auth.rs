@@ -185,7 +185,10 @@ impl Store {
                     .fetch_optional(&self.pools.read)
                     .await?
                     .ok_or_else(|| Error::Unauthorized("unknown API key".into()))?;
-                let k = Arc::new(cached_from_key(&api_key_from_row(&row)?, row.try_get("key_hash")?));
+                let k = Arc::new(cached_from_key(
+                    &api_key_from_row(&row)?,
+                    row.try_get("key_hash")?,
+                ));
                 self.keys.put(prefix.clone(), k.clone());
                 k
             }

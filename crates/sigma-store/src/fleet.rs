@@ -242,8 +242,17 @@ impl Store {
         if pending.beats.is_empty() && pending.key_uses.is_empty() {
             return Ok(0);
         }
+        let started = std::time::Instant::now();
         match self.write_pending(&pending).await {
-            Ok(()) => Ok(pending.beats.len()),
+            Ok(()) => {
+                tracing::debug!(
+                    heartbeats = pending.beats.len(),
+                    key_uses = pending.key_uses.len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "pending writes flushed"
+                );
+                Ok(pending.beats.len())
+            }
             Err(e) => {
                 self.fleet.requeue(pending);
                 Err(e)
@@ -255,7 +264,7 @@ impl Store {
         let mut tx = self.pools.write.begin().await?;
         let beats: Vec<_> = p.beats.iter().collect();
         for chunk in beats.chunks(BATCH) {
-            let mut sql = Sql::new("WITH b(id, at, ips, sys) AS (VALUES ");
+            let mut sql = Sql::bulk(self.pools.backend, "WITH b(id, at, ips, sys) AS (VALUES ");
             for (i, (id, beat)) in chunk.iter().enumerate() {
                 if i > 0 {
                     sql.push(", ");
@@ -273,8 +282,7 @@ impl Store {
             sql.push(
                 ") UPDATE vps SET last_heartbeat_at = b.at, \
                  ip_addresses = COALESCE(b.ips, vps.ip_addresses), \
-                 system_info = COALESCE(b.sys, vps.system_info), \
-                 updated_at = CASE WHEN b.ips IS NULL THEN vps.updated_at ELSE b.at END \
+                 system_info = COALESCE(b.sys, vps.system_info) \
                  FROM b WHERE vps.id = b.id \
                  AND (vps.last_heartbeat_at IS NULL OR vps.last_heartbeat_at <= b.at)",
             );
@@ -282,7 +290,7 @@ impl Store {
         }
         let uses: Vec<_> = p.key_uses.iter().collect();
         for chunk in uses.chunks(BATCH) {
-            let mut sql = Sql::new("WITH k(id, at) AS (VALUES ");
+            let mut sql = Sql::bulk(self.pools.backend, "WITH k(id, at) AS (VALUES ");
             for (i, (id, at)) in chunk.iter().enumerate() {
                 if i > 0 {
                     sql.push(", ");
