@@ -246,7 +246,11 @@ pub fn workload_entry_name(hostname: &str) -> String {
 
 /// The name of the DestinationRule for a called host.
 pub fn destination_rule_name(host: &str) -> String {
-    names::dns_label(&format!("{host}-mtls"))
+    const SUFFIX: &str = "-mtls";
+    format!(
+        "{}{SUFFIX}",
+        names::dns_label_within(host, names::MAX_LABEL_LEN - SUFFIX.len())
+    )
 }
 
 /// The host of a purpose's ServiceEntry.
@@ -266,9 +270,12 @@ pub fn vps_network(
     }
     match &template.network {
         NetworkMode::Fixed(n) => Some(n.clone()),
-        NetworkMode::PerProvider => provider
-            .filter(|p| !p.trim().is_empty())
-            .map(|p| names::label_value(&format!("provider-{}", p.trim()))),
+        // Cleaned like the `provider` label, so both carry the same hash when one is needed.
+        NetworkMode::PerProvider => provider.map(str::trim).filter(|p| !p.is_empty()).map(|p| {
+            const PREFIX: &str = "provider-";
+            let max = names::MAX_LABEL_LEN - PREFIX.len();
+            format!("{PREFIX}{}", names::label_value_within(p, max))
+        }),
     }
 }
 

@@ -99,23 +99,37 @@ pub fn short_hash(raw: &str) -> String {
 /// otherwise lower-cased, cleaned, cut to fit and suffixed with a hash of `raw` (see the module
 /// documentation for why this never makes two inputs collide).
 pub fn dns_label(raw: &str) -> String {
-    if is_dns_label(raw) && !raw.contains(HASH_SEP) {
+    dns_label_within(raw, MAX_LABEL_LEN)
+}
+
+/// [`dns_label`] cut to at most `max` characters (at least 16), leaving room for a fixed
+/// suffix; appending the same suffix to every name keeps them distinct.
+pub fn dns_label_within(raw: &str, max: usize) -> String {
+    let max = max.clamp(16, MAX_LABEL_LEN);
+    if raw.len() <= max && is_dns_label(raw) && !raw.contains(HASH_SEP) {
         return raw.to_string();
     }
-    hashed(raw, true, dns_label_byte)
+    hashed(raw, true, dns_label_byte, max)
 }
 
 /// `raw` as a Kubernetes label value: verbatim when already valid, non-empty and free of `--`,
 /// otherwise cleaned (case kept), cut to fit and suffixed with a hash of `raw`.
 pub fn label_value(raw: &str) -> String {
-    if !raw.is_empty() && is_label_value(raw) && !raw.contains(HASH_SEP) {
-        return raw.to_string();
-    }
-    hashed(raw, false, label_value_byte)
+    label_value_within(raw, MAX_LABEL_LEN)
 }
 
-fn hashed(raw: &str, lower: bool, allowed: fn(u8) -> bool) -> String {
-    let mut body = String::with_capacity(raw.len().min(MAX_LABEL_LEN));
+/// [`label_value`] cut to at most `max` characters (at least 16), leaving room for a fixed
+/// prefix or suffix.
+pub fn label_value_within(raw: &str, max: usize) -> String {
+    let max = max.clamp(16, MAX_LABEL_LEN);
+    if !raw.is_empty() && raw.len() <= max && is_label_value(raw) && !raw.contains(HASH_SEP) {
+        return raw.to_string();
+    }
+    hashed(raw, false, label_value_byte, max)
+}
+
+fn hashed(raw: &str, lower: bool, allowed: fn(u8) -> bool, max: usize) -> String {
+    let mut body = String::with_capacity(raw.len().min(max));
     for c in raw.chars() {
         let c = if lower { c.to_ascii_lowercase() } else { c };
         let c = if c.is_ascii() && allowed(c as u8) {
@@ -129,7 +143,7 @@ fn hashed(raw: &str, lower: bool, allowed: fn(u8) -> bool) -> String {
         }
         body.push(c);
     }
-    let max_body = MAX_LABEL_LEN - HASH_SEP.len() - HASH_LEN;
+    let max_body = max - HASH_SEP.len() - HASH_LEN;
     let body = body.trim_matches(|c: char| !c.is_ascii_alphanumeric());
     // The body is ASCII, so any byte index is a character boundary.
     let body =
@@ -277,6 +291,15 @@ mod tests {
         let b = format!("vps-{}b", "x".repeat(100));
         assert_ne!(dns_label(&a), dns_label(&b));
         assert_eq!(dns_label(&a).len(), 63);
+    }
+
+    #[test]
+    fn room_for_a_suffix() {
+        assert_eq!(dns_label_within("short", 58), "short");
+        let n = dns_label_within(&"a".repeat(60), 58);
+        assert_eq!(n.len(), 58);
+        assert!(n.contains("--"));
+        assert_ne!(n, dns_label_within(&"a".repeat(61), 58));
     }
 
     #[test]

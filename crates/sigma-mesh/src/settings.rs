@@ -543,10 +543,10 @@ impl Normalize for MeshSettings {
     fn normalize(self) -> Result<Self, FieldErrors> {
         let mut e = FieldErrors::new();
 
-        let service_account = self.service_account.map(|sa| {
-            e.check("service_account", check_service_account(&sa));
-            sa
-        });
+        if let Some(sa) = &self.service_account {
+            e.check("service_account", check_service_account(sa));
+        }
+        let service_account = self.service_account;
 
         if self.ports.len() > MAX_PORTS {
             e.add("ports", format!("at most {MAX_PORTS} ports"));
@@ -894,7 +894,9 @@ mod tests {
         assert!(e.values().any(|r| r.contains("service_cidrs")), "{e:?}");
         let e = errors(json!([1, 2]));
         assert_eq!(e[""], "must be a JSON object");
-        let e = errors(json!({"egress": [{"host": "a.b", "port": 1, "protocol": "TCP", "bind": "::1"}]}));
+        let e = errors(
+            json!({"egress": [{"host": "a.b", "port": 1, "protocol": "TCP", "bind": "::1"}]}),
+        );
         assert!(e.contains_key("egress[0].bind"), "{e:?}");
     }
 
