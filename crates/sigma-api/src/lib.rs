@@ -107,7 +107,12 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
 
     let started = std::time::Instant::now();
     let (keys, vps) = store.warm_caches().await.context("loading keys and VPS")?;
-    tracing::info!(keys, vps, elapsed_ms = started.elapsed().as_millis() as u64, "caches warm");
+    tracing::info!(
+        keys,
+        vps,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "caches warm"
+    );
 
     let tracker = TaskTracker::new();
     store.spawn_background(&tracker, shutdown.clone());

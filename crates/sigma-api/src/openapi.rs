@@ -7,7 +7,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::routes::{admin, agent, inventory, system};
+use crate::routes::{admin, agent, envoy, inventory, system};
 
 struct BearerAuth;
 
@@ -30,7 +30,8 @@ impl Modify for BearerAuth {
         (name = "providers"), (name = "purposes"),
         (name = "agent", description = "Called by sigma-agent"),
         (name = "keys", description = "API keys and enrollment tokens"),
-        (name = "audit"), (name = "system")
+        (name = "audit"), (name = "system"),
+        (name = "envoy", description = "Envoy routes of the classic mode")
     )
 )]
 struct ApiDoc;
@@ -75,4 +76,15 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(admin::revoke_enrollment_token))
         .routes(routes!(admin::list_audit))
+        .routes(routes!(
+            envoy::list_routes,
+            envoy::create_route,
+            envoy::upsert_routes
+        ))
+        .routes(routes!(
+            envoy::get_route,
+            envoy::update_route,
+            envoy::delete_route
+        ))
+        .routes(routes!(envoy::agent_config))
 }

@@ -17,6 +17,7 @@ both_backends!(
     openapi_documents_every_route,
     metrics_and_probes,
     first_run_prints_one_admin_key,
+    envoy_routes_and_agent_long_poll,
 );
 
 fn field<'a>(v: &'a Value, f: &str) -> &'a str {
@@ -960,6 +961,13 @@ async fn openapi_documents_every_route(db: TestDb) {
         ("post", "/api/enrollment-tokens"),
         ("post", "/api/enrollment-tokens/{id}/revoke"),
         ("get", "/api/audit"),
+        ("get", "/api/vps/{id}/envoy-routes"),
+        ("post", "/api/vps/{id}/envoy-routes"),
+        ("put", "/api/vps/{id}/envoy-routes"),
+        ("get", "/api/envoy-routes/{id}"),
+        ("patch", "/api/envoy-routes/{id}"),
+        ("delete", "/api/envoy-routes/{id}"),
+        ("get", "/api/agent/envoy-config"),
     ];
     let mut documented = 0;
     for (path, item) in paths {
@@ -1061,4 +1069,223 @@ async fn first_run_prints_one_admin_key(db: TestDb) {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 32"));
+}
+
+async fn envoy_routes_and_agent_long_poll(db: TestDb) {
+    let s = Server::start(&db);
+    let k = ADMIN_KEY;
+    let token = s
+        .token(json!({"purpose": "vpn-relay", "max_uses": 2}))
+        .await;
+    let (_, r) = s
+        .post(
+            "/api/agent/register",
+            &token,
+            json!({"hostname": "relay-1"}),
+        )
+        .await;
+    let agent = r["agent_key"].as_str().unwrap().to_string();
+    let id = r["vps"]["id"].as_str().unwrap().to_string();
+    assert_eq!(r["desired"]["envoy_version"], 0);
+    let (_, other) = s
+        .post(
+            "/api/agent/register",
+            &token,
+            json!({"hostname": "relay-2"}),
+        )
+        .await;
+    let other_agent = other["agent_key"].as_str().unwrap().to_string();
+    let routes = format!("/api/vps/{id}/envoy-routes");
+
+    let (st, a) = s.post(&routes, k, json!({"name": "wg", "listen_port": 51820, "backend_host": "192.0.2.1", "backend_port": 51820})).await;
+    assert_eq!(st, 201, "{a}");
+    assert_eq!(a["cluster_type"], "static");
+    assert_eq!(a["connect_timeout_ms"], 5000);
+    assert_eq!(a["proxy_protocol"], "none");
+    let (st, b) = s.post(&routes, k, json!({"name": "https", "listen_port": 443, "backend_host": "Origin.Example.com", "backend_port": 8443, "proxy_protocol": "v2"})).await;
+    assert_eq!(st, 201, "{b}");
+    assert_eq!(b["cluster_type"], "strict_dns");
+    assert_eq!(b["backend_host"], "origin.example.com");
+    let (st, v) = s.post(&routes, k, json!({"name": "wg", "listen_port": 1000, "backend_host": "192.0.2.1", "backend_port": 1})).await;
+    assert_eq!(st, 409, "{v}");
+    let (st, v) = s.post(&routes, k, json!({"name": "x", "listen_port": 443, "backend_host": "192.0.2.1", "backend_port": 1})).await;
+    assert_eq!(st, 409, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("443"), "{v}");
+    let (st, v) = s.post(&routes, k, json!({"name": "Bad Name", "listen_port": 0, "backend_host": "x y", "backend_port": 65536, "cluster_type": "dns"})).await;
+    assert_eq!(st, 422, "{v}");
+    let (st, v) = s.post(&routes, k, json!({"name": "s", "listen_port": 1, "backend_host": "a.example", "backend_port": 1, "cluster_type": "static"})).await;
+    assert_eq!(st, 422);
+    field(&v, "backend_host");
+    let (st, v) = s.post(&routes, k, json!({"name": "y", "listen_port": 2, "backend_host": "192.0.2.1", "backend_port": 1, "connect_timeout_ms": 0})).await;
+    assert_eq!(st, 422);
+    field(&v, "connect_timeout_ms");
+
+    // Agents read their own routes: active ones, with the version.
+    let cfg_path = "/api/agent/envoy-config?hostname=relay-1";
+    let (st, cfg) = s.get(cfg_path, &agent).await;
+    assert_eq!(st, 200, "{cfg}");
+    assert_eq!(cfg["version"], 2);
+    assert_eq!(cfg["routes"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        s.get(cfg_path, &other_agent).await.0,
+        403,
+        "another VPS's agent"
+    );
+    assert_eq!(s.get(cfg_path, k).await.0, 403, "not an agent key");
+    assert_eq!(
+        s.get(&routes, &agent).await.0,
+        403,
+        "agents do not use the operator endpoints"
+    );
+    let (st, v) = s
+        .get(
+            "/api/agent/envoy-config?hostname=relay-1&wait_seconds=0",
+            &agent,
+        )
+        .await;
+    assert_eq!(st, 422);
+    field(&v, "wait_seconds");
+
+    // PATCH a route: the version moves, a disabled route leaves the agent's config.
+    let bid = b["id"].as_str().unwrap();
+    let (st, v) = s
+        .patch(
+            &format!("/api/envoy-routes/{bid}"),
+            k,
+            json!({"status": "disabled"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (_, cfg) = s.get(cfg_path, &agent).await;
+    assert_eq!(cfg["version"], 3);
+    assert_eq!(cfg["routes"].as_array().unwrap().len(), 1);
+    let (st, v) = s
+        .patch(
+            &format!("/api/envoy-routes/{bid}"),
+            k,
+            json!({"listen_port": 51820}),
+        )
+        .await;
+    assert_eq!(st, 409, "{v}");
+    let (st, v) = s
+        .patch(
+            &format!("/api/envoy-routes/{bid}"),
+            k,
+            json!({"backend_port": null}),
+        )
+        .await;
+    assert_eq!(st, 422, "{v}");
+    let (_, hb) = s
+        .post(
+            "/api/agent/heartbeat",
+            &agent,
+            json!({"hostname": "relay-1"}),
+        )
+        .await;
+    assert_eq!(hb["envoy_version"], 3);
+
+    // Long poll: an answer at once when the version differs; a wait that ends on a change.
+    let t0 = std::time::Instant::now();
+    let (_, cfg) = s.get(&format!("{cfg_path}&known_version=1"), &agent).await;
+    assert_eq!(cfg["version"], 3);
+    assert!(t0.elapsed() < std::time::Duration::from_secs(2));
+    let waiter = {
+        let (client, url, agent) = (
+            s.client.clone(),
+            s.url(&format!("{cfg_path}&known_version=3&wait_seconds=30")),
+            agent.clone(),
+        );
+        tokio::spawn(async move {
+            let t = std::time::Instant::now();
+            let v: Value = client
+                .get(url)
+                .bearer_auth(agent)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (v, t.elapsed())
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (st, _) = s.delete(&format!("/api/envoy-routes/{bid}"), k).await;
+    assert_eq!(st, 204);
+    let (cfg, waited) = waiter.await.unwrap();
+    assert_eq!(cfg["version"], 4, "{cfg}");
+    assert!(
+        waited < std::time::Duration::from_secs(5),
+        "woken by the change, not the timeout: {waited:?}"
+    );
+    let (st, _) = s
+        .get(
+            &format!("{cfg_path}&known_version=4&wait_seconds=1"),
+            &agent,
+        )
+        .await;
+    assert_eq!(
+        st, 200,
+        "a long poll without change ends with the current config"
+    );
+
+    // Batch upsert: replace by name, add, swap ports, prune; one version step.
+    let (st, v) = s
+        .call("PUT", &routes, Some(k), Some(json!({"prune": true, "routes": [
+            {"name": "wg", "listen_port": 8443, "backend_host": "192.0.2.2", "backend_port": 51820},
+            {"name": "dns", "listen_port": 51820, "backend_host": "192.0.2.53", "backend_port": 53, "proxy_protocol": "v1"},
+        ]})))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["dns", "wg"]);
+    let (_, cfg) = s.get(cfg_path, &agent).await;
+    assert_eq!(cfg["version"], 5);
+    let (st, v) = s
+        .call(
+            "PUT",
+            &routes,
+            Some(k),
+            Some(json!({"routes": [
+                {"name": "a", "listen_port": 1, "backend_host": "192.0.2.1", "backend_port": 1},
+                {"name": "a", "listen_port": 2, "backend_host": "192.0.2.1", "backend_port": 1},
+            ]})),
+        )
+        .await;
+    assert_eq!(st, 422, "{v}");
+    field(&v, "routes[1].name");
+    let (_, same) = s
+        .call("PUT", &routes, Some(k), Some(json!({"routes": [
+            {"name": "wg", "listen_port": 8443, "backend_host": "192.0.2.2", "backend_port": 51820},
+        ]})))
+        .await;
+    assert_eq!(same.as_array().unwrap().len(), 2);
+    assert_eq!(
+        s.get(cfg_path, &agent).await.1["version"],
+        5,
+        "an unchanged batch is no new version"
+    );
+
+    // A deleted VPS's routes are frozen.
+    s.delete(&format!("/api/vps/{id}"), k).await;
+    let (st, v) = s
+        .post(
+            &routes,
+            k,
+            json!({"name": "z", "listen_port": 9, "backend_host": "192.0.2.1", "backend_port": 9}),
+        )
+        .await;
+    assert_eq!(st, 409, "{v}");
+    let (st, _) = s
+        .get(
+            &format!("/api/vps/00000000-0000-0000-0000-000000000000/envoy-routes"),
+            k,
+        )
+        .await;
+    assert_eq!(st, 404);
 }

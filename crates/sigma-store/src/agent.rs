@@ -20,6 +20,7 @@ fn desired(v: &Vps) -> DesiredState {
         vps_id: v.id,
         status: v.status,
         desired_version: v.desired_version,
+        envoy_version: v.envoy_version,
     }
 }
 
@@ -181,7 +182,7 @@ impl Store {
         Ok(())
     }
 
-    fn agent_vps(p: &Principal) -> Result<Uuid> {
+    pub(crate) fn agent_vps(p: &Principal) -> Result<Uuid> {
         match (p.role, p.vps_id) {
             (Role::Agent, Some(id)) => Ok(id),
             _ => Err(Error::Forbidden(format!(
@@ -192,7 +193,7 @@ impl Store {
         }
     }
 
-    fn check_hostname(id: Uuid, bound: &str, asked: &str) -> Result<()> {
+    pub(crate) fn check_hostname(id: Uuid, bound: &str, asked: &str) -> Result<()> {
         if bound != asked {
             return Err(Error::Forbidden(format!(
                 "this agent key belongs to VPS {id} ({bound}), not to {asked}"
@@ -300,6 +301,7 @@ impl Store {
             vps_id: id,
             status: hot.status,
             desired_version: hot.desired_version,
+            envoy_version: hot.envoy_version,
             server_time: OffsetDateTime::now_utc(),
         })
     }

@@ -24,6 +24,8 @@ pub struct HotVps {
     pub desired_version: i64,
     /// The address list as last stored or reported (JSON), to write it only when it changes.
     pub ips_json: String,
+    /// Version of the VPS's Envoy routes.
+    pub envoy_version: i64,
 }
 
 /// A heartbeat's effects, waiting to be written.
@@ -65,9 +67,11 @@ pub(crate) struct Pending {
 }
 
 /// In-memory fleet state shared by every request.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Fleet {
     vps: RwLock<HashMap<Uuid, HotVps>>,
+    /// Bumped whenever a VPS's hot state changes; long polls wait on it.
+    changes: tokio::sync::watch::Sender<u64>,
     pending: Mutex<Pending>,
     /// When the change poll last started (Unix ms; 0 before the first poll).
     last_poll: AtomicI64,
@@ -79,7 +83,27 @@ const BATCH: usize = 1000;
 /// a replica whose clock is a little behind are still seen.
 const POLL_OVERLAP_MS: i64 = 10_000;
 
+impl Default for Fleet {
+    fn default() -> Self {
+        Fleet {
+            vps: RwLock::default(),
+            changes: tokio::sync::watch::Sender::new(0),
+            pending: Mutex::default(),
+            last_poll: AtomicI64::default(),
+        }
+    }
+}
+
 impl Fleet {
+    /// A receiver that wakes when any VPS's hot state changes.
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
     pub(crate) fn get(&self, id: Uuid) -> Option<HotVps> {
         self.vps
             .read()
@@ -89,17 +113,25 @@ impl Fleet {
     }
 
     pub(crate) fn put(&self, id: Uuid, hot: HotVps) {
-        self.vps
+        let old = self
+            .vps
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, hot);
+            .insert(id, hot.clone());
+        if old.as_ref() != Some(&hot) {
+            self.changed();
+        }
     }
 
     pub(crate) fn remove(&self, id: Uuid) {
-        self.vps
+        let old = self
+            .vps
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
+        if old.is_some() {
+            self.changed();
+        }
     }
 
     /// Records the reported address list as current, returning whether it changed.
@@ -186,12 +218,14 @@ pub(crate) fn hot_from_row(row: &sqlx::any::AnyRow) -> Result<(Uuid, HotVps, boo
             status,
             desired_version: row.try_get("desired_version")?,
             ips_json: row.try_get("ip_addresses")?,
+            envoy_version: row.try_get("envoy_version")?,
         },
         deleted.is_some(),
     ))
 }
 
-pub(crate) const HOT_COLS: &str = "id, hostname, status, desired_version, ip_addresses, deleted_at";
+pub(crate) const HOT_COLS: &str =
+    "id, hostname, status, desired_version, ip_addresses, deleted_at, envoy_version";
 
 impl Store {
     /// The hot state of a VPS, from memory or (first time) from the database. A deleted VPS

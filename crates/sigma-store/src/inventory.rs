@@ -21,7 +21,7 @@ const PURPOSE_COLS: &str = "pu.name, pu.display_name, pu.mesh, pu.created_at, pu
 
 pub(crate) const VPS_SELECT: &str = "SELECT v.id, v.hostname, v.alias, pr.name AS provider, \
      v.ip_addresses, v.country, v.city, v.purpose, v.status, v.tags, v.monitoring, \
-     v.node_exporter_port, v.system_info, v.last_heartbeat_at, v.desired_version, v.created_at, \
+     v.node_exporter_port, v.system_info, v.last_heartbeat_at, v.desired_version, v.envoy_version, v.created_at, \
      v.updated_at, v.deleted_at FROM vps v LEFT JOIN providers pr ON pr.id = v.provider_id";
 
 fn provider_from_row(r: &AnyRow) -> Result<Provider> {
@@ -100,6 +100,7 @@ impl Store {
             system_info,
             last_heartbeat_at: last_heartbeat_at.map(from_ms),
             desired_version: r.try_get("desired_version")?,
+            envoy_version: r.try_get("envoy_version")?,
             created_at: from_ms(r.try_get("created_at")?),
             updated_at: from_ms(r.try_get("updated_at")?),
             deleted_at: r.try_get::<Option<i64>, _>("deleted_at")?.map(from_ms),

@@ -546,6 +546,8 @@ pub struct Vps {
     pub last_heartbeat_at: Option<OffsetDateTime>,
     /// Changes whenever anything its agent must apply changes.
     pub desired_version: i64,
+    /// Version of its Envoy routes (classic mode).
+    pub envoy_version: i64,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     /// Created at.
@@ -1125,6 +1127,8 @@ pub struct DesiredState {
     pub status: VpsStatus,
     /// Changes whenever anything here changes.
     pub desired_version: i64,
+    /// Version of the VPS's Envoy routes: fetch them again when it changes.
+    pub envoy_version: i64,
 }
 
 /// Answer to a register.
@@ -1188,6 +1192,8 @@ pub struct HeartbeatResponse {
     pub status: VpsStatus,
     /// Changes whenever anything the agent must apply changes.
     pub desired_version: i64,
+    /// Version of the VPS's Envoy routes: fetch them again when it changes.
+    pub envoy_version: i64,
     /// The server's clock, so an agent can tell its own is off.
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]

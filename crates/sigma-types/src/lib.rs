@@ -6,8 +6,10 @@
 
 pub mod api;
 pub mod country;
+pub mod envoy;
 pub mod patch;
 pub mod validate;
 
 pub use api::*;
+pub use envoy::*;
 pub use validate::{FieldErrors, Normalize};

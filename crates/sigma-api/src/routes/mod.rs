@@ -2,5 +2,6 @@
 
 pub mod admin;
 pub mod agent;
+pub mod envoy;
 pub mod inventory;
 pub mod system;

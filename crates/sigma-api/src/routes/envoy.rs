@@ -1,0 +1,163 @@
+//! Envoy routes (classic mode): operators manage them per VPS; agents read their own.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use sigma_types::{
+    EnvoyConfig, EnvoyRoute, EnvoyRouteBatch, EnvoyRouteCreate, EnvoyRoutePatch, FieldErrors,
+};
+use utoipa::IntoParams;
+
+use crate::AppState;
+use crate::error::ApiResult;
+use crate::extract::{ApiJson, ApiQuery, Auth, uuid_param};
+
+/// Lists a VPS's routes (disabled ones too).
+#[utoipa::path(get, path = "/api/vps/{id}/envoy-routes", tag = "envoy", params(("id" = String, Path)),
+    responses((status = 200, body = Vec<EnvoyRoute>), (status = 404, body = sigma_types::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_routes(
+    State(s): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<EnvoyRoute>>> {
+    auth.reader()?;
+    Ok(Json(s.store.list_routes(uuid_param(&id)?).await?))
+}
+
+/// Adds a route to a VPS.
+#[utoipa::path(post, path = "/api/vps/{id}/envoy-routes", tag = "envoy", params(("id" = String, Path)),
+    request_body = EnvoyRouteCreate,
+    responses((status = 201, body = EnvoyRoute), (status = 409, body = sigma_types::ErrorBody),
+    (status = 422, body = sigma_types::ErrorBody)), security(("bearer" = [])))]
+pub async fn create_route(
+    State(s): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    ApiJson(c): ApiJson<EnvoyRouteCreate>,
+) -> ApiResult<(StatusCode, Json<EnvoyRoute>)> {
+    let p = auth.operator()?;
+    let vps = uuid_param(&id)?;
+    let mut e = FieldErrors::new();
+    let spec = c.spec("", &mut e);
+    e.into_result()?;
+    let spec = spec.ok_or_else(FieldErrors::new)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(s.store.create_route(&p.actor(), vps, &spec).await?),
+    ))
+}
+
+/// Creates or replaces a VPS's routes by name in one step (one version change); with
+/// `prune: true` the routes not named are deleted.
+#[utoipa::path(put, path = "/api/vps/{id}/envoy-routes", tag = "envoy", params(("id" = String, Path)),
+    request_body = EnvoyRouteBatch,
+    responses((status = 200, body = Vec<EnvoyRoute>), (status = 409, body = sigma_types::ErrorBody),
+    (status = 422, body = sigma_types::ErrorBody)), security(("bearer" = [])))]
+pub async fn upsert_routes(
+    State(s): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    ApiJson(b): ApiJson<EnvoyRouteBatch>,
+) -> ApiResult<Json<Vec<EnvoyRoute>>> {
+    let p = auth.operator()?;
+    let vps = uuid_param(&id)?;
+    let specs = b.specs()?;
+    Ok(Json(
+        s.store
+            .upsert_routes(&p.actor(), vps, &specs, b.prune)
+            .await?,
+    ))
+}
+
+/// A route.
+#[utoipa::path(get, path = "/api/envoy-routes/{id}", tag = "envoy", params(("id" = String, Path)),
+    responses((status = 200, body = EnvoyRoute), (status = 404, body = sigma_types::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_route(
+    State(s): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<EnvoyRoute>> {
+    auth.reader()?;
+    Ok(Json(s.store.get_route(uuid_param(&id)?).await?))
+}
+
+/// Changes a route.
+#[utoipa::path(patch, path = "/api/envoy-routes/{id}", tag = "envoy", params(("id" = String, Path)),
+    request_body = EnvoyRoutePatch,
+    responses((status = 200, body = EnvoyRoute), (status = 409, body = sigma_types::ErrorBody),
+    (status = 422, body = sigma_types::ErrorBody)), security(("bearer" = [])))]
+pub async fn update_route(
+    State(s): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    ApiJson(patch): ApiJson<EnvoyRoutePatch>,
+) -> ApiResult<Json<EnvoyRoute>> {
+    let p = auth.operator()?;
+    let id = uuid_param(&id)?;
+    Ok(Json(
+        s.store
+            .update_route(&p.actor(), id, |r| patch.apply(r))
+            .await?,
+    ))
+}
+
+/// Removes a route.
+#[utoipa::path(delete, path = "/api/envoy-routes/{id}", tag = "envoy", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = sigma_types::ErrorBody)), security(("bearer" = [])))]
+pub async fn delete_route(
+    State(s): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let p = auth.operator()?;
+    s.store.delete_route(&p.actor(), uuid_param(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Query of the agent's config endpoint.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ConfigQuery {
+    /// The agent's hostname (must be its key's VPS).
+    pub hostname: String,
+    /// The version the agent has: the answer waits until the version differs (long poll).
+    pub known_version: Option<i64>,
+    /// How long to wait at most, in seconds (1-60, default 25).
+    pub wait_seconds: Option<u64>,
+}
+
+/// The agent's Envoy config (active routes and version). With `known_version` it is a long
+/// poll: it answers as soon as the version differs, or after `wait_seconds`.
+#[utoipa::path(get, path = "/api/agent/envoy-config", tag = "agent", params(ConfigQuery),
+    responses((status = 200, body = EnvoyConfig), (status = 403, body = sigma_types::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn agent_config(
+    State(s): State<AppState>,
+    auth: Auth,
+    ApiQuery(q): ApiQuery<ConfigQuery>,
+) -> ApiResult<Json<EnvoyConfig>> {
+    let mut e = FieldErrors::new();
+    let hostname = e.check("hostname", sigma_types::validate::hostname(&q.hostname));
+    let wait = q.wait_seconds.unwrap_or(25);
+    if !(1..=60).contains(&wait) {
+        e.add("wait_seconds", "must be 1-60");
+    }
+    e.into_result()?;
+    let hostname = hostname.unwrap_or_default();
+    Ok(Json(
+        s.store
+            .agent_envoy_config(
+                &auth.0,
+                &hostname,
+                q.known_version,
+                Duration::from_secs(wait),
+            )
+            .await?,
+    ))
+}

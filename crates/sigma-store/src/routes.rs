@@ -1,0 +1,415 @@
+//! Envoy routes per VPS and the per-VPS version agents follow.
+//!
+//! Every change bumps `vps.envoy_version` in the same transaction, so an agent that has seen
+//! version N and asks for the config again gets either N (nothing changed) or a newer version
+//! whose routes are exactly what was committed with it.
+
+use std::time::Duration;
+
+use sigma_types::{
+    ClusterType, EnvoyConfig, EnvoyRoute, ProxyProtocol, RouteSpec, RouteStatus, VpsStatus,
+};
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+use uuid::Uuid;
+
+use crate::Store;
+use crate::audit::{Record, record};
+use crate::auth::Principal;
+use crate::db::{from_ms, now_ms};
+use crate::error::{Error, Result, is_unique_violation};
+
+const ROUTE_COLS: &str = "id, vps_id, name, listen_port, backend_host, backend_port, cluster_type, \
+                          connect_timeout_ms, proxy_protocol, status, created_at, updated_at";
+
+fn route_from_row(r: &AnyRow) -> Result<EnvoyRoute> {
+    let corrupt =
+        |what: &str, v: &dyn std::fmt::Debug| Error::Corrupt(format!("route {what} {v:?}"));
+    let id: String = r.try_get("id")?;
+    let vps: String = r.try_get("vps_id")?;
+    let ct: String = r.try_get("cluster_type")?;
+    let pp: String = r.try_get("proxy_protocol")?;
+    let st: String = r.try_get("status")?;
+    let port = |col: &str| -> Result<u16> {
+        let p: i64 = r.try_get(col)?;
+        u16::try_from(p).map_err(|_| corrupt(col, &p))
+    };
+    let timeout: i64 = r.try_get("connect_timeout_ms")?;
+    Ok(EnvoyRoute {
+        id: Uuid::parse_str(&id).map_err(|_| corrupt("id", &id))?,
+        vps_id: Uuid::parse_str(&vps).map_err(|_| corrupt("vps_id", &vps))?,
+        name: r.try_get("name")?,
+        listen_port: port("listen_port")?,
+        backend_host: r.try_get("backend_host")?,
+        backend_port: port("backend_port")?,
+        cluster_type: ClusterType::parse(&ct).ok_or_else(|| corrupt("cluster_type", &ct))?,
+        connect_timeout_ms: u32::try_from(timeout).map_err(|_| corrupt("timeout", &timeout))?,
+        proxy_protocol: ProxyProtocol::parse(&pp).ok_or_else(|| corrupt("proxy_protocol", &pp))?,
+        status: RouteStatus::parse(&st).ok_or_else(|| corrupt("status", &st))?,
+        created_at: from_ms(r.try_get("created_at")?),
+        updated_at: from_ms(r.try_get("updated_at")?),
+    })
+}
+
+fn conflict_of(e: &sqlx::Error, spec: &RouteSpec) -> Option<Error> {
+    if !is_unique_violation(e) {
+        return None;
+    }
+    let msg = e.to_string();
+    Some(Error::Conflict(
+        if msg.contains("listen_port") || msg.contains("envoy_routes_port") {
+            format!(
+                "listen port {} is used by another route of this VPS",
+                spec.listen_port
+            )
+        } else {
+            format!("this VPS already has a route named {:?}", spec.name)
+        },
+    ))
+}
+
+impl Store {
+    /// The VPS a route operation acts on; refused for deleted VPS.
+    async fn live_vps_for_routes(&self, tx: &mut Transaction<'_, Any>, vps_id: Uuid) -> Result<()> {
+        let row = sqlx::query("SELECT status FROM vps WHERE id = $1")
+            .bind(vps_id.to_string())
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no VPS with id {vps_id}")))?;
+        let status: String = row.try_get("status")?;
+        if status == VpsStatus::Deleted.as_str() {
+            return Err(Error::Conflict(format!(
+                "VPS {vps_id} is deleted; restore it first"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn routes_in<'c, E>(
+        &self,
+        exec: E,
+        vps_id: Uuid,
+        active_only: bool,
+    ) -> Result<Vec<EnvoyRoute>>
+    where
+        E: sqlx::Executor<'c, Database = Any>,
+    {
+        let filter = if active_only {
+            " AND status = 'active'"
+        } else {
+            ""
+        };
+        let rows = sqlx::query(dynsql!(
+            "SELECT {ROUTE_COLS} FROM envoy_routes WHERE vps_id = $1{filter} ORDER BY name"
+        ))
+        .bind(vps_id.to_string())
+        .fetch_all(exec)
+        .await?;
+        rows.iter().map(route_from_row).collect()
+    }
+
+    async fn route_in(&self, tx: &mut Transaction<'_, Any>, id: Uuid) -> Result<EnvoyRoute> {
+        let row = sqlx::query(dynsql!(
+            "SELECT {ROUTE_COLS} FROM envoy_routes WHERE id = $1"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no Envoy route with id {id}")))?;
+        route_from_row(&row)
+    }
+
+    async fn bump_envoy_version(&self, tx: &mut Transaction<'_, Any>, vps_id: Uuid) -> Result<()> {
+        sqlx::query(
+            "UPDATE vps SET envoy_version = envoy_version + 1, updated_at = $1 WHERE id = $2",
+        )
+        .bind(now_ms())
+        .bind(vps_id.to_string())
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Every route of a VPS (disabled ones too), by name.
+    pub async fn list_routes(&self, vps_id: Uuid) -> Result<Vec<EnvoyRoute>> {
+        self.get_vps(vps_id).await?;
+        self.routes_in(&self.pools.read, vps_id, false).await
+    }
+
+    async fn insert_route(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        vps_id: Uuid,
+        s: &RouteSpec,
+    ) -> Result<Uuid> {
+        let id = Uuid::new_v4();
+        let now = now_ms();
+        let res = sqlx::query(
+            "INSERT INTO envoy_routes (id, vps_id, name, listen_port, backend_host, backend_port, cluster_type, \
+             connect_timeout_ms, proxy_protocol, status, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)",
+        )
+        .bind(id.to_string())
+        .bind(vps_id.to_string())
+        .bind(s.name.clone())
+        .bind(i64::from(s.listen_port))
+        .bind(s.backend_host.clone())
+        .bind(i64::from(s.backend_port))
+        .bind(s.cluster_type.as_str())
+        .bind(i64::from(s.connect_timeout_ms))
+        .bind(s.proxy_protocol.as_str())
+        .bind(s.status.as_str())
+        .bind(now)
+        .execute(&mut **tx)
+        .await;
+        match res {
+            Err(e) => Err(conflict_of(&e, s).unwrap_or(e.into())),
+            Ok(_) => Ok(id),
+        }
+    }
+
+    async fn write_route(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        id: Uuid,
+        s: &RouteSpec,
+    ) -> Result<()> {
+        let res = sqlx::query(
+            "UPDATE envoy_routes SET name = $1, listen_port = $2, backend_host = $3, backend_port = $4, \
+             cluster_type = $5, connect_timeout_ms = $6, proxy_protocol = $7, status = $8, updated_at = $9 WHERE id = $10",
+        )
+        .bind(s.name.clone())
+        .bind(i64::from(s.listen_port))
+        .bind(s.backend_host.clone())
+        .bind(i64::from(s.backend_port))
+        .bind(s.cluster_type.as_str())
+        .bind(i64::from(s.connect_timeout_ms))
+        .bind(s.proxy_protocol.as_str())
+        .bind(s.status.as_str())
+        .bind(now_ms())
+        .bind(id.to_string())
+        .execute(&mut **tx)
+        .await;
+        match res {
+            Err(e) => Err(conflict_of(&e, s).unwrap_or(e.into())),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// Adds a route to a VPS.
+    pub async fn create_route(
+        &self,
+        actor: &str,
+        vps_id: Uuid,
+        s: &RouteSpec,
+    ) -> Result<EnvoyRoute> {
+        let mut tx = self.pools.write.begin().await?;
+        self.live_vps_for_routes(&mut tx, vps_id).await?;
+        let id = self.insert_route(&mut tx, vps_id, s).await?;
+        self.bump_envoy_version(&mut tx, vps_id).await?;
+        let r = self.route_in(&mut tx, id).await?;
+        record(
+            &mut *tx,
+            Record {
+                actor,
+                action: "envoy_route.create",
+                resource_type: "envoy_route",
+                resource_id: id.to_string(),
+            },
+            None::<&()>,
+            Some(&r),
+        )
+        .await?;
+        tx.commit().await?;
+        self.reload_hot(&self.pools.read, vps_id).await?;
+        Ok(r)
+    }
+
+    /// A route by id.
+    pub async fn get_route(&self, id: Uuid) -> Result<EnvoyRoute> {
+        let mut tx = self.pools.read.begin().await?;
+        let r = self.route_in(&mut tx, id).await;
+        tx.rollback().await?;
+        r
+    }
+
+    /// Changes a route; `change` turns the stored route into the new one (or names bad fields).
+    pub async fn update_route(
+        &self,
+        actor: &str,
+        id: Uuid,
+        change: impl FnOnce(&EnvoyRoute) -> Result<RouteSpec, sigma_types::FieldErrors>,
+    ) -> Result<EnvoyRoute> {
+        let mut tx = self.pools.write.begin().await?;
+        let before = self.route_in(&mut tx, id).await?;
+        self.live_vps_for_routes(&mut tx, before.vps_id).await?;
+        let spec = change(&before)?;
+        self.write_route(&mut tx, id, &spec).await?;
+        self.bump_envoy_version(&mut tx, before.vps_id).await?;
+        let after = self.route_in(&mut tx, id).await?;
+        record(
+            &mut *tx,
+            Record {
+                actor,
+                action: "envoy_route.update",
+                resource_type: "envoy_route",
+                resource_id: id.to_string(),
+            },
+            Some(&before),
+            Some(&after),
+        )
+        .await?;
+        tx.commit().await?;
+        self.reload_hot(&self.pools.read, before.vps_id).await?;
+        Ok(after)
+    }
+
+    /// Removes a route.
+    pub async fn delete_route(&self, actor: &str, id: Uuid) -> Result<EnvoyRoute> {
+        let mut tx = self.pools.write.begin().await?;
+        let before = self.route_in(&mut tx, id).await?;
+        self.live_vps_for_routes(&mut tx, before.vps_id).await?;
+        sqlx::query("DELETE FROM envoy_routes WHERE id = $1")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        self.bump_envoy_version(&mut tx, before.vps_id).await?;
+        record(
+            &mut *tx,
+            Record {
+                actor,
+                action: "envoy_route.delete",
+                resource_type: "envoy_route",
+                resource_id: id.to_string(),
+            },
+            Some(&before),
+            None::<&()>,
+        )
+        .await?;
+        tx.commit().await?;
+        self.reload_hot(&self.pools.read, before.vps_id).await?;
+        Ok(before)
+    }
+
+    /// Creates or replaces routes by name (and with `prune` deletes the others), all in one
+    /// transaction and one version step. Returns the VPS's routes afterwards.
+    pub async fn upsert_routes(
+        &self,
+        actor: &str,
+        vps_id: Uuid,
+        specs: &[RouteSpec],
+        prune: bool,
+    ) -> Result<Vec<EnvoyRoute>> {
+        let mut tx = self.pools.write.begin().await?;
+        self.live_vps_for_routes(&mut tx, vps_id).await?;
+        let before = self.routes_in(&mut *tx, vps_id, false).await?;
+        // Deletes first, then updates, then inserts, so that swapping ports between routes or
+        // reusing a pruned route's port in one batch does not trip the uniqueness checks.
+        let mut deleted = Vec::new();
+        if prune {
+            for r in before
+                .iter()
+                .filter(|r| !specs.iter().any(|s| s.name == r.name))
+            {
+                sqlx::query("DELETE FROM envoy_routes WHERE id = $1")
+                    .bind(r.id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                deleted.push(r.clone());
+            }
+        }
+        // Routes whose content does not change are not written, so an unchanged batch is no new
+        // version (and no push to Envoy).
+        let existing: Vec<(&RouteSpec, &EnvoyRoute)> = specs
+            .iter()
+            .filter_map(|s| before.iter().find(|r| r.name == s.name).map(|r| (s, r)))
+            .filter(|(s, r)| RouteSpec::from(*r) != **s)
+            .collect();
+        // Park updated routes on free high ports first, so two routes may swap listen ports.
+        for (i, (_, r)) in existing.iter().enumerate() {
+            sqlx::query("UPDATE envoy_routes SET listen_port = $1 WHERE id = $2")
+                .bind(-1 - i as i64)
+                .bind(r.id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (s, r) in &existing {
+            self.write_route(&mut tx, r.id, s).await?;
+        }
+        for s in specs
+            .iter()
+            .filter(|s| !before.iter().any(|r| r.name == s.name))
+        {
+            self.insert_route(&mut tx, vps_id, s).await?;
+        }
+        let after = self.routes_in(&mut *tx, vps_id, false).await?;
+        let content = |rs: &[EnvoyRoute]| rs.iter().map(RouteSpec::from).collect::<Vec<_>>();
+        if content(&after) != content(&before) {
+            self.bump_envoy_version(&mut tx, vps_id).await?;
+            record(
+                &mut *tx,
+                Record {
+                    actor,
+                    action: "envoy_route.batch",
+                    resource_type: "vps",
+                    resource_id: vps_id.to_string(),
+                },
+                Some(&before),
+                Some(&after),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        self.reload_hot(&self.pools.read, vps_id).await?;
+        Ok(after)
+    }
+
+    /// The config an agent serves: its VPS's active routes and their version.
+    pub async fn envoy_config(&self, vps_id: Uuid) -> Result<EnvoyConfig> {
+        // One read transaction, so version and routes belong together.
+        let mut tx = self.pools.read.begin().await?;
+        let version: i64 = sqlx::query("SELECT envoy_version FROM vps WHERE id = $1")
+            .bind(vps_id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no VPS with id {vps_id}")))?
+            .try_get("envoy_version")?;
+        let routes = self.routes_in(&mut *tx, vps_id, true).await?;
+        tx.rollback().await?;
+        Ok(EnvoyConfig {
+            vps_id,
+            version,
+            routes,
+        })
+    }
+
+    /// An agent's view of its routes: returns at once when the version differs from
+    /// `known_version`, otherwise waits up to `wait` for a change (long poll).
+    pub async fn agent_envoy_config(
+        &self,
+        p: &Principal,
+        hostname: &str,
+        known_version: Option<i64>,
+        wait: Duration,
+    ) -> Result<EnvoyConfig> {
+        let id = Self::agent_vps(p)?;
+        let hot = self.hot_vps(id).await?;
+        Self::check_hostname(id, &hot.hostname, hostname)?;
+        if hot.status == VpsStatus::Deleted {
+            return Err(Error::Conflict(format!("VPS {hostname} is deleted")));
+        }
+        if let Some(known) = known_version {
+            let mut changes = self.fleet.subscribe();
+            let deadline = tokio::time::Instant::now() + wait;
+            while self.hot_vps(id).await?.envoy_version == known {
+                if tokio::time::timeout_at(deadline, changes.changed())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+        self.envoy_config(id).await
+    }
+}
