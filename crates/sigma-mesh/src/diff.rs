@@ -1,15 +1,16 @@
 //! What to write to reach the desired state.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
 
-use crate::objects::{Kind, MeshObject, OWNED_ANNOTATIONS, OWNED_LABELS, ObjectKey};
+use crate::objects::{MeshObject, OWNED_ANNOTATIONS, OWNED_LABELS, ObjectKey};
 
 /// The writes that turn `actual` into `desired`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// Objects to create or update (server-side apply), sorted by kind then name.
+    /// Objects to create or update (server-side apply), sorted by kind, namespace and name.
     pub apply: Vec<MeshObject>,
-    /// sigma's objects that are no longer desired, sorted by kind then name.
+    /// sigma's objects that are no longer desired, sorted by kind, namespace and name.
     pub delete: Vec<ObjectKey>,
     /// Desired objects whose key is taken by an object sigma does not manage. They are left
     /// alone: sigma neither overwrites nor deletes what it did not create.
@@ -26,17 +27,6 @@ impl Plan {
     pub fn is_empty(&self) -> bool {
         self.writes() == 0
     }
-}
-
-type KeyRef<'a> = (Kind, &'a str, &'a str);
-
-fn key_ref(o: &MeshObject) -> KeyRef<'_> {
-    let m = o.metadata();
-    (o.kind(), m.namespace.as_str(), m.name.as_str())
-}
-
-fn sort_key(k: &ObjectKey) -> (Kind, &str, &str) {
-    (k.kind, k.name.as_str(), k.namespace.as_str())
 }
 
 /// Compares on the keys sigma owns: `fixed` (everything sigma may ever set) plus whatever the
@@ -62,39 +52,57 @@ pub fn up_to_date(desired: &MeshObject, actual: &MeshObject) -> bool {
         && owned_eq(&d.annotations, &a.annotations, &OWNED_ANNOTATIONS)
 }
 
+fn sorted(objects: &[MeshObject]) -> Vec<&MeshObject> {
+    let mut v: Vec<&MeshObject> = objects.iter().collect();
+    // Output of `desired_state` and a sorted listing are already in order, which the sort
+    // detects in one pass; a stable sort keeps the first of duplicate keys first.
+    v.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+    v
+}
+
 /// The plan that brings `actual` (what the cluster holds, as decoded by
 /// [`MeshObject::from_json`]) to `desired`. Objects are matched by kind, namespace and name.
 /// Unchanged objects produce nothing, so a steady state costs no writes. Objects in `actual`
-/// without sigma's managed-by label are never deleted nor overwritten.
+/// without sigma's managed-by label are never deleted nor overwritten. When a key appears more
+/// than once in an input, its first occurrence counts.
 pub fn diff(desired: &[MeshObject], actual: &[MeshObject]) -> Plan {
-    let actual_by_key: HashMap<KeyRef<'_>, &MeshObject> =
-        actual.iter().map(|o| (key_ref(o), o)).collect();
-    let mut wanted: HashSet<KeyRef<'_>> = HashSet::with_capacity(desired.len());
+    // A merge of two sorted lists: no hashing of 10,000 names, and the output comes out sorted.
+    let (d, a) = (sorted(desired), sorted(actual));
     let mut plan = Plan::default();
-    for d in desired {
-        let k = key_ref(d);
-        wanted.insert(k);
-        match actual_by_key.get(&k) {
-            None => plan.apply.push(d.clone()),
-            Some(a) if !a.is_managed() => plan.conflicts.push(d.key()),
-            Some(a) if up_to_date(d, a) => {}
-            Some(_) => plan.apply.push(d.clone()),
+    let (mut i, mut j) = (0, 0);
+    while i < d.len() || j < a.len() {
+        let ord = match (d.get(i), a.get(j)) {
+            (Some(x), Some(y)) => x.sort_key().cmp(&y.sort_key()),
+            (Some(_), None) => Ordering::Less,
+            _ => Ordering::Greater,
+        };
+        match ord {
+            Ordering::Less => {
+                plan.apply.push(d[i].clone());
+                i += 1;
+            }
+            Ordering::Greater => {
+                if a[j].is_managed() {
+                    plan.delete.push(a[j].key());
+                }
+                j += 1;
+            }
+            Ordering::Equal => {
+                let (x, y) = (d[i], a[j]);
+                if !y.is_managed() {
+                    plan.conflicts.push(x.key());
+                } else if !up_to_date(x, y) {
+                    plan.apply.push(x.clone());
+                }
+                let key = x.sort_key();
+                while i < d.len() && d[i].sort_key() == key {
+                    i += 1;
+                }
+                while j < a.len() && a[j].sort_key() == key {
+                    j += 1;
+                }
+            }
         }
     }
-    for a in actual {
-        if a.is_managed() && !wanted.contains(&key_ref(a)) {
-            plan.delete.push(a.key());
-        }
-    }
-    plan.apply.sort_by(|a, b| {
-        (a.kind(), a.name(), &a.metadata().namespace).cmp(&(
-            b.kind(),
-            b.name(),
-            &b.metadata().namespace,
-        ))
-    });
-    plan.delete.sort_by(|a, b| sort_key(a).cmp(&sort_key(b)));
-    plan.delete.dedup();
-    plan.conflicts.sort_by(|a, b| sort_key(a).cmp(&sort_key(b)));
     plan
 }

@@ -265,18 +265,34 @@ pub fn vps_network(
     settings: &MeshSettings,
     provider: Option<&str>,
 ) -> Option<String> {
+    choose_network(template, settings, || {
+        provider
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(provider_network)
+    })
+}
+
+fn choose_network(
+    template: &MeshTemplate,
+    settings: &MeshSettings,
+    per_provider: impl FnOnce() -> Option<String>,
+) -> Option<String> {
     if let Some(n) = &settings.network {
         return Some(n.clone());
     }
     match &template.network {
         NetworkMode::Fixed(n) => Some(n.clone()),
-        // Cleaned like the `provider` label, so both carry the same hash when one is needed.
-        NetworkMode::PerProvider => provider.map(str::trim).filter(|p| !p.is_empty()).map(|p| {
-            const PREFIX: &str = "provider-";
-            let max = names::MAX_LABEL_LEN - PREFIX.len();
-            format!("{PREFIX}{}", names::label_value_within(p, max))
-        }),
+        NetworkMode::PerProvider => per_provider(),
     }
+}
+
+/// `provider-<provider>`, cleaned like the `provider` label so that both carry the same hash
+/// when one is needed.
+fn provider_network(provider: &str) -> String {
+    const PREFIX: &str = "provider-";
+    let max = names::MAX_LABEL_LEN - PREFIX.len();
+    format!("{PREFIX}{}", names::label_value_within(provider, max))
 }
 
 fn managed_meta(
@@ -400,7 +416,8 @@ pub fn desired_state(
     let mut order: Vec<&MeshVps> = vps.iter().collect();
     order.sort_by_key(|v| v.id);
     let mut skipped = Vec::new();
-    let mut names_taken: HashMap<String, Uuid> = HashMap::with_capacity(vps.len());
+    let mut owners: Vec<(usize, &MeshVps)> = Vec::with_capacity(vps.len());
+    let mut cache = Cache::default();
     let mut prev_id: Option<Uuid> = None;
     for v in order {
         if prev_id == Some(v.id) {
@@ -421,18 +438,12 @@ pub fn desired_state(
             skipped.push(skip(v, SkipReason::NoUsableAddress));
             continue;
         };
-        let name = workload_entry_name(&v.hostname);
-        if let Some(with) = names_taken.get(&name) {
-            let reason = SkipReason::NameCollision { name, with: *with };
-            skipped.push(skip(v, reason));
-            continue;
-        }
-        let entry = workload_entry(template, p, v, name.clone(), address);
+        let entry = workload_entry(template, p, v, address, &mut cache);
         if let Err(r) = check_object(&entry) {
             skipped.push(skip(v, SkipReason::Invalid(r.join("; "))));
             continue;
         }
-        names_taken.insert(name, v.id);
+        owners.push((objects.len(), v));
         objects.push(entry);
     }
 
@@ -443,9 +454,50 @@ pub fn desired_state(
             return Err(Error::Internal(format!("{}: {}", o.key(), r.join("; "))));
         }
     }
-    objects.sort_by(|a, b| (a.kind(), a.name()).cmp(&(b.kind(), b.name())));
-    Ok(DesiredState { objects, skipped })
+
+    // Sort an index rather than the objects: a MeshObject is a few hundred bytes, and moving
+    // 10,000 of them through every merge pass costs more than the comparisons.
+    let mut idx: Vec<usize> = (0..objects.len()).collect();
+    // Stable, so of two entries with the same name the one pushed first (smaller id) leads.
+    idx.sort_by(|&a, &b| objects[a].sort_key().cmp(&objects[b].sort_key()));
+    let owner_of: HashMap<usize, &MeshVps> = owners.into_iter().collect();
+    let mut slots: Vec<Option<MeshObject>> = objects.into_iter().map(Some).collect();
+    let mut sorted: Vec<MeshObject> = Vec::with_capacity(slots.len());
+    let mut kept: Option<(usize, Uuid)> = None;
+    for i in idx {
+        let Some(o) = slots[i].take() else { continue };
+        if let (Some(last), Some(v)) = (sorted.last(), owner_of.get(&i))
+            && last.sort_key() == o.sort_key()
+            && let Some((_, with)) = kept
+        {
+            let reason = SkipReason::NameCollision {
+                name: o.name().to_string(),
+                with,
+            };
+            skipped.push(skip(v, reason));
+            continue;
+        }
+        kept = owner_of.get(&i).map(|v| (i, v.id));
+        sorted.push(o);
+    }
+    skipped.sort_by_key(|s| s.id);
+    Ok(DesiredState {
+        objects: sorted,
+        skipped,
+    })
 }
+
+/// Sanitised forms of values many VPS share (a provider, a country and city), computed once
+/// per desired-state computation instead of once per VPS.
+#[derive(Default)]
+struct Cache<'a> {
+    /// Provider → (`provider` label, per-provider network).
+    provider: HashMap<&'a str, (String, String)>,
+    /// (Country, city) → (`country` label, locality).
+    place: HashMap<Place<'a>, (String, Option<String>)>,
+}
+
+type Place<'a> = (&'a str, Option<&'a str>);
 
 fn skip(v: &MeshVps, reason: SkipReason) -> SkippedVps {
     SkippedVps {
@@ -576,35 +628,49 @@ fn purpose_objects(
     )));
 }
 
-fn workload_entry(
+fn workload_entry<'a>(
     template: &MeshTemplate,
     p: &Prepared<'_>,
-    v: &MeshVps,
-    name: String,
+    v: &'a MeshVps,
     address: IpAddr,
+    cache: &mut Cache<'a>,
 ) -> MeshObject {
     let mut labels = app_labels(p.name, template);
     labels.insert(CANONICAL_NAME_LABEL.into(), p.name.to_string());
     labels.insert(CANONICAL_REVISION_LABEL.into(), template.version.clone());
     labels.insert(VPS_ID_LABEL.into(), v.id.to_string());
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
+    let mut locality = None;
     if let Some(c) = v
         .country
         .as_deref()
         .map(str::trim)
         .filter(|c| !c.is_empty())
     {
-        labels.insert("country".into(), names::label_value(c));
+        let city = v.city.as_deref();
+        let (label, loc) = cache
+            .place
+            .entry((c, city))
+            .or_insert_with(|| (names::label_value(c), self::locality(Some(c), city)));
+        labels.insert("country".into(), label.clone());
+        locality.clone_from(loc);
     }
+    let mut network = None;
     if let Some(pr) = v
         .provider
         .as_deref()
         .map(str::trim)
         .filter(|p| !p.is_empty())
     {
-        labels.insert("provider".into(), names::label_value(pr));
+        let (label, net) = cache
+            .provider
+            .entry(pr)
+            .or_insert_with(|| (names::label_value(pr), provider_network(pr)));
+        labels.insert("provider".into(), label.clone());
+        network = Some(net.clone());
     }
-    let mut meta = managed_meta(name, template, labels.clone());
+    let network = choose_network(template, &p.settings, || network);
+    let mut meta = managed_meta(workload_entry_name(&v.hostname), template, labels.clone());
     meta.annotations
         .insert(HEALTH_CHECKS_ANNOTATION.into(), "true".into());
     meta.annotations
@@ -615,8 +681,8 @@ fn workload_entry(
         WorkloadEntrySpec {
             address: address.to_string(),
             labels,
-            network: vps_network(template, &p.settings, v.provider.as_deref()),
-            locality: locality(v.country.as_deref(), v.city.as_deref()),
+            network,
+            locality,
             service_account: Some(p.service_account.clone()),
         },
     ))

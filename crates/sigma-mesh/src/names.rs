@@ -86,12 +86,8 @@ fn dns_label_byte(c: u8) -> bool {
 /// The first 8 hex digits of the SHA-256 of `raw`: stable across releases and platforms, which
 /// a `std` hasher is not.
 pub fn short_hash(raw: &str) -> String {
-    let digest = Sha256::digest(raw.as_bytes());
     let mut out = String::with_capacity(HASH_LEN);
-    for b in digest.iter().take(HASH_LEN / 2) {
-        out.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
-        out.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
-    }
+    push_hash(&mut out, raw);
     out
 }
 
@@ -129,7 +125,8 @@ pub fn label_value_within(raw: &str, max: usize) -> String {
 }
 
 fn hashed(raw: &str, lower: bool, allowed: fn(u8) -> bool, max: usize) -> String {
-    let mut body = String::with_capacity(raw.len().min(max));
+    let max_body = max - HASH_SEP.len() - HASH_LEN;
+    let mut out = String::with_capacity(max);
     for c in raw.chars() {
         let c = if lower { c.to_ascii_lowercase() } else { c };
         let c = if c.is_ascii() && allowed(c as u8) {
@@ -137,20 +134,36 @@ fn hashed(raw: &str, lower: bool, allowed: fn(u8) -> bool, max: usize) -> String
         } else {
             '-'
         };
-        // Collapsing every run of '-' is what keeps "--" out of the body.
-        if c == '-' && body.ends_with('-') {
+        // Collapsing every run of '-' is what keeps "--" out of the body; leading
+        // non-alphanumerics are dropped because a name must start with one.
+        if (c == '-' && out.ends_with('-')) || (out.is_empty() && !c.is_ascii_alphanumeric()) {
             continue;
         }
-        body.push(c);
+        if out.len() == max_body {
+            break;
+        }
+        out.push(c);
     }
-    let max_body = max - HASH_SEP.len() - HASH_LEN;
-    let body = body.trim_matches(|c: char| !c.is_ascii_alphanumeric());
-    // The body is ASCII, so any byte index is a character boundary.
-    let body =
-        body[..body.len().min(max_body)].trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    // The body is ASCII, so truncating at any byte is safe.
+    let end = out
+        .trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
+        .len();
+    out.truncate(end);
     // A bare hash could equal some verbatim input; a fixed body keeps the "--" marker.
-    let body = if body.is_empty() { "x" } else { body };
-    format!("{body}{HASH_SEP}{}", short_hash(raw))
+    if out.is_empty() {
+        out.push('x');
+    }
+    out.push_str(HASH_SEP);
+    push_hash(&mut out, raw);
+    out
+}
+
+fn push_hash(out: &mut String, raw: &str) {
+    let digest = Sha256::digest(raw.as_bytes());
+    for b in digest.iter().take(HASH_LEN / 2) {
+        out.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
+        out.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
+    }
 }
 
 /// One component of an Istio locality (`region/zone/subzone`): lower-case letters, digits and

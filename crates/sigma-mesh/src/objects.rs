@@ -535,6 +535,12 @@ impl MeshObject {
         }
     }
 
+    /// The order objects are exported and applied in: kind, then namespace, then name.
+    pub fn sort_key(&self) -> (Kind, &str, &str) {
+        let m = self.metadata();
+        (self.kind(), m.namespace.as_str(), m.name.as_str())
+    }
+
     /// Whether the object carries sigma's managed-by label.
     pub fn is_managed(&self) -> bool {
         self.metadata()
@@ -627,7 +633,7 @@ pub fn check_object(obj: &MeshObject) -> std::result::Result<(), Vec<String>> {
             m.namespace
         ));
     }
-    check_labels("metadata.labels", &m.labels, &mut errs);
+    check_labels("metadata.labels", "", &m.labels, &mut errs);
     for k in m.annotations.keys() {
         if !names::is_label_key(k) {
             errs.push(format!("metadata.annotations: invalid key {k:?}"));
@@ -637,7 +643,7 @@ pub fn check_object(obj: &MeshObject) -> std::result::Result<(), Vec<String>> {
         MeshObject::WorkloadEntry(r) => check_workload("spec", &r.spec, true, &mut errs),
         MeshObject::WorkloadGroup(r) => {
             if let Some(md) = &r.spec.metadata {
-                check_labels("spec.metadata.labels", &md.labels, &mut errs);
+                check_labels("spec.metadata.labels", "", &md.labels, &mut errs);
             }
             check_workload("spec.template", &r.spec.template, false, &mut errs);
             if let Some(p) = &r.spec.probe {
@@ -753,13 +759,15 @@ pub fn check_object(obj: &MeshObject) -> std::result::Result<(), Vec<String>> {
     if errs.is_empty() { Ok(()) } else { Err(errs) }
 }
 
-fn check_labels(field: &str, labels: &BTreeMap<String, String>, errs: &mut Vec<String>) {
+/// `field` and `sub` are only joined when there is an error to report: this check runs for
+/// every WorkloadEntry of the fleet.
+fn check_labels(field: &str, sub: &str, labels: &BTreeMap<String, String>, errs: &mut Vec<String>) {
     for (k, v) in labels {
         if !names::is_label_key(k) {
-            errs.push(format!("{field}: invalid key {k:?}"));
+            errs.push(format!("{field}{sub}: invalid key {k:?}"));
         }
         if !names::is_label_value(v) {
-            errs.push(format!("{field}.{k}: invalid value {v:?}"));
+            errs.push(format!("{field}{sub}.{k}: invalid value {v:?}"));
         }
     }
 }
@@ -776,7 +784,7 @@ fn check_workload(field: &str, w: &WorkloadEntrySpec, entry: bool, errs: &mut Ve
     } else if !w.address.is_empty() {
         errs.push(format!("{field}.address must be empty in a template"));
     }
-    check_labels(&format!("{field}.labels"), &w.labels, errs);
+    check_labels(field, ".labels", &w.labels, errs);
     if let Some(n) = &w.network
         && let Err(r) = check_network(n)
     {
@@ -813,7 +821,7 @@ fn check_selector(field: &str, sel: Option<&WorkloadSelector>, errs: &mut Vec<St
         None => errs.push(format!("{field}: sigma always selects by app")),
         Some(s) if s.labels.is_empty() => errs.push(format!("{field}.labels: empty")),
         Some(s) => {
-            check_labels(&format!("{field}.labels"), &s.labels, errs);
+            check_labels(field, ".labels", &s.labels, errs);
             for (k, v) in &s.labels {
                 if v.contains('*') {
                     errs.push(format!("{field}.labels.{k}: wildcards are not supported"));

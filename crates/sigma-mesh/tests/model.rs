@@ -976,3 +976,32 @@ fn yaml_matches_the_golden_export() {
         "export changed; review and rerun with SIGMA_UPDATE_GOLDEN=1"
     );
 }
+
+#[test]
+fn diff_does_not_depend_on_listing_order() {
+    let (p, v) = fleet(30);
+    let d = state(&p, &v).objects;
+    let mut actual = d.clone();
+    actual.reverse();
+    actual.swap(3, 17);
+    assert!(diff(&d, &actual).is_empty());
+    let mut desired = d.clone();
+    desired.rotate_left(7);
+    let plan = diff(&desired, &actual[5..]);
+    let mut want: Vec<ObjectKey> = actual[..5].iter().map(MeshObject::key).collect();
+    want.sort();
+    let got: Vec<ObjectKey> = plan.apply.iter().map(MeshObject::key).collect();
+    assert_eq!(got, want, "apply comes out sorted");
+}
+
+#[test]
+fn public_network_helper_matches_the_entries() {
+    let mut v = vps(1, "a", "web", vec![ip("192.0.2.1", "public")]);
+    v.provider = Some(" Vultr LLC ".into());
+    let s = state(&[web()], std::slice::from_ref(&v));
+    let t = MeshTemplate::default();
+    assert_eq!(
+        entry_of(&s, 1).spec.network,
+        sigma_mesh::model::vps_network(&t, &web().settings, v.provider.as_deref())
+    );
+}
