@@ -1271,6 +1271,27 @@ async fn envoy_routes_and_agent_long_poll(db: TestDb) {
         "an unchanged batch is no new version"
     );
 
+    // The agent reports what its Envoy accepted or rejected; operators see it on the VPS.
+    let (st, v) = s
+        .post("/api/agent/heartbeat", &agent, json!({"hostname": "relay-1", "agent_state": {
+            "mode": "classic", "envoy_applied_version": 4, "xds_clients": 1,
+            "last_nack": {"version": "5", "type_url": "type.googleapis.com/envoy.config.listener.v3.Listener",
+                          "detail": "cannot bind", "at": "2026-01-01T00:00:00Z"}}}))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (_, vps) = s.get(&format!("/api/vps/{id}"), k).await;
+    assert_eq!(vps["agent_state"]["mode"], "classic");
+    assert_eq!(vps["agent_state"]["last_nack"]["detail"], "cannot bind");
+    let (st, v) = s
+        .post(
+            "/api/agent/heartbeat",
+            &agent,
+            json!({"hostname": "relay-1", "agent_state": {"mode": "sidecar"}}),
+        )
+        .await;
+    assert_eq!(st, 422, "{v}");
+    field(&v, "agent_state.mode");
+
     // A deleted VPS's routes are frozen.
     s.delete(&format!("/api/vps/{id}"), k).await;
     let (st, v) = s

@@ -269,6 +269,10 @@ impl Store {
                     .system_info
                     .as_ref()
                     .and_then(|s| serde_json::to_string(s).ok()),
+                agent_state_json: req
+                    .agent_state
+                    .as_ref()
+                    .and_then(|s| serde_json::to_string(s).ok()),
             },
         );
         let step = match hot.status {

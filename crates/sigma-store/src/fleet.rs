@@ -34,6 +34,7 @@ pub(crate) struct Beat {
     pub at: i64,
     pub ips_json: Option<String>,
     pub system_info_json: Option<String>,
+    pub agent_state_json: Option<String>,
 }
 
 impl Beat {
@@ -48,6 +49,9 @@ impl Beat {
             if newer.system_info_json.is_some() {
                 self.system_info_json = newer.system_info_json;
             }
+            if newer.agent_state_json.is_some() {
+                self.agent_state_json = newer.agent_state_json;
+            }
         } else {
             // An older beat re-queued after a failed write: keep only what the newer lacks.
             if self.ips_json.is_none() {
@@ -55,6 +59,9 @@ impl Beat {
             }
             if self.system_info_json.is_none() {
                 self.system_info_json = newer.system_info_json;
+            }
+            if self.agent_state_json.is_none() {
+                self.agent_state_json = newer.agent_state_json;
             }
         }
     }
@@ -77,7 +84,7 @@ pub struct Fleet {
     last_poll: AtomicI64,
 }
 
-/// Rows per batched UPDATE (4 bound values each, well under both backends' limits).
+/// Rows per batched UPDATE (5 bound values each, well under both backends' limits).
 const BATCH: usize = 1000;
 /// How far back the change poll looks beyond its last run, so rows committed late or stamped by
 /// a replica whose clock is a little behind are still seen.
@@ -298,7 +305,10 @@ impl Store {
         let mut tx = self.pools.write.begin().await?;
         let beats: Vec<_> = p.beats.iter().collect();
         for chunk in beats.chunks(BATCH) {
-            let mut sql = Sql::bulk(self.pools.backend, "WITH b(id, at, ips, sys) AS (VALUES ");
+            let mut sql = Sql::bulk(
+                self.pools.backend,
+                "WITH b(id, at, ips, sys, st) AS (VALUES ",
+            );
             for (i, (id, beat)) in chunk.iter().enumerate() {
                 if i > 0 {
                     sql.push(", ");
@@ -311,12 +321,15 @@ impl Store {
                     .bind(beat.ips_json.clone())
                     .push(", ")
                     .bind(beat.system_info_json.clone())
+                    .push(", ")
+                    .bind(beat.agent_state_json.clone())
                     .push(")");
             }
             sql.push(
                 ") UPDATE vps SET last_heartbeat_at = b.at, \
                  ip_addresses = COALESCE(b.ips, vps.ip_addresses), \
-                 system_info = COALESCE(b.sys, vps.system_info) \
+                 system_info = COALESCE(b.sys, vps.system_info), \
+                 agent_state = COALESCE(b.st, vps.agent_state) \
                  FROM b WHERE vps.id = b.id \
                  AND (vps.last_heartbeat_at IS NULL OR vps.last_heartbeat_at <= b.at)",
             );
@@ -384,6 +397,7 @@ mod tests {
             at,
             ips_json: ips.map(String::from),
             system_info_json: sys.map(String::from),
+            agent_state_json: None,
         }
     }
 

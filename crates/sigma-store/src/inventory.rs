@@ -21,7 +21,7 @@ const PURPOSE_COLS: &str = "pu.name, pu.display_name, pu.mesh, pu.created_at, pu
 
 pub(crate) const VPS_SELECT: &str = "SELECT v.id, v.hostname, v.alias, pr.name AS provider, \
      v.ip_addresses, v.country, v.city, v.purpose, v.status, v.tags, v.monitoring, \
-     v.node_exporter_port, v.system_info, v.last_heartbeat_at, v.desired_version, v.envoy_version, v.created_at, \
+     v.node_exporter_port, v.system_info, v.agent_state, v.last_heartbeat_at, v.desired_version, v.envoy_version, v.created_at, \
      v.updated_at, v.deleted_at FROM vps v LEFT JOIN providers pr ON pr.id = v.provider_id";
 
 fn provider_from_row(r: &AnyRow) -> Result<Provider> {
@@ -65,6 +65,9 @@ impl Store {
         let mut system_info: Option<SystemInfo> = r
             .try_get::<Option<String>, _>("system_info")?
             .and_then(|s| serde_json::from_str(&s).ok());
+        let mut agent_state: Option<sigma_types::AgentState> = r
+            .try_get::<Option<String>, _>("agent_state")?
+            .and_then(|s| serde_json::from_str(&s).ok());
         let mut last_heartbeat_at: Option<i64> = r.try_get("last_heartbeat_at")?;
         // A heartbeat not yet written is still the latest truth about the VPS.
         if let Some(b) = self.fleet.pending_beat(id)
@@ -79,6 +82,12 @@ impl Store {
                 .and_then(|s| serde_json::from_str(&s).ok())
             {
                 system_info = Some(si);
+            }
+            if let Some(st) = b
+                .agent_state_json
+                .and_then(|s| serde_json::from_str(&s).ok())
+            {
+                agent_state = Some(st);
             }
         }
         let port: i64 = r.try_get("node_exporter_port")?;
@@ -98,6 +107,7 @@ impl Store {
             node_exporter_port: u16::try_from(port)
                 .map_err(|_| Error::Corrupt(format!("node_exporter_port {port}")))?,
             system_info,
+            agent_state,
             last_heartbeat_at: last_heartbeat_at.map(from_ms),
             desired_version: r.try_get("desired_version")?,
             envoy_version: r.try_get("envoy_version")?,

@@ -540,6 +540,8 @@ pub struct Vps {
     pub node_exporter_port: u16,
     /// What its agent last reported about the host.
     pub system_info: Option<SystemInfo>,
+    /// What its agent last reported about what it manages.
+    pub agent_state: Option<AgentState>,
     /// When its agent last reported.
     #[serde(with = "time::serde::rfc3339::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
@@ -1143,6 +1145,71 @@ pub struct RegisterResponse {
     pub desired: DesiredState,
 }
 
+/// How an agent runs its VPS's proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentMode {
+    /// sigma-agent serves xDS to the local Envoy (Envoy routes from sigma-api).
+    Classic,
+    /// pilot-agent and Envoy, managed by istiod.
+    Mesh,
+}
+
+/// An xDS update the local Envoy rejected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NackReport {
+    /// Version that was rejected.
+    pub version: String,
+    /// xDS type URL.
+    pub type_url: String,
+    /// Envoy's error detail.
+    pub detail: String,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub at: OffsetDateTime,
+}
+
+/// What an agent reports about what it manages.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AgentState {
+    /// Its mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<AgentMode>,
+    /// Envoy routes version the local Envoy has accepted (classic mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envoy_applied_version: Option<i64>,
+    /// Envoys connected to its xDS server (classic mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xds_clients: Option<u32>,
+    /// The last update Envoy rejected, if the latest one was rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_nack: Option<NackReport>,
+    /// Fields this version of sigma does not know (mesh-mode details, …).
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl AgentState {
+    fn check(&self, field: &str, e: &mut FieldErrors) {
+        if let Some(n) = &self.last_nack {
+            for (k, v, max) in [
+                ("version", &n.version, 256),
+                ("type_url", &n.type_url, 256),
+                ("detail", &n.detail, 4096),
+            ] {
+                if let Err(r) = v::text(v, max) {
+                    e.add(format!("{field}.last_nack.{k}"), r);
+                }
+            }
+        }
+        if serde_json::to_vec(self).map_or(0, |b| b.len()) > MAX_OBJECT_BYTES {
+            e.add(field, format!("larger than {MAX_OBJECT_BYTES} bytes"));
+        }
+    }
+}
+
 /// A heartbeat.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HeartbeatRequest {
@@ -1157,6 +1224,9 @@ pub struct HeartbeatRequest {
     /// The desired version the agent has applied.
     #[serde(default)]
     pub applied_version: Option<i64>,
+    /// What the agent reports about what it manages.
+    #[serde(default)]
+    pub agent_state: Option<AgentState>,
 }
 
 impl Normalize for HeartbeatRequest {
@@ -1173,6 +1243,9 @@ impl Normalize for HeartbeatRequest {
             && a < 0
         {
             e.add("applied_version", "must be >= 0");
+        }
+        if let Some(s) = &self.agent_state {
+            s.check("agent_state", &mut e);
         }
         e.into_result()?;
         Ok(HeartbeatRequest {
