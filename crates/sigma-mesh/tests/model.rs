@@ -1005,3 +1005,20 @@ fn public_network_helper_matches_the_entries() {
         sigma_mesh::model::vps_network(&t, &web().settings, v.provider.as_deref())
     );
 }
+
+#[test]
+fn norway_stays_a_string_for_yaml_1_1_readers() {
+    // Kubernetes reads YAML 1.1, where a plain NO is the boolean false.
+    let mut v = vps(1, "oslo-1", "web", vec![ip("192.0.2.1", "public")]);
+    v.country = Some("NO".into());
+    v.provider = Some("yes".into());
+    let s = state(&[web()], &[v]);
+    let yaml = to_yaml(&s.objects).unwrap();
+    assert!(yaml.contains("    country: \"NO\"\n"), "{yaml}");
+    assert!(yaml.contains("    provider: \"yes\"\n"), "{yaml}");
+    assert!(yaml.contains("  address: \"192.0.2.1\"\n"), "{yaml}");
+    assert!(
+        !yaml.contains(": NO\n") && !yaml.contains(": yes\n"),
+        "{yaml}"
+    );
+}
