@@ -416,7 +416,8 @@ pub fn desired_state(
     let mut order: Vec<&MeshVps> = vps.iter().collect();
     order.sort_by_key(|v| v.id);
     let mut skipped = Vec::new();
-    let mut owners: Vec<(usize, &MeshVps)> = Vec::with_capacity(vps.len());
+    // The VPS behind each object (None for the purposes' objects), by position.
+    let mut owner: Vec<Option<&MeshVps>> = vec![None; objects.len()];
     let mut cache = Cache::default();
     let mut prev_id: Option<Uuid> = None;
     for v in order {
@@ -443,7 +444,7 @@ pub fn desired_state(
             skipped.push(skip(v, SkipReason::Invalid(r.join("; "))));
             continue;
         }
-        owners.push((objects.len(), v));
+        owner.push(Some(v));
         objects.push(entry);
     }
 
@@ -460,15 +461,15 @@ pub fn desired_state(
     let mut idx: Vec<usize> = (0..objects.len()).collect();
     // Stable, so of two entries with the same name the one pushed first (smaller id) leads.
     idx.sort_by(|&a, &b| objects[a].sort_key().cmp(&objects[b].sort_key()));
-    let owner_of: HashMap<usize, &MeshVps> = owners.into_iter().collect();
     let mut slots: Vec<Option<MeshObject>> = objects.into_iter().map(Some).collect();
     let mut sorted: Vec<MeshObject> = Vec::with_capacity(slots.len());
-    let mut kept: Option<(usize, Uuid)> = None;
+    // The id of the VPS whose entry was kept last, for reporting who holds a contested name.
+    let mut kept: Option<Uuid> = None;
     for i in idx {
         let Some(o) = slots[i].take() else { continue };
-        if let (Some(last), Some(v)) = (sorted.last(), owner_of.get(&i))
+        if let (Some(last), Some(v)) = (sorted.last(), owner[i])
             && last.sort_key() == o.sort_key()
-            && let Some((_, with)) = kept
+            && let Some(with) = kept
         {
             let reason = SkipReason::NameCollision {
                 name: o.name().to_string(),
@@ -477,7 +478,7 @@ pub fn desired_state(
             skipped.push(skip(v, reason));
             continue;
         }
-        kept = owner_of.get(&i).map(|v| (i, v.id));
+        kept = owner[i].map(|v| v.id);
         sorted.push(o);
     }
     skipped.sort_by_key(|s| s.id);
