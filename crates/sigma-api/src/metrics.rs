@@ -61,7 +61,7 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("sigma");
+        let mut registry = Registry::with_prefix("sigma_api");
         let requests =
             HistogramFamily::new_with_constructor(latency_histogram as fn() -> Histogram);
         registry.register(

@@ -1012,11 +1012,11 @@ async fn metrics_and_probes(db: TestDb) {
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.unwrap();
     assert!(
-        text.contains(r#"sigma_vps{status="provisioning"} 1"#),
+        text.contains(r#"sigma_api_vps{status="provisioning"} 1"#),
         "{text}"
     );
-    assert!(text.contains(r#"sigma_http_request_duration_seconds_count{method="GET",route="/api/vps/{id}",status="404"} 1"#), "{text}");
-    assert!(text.contains("sigma_http_request_duration_seconds_bucket"));
+    assert!(text.contains(r#"sigma_api_http_request_duration_seconds_count{method="GET",route="/api/vps/{id}",status="404"} 1"#), "{text}");
+    assert!(text.contains("sigma_api_http_request_duration_seconds_bucket"));
     assert!(text.trim_end().ends_with("# EOF"));
 }
 
