@@ -1,0 +1,716 @@
+//! The command line: every command, flag and argument of `sigmactl`.
+//!
+//! `edit` commands send a `PATCH` with only the fields given. A field that may be empty is
+//! cleared (sent as `null`) with its `--clear-FIELD` flag; `--FIELD` and `--clear-FIELD`
+//! exclude each other, and an `edit` without any field is a usage error.
+
+use std::path::PathBuf;
+
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use sigma_types::{ClusterType, IpAddress, ProxyProtocol, Role, RouteStatus, VpsStatus};
+
+use crate::config::Flags;
+use crate::input;
+use crate::output::Format;
+
+const AFTER_HELP: &str = "\
+Configuration (flags beat environment beat config file):
+  --api-url / SIGMA_API_URL / profile api_url        default http://127.0.0.1:3000
+  --api-key-file / SIGMA_API_KEY / SIGMA_API_KEY_FILE / profile api_key or api_key_file
+  --profile / SIGMA_PROFILE                            default \"default\"
+  --config / SIGMA_CONFIG          default $XDG_CONFIG_HOME/sigma/config.toml or ~/.config/sigma/config.toml
+
+Exit codes: 0 success, 1 failure (API, network or configuration error), 2 usage error.
+Colour only on a terminal, and never with NO_COLOR set.";
+
+/// sigmactl: the operator's client of sigma-api (fleet inventory, keys, enrollment, Envoy routes).
+#[derive(Debug, Parser)]
+#[command(name = "sigmactl", version, after_help = AFTER_HELP, propagate_version = true)]
+pub struct Cli {
+    /// Settings that apply to every command.
+    #[command(flatten)]
+    pub global: Global,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags of every command.
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// sigma-api's URL [env: SIGMA_API_URL] [default: the profile's api_url, else http://127.0.0.1:3000]
+    #[arg(long, global = true, value_name = "URL")]
+    pub api_url: Option<String>,
+    /// Profile of the config file [env: SIGMA_PROFILE] [default: default]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// Config file [env: SIGMA_CONFIG] [default: $XDG_CONFIG_HOME/sigma/config.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// File holding the API key (else SIGMA_API_KEY, SIGMA_API_KEY_FILE, then the profile)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Output: a table for people, or the API's objects as JSON or YAML
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+impl Global {
+    /// The configuration flags.
+    pub fn flags(&self) -> Flags {
+        Flags {
+            api_url: self.api_url.clone(),
+            profile: self.profile.clone(),
+            config: self.config.clone(),
+            api_key_file: self.api_key_file.clone(),
+        }
+    }
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// VPS of the fleet (addressed by hostname or id)
+    #[command(subcommand)]
+    Vps(VpsCommand),
+    /// Hosting providers (addressed by name or id)
+    #[command(subcommand, visible_alias = "provider")]
+    Providers(ProviderCommand),
+    /// Purposes of VPS and their mesh settings
+    #[command(subcommand, visible_alias = "purpose")]
+    Purposes(PurposeCommand),
+    /// API keys (admin)
+    #[command(subcommand, visible_alias = "key")]
+    Keys(KeyCommand),
+    /// Enrollment tokens for new VPS agents
+    #[command(subcommand)]
+    Enroll(EnrollCommand),
+    /// Envoy routes of a VPS (classic mode)
+    #[command(subcommand, visible_alias = "route")]
+    Routes(RouteCommand),
+    /// The audit log, newest first (admin)
+    Audit(AuditArgs),
+    /// Prints a shell completion script
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Page of a list.
+#[derive(Debug, Clone, Args)]
+pub struct Page {
+    /// Page size (1-1000) [default: 100]
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..=1000))]
+    pub limit: Option<i64>,
+    /// Items to skip
+    #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
+    pub offset: Option<i64>,
+    /// Fetch every page
+    #[arg(long, conflicts_with_all = ["limit", "offset"])]
+    pub all: bool,
+}
+
+fn vps_status() -> impl TypedValueParser<Value = VpsStatus> {
+    PossibleValuesParser::new(VpsStatus::ALL.map(VpsStatus::as_str))
+        .try_map(|s| VpsStatus::parse(&s).ok_or("unknown status"))
+}
+
+fn new_vps_status() -> impl TypedValueParser<Value = VpsStatus> {
+    PossibleValuesParser::new(["provisioning", "active"])
+        .try_map(|s| VpsStatus::parse(&s).ok_or("unknown status"))
+}
+
+fn edit_vps_status() -> impl TypedValueParser<Value = VpsStatus> {
+    PossibleValuesParser::new(["provisioning", "active", "retiring", "retired"])
+        .try_map(|s| VpsStatus::parse(&s).ok_or("unknown status"))
+}
+
+fn role() -> impl TypedValueParser<Value = Role> {
+    PossibleValuesParser::new(["admin", "operator", "readonly", "agent"])
+        .try_map(|s| Role::parse(&s).ok_or("unknown role"))
+}
+
+fn cluster_type() -> impl TypedValueParser<Value = ClusterType> {
+    PossibleValuesParser::new(["static", "strict_dns", "logical_dns"])
+        .try_map(|s| ClusterType::parse(&s).ok_or("unknown cluster type"))
+}
+
+fn proxy_protocol() -> impl TypedValueParser<Value = ProxyProtocol> {
+    PossibleValuesParser::new(["none", "v1", "v2"])
+        .try_map(|s| ProxyProtocol::parse(&s).ok_or("unknown PROXY protocol"))
+}
+
+fn route_status() -> impl TypedValueParser<Value = RouteStatus> {
+    PossibleValuesParser::new(["active", "disabled"])
+        .try_map(|s| RouteStatus::parse(&s).ok_or("unknown route status"))
+}
+
+fn since(s: &str) -> Result<String, String> {
+    input::time_arg(s, time::OffsetDateTime::now_utc())
+}
+
+/// `sigmactl vps …`
+#[derive(Debug, Subcommand)]
+pub enum VpsCommand {
+    /// Lists VPS (deleted ones only with --status deleted)
+    #[command(visible_alias = "ls")]
+    List(VpsListArgs),
+    /// Shows one VPS
+    Show {
+        /// Hostname or id
+        vps: String,
+    },
+    /// Adds a VPS (it starts `provisioning` until its agent reports)
+    Create(VpsCreateArgs),
+    /// Changes a VPS: only the fields given are sent
+    Edit(VpsEditArgs),
+    /// Retires a VPS: `retiring` until its agent has stopped, or `retired` at once with --force
+    Retire {
+        /// Hostname or id
+        vps: String,
+        /// Mark it `retired` at once (for a VPS whose agent is gone)
+        #[arg(long)]
+        force: bool,
+    },
+    /// Restores a deleted VPS to the status it had
+    Restore {
+        /// Hostname (of a deleted VPS) or id
+        vps: String,
+    },
+    /// Deletes a VPS (soft: `vps restore` brings it back)
+    #[command(visible_alias = "rm")]
+    Delete {
+        /// Hostname or id
+        vps: String,
+    },
+}
+
+/// Filters of `vps list`.
+#[derive(Debug, Clone, Args)]
+pub struct VpsListArgs {
+    /// Only this status
+    #[arg(long, value_parser = vps_status())]
+    pub status: Option<VpsStatus>,
+    /// Only this purpose
+    #[arg(long)]
+    pub purpose: Option<String>,
+    /// Only this country (ISO 3166-1 alpha-2)
+    #[arg(long)]
+    pub country: Option<String>,
+    /// Only this provider (name)
+    #[arg(long)]
+    pub provider: Option<String>,
+    /// Only VPS with this tag
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Exactly this hostname
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Text search in hostname, alias, city and addresses
+    #[arg(short = 'q', long = "search", value_name = "TEXT")]
+    pub q: Option<String>,
+    /// Page
+    #[command(flatten)]
+    pub page: Page,
+}
+
+/// Fields of `vps create`.
+#[derive(Debug, Clone, Args)]
+pub struct VpsCreateArgs {
+    /// Hostname
+    pub hostname: String,
+    /// Purpose (must exist)
+    #[arg(long)]
+    pub purpose: String,
+    /// Short name for people
+    #[arg(long)]
+    pub alias: Option<String>,
+    /// Provider name (must exist)
+    #[arg(long)]
+    pub provider: Option<String>,
+    /// Address, `IP` (labelled public) or `LABEL=IP`; repeat for several
+    #[arg(long = "ip", value_name = "[LABEL=]IP", value_parser = input::ip_address)]
+    pub ips: Vec<IpAddress>,
+    /// Country (ISO 3166-1 alpha-2)
+    #[arg(long)]
+    pub country: Option<String>,
+    /// City
+    #[arg(long)]
+    pub city: Option<String>,
+    /// Initial status [default: provisioning]
+    #[arg(long, value_parser = new_vps_status())]
+    pub status: Option<VpsStatus>,
+    /// Tag; repeat for several
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Scrape node-exporter on it [default: true]
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub monitoring: Option<bool>,
+    /// node-exporter port [default: 9100]
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub node_exporter_port: Option<u16>,
+}
+
+/// Fields of `vps edit`; `--clear-*` sends `null` for a field that may be empty.
+#[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("change").required(true).multiple(true).args([
+    "hostname", "alias", "clear_alias", "provider", "clear_provider", "ips", "clear_ips",
+    "country", "clear_country", "city", "clear_city", "purpose", "status", "tags", "clear_tags",
+    "monitoring", "node_exporter_port",
+])))]
+pub struct VpsEditArgs {
+    /// Hostname or id of the VPS to change
+    pub vps: String,
+    /// New hostname
+    #[arg(long, value_name = "HOSTNAME")]
+    pub hostname: Option<String>,
+    /// New alias
+    #[arg(long, conflicts_with = "clear_alias")]
+    pub alias: Option<String>,
+    /// Remove the alias
+    #[arg(long)]
+    pub clear_alias: bool,
+    /// New provider (name)
+    #[arg(long, conflicts_with = "clear_provider")]
+    pub provider: Option<String>,
+    /// Remove the provider
+    #[arg(long)]
+    pub clear_provider: bool,
+    /// Replace the addresses: `IP` (labelled public) or `LABEL=IP`; repeat for several
+    #[arg(long = "ip", value_name = "[LABEL=]IP", value_parser = input::ip_address, conflicts_with = "clear_ips")]
+    pub ips: Vec<IpAddress>,
+    /// Remove every address
+    #[arg(long)]
+    pub clear_ips: bool,
+    /// New country
+    #[arg(long, conflicts_with = "clear_country")]
+    pub country: Option<String>,
+    /// Remove the country
+    #[arg(long)]
+    pub clear_country: bool,
+    /// New city
+    #[arg(long, conflicts_with = "clear_city")]
+    pub city: Option<String>,
+    /// Remove the city
+    #[arg(long)]
+    pub clear_city: bool,
+    /// New purpose
+    #[arg(long)]
+    pub purpose: Option<String>,
+    /// New status (lifecycle moves only; `vps delete`/`vps restore` delete and restore)
+    #[arg(long, value_parser = edit_vps_status())]
+    pub status: Option<VpsStatus>,
+    /// Replace the tags; repeat for several
+    #[arg(long = "tag", value_name = "TAG", conflicts_with = "clear_tags")]
+    pub tags: Vec<String>,
+    /// Remove every tag
+    #[arg(long)]
+    pub clear_tags: bool,
+    /// Scrape node-exporter on it
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub monitoring: Option<bool>,
+    /// node-exporter port
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub node_exporter_port: Option<u16>,
+}
+
+/// `sigmactl providers …`
+#[derive(Debug, Subcommand)]
+pub enum ProviderCommand {
+    /// Lists providers
+    #[command(visible_alias = "ls")]
+    List(Page),
+    /// Shows one provider
+    Show {
+        /// Name or id
+        provider: String,
+    },
+    /// Adds a provider
+    Create {
+        /// Unique name
+        name: String,
+        /// Country (ISO 3166-1 alpha-2)
+        #[arg(long)]
+        country: Option<String>,
+        /// Website (http or https URL)
+        #[arg(long)]
+        website: Option<String>,
+        /// Free notes
+        #[arg(long)]
+        notes: Option<String>,
+    },
+    /// Changes a provider: only the fields given are sent
+    Edit(ProviderEditArgs),
+    /// Removes a provider no VPS uses
+    #[command(visible_alias = "rm")]
+    Delete {
+        /// Name or id
+        provider: String,
+    },
+}
+
+/// Fields of `providers edit`; `--clear-*` sends `null`.
+#[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("change").required(true).multiple(true).args([
+    "name", "country", "clear_country", "website", "clear_website", "notes", "clear_notes",
+])))]
+pub struct ProviderEditArgs {
+    /// Name or id of the provider to change
+    pub provider: String,
+    /// New name
+    #[arg(long)]
+    pub name: Option<String>,
+    /// New country
+    #[arg(long, conflicts_with = "clear_country")]
+    pub country: Option<String>,
+    /// Remove the country
+    #[arg(long)]
+    pub clear_country: bool,
+    /// New website
+    #[arg(long, conflicts_with = "clear_website")]
+    pub website: Option<String>,
+    /// Remove the website
+    #[arg(long)]
+    pub clear_website: bool,
+    /// New notes
+    #[arg(long, conflicts_with = "clear_notes")]
+    pub notes: Option<String>,
+    /// Remove the notes
+    #[arg(long)]
+    pub clear_notes: bool,
+}
+
+/// Mesh settings given on the command line.
+#[derive(Debug, Clone, Args)]
+pub struct MeshArgs {
+    /// Mesh settings as inline JSON (an object; `{}` resets them)
+    #[arg(long, value_name = "JSON", conflicts_with = "mesh_file")]
+    pub mesh: Option<String>,
+    /// Mesh settings from a JSON or YAML file (`-` reads standard input)
+    #[arg(long, value_name = "FILE")]
+    pub mesh_file: Option<String>,
+}
+
+/// `sigmactl purposes …`
+#[derive(Debug, Subcommand)]
+pub enum PurposeCommand {
+    /// Lists purposes
+    #[command(visible_alias = "ls")]
+    List(Page),
+    /// Shows one purpose with its mesh settings
+    Show {
+        /// Name
+        name: String,
+    },
+    /// Adds a purpose
+    Create {
+        /// Name (a DNS label; cannot change later)
+        name: String,
+        /// Name shown to people [default: the name]
+        #[arg(long)]
+        display_name: Option<String>,
+        /// Mesh settings
+        #[command(flatten)]
+        mesh: MeshArgs,
+    },
+    /// Changes a purpose's display name or mesh settings (mesh settings are replaced whole)
+    #[command(group(ArgGroup::new("change").required(true).multiple(true).args([
+        "display_name", "mesh", "mesh_file",
+    ])))]
+    Edit {
+        /// Name
+        name: String,
+        /// New display name
+        #[arg(long)]
+        display_name: Option<String>,
+        /// New mesh settings
+        #[command(flatten)]
+        mesh: MeshArgs,
+    },
+    /// Removes a purpose no VPS has
+    #[command(visible_alias = "rm")]
+    Delete {
+        /// Name
+        name: String,
+    },
+}
+
+/// `sigmactl keys …`
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Issues an API key and prints it once
+    Create {
+        /// What it is for
+        name: String,
+        /// Its role
+        #[arg(long, value_parser = role())]
+        role: Role,
+        /// For agent keys: the VPS it acts for (hostname or id)
+        #[arg(long, value_name = "VPS")]
+        vps: Option<String>,
+        /// Lifetime (3600, 30m, 12h, 90d, 2w) [default: no expiry]
+        #[arg(long, value_parser = input::duration_secs)]
+        ttl: Option<i64>,
+    },
+    /// Lists API keys (never their secrets)
+    #[command(visible_alias = "ls")]
+    List(Page),
+    /// Revokes an API key at once
+    Revoke {
+        /// Id or prefix (`sgm_1a2b3c4d`)
+        key: String,
+    },
+}
+
+/// `sigmactl enroll …`
+#[derive(Debug, Subcommand)]
+pub enum EnrollCommand {
+    /// Issues an enrollment token, printing it once with the command that installs an agent
+    Create(EnrollCreateArgs),
+    /// Lists enrollment tokens (never their secrets)
+    #[command(visible_alias = "ls")]
+    List(Page),
+    /// Revokes an enrollment token
+    Revoke {
+        /// Id or prefix (`sge_1a2b3c4d`)
+        token: String,
+    },
+}
+
+/// Fields of `enroll create`.
+#[derive(Debug, Clone, Args)]
+pub struct EnrollCreateArgs {
+    /// What it is for
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Lifetime (3600, 30m, 12h, 7d) [default: 1d]
+    #[arg(long, value_parser = input::duration_secs)]
+    pub ttl: Option<i64>,
+    /// How many VPS may enroll with it [default: 1]
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+    pub max_uses: Option<i64>,
+    /// Purpose of VPS that enroll with it
+    #[arg(long)]
+    pub purpose: Option<String>,
+    /// Provider (name) of VPS that enroll with it
+    #[arg(long)]
+    pub provider: Option<String>,
+    /// Country of VPS that enroll with it
+    #[arg(long)]
+    pub country: Option<String>,
+    /// Tag of VPS that enroll with it; repeat for several
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// sigma-api's URL as the VPS reach it, for the install command [default: the API URL in use]
+    #[arg(long, value_name = "URL")]
+    pub agent_api_url: Option<String>,
+}
+
+/// `sigmactl routes …`
+#[derive(Debug, Subcommand)]
+pub enum RouteCommand {
+    /// Lists a VPS's routes (disabled ones too)
+    #[command(visible_alias = "ls")]
+    List {
+        /// Hostname or id of the VPS
+        vps: String,
+    },
+    /// Adds a route to a VPS
+    Add(RouteAddArgs),
+    /// Changes a route: `routes edit ROUTE-ID …` or `routes edit VPS NAME …`
+    Edit(RouteEditArgs),
+    /// Removes a route: `routes rm ROUTE-ID` or `routes rm VPS NAME`
+    #[command(visible_alias = "delete")]
+    Rm {
+        /// A route id, or the VPS (hostname or id) when NAME follows
+        target: String,
+        /// The route's name on that VPS
+        name: Option<String>,
+    },
+    /// Creates or replaces a VPS's routes by name from a file, in one step
+    ///
+    /// The file (JSON or YAML; `-` is standard input) is either a list of routes or an object
+    /// `{"routes": [...], "prune": bool}`. Output-only fields (`id`, `vps_id`, `created_at`,
+    /// `updated_at`) are ignored, so the output of `routes list -o yaml` can be applied.
+    Apply {
+        /// Hostname or id of the VPS
+        vps: String,
+        /// The routes file
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: String,
+        /// Also delete the VPS's routes the file does not name
+        #[arg(long)]
+        prune: bool,
+    },
+}
+
+/// Fields of `routes add`.
+#[derive(Debug, Clone, Args)]
+pub struct RouteAddArgs {
+    /// Hostname or id of the VPS
+    pub vps: String,
+    /// Route name (unique per VPS; lower-case letters, digits, `-`, `_`, `.`)
+    pub name: String,
+    /// Port Envoy listens on
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub listen_port: u16,
+    /// Backend IP address or DNS name
+    #[arg(long)]
+    pub backend_host: String,
+    /// Backend port
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub backend_port: u16,
+    /// How Envoy resolves the backend [default: static for an IP, strict_dns for a name]
+    #[arg(long, value_parser = cluster_type())]
+    pub cluster_type: Option<ClusterType>,
+    /// Connect timeout in milliseconds (1-60000) [default: 5000]
+    #[arg(long, value_name = "MS")]
+    pub connect_timeout_ms: Option<i64>,
+    /// PROXY protocol towards the backend [default: none]
+    #[arg(long, value_parser = proxy_protocol())]
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// Whether it is served [default: active]
+    #[arg(long, value_parser = route_status())]
+    pub status: Option<RouteStatus>,
+}
+
+/// Fields of `routes edit`.
+#[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("change").required(true).multiple(true).args([
+    "rename", "listen_port", "backend_host", "backend_port", "cluster_type",
+    "connect_timeout_ms", "proxy_protocol", "status",
+])))]
+pub struct RouteEditArgs {
+    /// A route id, or the VPS (hostname or id) when NAME follows
+    pub target: String,
+    /// The route's name on that VPS
+    pub name: Option<String>,
+    /// New name
+    #[arg(long, value_name = "NAME")]
+    pub rename: Option<String>,
+    /// New listen port
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub listen_port: Option<u16>,
+    /// New backend host (without --cluster-type the type follows the host's form)
+    #[arg(long)]
+    pub backend_host: Option<String>,
+    /// New backend port
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub backend_port: Option<u16>,
+    /// New cluster type
+    #[arg(long, value_parser = cluster_type())]
+    pub cluster_type: Option<ClusterType>,
+    /// New connect timeout in milliseconds
+    #[arg(long, value_name = "MS")]
+    pub connect_timeout_ms: Option<i64>,
+    /// New PROXY protocol
+    #[arg(long, value_parser = proxy_protocol())]
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// Enable or disable it
+    #[arg(long, value_parser = route_status())]
+    pub status: Option<RouteStatus>,
+}
+
+/// Filters of `audit`.
+#[derive(Debug, Clone, Args)]
+pub struct AuditArgs {
+    /// Only this actor (`key:sgm_1a2b3c4d`, `agent:HOSTNAME`, `enroll:…`, `system`)
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Only this action (`vps.create`, `vps.retire`, `api_key.revoke`, …)
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Only this kind of resource (`vps`, `provider`, …)
+    #[arg(long)]
+    pub resource_type: Option<String>,
+    /// Only this resource (id or name)
+    #[arg(long)]
+    pub resource_id: Option<String>,
+    /// Only entries at or after this time: RFC 3339, or a duration ago (30m, 12h, 7d)
+    #[arg(long, value_parser = since)]
+    pub since: Option<String>,
+    /// Only entries before this time: RFC 3339, or a duration ago
+    #[arg(long, value_parser = since)]
+    pub until: Option<String>,
+    /// Page
+    #[command(flatten)]
+    pub page: Page,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn edit_needs_a_field_and_clear_excludes_set() {
+        let e = Cli::try_parse_from(["sigmactl", "vps", "edit", "h"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        let e = Cli::try_parse_from([
+            "sigmactl",
+            "vps",
+            "edit",
+            "h",
+            "--alias",
+            "a",
+            "--clear-alias",
+        ])
+        .unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let c = Cli::try_parse_from([
+            "sigmactl",
+            "vps",
+            "edit",
+            "h",
+            "--clear-alias",
+            "--ip",
+            "private=10.0.0.1",
+            "--ip",
+            "203.0.113.9",
+        ])
+        .unwrap();
+        let Command::Vps(VpsCommand::Edit(a)) = c.command else {
+            panic!("wrong command")
+        };
+        assert!(a.clear_alias);
+        assert_eq!(a.ips.len(), 2);
+        assert_eq!(a.ips[0].label, "private");
+    }
+
+    #[test]
+    fn enums_and_durations_are_checked_at_parse_time() {
+        assert!(Cli::try_parse_from(["sigmactl", "vps", "list", "--status", "gone"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "sigmactl",
+                "vps",
+                "create",
+                "h",
+                "--purpose",
+                "p",
+                "--status",
+                "retired"
+            ])
+            .is_err()
+        );
+        let c = Cli::try_parse_from([
+            "sigmactl", "keys", "create", "k", "--role", "readonly", "--ttl", "2d",
+        ])
+        .unwrap();
+        let Command::Keys(KeyCommand::Create { ttl, role, .. }) = c.command else {
+            panic!("wrong command")
+        };
+        assert_eq!((ttl, role), (Some(172_800), Role::Readonly));
+        let c = Cli::try_parse_from(["sigmactl", "-o", "json", "vps", "ls", "--all"]).unwrap();
+        assert_eq!(c.global.output, Format::Json);
+    }
+}

@@ -1,0 +1,435 @@
+//! `sigmactl vps …`
+
+use serde_json::json;
+use sigma_types::{AgentMode, AgentState, SystemInfo, Vps, VpsCreate, VpsPatch, VpsStatus};
+use time::OffsetDateTime;
+
+use super::Ctx;
+use super::resolve::{self, Among};
+use crate::cli::{VpsCommand, VpsCreateArgs, VpsEditArgs, VpsListArgs};
+use crate::error::{Error, Result};
+use crate::output::{self, Cell, Details, Paint};
+
+/// The paint of a status.
+pub fn status_cell(s: VpsStatus) -> Cell {
+    let paint = match s {
+        VpsStatus::Provisioning => Paint::Cyan,
+        VpsStatus::Active => Paint::Green,
+        VpsStatus::Retiring => Paint::Yellow,
+        VpsStatus::Retired => Paint::Dim,
+        VpsStatus::Deleted => Paint::Red,
+    };
+    Cell::painted(s.as_str(), paint)
+}
+
+fn last_seen(v: &Vps, now: OffsetDateTime) -> Cell {
+    match v.last_heartbeat_at {
+        Some(t) => Cell::new(output::ago(t, now)),
+        None => Cell::painted("never", Paint::Dim),
+    }
+}
+
+/// Columns of `vps list`.
+pub const LIST_HEADERS: [&str; 8] = [
+    "HOSTNAME",
+    "STATUS",
+    "PURPOSE",
+    "PROVIDER",
+    "COUNTRY",
+    "PUBLIC IP",
+    "TAGS",
+    "LAST SEEN",
+];
+
+fn list_row(v: &Vps, now: OffsetDateTime) -> Vec<Cell> {
+    vec![
+        Cell::new(v.hostname.clone()),
+        status_cell(v.status),
+        Cell::new(v.purpose.clone()),
+        Cell::opt(v.provider.clone()),
+        Cell::opt(v.country.clone()),
+        Cell::opt(v.public_ip()),
+        if v.tags.is_empty() {
+            Cell::opt(None::<String>)
+        } else {
+            Cell::new(v.tags.join(","))
+        },
+        last_seen(v, now),
+    ]
+}
+
+fn system_summary(s: &SystemInfo) -> String {
+    let mut parts = Vec::new();
+    if let Some(os) = &s.os {
+        parts.push(os.clone());
+    }
+    if let Some(k) = &s.kernel {
+        parts.push(format!("kernel {k}"));
+    }
+    if let Some(c) = s.cpu_cores {
+        parts.push(format!("{c} cores"));
+    }
+    match (s.memory_total_bytes, s.memory_available_bytes) {
+        (Some(t), Some(a)) => parts.push(format!(
+            "memory {} free of {}",
+            output::bytes(a),
+            output::bytes(t)
+        )),
+        (Some(t), None) => parts.push(format!("memory {}", output::bytes(t))),
+        _ => {}
+    }
+    match (s.disk_total_bytes, s.disk_used_bytes) {
+        (Some(t), Some(u)) => parts.push(format!(
+            "disk {} used of {}",
+            output::bytes(u),
+            output::bytes(t)
+        )),
+        (Some(t), None) => parts.push(format!("disk {}", output::bytes(t))),
+        _ => {}
+    }
+    if let Some(l) = s.load_average {
+        parts.push(format!("load {:.2} {:.2} {:.2}", l[0], l[1], l[2]));
+    }
+    if let Some(u) = s.uptime_seconds {
+        parts.push(format!("up {}", uptime(u)));
+    }
+    if let Some(a) = &s.agent_version {
+        parts.push(format!("sigma-agent {a}"));
+    }
+    parts.join(", ")
+}
+
+fn uptime(secs: u64) -> String {
+    let (d, h, m) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60);
+    if d > 0 {
+        format!("{d}d {h}h")
+    } else if h > 0 {
+        format!("{h}h {m}m")
+    } else {
+        format!("{m}m")
+    }
+}
+
+fn agent_summary(a: &AgentState, now: OffsetDateTime) -> Cell {
+    let mut parts = Vec::new();
+    match a.mode {
+        Some(AgentMode::Classic) => parts.push("classic mode".to_string()),
+        Some(AgentMode::Mesh) => parts.push("mesh mode".to_string()),
+        None => {}
+    }
+    if let Some(v) = a.envoy_applied_version {
+        parts.push(format!("Envoy accepted version {v}"));
+    }
+    if let Some(n) = a.xds_clients {
+        parts.push(format!("{n} xDS client(s)"));
+    }
+    let mut text = parts.join(", ");
+    if let Some(n) = &a.last_nack {
+        text.push_str(&format!(
+            "\nlast rejected: version {} of {} ({}): {}",
+            n.version,
+            n.type_url,
+            output::ago(n.at, now),
+            n.detail
+        ));
+        return Cell::painted(text, Paint::Yellow);
+    }
+    Cell::new(text)
+}
+
+/// The detail view of a VPS.
+pub fn details(v: &Vps, now: OffsetDateTime) -> Details {
+    let mut d = Details::new();
+    d.field("ID", v.id.to_string())
+        .field("Hostname", v.hostname.clone())
+        .field("Alias", Cell::opt(v.alias.clone()))
+        .field("Status", status_cell(v.status))
+        .field("Purpose", v.purpose.clone())
+        .field("Provider", Cell::opt(v.provider.clone()))
+        .field("Country", Cell::opt(v.country.clone()))
+        .field("City", Cell::opt(v.city.clone()))
+        .field(
+            "Addresses",
+            if v.ip_addresses.is_empty() {
+                Cell::opt(None::<String>)
+            } else {
+                Cell::new(
+                    v.ip_addresses
+                        .iter()
+                        .map(|a| format!("{} ({})", a.ip, a.label))
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                )
+            },
+        )
+        .field(
+            "Tags",
+            if v.tags.is_empty() {
+                Cell::opt(None::<String>)
+            } else {
+                Cell::new(v.tags.join(", "))
+            },
+        )
+        .field(
+            "Monitoring",
+            if v.monitoring {
+                format!("node-exporter on port {}", v.node_exporter_port)
+            } else {
+                format!("off (node-exporter port {})", v.node_exporter_port)
+            },
+        )
+        .field(
+            "Last heartbeat",
+            match v.last_heartbeat_at {
+                Some(t) => Cell::new(output::time_ago(t, now)),
+                None => Cell::painted("never", Paint::Dim),
+            },
+        )
+        .field("Desired version", v.desired_version.to_string())
+        .field("Envoy version", v.envoy_version.to_string());
+    if let Some(s) = &v.system_info {
+        d.field("System", system_summary(s));
+    }
+    if let Some(a) = &v.agent_state {
+        d.field("Agent", agent_summary(a, now));
+    }
+    d.field("Created", output::time(v.created_at))
+        .field("Updated", output::time(v.updated_at));
+    if let Some(t) = v.deleted_at {
+        d.field("Deleted", Cell::painted(output::time(t), Paint::Red));
+    }
+    d
+}
+
+fn set<T>(v: Option<T>) -> Option<Option<T>> {
+    v.map(Some)
+}
+
+fn set_or_clear<T>(v: Option<T>, clear: bool) -> Option<Option<T>> {
+    if clear { Some(None) } else { v.map(Some) }
+}
+
+fn create_body(a: VpsCreateArgs) -> Result<VpsCreate> {
+    // Start from the type's own defaults (monitoring on, port 9100) and set what was given.
+    let mut c: VpsCreate =
+        serde_json::from_value(json!({"hostname": a.hostname, "purpose": a.purpose}))
+            .map_err(|e| Error::Usage(e.to_string()))?;
+    c.alias = a.alias;
+    c.provider = a.provider;
+    c.ip_addresses = a.ips;
+    c.country = a.country;
+    c.city = a.city;
+    c.status = a.status;
+    c.tags = a.tags;
+    if let Some(m) = a.monitoring {
+        c.monitoring = m;
+    }
+    if let Some(p) = a.node_exporter_port {
+        c.node_exporter_port = i64::from(p);
+    }
+    Ok(c)
+}
+
+/// The `PATCH` body of `vps edit`: only the fields given, `null` for `--clear-*`.
+pub fn patch_body(a: &VpsEditArgs) -> VpsPatch {
+    VpsPatch {
+        hostname: set(a.hostname.clone()),
+        alias: set_or_clear(a.alias.clone(), a.clear_alias),
+        provider: set_or_clear(a.provider.clone(), a.clear_provider),
+        ip_addresses: set_or_clear((!a.ips.is_empty()).then(|| a.ips.clone()), a.clear_ips),
+        country: set_or_clear(a.country.clone(), a.clear_country),
+        city: set_or_clear(a.city.clone(), a.clear_city),
+        purpose: set(a.purpose.clone()),
+        status: set(a.status),
+        tags: set_or_clear((!a.tags.is_empty()).then(|| a.tags.clone()), a.clear_tags),
+        monitoring: set(a.monitoring),
+        node_exporter_port: set(a.node_exporter_port.map(i64::from)),
+    }
+}
+
+fn list_query(a: &VpsListArgs) -> Vec<(&'static str, String)> {
+    let mut q = Vec::new();
+    if let Some(s) = a.status {
+        q.push(("status", s.as_str().to_string()));
+    }
+    for (k, v) in [
+        ("purpose", &a.purpose),
+        ("country", &a.country),
+        ("provider", &a.provider),
+        ("tag", &a.tag),
+        ("hostname", &a.hostname),
+        ("q", &a.q),
+    ] {
+        if let Some(v) = v {
+            q.push((k, v.clone()));
+        }
+    }
+    q
+}
+
+/// Runs `sigmactl vps …`.
+pub async fn run(ctx: &mut Ctx<'_>, cmd: VpsCommand) -> Result<()> {
+    match cmd {
+        VpsCommand::List(a) => {
+            let ans = ctx
+                .fetch_list(&["api", "vps"], list_query(&a), &a.page)
+                .await?;
+            ctx.list(&ans, "VPS", &a.page, &LIST_HEADERS, list_row)
+        }
+        VpsCommand::Show { vps } => {
+            let id = resolve::vps(&ctx.client, &vps, Among::Live).await?;
+            let ans = ctx
+                .client
+                .get(&["api", "vps", &id.to_string()], &[])
+                .await?;
+            ctx.show(&ans, details)
+        }
+        VpsCommand::Create(a) => {
+            let body = create_body(a)?;
+            let ans = ctx.client.post(&["api", "vps"], &body).await?;
+            ctx.show(&ans, details)
+        }
+        VpsCommand::Edit(a) => {
+            let id = resolve::vps(&ctx.client, &a.vps, Among::Live).await?;
+            let ans = ctx
+                .client
+                .patch(&["api", "vps", &id.to_string()], &patch_body(&a))
+                .await?;
+            ctx.show(&ans, details)
+        }
+        VpsCommand::Retire { vps, force } => {
+            let id = resolve::vps(&ctx.client, &vps, Among::Live).await?;
+            let q = if force {
+                vec![("force", "true".to_string())]
+            } else {
+                vec![]
+            };
+            let ans = ctx
+                .client
+                .post_empty(&["api", "vps", &id.to_string(), "retire"], &q)
+                .await?;
+            if !ctx.out.human() {
+                return ctx.out.value(&ans.body);
+            }
+            let v: Vps = ans.parse()?;
+            let how = match v.status {
+                VpsStatus::Retiring => {
+                    "; its agent stops what it manages at its next heartbeat, then it is retired"
+                }
+                _ => "",
+            };
+            ctx.out.line(&format!(
+                "VPS {} is {}{how}",
+                v.hostname,
+                ctx.out
+                    .paint(v.status.as_str(), status_cell(v.status).paint)
+            ))
+        }
+        VpsCommand::Restore { vps } => {
+            let id = resolve::vps(&ctx.client, &vps, Among::Deleted).await?;
+            let ans = ctx
+                .client
+                .post_empty(&["api", "vps", &id.to_string(), "restore"], &[])
+                .await?;
+            if !ctx.out.human() {
+                return ctx.out.value(&ans.body);
+            }
+            let v: Vps = ans.parse()?;
+            ctx.out.line(&format!(
+                "VPS {} restored; it is {}",
+                v.hostname,
+                ctx.out
+                    .paint(v.status.as_str(), status_cell(v.status).paint)
+            ))
+        }
+        VpsCommand::Delete { vps } => {
+            let id = resolve::vps(&ctx.client, &vps, Among::Live).await?;
+            let ans = ctx.client.delete(&["api", "vps", &id.to_string()]).await?;
+            if !ctx.out.human() {
+                return ctx.out.value(&ans.body);
+            }
+            let v: Vps = ans.parse()?;
+            ctx.out.line(&format!(
+                "VPS {} deleted (id {}); `sigmactl vps restore {}` brings it back",
+                v.hostname, v.id, v.id
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn edit(args: &[&str]) -> serde_json::Value {
+        let mut argv = vec!["sigmactl", "vps", "edit", "h"];
+        argv.extend_from_slice(args);
+        let Command::Vps(VpsCommand::Edit(a)) = Cli::try_parse_from(argv).unwrap().command else {
+            panic!("not vps edit")
+        };
+        serde_json::to_value(patch_body(&a)).unwrap()
+    }
+
+    #[test]
+    fn patches_carry_only_given_fields_and_null_for_clear() {
+        assert_eq!(edit(&["--alias", "a"]), json!({"alias": "a"}));
+        assert_eq!(
+            edit(&[
+                "--clear-alias",
+                "--clear-tags",
+                "--clear-ips",
+                "--city",
+                "Berlin"
+            ]),
+            json!({"alias": null, "tags": null, "ip_addresses": null, "city": "Berlin"})
+        );
+        assert_eq!(
+            edit(&[
+                "--tag",
+                "b",
+                "--tag",
+                "a",
+                "--monitoring",
+                "false",
+                "--status",
+                "retired"
+            ]),
+            json!({"tags": ["b", "a"], "monitoring": false, "status": "retired"})
+        );
+        assert_eq!(
+            edit(&["--ip", "10.0.0.1", "--node-exporter-port", "9200"]),
+            json!({"ip_addresses": [{"ip": "10.0.0.1", "label": "public"}], "node_exporter_port": 9200})
+        );
+    }
+
+    #[test]
+    fn creates_keep_the_api_defaults() {
+        let Command::Vps(VpsCommand::Create(a)) = Cli::try_parse_from([
+            "sigmactl",
+            "vps",
+            "create",
+            "h.example",
+            "--purpose",
+            "xrayr",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not vps create")
+        };
+        let c = create_body(a).unwrap();
+        assert!(c.monitoring);
+        assert_eq!(c.node_exporter_port, 9100);
+        assert_eq!(c.status, None);
+    }
+
+    #[test]
+    fn uptimes() {
+        assert_eq!(uptime(59), "0m");
+        assert_eq!(uptime(3 * 3600 + 120), "3h 2m");
+        assert_eq!(uptime(2 * 86_400 + 3600), "2d 1h");
+    }
+}
