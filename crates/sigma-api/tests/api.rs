@@ -1304,7 +1304,7 @@ async fn envoy_routes_and_agent_long_poll(db: TestDb) {
     assert_eq!(st, 409, "{v}");
     let (st, _) = s
         .get(
-            &format!("/api/vps/00000000-0000-0000-0000-000000000000/envoy-routes"),
+            "/api/vps/00000000-0000-0000-0000-000000000000/envoy-routes",
             k,
         )
         .await;
