@@ -1,0 +1,1195 @@
+//! End-to-end tests: the real `sigmactl` binary against a real sigma-api (SQLite) started by
+//! each test.
+
+mod common;
+
+use common::{ADMIN_KEY, Api, Ctl, TempDir, assert_aligned};
+use serde_json::{Value, json};
+use sigma_types::{ApiKey, EnvoyRoute, List, Provider, Purpose, Vps};
+
+fn ids(v: &Value) -> Vec<String> {
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["hostname"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn vps_lifecycle_end_to_end() {
+    let api = Api::start();
+    api.ctl()
+        .run(&["providers", "create", "Hetzner", "--country", "de"])
+        .ok();
+    let created = api.json(&[
+        "vps",
+        "create",
+        "Edge-1.Example.net",
+        "--purpose",
+        "xrayr",
+        "--provider",
+        "hetzner",
+        "--ip",
+        "203.0.113.7",
+        "--ip",
+        "private=10.0.0.2",
+        "--country",
+        "de",
+        "--city",
+        "Falkenstein",
+        "--alias",
+        "e1",
+        "--tag",
+        "fast",
+        "--tag",
+        "env=prod",
+        "--node-exporter-port",
+        "9200",
+    ]);
+    let v: Vps = serde_json::from_value(created.clone()).unwrap();
+    assert_eq!(v.hostname, "edge-1.example.net");
+    assert_eq!(v.status.as_str(), "provisioning");
+    assert_eq!(v.provider.as_deref(), Some("Hetzner"));
+    assert_eq!(v.public_ip(), Some("203.0.113.7"));
+    assert_eq!(v.tags, vec!["env=prod", "fast"]);
+    assert_eq!(v.node_exporter_port, 9200);
+    assert!(v.monitoring);
+    api.ctl()
+        .run(&[
+            "vps",
+            "create",
+            "relay-1.example.net",
+            "--purpose",
+            "vpn-relay",
+            "--country",
+            "FR",
+            "--status",
+            "active",
+            "--monitoring",
+            "false",
+        ])
+        .ok();
+
+    // Show by hostname and by id: the same object as created.
+    let by_name = api.json(&["vps", "show", "edge-1.example.net"]);
+    assert_eq!(by_name, created, "-o json is the API's object");
+    let by_id = api.json(&["vps", "show", &v.id.to_string()]);
+    assert_eq!(by_id, created);
+    let human = api.ctl().run(&["vps", "show", "EDGE-1.example.net"]);
+    human.ok();
+    assert!(human.stdout.contains("Hostname:"), "{}", human.stdout);
+    assert!(human.stdout.contains("10.0.0.2 (private)"));
+    assert!(human.stdout.contains("node-exporter on port 9200"));
+
+    // Filters.
+    assert_eq!(
+        ids(&api.json(&["vps", "list", "--country", "FR"])),
+        ["relay-1.example.net"]
+    );
+    assert_eq!(
+        ids(&api.json(&["vps", "list", "--tag", "fast"])),
+        ["edge-1.example.net"]
+    );
+    assert_eq!(
+        ids(&api.json(&["vps", "list", "--status", "active"])),
+        ["relay-1.example.net"]
+    );
+    assert_eq!(
+        ids(&api.json(&["vps", "list", "-q", "falken"])),
+        ["edge-1.example.net"]
+    );
+    assert_eq!(
+        ids(&api.json(&["vps", "list", "--provider", "hetzner", "--purpose", "xrayr"])),
+        ["edge-1.example.net"]
+    );
+    assert_eq!(api.json(&["vps", "list"])["total"], 2);
+
+    // Edit: only the given fields change; --clear-* sends null.
+    let e = api.json(&[
+        "vps",
+        "edit",
+        "edge-1.example.net",
+        "--clear-alias",
+        "--clear-city",
+        "--tag",
+        "slow",
+        "--monitoring",
+        "false",
+    ]);
+    assert_eq!(e["alias"], Value::Null);
+    assert_eq!(e["city"], Value::Null);
+    assert_eq!(e["tags"], json!(["slow"]));
+    assert_eq!(e["monitoring"], false);
+    assert_eq!(e["country"], "DE", "absent fields stay");
+    assert_eq!(e["provider"], "Hetzner");
+    let e = api.json(&[
+        "vps",
+        "edit",
+        "edge-1.example.net",
+        "--clear-ips",
+        "--clear-tags",
+    ]);
+    assert_eq!(e["ip_addresses"], json!([]));
+    assert_eq!(e["tags"], json!([]));
+    let e = api.json(&[
+        "vps",
+        "edit",
+        "edge-1.example.net",
+        "--hostname",
+        "edge-2.example.net",
+    ]);
+    assert_eq!(e["hostname"], "edge-2.example.net");
+
+    // Retire (retiring until its agent reports), force-retire, re-commission.
+    let r = api.ctl().run(&["vps", "retire", "relay-1.example.net"]);
+    r.ok();
+    assert!(r.stdout.contains("is retiring"), "{}", r.stdout);
+    let r = api.json(&["vps", "retire", "relay-1.example.net", "--force"]);
+    assert_eq!(r["status"], "retired");
+    let r = api.json(&[
+        "vps",
+        "edit",
+        "relay-1.example.net",
+        "--status",
+        "provisioning",
+    ]);
+    assert_eq!(r["status"], "provisioning");
+
+    // Delete (soft) and restore by hostname.
+    let d = api.ctl().run(&["vps", "delete", "edge-2.example.net"]);
+    d.ok();
+    assert!(d.stdout.contains("sigmactl vps restore"), "{}", d.stdout);
+    api.ctl().run(&["vps", "show", "edge-2.example.net"]).fails(
+        1,
+        &[
+            "no VPS has hostname",
+            "deleted ones had it",
+            &v.id.to_string(),
+        ],
+    );
+    assert_eq!(
+        ids(&api.json(&["vps", "list", "--status", "deleted"])),
+        ["edge-2.example.net"]
+    );
+    let r = api.ctl().run(&["vps", "restore", "edge-2.example.net"]);
+    r.ok();
+    assert!(
+        r.stdout.contains("restored; it is provisioning"),
+        "{}",
+        r.stdout
+    );
+
+    // Two deleted VPS with one hostname: restore by hostname is ambiguous, by id it works.
+    api.ctl().run(&["vps", "delete", "edge-2.example.net"]).ok();
+    let second = api.json(&["vps", "create", "edge-2.example.net", "--purpose", "xrayr"]);
+    api.ctl().run(&["vps", "delete", "edge-2.example.net"]).ok();
+    api.ctl()
+        .run(&["vps", "restore", "edge-2.example.net"])
+        .fails(1, &["2 deleted VPS had hostname", &v.id.to_string()]);
+    let r = api.json(&["vps", "restore", second["id"].as_str().unwrap()]);
+    assert_eq!(r["id"], second["id"]);
+    api.ctl()
+        .run(&["vps", "restore", "nothing.example"])
+        .fails(1, &["no deleted VPS has hostname"]);
+}
+
+#[test]
+fn providers_and_purposes_with_mesh_settings() {
+    let api = Api::start();
+    let p = api.json(&[
+        "providers",
+        "create",
+        "OVH",
+        "--country",
+        "fr",
+        "--website",
+        "https://ovh.com",
+        "--notes",
+        "cheap",
+    ]);
+    let p: Provider = serde_json::from_value(p).unwrap();
+    assert_eq!(p.country.as_deref(), Some("FR"));
+    let shown = api.json(&["providers", "show", &p.id.to_string()]);
+    assert_eq!(shown["name"], "OVH");
+    let e = api.json(&[
+        "providers",
+        "edit",
+        "ovh",
+        "--clear-website",
+        "--name",
+        "OVHcloud",
+    ]);
+    assert_eq!(e["website"], Value::Null);
+    assert_eq!(e["notes"], "cheap", "absent fields stay");
+    assert_eq!(e["name"], "OVHcloud");
+    let l = api.ctl().run(&["providers", "list"]);
+    l.ok();
+    let rows = assert_aligned(&l.stdout);
+    assert_eq!(rows[0], ["NAME", "COUNTRY", "VPS", "WEBSITE"]);
+    assert_eq!(rows[1], ["OVHcloud", "FR", "0", "-"]);
+
+    // In use: 409 with the API's reason; once unused it goes.
+    api.ctl()
+        .run(&[
+            "vps",
+            "create",
+            "a.example",
+            "--purpose",
+            "xrayr",
+            "--provider",
+            "OVHcloud",
+        ])
+        .ok();
+    api.ctl()
+        .run(&["providers", "delete", "ovhcloud"])
+        .fails(1, &["conflict (HTTP 409)", "1 VPS"]);
+    api.ctl()
+        .run(&["vps", "edit", "a.example", "--clear-provider"])
+        .ok();
+    let d = api.ctl().run(&["providers", "delete", "ovhcloud"]);
+    d.ok();
+    assert!(d.stdout.contains("deleted"));
+    api.ctl()
+        .run(&["providers", "show", "ovhcloud"])
+        .fails(1, &["not found (HTTP 404)"]);
+
+    // Purposes: mesh settings from a YAML file, inline JSON, and standard input.
+    let dir = TempDir::new("mesh");
+    let yaml = dir.write(
+        "mesh.yaml",
+        "enabled: true\nservice_account: edge\nports:\n  - name: http-api\n    number: 8080\n    protocol: HTTP\ninterception:\n  mode: none\n",
+        0o644,
+    );
+    let c = api.json(&[
+        "purposes",
+        "create",
+        "edge",
+        "--display-name",
+        "Edge",
+        "--mesh-file",
+        yaml.to_str().unwrap(),
+    ]);
+    assert_eq!(c["mesh"]["enabled"], true);
+    assert_eq!(c["mesh"]["service_account"], "edge");
+    assert_eq!(c["mesh"]["ports"][0]["number"], 8080);
+    let shown: Purpose = serde_json::from_value(api.json(&["purposes", "show", "edge"])).unwrap();
+    assert_eq!(shown.display_name, "Edge");
+    assert_eq!(shown.mesh, c["mesh"]);
+    // The mesh of `-o json` applies as it is to another purpose (round trip).
+    let json_file = dir.write("mesh.json", &shown.mesh.to_string(), 0o644);
+    let c2 = api.json(&[
+        "purposes",
+        "create",
+        "edge2",
+        "--mesh-file",
+        json_file.to_str().unwrap(),
+    ]);
+    assert_eq!(c2["mesh"], shown.mesh);
+    assert_eq!(c2["display_name"], "edge2");
+    let e = api.json(&[
+        "purposes",
+        "edit",
+        "edge",
+        "--mesh",
+        r#"{"enabled": false}"#,
+    ]);
+    assert_eq!(e["mesh"]["enabled"], false);
+    assert!(e["mesh"].get("ports").is_none(), "mesh replaced whole: {e}");
+    assert_eq!(e["display_name"], "Edge", "absent fields stay");
+    let r = api
+        .ctl()
+        .stdin("{\"enabled\": false, \"service_account\": \"other\"}")
+        .run(&[
+            "-o",
+            "json",
+            "purposes",
+            "edit",
+            "edge2",
+            "--mesh-file",
+            "-",
+        ]);
+    r.ok();
+    let edited: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(edited["mesh"]["service_account"], "other");
+    let human = api.ctl().run(&["purposes", "show", "edge"]);
+    human.ok();
+    assert!(
+        human.stdout.contains("\"enabled\": false"),
+        "{}",
+        human.stdout
+    );
+    // Bad mesh settings: the API names the field; bad local input names the file.
+    api.ctl()
+        .run(&["purposes", "edit", "edge", "--mesh", "[1]"])
+        .fails(1, &["invalid input (HTTP 422)", "\n  mesh"]);
+    api.ctl()
+        .run(&["purposes", "edit", "edge", "--mesh", "{"])
+        .fails(1, &["--mesh: not valid JSON"]);
+    let bad = dir.write("bad.yaml", "a: [", 0o644);
+    api.ctl()
+        .run(&[
+            "purposes",
+            "create",
+            "x",
+            "--mesh-file",
+            bad.to_str().unwrap(),
+        ])
+        .fails(1, &["bad.yaml: not valid YAML"]);
+    api.ctl()
+        .run(&["purposes", "delete", "xrayr"])
+        .fails(1, &["conflict (HTTP 409)"]);
+    api.ctl().run(&["purposes", "delete", "edge2"]).ok();
+    let names: Vec<String> = api.json(&["purposes", "list"])["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(names.contains(&"edge".to_string()) && !names.contains(&"edge2".to_string()));
+}
+
+#[test]
+fn keys_and_enrollment_tokens() {
+    let api = Api::start();
+    // A key is printed once, works, and is listed without its secret.
+    let r = api
+        .ctl()
+        .run(&["keys", "create", "ci", "--role", "readonly", "--ttl", "30d"]);
+    r.ok();
+    let key_line = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("sgm_"))
+        .expect("the key is printed");
+    assert!(r.stdout.contains("shown once"));
+    assert!(r.stdout.contains("Role:") && r.stdout.contains("readonly"));
+    let ro = key_line.trim().to_string();
+    api.ctl()
+        .env("SIGMA_API_KEY", &ro)
+        .run(&["vps", "list"])
+        .ok();
+    let list = api.json(&["keys", "list"]);
+    let keys: List<ApiKey> = serde_json::from_value(list.clone()).unwrap();
+    assert_eq!(keys.total, 2);
+    assert!(!list.to_string().contains(&ro), "secrets are never listed");
+    let ci = keys.items.iter().find(|k| k.name == "ci").unwrap();
+    assert!(ci.expires_at.is_some());
+
+    // Agent keys are bound to a VPS named by hostname.
+    api.ctl()
+        .run(&["vps", "create", "a1.example", "--purpose", "xrayr"])
+        .ok();
+    let vps_id = api.json(&["vps", "show", "a1.example"])["id"].clone();
+    let ag = api.json(&[
+        "keys",
+        "create",
+        "agent",
+        "--role",
+        "agent",
+        "--vps",
+        "a1.example",
+    ]);
+    assert_eq!(ag["api_key"]["vps_id"], vps_id);
+    api.ctl()
+        .run(&["keys", "create", "agent2", "--role", "agent"])
+        .fails(1, &["vps_id: an agent key must be bound to a VPS"]);
+
+    // Revoke by prefix: the key stops working with a 401 that says to check it.
+    let r = api.ctl().run(&["keys", "revoke", &ci.prefix]);
+    r.ok();
+    assert!(r.stdout.contains("revoked"));
+    api.ctl()
+        .env("SIGMA_API_KEY", &ro)
+        .run(&["vps", "list"])
+        .fails(
+            1,
+            &[
+                "unauthorized (HTTP 401)",
+                "Check your API key",
+                "SIGMA_API_KEY",
+            ],
+        );
+    api.ctl()
+        .run(&["keys", "revoke", "sgm_ffffffff"])
+        .fails(1, &["no API key has id or prefix"]);
+
+    // Enrollment: the token and a one-line install command, printed once.
+    let r = api.ctl().run(&[
+        "enroll",
+        "create",
+        "--name",
+        "batch-1",
+        "--max-uses",
+        "3",
+        "--purpose",
+        "vpn-exit",
+        "--country",
+        "NL",
+        "--tag",
+        "wave=1",
+        "--ttl",
+        "2h",
+    ]);
+    r.ok();
+    let token = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("sge_"))
+        .expect("the token is printed")
+        .trim()
+        .to_string();
+    let install = format!(
+        "curl -fsSL {url}/install.sh | SIGMA_API_URL={url} SIGMA_ENROLLMENT_TOKEN={token} sh",
+        url = api.url
+    );
+    assert!(r.stdout.contains(&install), "{}", r.stdout);
+    let r = api.ctl().run(&[
+        "enroll",
+        "create",
+        "--agent-api-url",
+        "https://sigma.example.net/",
+    ]);
+    r.ok();
+    assert!(
+        r.stdout.contains("curl -fsSL https://sigma.example.net/install.sh | SIGMA_API_URL=https://sigma.example.net SIGMA_ENROLLMENT_TOKEN=sge_"),
+        "{}",
+        r.stdout
+    );
+
+    // The token enrolls an agent, with the presets.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{}/api/agent/register", api.url))
+            .bearer_auth(&token)
+            .json(&json!({"hostname": "exit-1.example.net"}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    });
+    assert_eq!(status, 200, "the token enrolls");
+    let v = api.json(&["vps", "show", "exit-1.example.net"]);
+    assert_eq!(v["purpose"], "vpn-exit");
+    assert_eq!(v["country"], "NL");
+    assert_eq!(v["status"], "active");
+
+    let l = api.ctl().run(&["enroll", "list"]);
+    l.ok();
+    let rows = assert_aligned(&l.stdout);
+    assert_eq!(
+        rows[0],
+        ["PREFIX", "NAME", "STATE", "USES", "PRESETS", "EXPIRES"]
+    );
+    let batch = rows.iter().find(|r| r[1] == "batch-1").unwrap();
+    assert_eq!(batch[2], "active");
+    assert_eq!(batch[3], "1/3");
+    assert_eq!(batch[4], "purpose=vpn-exit country=NL tags=wave=1");
+    let r = api.ctl().run(&["enroll", "revoke", &token[..12]]);
+    r.ok();
+    let tokens = api.json(&["enroll", "list"]);
+    let revoked = tokens["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "batch-1")
+        .unwrap();
+    assert!(revoked["revoked_at"].is_string());
+}
+
+#[test]
+fn envoy_routes_end_to_end() {
+    let api = Api::start();
+    for h in ["edge-1.example.net", "edge-2.example.net"] {
+        api.ctl()
+            .run(&["vps", "create", h, "--purpose", "xrayr"])
+            .ok();
+    }
+    let a = api.json(&[
+        "routes",
+        "add",
+        "edge-1.example.net",
+        "https",
+        "--listen-port",
+        "443",
+        "--backend-host",
+        "10.0.0.9",
+        "--backend-port",
+        "8443",
+    ]);
+    assert_eq!(a["cluster_type"], "static");
+    assert_eq!(a["connect_timeout_ms"], 5000);
+    let b = api.json(&[
+        "routes",
+        "add",
+        "edge-1.example.net",
+        "db",
+        "--listen-port",
+        "5432",
+        "--backend-host",
+        "DB.example.com",
+        "--backend-port",
+        "5432",
+        "--proxy-protocol",
+        "v2",
+        "--connect-timeout-ms",
+        "2000",
+    ]);
+    assert_eq!(b["cluster_type"], "strict_dns");
+    assert_eq!(b["backend_host"], "db.example.com");
+
+    // Conflicts and invalid routes are explained.
+    api.ctl()
+        .run(&[
+            "routes",
+            "add",
+            "edge-1.example.net",
+            "other",
+            "--listen-port",
+            "443",
+            "--backend-host",
+            "10.0.0.1",
+            "--backend-port",
+            "1",
+        ])
+        .fails(1, &["conflict (HTTP 409)", "443"]);
+    api.ctl()
+        .run(&[
+            "routes",
+            "add",
+            "edge-1.example.net",
+            "Bad Name",
+            "--listen-port",
+            "1",
+            "--backend-host",
+            "a.example",
+            "--backend-port",
+            "1",
+            "--cluster-type",
+            "static",
+            "--connect-timeout-ms",
+            "0",
+        ])
+        .fails(
+            1,
+            &[
+                "invalid input (HTTP 422)",
+                "  name: ",
+                "  backend_host: ",
+                "  connect_timeout_ms: ",
+            ],
+        );
+
+    let l = api.ctl().run(&["routes", "list", "edge-1.example.net"]);
+    l.ok();
+    let rows = assert_aligned(&l.stdout);
+    assert_eq!(
+        rows[0],
+        [
+            "NAME", "LISTEN", "BACKEND", "CLUSTER", "TIMEOUT", "PROXY", "STATUS"
+        ]
+    );
+    assert_eq!(
+        rows[1],
+        [
+            "db",
+            "5432",
+            "db.example.com:5432",
+            "strict_dns",
+            "2000ms",
+            "v2",
+            "active"
+        ]
+    );
+
+    // Edit by VPS and name, and by id.
+    let e = api.json(&[
+        "routes",
+        "edit",
+        "edge-1.example.net",
+        "https",
+        "--listen-port",
+        "8443",
+        "--status",
+        "disabled",
+    ]);
+    assert_eq!(e["listen_port"], 8443);
+    assert_eq!(e["status"], "disabled");
+    assert_eq!(e["backend_port"], 8443, "absent fields stay");
+    let e = api.json(&[
+        "routes",
+        "edit",
+        a["id"].as_str().unwrap(),
+        "--backend-host",
+        "origin.example.com",
+    ]);
+    assert_eq!(e["cluster_type"], "strict_dns", "type follows the new host");
+    api.ctl()
+        .run(&[
+            "routes",
+            "edit",
+            "edge-1.example.net",
+            "nope",
+            "--status",
+            "active",
+        ])
+        .fails(1, &["has no route named \"nope\"", "db, https"]);
+
+    // `routes list -o yaml` applies as it is to another VPS (round trip).
+    let dir = TempDir::new("routes");
+    let y = api
+        .ctl()
+        .run(&["-o", "yaml", "routes", "list", "edge-1.example.net"]);
+    y.ok();
+    let file = dir.write("routes.yaml", &y.stdout, 0o644);
+    let applied = api.json(&[
+        "routes",
+        "apply",
+        "edge-2.example.net",
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+    let strip = |v: &Value| -> Vec<Value> {
+        let mut out: Vec<Value> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                for f in ["id", "vps_id", "created_at", "updated_at"] {
+                    r.as_object_mut().unwrap().remove(f);
+                }
+                r
+            })
+            .collect();
+        out.sort_by_key(|r| r["name"].as_str().unwrap().to_string());
+        out
+    };
+    let source = api.json(&["routes", "list", "edge-1.example.net"]);
+    assert_eq!(strip(&applied), strip(&source));
+    let listed: Vec<EnvoyRoute> =
+        serde_json::from_value(api.json(&["routes", "list", "edge-2.example.net"])).unwrap();
+    assert_eq!(listed.len(), 2);
+    let v2 = api.json(&["vps", "show", "edge-2.example.net"]);
+    assert_eq!(v2["envoy_version"], 1, "one batch, one version");
+
+    // Apply with --prune keeps only the named routes.
+    let one = dir.write(
+        "one.json",
+        r#"{"routes": [{"name": "db", "listen_port": 15432, "backend_host": "10.1.1.1", "backend_port": 5432}]}"#,
+        0o644,
+    );
+    let r = api.ctl().run(&[
+        "routes",
+        "apply",
+        "edge-2.example.net",
+        "-f",
+        one.to_str().unwrap(),
+        "--prune",
+    ]);
+    r.ok();
+    let rows = assert_aligned(&r.stdout);
+    assert_eq!(rows.len(), 2, "{}", r.stdout);
+    assert_eq!(rows[1][0], "db");
+    assert_eq!(rows[1][1], "15432");
+    let bad = dir.write(
+        "bad.json",
+        r#"[{"name": "x", "listen_port": 1, "backend_host": "h", "backend_port": 2, "colour": 1}]"#,
+        0o644,
+    );
+    api.ctl()
+        .run(&[
+            "routes",
+            "apply",
+            "edge-2.example.net",
+            "-f",
+            bad.to_str().unwrap(),
+        ])
+        .fails(1, &["bad.json: routes[0]", "colour"]);
+
+    // Remove by VPS and name, then by id.
+    let r = api.ctl().run(&["routes", "rm", "edge-2.example.net", "db"]);
+    r.ok();
+    assert!(r.stdout.contains("removed"));
+    api.ctl()
+        .run(&["routes", "rm", b["id"].as_str().unwrap()])
+        .ok();
+    let left = api.json(&["routes", "list", "edge-1.example.net"]);
+    assert_eq!(left.as_array().unwrap().len(), 1);
+    let empty = api.ctl().run(&["routes", "list", "edge-2.example.net"]);
+    empty.ok();
+    assert!(empty.stdout.is_empty());
+    assert!(empty.stderr.contains("no routes on edge-2.example.net"));
+    api.ctl()
+        .run(&["routes", "rm", "not-a-uuid"])
+        .fails(2, &["is not a route id"]);
+}
+
+#[test]
+fn audit_log_with_filters() {
+    let api = Api::start();
+    api.ctl()
+        .run(&["vps", "create", "a.example", "--purpose", "xrayr"])
+        .ok();
+    api.ctl()
+        .run(&["vps", "create", "b.example", "--purpose", "xrayr"])
+        .ok();
+    api.ctl().run(&["providers", "create", "ovh"]).ok();
+    api.ctl().run(&["vps", "delete", "b.example"]).ok();
+
+    let all = api.json(&["audit", "--all"]);
+    let actions: Vec<&str> = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions[0], "vps.delete", "newest first: {actions:?}");
+    let creates = api.json(&["audit", "--action", "vps.create"]);
+    assert_eq!(creates["total"], 2);
+    let prov = api.json(&["audit", "--resource-type", "provider", "--since", "1h"]);
+    assert_eq!(prov["total"], 1);
+    assert_eq!(prov["items"][0]["after"]["name"], "ovh");
+    let none = api.json(&["audit", "--until", "2000-01-01T00:00:00Z"]);
+    assert_eq!(none["total"], 0);
+    let actor = format!("key:{}", &ADMIN_KEY[..12]);
+    let mine = api.json(&["audit", "--actor", &actor, "--all"]);
+    assert!(mine["total"].as_i64().unwrap() >= 4, "{mine}");
+    assert!(
+        mine["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["actor"] == actor.as_str())
+    );
+
+    let t = api.ctl().run(&["audit", "--limit", "2"]);
+    t.ok();
+    let rows = assert_aligned(&t.stdout);
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0], ["ID", "AT", "ACTOR", "ACTION", "RESOURCE"]);
+    assert_eq!(rows[1][3], "vps.delete");
+    assert!(rows[1][4].starts_with("vps/"));
+    assert!(
+        t.stderr
+            .contains(&format!("2 of {} audit entries shown", all["total"])),
+        "{}",
+        t.stderr
+    );
+    api.ctl()
+        .run(&["audit", "--since", "yesterday"])
+        .fails(2, &["is neither an RFC 3339 time"]);
+
+    let op = api.key("operator");
+    api.ctl()
+        .env("SIGMA_API_KEY", &op)
+        .run(&["audit"])
+        .fails(1, &["forbidden (HTTP 403)", "role may not", "operator"]);
+}
+
+#[test]
+fn errors_name_their_cause_with_exit_codes() {
+    let api = Api::start();
+    // 422: every field with its reason.
+    api.ctl()
+        .run(&[
+            "vps",
+            "create",
+            "bad_host",
+            "--purpose",
+            "X",
+            "--country",
+            "XX",
+        ])
+        .fails(
+            1,
+            &[
+                "invalid input (HTTP 422)",
+                "\n  country: ",
+                "\n  hostname: ",
+                "\n  purpose: ",
+            ],
+        );
+    // 403 with the role.
+    let ro = api.key("readonly");
+    api.ctl()
+        .env("SIGMA_API_KEY", &ro)
+        .run(&["providers", "create", "x"])
+        .fails(
+            1,
+            &[
+                "forbidden (HTTP 403)",
+                "readonly",
+                "Your key's role may not do this",
+            ],
+        );
+    // 401 for an unknown key.
+    let r = api
+        .ctl()
+        .env(
+            "SIGMA_API_KEY",
+            "sgm_12345678_not-a-real-key-at-all-0123456789",
+        )
+        .run(&["vps", "list"]);
+    r.fails(1, &["unauthorized (HTTP 401)", "Check your API key"]);
+    assert!(r.stdout.is_empty());
+    // 404.
+    api.ctl()
+        .run(&["purposes", "show", "nope"])
+        .fails(1, &["not found (HTTP 404)"]);
+    api.ctl()
+        .run(&["vps", "show", "00000000-0000-0000-0000-000000000001"])
+        .fails(1, &["not found (HTTP 404)"]);
+    // 409.
+    api.ctl()
+        .run(&["vps", "create", "x.example", "--purpose", "xrayr"])
+        .ok();
+    api.ctl()
+        .run(&["vps", "create", "X.example", "--purpose", "xrayr"])
+        .fails(1, &["conflict (HTTP 409)"]);
+
+    // Usage errors: exit code 2, nothing sent.
+    api.ctl()
+        .run(&["vps", "edit", "x.example"])
+        .fails(2, &["required"]);
+    api.ctl()
+        .run(&["vps", "edit", "x.example", "--alias", "a", "--clear-alias"])
+        .fails(2, &["cannot be used with"]);
+    api.ctl()
+        .run(&["vps", "list", "--status", "gone"])
+        .fails(2, &["invalid value"]);
+    api.ctl().run(&["vps", "frobnicate"]).fails(2, &[]);
+    api.ctl()
+        .run(&[
+            "vps",
+            "create",
+            "y.example",
+            "--purpose",
+            "xrayr",
+            "--ip",
+            "1.2.3",
+        ])
+        .fails(2, &["is not an IPv4 or IPv6 address"]);
+    api.ctl()
+        .run(&["keys", "create", "k", "--role", "readonly", "--ttl", "5y"])
+        .fails(2, &["unknown unit"]);
+    assert_eq!(
+        api.json(&["vps", "list"])["total"],
+        1,
+        "nothing was created"
+    );
+
+    // Network errors name the URL and suggest --api-url.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!("http://127.0.0.1:{closed}");
+    api.ctl()
+        .run(&["--api-url", &url, "vps", "list"])
+        .fails(1, &["could not reach sigma-api at", &url, "--api-url"]);
+    // No key anywhere.
+    api.ctl()
+        .env_remove("SIGMA_API_KEY")
+        .run(&["vps", "list"])
+        .fails(1, &["no API key", "SIGMA_API_KEY", "[profiles.default]"]);
+    api.ctl()
+        .env("SIGMA_API_URL", "ftp://example")
+        .run(&["vps", "list"])
+        .fails(1, &["SIGMA_API_URL"]);
+}
+
+#[test]
+fn config_file_profiles_and_permissions() {
+    let api = Api::start();
+    let home = TempDir::new("home");
+    let xdg = home.path().join("xdg");
+    // Default profile: a key file next to the config; `prod`: the key inline.
+    home.write("xdg/sigma/admin.key", &format!("{ADMIN_KEY}\n"), 0o600);
+    let cfg = home.write(
+        "xdg/sigma/config.toml",
+        &format!(
+            "[profiles.default]\napi_url = \"{url}\"\napi_key_file = \"admin.key\"\n\n\
+             [profiles.prod]\napi_url = \"{url}\"\napi_key = \"{ADMIN_KEY}\"\n\n\
+             [profiles.elsewhere]\napi_url = \"http://127.0.0.1:1\"\napi_key = \"{ADMIN_KEY}\"\n",
+            url = api.url
+        ),
+        0o644,
+    );
+    let ctl = || Ctl::new(home.path()).env("XDG_CONFIG_HOME", &xdg);
+
+    // The file holds keys and others may read it: refused, naming chmod 600.
+    ctl().run(&["vps", "list"]).fails(
+        1,
+        &[
+            "group or others may read it",
+            "chmod 600",
+            cfg.to_str().unwrap(),
+        ],
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // The default profile (its key from a file relative to the config).
+    ctl().run(&["providers", "create", "from-default"]).ok();
+    // --profile and SIGMA_PROFILE choose another; the flag wins over the variable.
+    ctl()
+        .run(&["--profile", "prod", "providers", "show", "from-default"])
+        .ok();
+    ctl()
+        .env("SIGMA_PROFILE", "elsewhere")
+        .run(&["vps", "list"])
+        .fails(1, &["could not reach sigma-api at http://127.0.0.1:1/"]);
+    ctl()
+        .env("SIGMA_PROFILE", "elsewhere")
+        .run(&["--profile", "prod", "vps", "list"])
+        .ok();
+    // The environment beats the profile; the flag beats the environment.
+    ctl()
+        .env("SIGMA_PROFILE", "elsewhere")
+        .env("SIGMA_API_URL", &api.url)
+        .run(&["vps", "list"])
+        .ok();
+    ctl()
+        .env("SIGMA_API_URL", "http://127.0.0.1:1")
+        .run(&["--api-url", &api.url, "vps", "list"])
+        .ok();
+    ctl()
+        .env(
+            "SIGMA_API_KEY",
+            "sgm_12345678_wrong-key-wrong-key-wrong-key-0",
+        )
+        .run(&["vps", "list"])
+        .fails(1, &["HTTP 401", "SIGMA_API_KEY"]);
+    // An unknown profile is named with the ones there are.
+    ctl()
+        .run(&["--profile", "staging", "vps", "list"])
+        .fails(1, &["\"staging\"", "default, elsewhere, prod"]);
+    // --config (and SIGMA_CONFIG) name another file.
+    let other = home.write(
+        "other.toml",
+        "[profiles.default]\napi_url = \"http://127.0.0.1:1\"\n",
+        0o644,
+    );
+    Ctl::new(home.path())
+        .env("SIGMA_API_KEY", ADMIN_KEY)
+        .run(&["--config", other.to_str().unwrap(), "vps", "list"])
+        .fails(1, &["could not reach sigma-api at http://127.0.0.1:1/"]);
+    Ctl::new(home.path())
+        .env("SIGMA_API_KEY", ADMIN_KEY)
+        .env("SIGMA_CONFIG", home.path().join("absent.toml"))
+        .run(&["vps", "list"])
+        .fails(1, &["absent.toml"]);
+    // Without XDG_CONFIG_HOME the file is under ~/.config.
+    let h2 = TempDir::new("home2");
+    h2.write(
+        "home/.config/sigma/config.toml",
+        &format!(
+            "[profiles.default]\napi_url = \"{}\"\napi_key = \"{ADMIN_KEY}\"\n",
+            api.url
+        ),
+        0o600,
+    );
+    Ctl::new(h2.path())
+        .run(&["providers", "show", "from-default"])
+        .ok();
+}
+
+#[test]
+fn key_from_a_file() {
+    let api = Api::start();
+    let dir = TempDir::new("keyfile");
+    let f = dir.write("key", &format!("  {ADMIN_KEY}\n"), 0o600);
+    let base = || Ctl::new(dir.path()).env("SIGMA_API_URL", &api.url);
+    base()
+        .env("SIGMA_API_KEY_FILE", &f)
+        .run(&["vps", "list"])
+        .ok();
+    base()
+        .run(&["--api-key-file", f.to_str().unwrap(), "vps", "list"])
+        .ok();
+    // The flag beats the variables.
+    base()
+        .env(
+            "SIGMA_API_KEY",
+            "sgm_12345678_wrong-key-wrong-key-wrong-key-0",
+        )
+        .run(&["--api-key-file", f.to_str().unwrap(), "vps", "list"])
+        .ok();
+    base()
+        .env("SIGMA_API_KEY", ADMIN_KEY)
+        .env("SIGMA_API_KEY_FILE", &f)
+        .run(&["vps", "list"])
+        .fails(1, &["both SIGMA_API_KEY and SIGMA_API_KEY_FILE"]);
+    base()
+        .env("SIGMA_API_KEY_FILE", dir.path().join("missing"))
+        .run(&["vps", "list"])
+        .fails(1, &["missing"]);
+    let empty = dir.write("empty", "\n", 0o600);
+    base()
+        .env("SIGMA_API_KEY_FILE", &empty)
+        .run(&["vps", "list"])
+        .fails(1, &["is empty"]);
+    let wrong = dir.write(
+        "wrong",
+        "sgm_12345678_wrong-key-wrong-key-wrong-key-0",
+        0o600,
+    );
+    base()
+        .env("SIGMA_API_KEY_FILE", &wrong)
+        .run(&["vps", "list"])
+        .fails(1, &["HTTP 401", "SIGMA_API_KEY_FILE"]);
+}
+
+#[test]
+fn tables_align_and_pages_are_noted() {
+    let api = Api::start();
+    for (h, c) in [
+        ("a.example", "DE"),
+        ("a-much-longer-hostname.example.net", "FR"),
+        ("mid-size.example.org", "NL"),
+    ] {
+        api.ctl()
+            .run(&[
+                "vps",
+                "create",
+                h,
+                "--purpose",
+                "xrayr",
+                "--country",
+                c,
+                "--ip",
+                "192.0.2.1",
+                "--tag",
+                "t",
+            ])
+            .ok();
+    }
+    let t = api.ctl().run(&["vps", "list"]);
+    t.ok();
+    assert!(!t.stdout.contains('\x1b'), "no colour when not a terminal");
+    let rows = assert_aligned(&t.stdout);
+    assert_eq!(
+        rows[0],
+        [
+            "HOSTNAME",
+            "STATUS",
+            "PURPOSE",
+            "PROVIDER",
+            "COUNTRY",
+            "PUBLIC IP",
+            "TAGS",
+            "LAST SEEN"
+        ]
+    );
+    assert_eq!(rows.len(), 4);
+    let long = rows
+        .iter()
+        .find(|r| r[0] == "a-much-longer-hostname.example.net")
+        .unwrap();
+    assert_eq!(
+        long[1..],
+        [
+            "provisioning",
+            "xrayr",
+            "-",
+            "FR",
+            "192.0.2.1",
+            "t",
+            "never"
+        ]
+    );
+    // The widest cell sets the column: the next column starts two spaces after it.
+    let header = t.stdout.lines().next().unwrap();
+    assert_eq!(
+        header.find("STATUS").unwrap(),
+        "a-much-longer-hostname.example.net".len() + 2
+    );
+
+    // A partial page is noted on standard error; --all fetches every page.
+    let p = api.ctl().run(&["vps", "list", "--limit", "2"]);
+    p.ok();
+    assert_eq!(p.stdout.lines().count(), 3);
+    assert!(p.stderr.contains("2 of 3 VPS shown"), "{}", p.stderr);
+    let p = api
+        .ctl()
+        .run(&["vps", "list", "--limit", "2", "--offset", "2"]);
+    p.ok();
+    assert_eq!(p.stdout.lines().count(), 2);
+    assert!(p.stderr.is_empty(), "{}", p.stderr);
+    let all = api.ctl().run(&["vps", "list", "--all"]);
+    all.ok();
+    assert_eq!(all.stdout.lines().count(), 4);
+    let none = api.ctl().run(&["vps", "list", "--country", "JP"]);
+    none.ok();
+    assert!(none.stdout.is_empty());
+    assert!(none.stderr.contains("no VPS"));
+}
+
+#[test]
+fn json_and_yaml_are_the_api_objects() {
+    let api = Api::start();
+    api.ctl()
+        .run(&[
+            "vps",
+            "create",
+            "a.example",
+            "--purpose",
+            "xrayr",
+            "--tag",
+            "x",
+        ])
+        .ok();
+    api.ctl()
+        .run(&["vps", "create", "b.example", "--purpose", "monitor"])
+        .ok();
+    let j = api.ctl().run(&["-o", "json", "vps", "list"]);
+    j.ok();
+    let list: List<Vps> = serde_json::from_str(&j.stdout).unwrap();
+    assert_eq!(list.total, 2);
+    let jv: Value = serde_json::from_str(&j.stdout).unwrap();
+    let y = api.ctl().run(&["vps", "list", "--output", "yaml"]);
+    y.ok();
+    let yv: Value = yaml_serde::from_str(&y.stdout).unwrap();
+    assert_eq!(yv, jv, "YAML and JSON carry the same object");
+    // A listed object is the shown object.
+    let shown = api.json(&["vps", "show", "a.example"]);
+    let listed = jv["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["hostname"] == "a.example")
+        .unwrap();
+    assert_eq!(&shown, listed);
+    // --all joins pages into one list object.
+    let all = api.json(&["vps", "list", "--all"]);
+    assert_eq!(all["total"], 2);
+    assert_eq!(all["items"].as_array().unwrap().len(), 2);
+    // Commands without a body print nothing for scripts.
+    api.ctl().run(&["purposes", "create", "tmp"]).ok();
+    let d = api.ctl().run(&["-o", "json", "purposes", "delete", "tmp"]);
+    d.ok();
+    assert!(d.stdout.is_empty());
+}
+
+#[test]
+fn completions_need_no_server() {
+    let dir = TempDir::new("completions");
+    for shell in ["bash", "zsh", "fish"] {
+        let r = Ctl::new(dir.path()).run(&["completions", shell]);
+        r.ok();
+        assert!(r.stdout.contains("sigmactl"), "{shell}: {}", r.stdout);
+        assert!(r.stdout.contains("routes"), "{shell}");
+    }
+    Ctl::new(dir.path())
+        .run(&["completions", "tcsh"])
+        .fails(2, &["invalid value"]);
+    let v = Ctl::new(dir.path()).run(&["--version"]);
+    v.ok();
+    assert!(v.stdout.starts_with("sigmactl "));
+}
