@@ -40,19 +40,39 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct Global {
     /// sigma-api's URL [env: SIGMA_API_URL] [default: the profile's api_url, else http://127.0.0.1:3000]
-    #[arg(long, global = true, value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        help_heading = "Global options"
+    )]
     pub api_url: Option<String>,
     /// Profile of the config file [env: SIGMA_PROFILE] [default: default]
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAME",
+        help_heading = "Global options"
+    )]
     pub profile: Option<String>,
     /// Config file [env: SIGMA_CONFIG] [default: $XDG_CONFIG_HOME/sigma/config.toml]
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        help_heading = "Global options"
+    )]
     pub config: Option<PathBuf>,
     /// File holding the API key (else SIGMA_API_KEY, SIGMA_API_KEY_FILE, then the profile)
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        help_heading = "Global options"
+    )]
     pub api_key_file: Option<PathBuf>,
     /// Output: a table for people, or the API's objects as JSON or YAML
-    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table, help_heading = "Global options")]
     pub output: Format,
 }
 
@@ -256,6 +276,7 @@ pub struct VpsCreateArgs {
 
 /// Fields of `vps edit`; `--clear-*` sends `null` for a field that may be empty.
 #[derive(Debug, Clone, Args)]
+#[command(override_usage = "sigmactl vps edit <VPS> <--FIELD VALUE | --clear-FIELD>...")]
 #[command(group(ArgGroup::new("change").required(true).multiple(true).args([
     "hostname", "alias", "clear_alias", "provider", "clear_provider", "ips", "clear_ips",
     "country", "clear_country", "city", "clear_city", "purpose", "status", "tags", "clear_tags",
@@ -354,6 +375,7 @@ pub enum ProviderCommand {
 
 /// Fields of `providers edit`; `--clear-*` sends `null`.
 #[derive(Debug, Clone, Args)]
+#[command(override_usage = "sigmactl providers edit <PROVIDER> <--FIELD VALUE | --clear-FIELD>...")]
 #[command(group(ArgGroup::new("change").required(true).multiple(true).args([
     "name", "country", "clear_country", "website", "clear_website", "notes", "clear_notes",
 ])))]
@@ -417,6 +439,9 @@ pub enum PurposeCommand {
         mesh: MeshArgs,
     },
     /// Changes a purpose's display name or mesh settings (mesh settings are replaced whole)
+    #[command(
+        override_usage = "sigmactl purposes edit <NAME> <--display-name NAME | --mesh JSON | --mesh-file FILE>..."
+    )]
     #[command(group(ArgGroup::new("change").required(true).multiple(true).args([
         "display_name", "mesh", "mesh_file",
     ])))]
@@ -579,6 +604,7 @@ pub struct RouteAddArgs {
 
 /// Fields of `routes edit`.
 #[derive(Debug, Clone, Args)]
+#[command(override_usage = "sigmactl routes edit <ROUTE-ID | VPS NAME> <--FIELD VALUE>...")]
 #[command(group(ArgGroup::new("change").required(true).multiple(true).args([
     "rename", "listen_port", "backend_host", "backend_port", "cluster_type",
     "connect_timeout_ms", "proxy_protocol", "status",
