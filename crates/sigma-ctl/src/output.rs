@@ -285,10 +285,7 @@ impl<'a> Output<'a> {
             return Ok(());
         }
         let s = match self.format {
-            Format::Yaml => yaml_serde::to_string(v).map_err(|e| Error::Input {
-                source_name: "output".into(),
-                message: format!("cannot render YAML: {e}"),
-            })?,
+            Format::Yaml => to_yaml(v),
             Format::Json | Format::Table => {
                 let mut s = serde_json::to_string_pretty(v).map_err(|e| Error::Input {
                     source_name: "output".into(),
@@ -305,6 +302,116 @@ impl<'a> Output<'a> {
     pub fn paint(&self, text: &str, p: Paint) -> String {
         p.apply(text, self.color)
     }
+}
+
+/// YAML 1.1 words that read as booleans or null (compared case-insensitively).
+const YAML_WORDS: [&str; 9] = ["y", "yes", "n", "no", "true", "false", "on", "off", "null"];
+
+/// Whether a string may be written as a plain YAML scalar and still be read back as this
+/// string by YAML 1.1 and 1.2 readers alike: it starts with a letter, holds only letters,
+/// digits and `._/-`, and is not a boolean or null word (`NO`, Norway's country code, is the
+/// boolean false in YAML 1.1).
+fn yaml_plain(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._/-".contains(c))
+        && !YAML_WORDS.iter().any(|w| w.eq_ignore_ascii_case(s))
+}
+
+fn yaml_scalar(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) if n.is_f64() => {
+            // YAML 1.1 floats need a dot, and no exponent without one.
+            let f = n.as_f64().unwrap_or_default();
+            let s = format!("{f}");
+            if s.contains('.') { s } else { format!("{s}.0") }
+        }
+        Value::Number(n) => n.to_string(),
+        Value::String(s) if yaml_plain(s) => s.clone(),
+        // A JSON string is a valid YAML double-quoted scalar.
+        other => other.to_string(),
+    }
+}
+
+fn yaml_nested(v: &Value) -> bool {
+    match v {
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+        _ => false,
+    }
+}
+
+fn yaml_inline(v: &Value) -> String {
+    match v {
+        Value::Array(_) => "[]".into(),
+        Value::Object(_) => "{}".into(),
+        s => yaml_scalar(s),
+    }
+}
+
+fn yaml_block(out: &mut String, v: &Value, indent: usize) {
+    let pad = " ".repeat(indent);
+    match v {
+        Value::Object(o) => {
+            for (i, (k, v)) in o.iter().enumerate() {
+                // The first key of a list item follows its "- " on the same line.
+                if i > 0 || !out.ends_with("- ") {
+                    out.push_str(&pad);
+                }
+                out.push_str(&yaml_scalar(&Value::String(k.clone())));
+                out.push(':');
+                if yaml_nested(v) {
+                    out.push('\n');
+                    yaml_block(out, v, indent + 2);
+                } else {
+                    out.push(' ');
+                    out.push_str(&yaml_inline(v));
+                    out.push('\n');
+                }
+            }
+        }
+        Value::Array(a) => {
+            for item in a {
+                out.push_str(&pad);
+                match item {
+                    Value::Object(o) if !o.is_empty() => {
+                        out.push_str("- ");
+                        yaml_block(out, item, indent + 2);
+                    }
+                    Value::Array(x) if !x.is_empty() => {
+                        out.push_str("-\n");
+                        yaml_block(out, item, indent + 2);
+                    }
+                    _ => {
+                        out.push_str("- ");
+                        out.push_str(&yaml_inline(item));
+                        out.push('\n');
+                    }
+                }
+            }
+        }
+        scalar => {
+            out.push_str(&pad);
+            out.push_str(&yaml_inline(scalar));
+            out.push('\n');
+        }
+    }
+}
+
+/// A JSON value as block-style YAML that YAML 1.1 and 1.2 readers both read back as the same
+/// value: strings are plain only when no reader could take them for anything else, and
+/// JSON-quoted otherwise.
+pub fn to_yaml(v: &Value) -> String {
+    let mut out = String::new();
+    if yaml_nested(v) {
+        yaml_block(&mut out, v, 0);
+    } else {
+        out.push_str(&yaml_inline(v));
+        out.push('\n');
+    }
+    out
 }
 
 /// A time for people: `2026-05-01 12:00:00 UTC`.
@@ -451,6 +558,39 @@ mod tests {
         assert_eq!(ago(t + time::Duration::minutes(5), t), "in 5m");
         assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(3 * 1024 * 1024 * 1024 / 2), "1.5 GiB");
+    }
+
+    #[test]
+    fn yaml_quotes_what_yaml_1_1_would_misread() {
+        let v = serde_json::json!({
+            "country": "NO",
+            "words": ["yes", "On", "off", "y", "null", "~", "true"],
+            "numbers_as_text": ["1.0", "0x1F", "1_000", "12:30", "2026-05-01", "+1", ".5", "1e3"],
+            "odd": ["", " x", "a: b", "#c", "-", "2001:db8::1", "192.0.2.1", "multi\nline", "it's \"q\""],
+            "plain": ["edge-1.example.net", "xrayr", "env", "Falkenstein", "v1.2_3"],
+            "numbers": [0, -3, 9100, 0.25, 1e20, 1.5e-7],
+            "nested": [{"a": 1, "b": [1, [2, 3], {}], "c": {"d": null}}, [], {}],
+            "empty_key": {"": 1, "env=prod": true},
+        });
+        let y = to_yaml(&v);
+        assert!(y.contains("country: \"NO\"\n"), "{y}");
+        assert!(y.contains("- \"yes\"\n") && y.contains("- \"On\"\n"), "{y}");
+        assert!(
+            y.contains("- \"12:30\"\n") && y.contains("- \"2026-05-01\"\n"),
+            "{y}"
+        );
+        assert!(
+            y.contains("- edge-1.example.net\n") && y.contains("- Falkenstein\n"),
+            "{y}"
+        );
+        assert!(y.contains("- 100000000000000000000.0\n"), "{y}");
+        for line in y.lines() {
+            assert!(!line.ends_with(' '), "trailing space in {line:?}");
+        }
+        let back: Value = yaml_serde::from_str(&y).unwrap();
+        assert_eq!(back, v, "reads back as the same value:\n{y}");
+        assert_eq!(to_yaml(&serde_json::json!([])), "[]\n");
+        assert_eq!(to_yaml(&serde_json::json!("no")), "\"no\"\n");
     }
 
     #[test]

@@ -1142,7 +1142,9 @@ fn json_and_yaml_are_the_api_objects() {
             "--purpose",
             "xrayr",
             "--tag",
-            "x",
+            "yes",
+            "--country",
+            "NO",
         ])
         .ok();
     api.ctl()
@@ -1157,6 +1159,9 @@ fn json_and_yaml_are_the_api_objects() {
     y.ok();
     let yv: Value = yaml_serde::from_str(&y.stdout).unwrap();
     assert_eq!(yv, jv, "YAML and JSON carry the same object");
+    // Norway stays a string for YAML 1.1 readers too.
+    assert!(y.stdout.contains("country: \"NO\"\n"), "{}", y.stdout);
+    assert!(y.stdout.contains("- \"yes\"\n"), "{}", y.stdout);
     // A listed object is the shown object.
     let shown = api.json(&["vps", "show", "a.example"]);
     let listed = jv["items"]
