@@ -1198,3 +1198,63 @@ fn completions_need_no_server() {
     v.ok();
     assert!(v.stdout.starts_with("sigmactl "));
 }
+
+/// A one-answer-fits-all HTTP server for failures a healthy sigma-api does not produce on
+/// demand (5xx, a proxy's HTML error page, a body that is not JSON).
+fn canned_server(status: &str, content_type: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let answer = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(8) {
+            let Ok(mut s) = stream else { break };
+            let mut buf = [0u8; 8192];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(answer.as_bytes());
+        }
+    });
+    url
+}
+
+#[test]
+fn server_failures_are_explained() {
+    let dir = TempDir::new("canned");
+    let run = |url: &str| {
+        Ctl::new(dir.path())
+            .env("SIGMA_API_URL", url)
+            .env("SIGMA_API_KEY", ADMIN_KEY)
+            .run(&["vps", "list"])
+    };
+    let url = canned_server(
+        "503 Service Unavailable",
+        "application/json",
+        r#"{"error":"unavailable","message":"the database is unavailable; try again","fields":{}}"#,
+    );
+    run(&url).fails(
+        1,
+        &[
+            "sigma-api is unavailable (HTTP 503)",
+            "the database is unavailable",
+            "Try again shortly",
+        ],
+    );
+    let url = canned_server(
+        "500 Internal Server Error",
+        "application/json",
+        r#"{"error":"internal","message":"internal error; see the server log","fields":{}}"#,
+    );
+    run(&url).fails(1, &["sigma-api failed (HTTP 500)", "sigma-api's log"]);
+    let url = canned_server("502 Bad Gateway", "text/html", "<html>bad gateway</html>");
+    run(&url).fails(
+        1,
+        &["sigma-api failed (HTTP 502)", "<html>bad gateway</html>"],
+    );
+    let url = canned_server("200 OK", "text/plain", "hello");
+    run(&url).fails(1, &["unexpected answer from", "/api/vps", "not JSON"]);
+    let url = canned_server("200 OK", "application/json", r#"{"items": 3}"#);
+    run(&url).fails(1, &["does not match the API"]);
+}
