@@ -1,0 +1,201 @@
+//! Counters the agent exposes on /metrics and reports in heartbeats.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+
+use sigma_types::NackReport;
+use time::OffsetDateTime;
+
+use crate::resources::{CLUSTER_TYPE_URL, LISTENER_TYPE_URL};
+
+/// Live counters of one xDS server, shared by all its streams.
+#[derive(Debug, Default)]
+pub struct Stats {
+    clients: AtomicU32,
+    /// Last published version; meaningful once `published` is set.
+    version_served: AtomicI64,
+    published: AtomicU64,
+    pushes: AtomicU64,
+    acks: AtomicU64,
+    nacks: AtomicU64,
+    stale: AtomicU64,
+    acked: Mutex<Acked>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Acked {
+    cluster: Option<String>,
+    listener: Option<String>,
+    /// Latest version ACKed on both types.
+    accepted: Option<i64>,
+    last_nack: Option<NackReport>,
+    /// Whether `last_nack` still stands: no ACK of its type came after it.
+    nack_current: bool,
+}
+
+/// A copy of [`Stats`] at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatsSnapshot {
+    /// ADS streams open (Envoys connected).
+    pub clients: u32,
+    /// Last published version, if any.
+    pub version_served: Option<i64>,
+    /// Publishes since start.
+    pub publishes: u64,
+    /// Discovery responses sent.
+    pub pushes: u64,
+    /// ACKs received.
+    pub acks: u64,
+    /// NACKs received.
+    pub nacks: u64,
+    /// Requests ignored for answering an older response.
+    pub stale: u64,
+    /// Last CDS version ACKed.
+    pub acked_cluster_version: Option<String>,
+    /// Last LDS version ACKed.
+    pub acked_listener_version: Option<String>,
+    /// Latest version ACKed on both CDS and LDS.
+    pub accepted_version: Option<i64>,
+    /// Last NACK ever received.
+    pub last_nack: Option<NackReport>,
+    /// Whether `last_nack` still stands (no ACK of its type since).
+    pub nack_current: bool,
+}
+
+impl Stats {
+    pub(crate) fn client_connected(&self) {
+        self.clients.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn client_disconnected(&self) {
+        self.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn published(&self, version: i64) {
+        self.version_served.store(version, Ordering::Relaxed);
+        self.published.fetch_add(1, Ordering::Release);
+    }
+
+    pub(crate) fn pushed(&self) {
+        self.pushes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn stale(&self) {
+        self.stale.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn ack(&self, type_url: &str, version: &str) {
+        let mut a = self.acked.lock().unwrap_or_else(|e| e.into_inner());
+        match type_url {
+            CLUSTER_TYPE_URL => a.cluster = Some(version.to_string()),
+            LISTENER_TYPE_URL => a.listener = Some(version.to_string()),
+            _ => return,
+        }
+        if a.cluster == a.listener
+            && let Some(v) = a.cluster.as_deref().and_then(|v| v.parse().ok())
+        {
+            a.accepted = Some(v);
+        }
+        if a.last_nack.as_ref().is_some_and(|n| n.type_url == type_url) {
+            a.nack_current = false;
+        }
+        drop(a);
+        self.acks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn nack(&self, type_url: &str, version: &str, detail: &str) {
+        let mut a = self.acked.lock().unwrap_or_else(|e| e.into_inner());
+        a.last_nack = Some(NackReport {
+            version: version.to_string(),
+            type_url: type_url.to_string(),
+            detail: detail.to_string(),
+            at: OffsetDateTime::now_utc(),
+        });
+        a.nack_current = true;
+        drop(a);
+        self.nacks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// ADS streams open.
+    pub fn clients(&self) -> u32 {
+        self.clients.load(Ordering::Relaxed)
+    }
+
+    /// Latest version ACKed on both CDS and LDS.
+    pub fn accepted_version(&self) -> Option<i64> {
+        self.acked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .accepted
+    }
+
+    /// The last NACK, while no ACK of its type has followed it.
+    pub fn current_nack(&self) -> Option<NackReport> {
+        let a = self.acked.lock().unwrap_or_else(|e| e.into_inner());
+        a.last_nack.clone().filter(|_| a.nack_current)
+    }
+
+    /// A copy of all counters.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let a = self.acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let publishes = self.published.load(Ordering::Acquire);
+        StatsSnapshot {
+            clients: self.clients(),
+            version_served: (publishes > 0).then(|| self.version_served.load(Ordering::Relaxed)),
+            publishes,
+            pushes: self.pushes.load(Ordering::Relaxed),
+            acks: self.acks.load(Ordering::Relaxed),
+            nacks: self.nacks.load(Ordering::Relaxed),
+            stale: self.stale.load(Ordering::Relaxed),
+            acked_cluster_version: a.cluster,
+            acked_listener_version: a.listener,
+            accepted_version: a.accepted,
+            last_nack: a.last_nack,
+            nack_current: a.nack_current,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_version_needs_both_types() {
+        let s = Stats::default();
+        assert_eq!(s.snapshot().version_served, None);
+        s.published(3);
+        assert_eq!(s.snapshot().version_served, Some(3));
+        s.ack(CLUSTER_TYPE_URL, "3");
+        assert_eq!(s.accepted_version(), None);
+        s.ack(LISTENER_TYPE_URL, "3");
+        assert_eq!(s.accepted_version(), Some(3));
+        s.ack(CLUSTER_TYPE_URL, "4");
+        assert_eq!(s.accepted_version(), Some(3));
+        s.ack(LISTENER_TYPE_URL, "4");
+        assert_eq!(s.accepted_version(), Some(4));
+        assert_eq!(s.snapshot().acks, 4);
+    }
+
+    #[test]
+    fn a_nack_stands_until_an_ack_of_its_type() {
+        let s = Stats::default();
+        s.nack(LISTENER_TYPE_URL, "5", "cannot bind");
+        let n = s.current_nack().unwrap();
+        assert_eq!(
+            (n.version.as_str(), n.detail.as_str()),
+            ("5", "cannot bind")
+        );
+        s.ack(CLUSTER_TYPE_URL, "5");
+        assert!(
+            s.current_nack().is_some(),
+            "an ACK of another type does not clear it"
+        );
+        s.ack(LISTENER_TYPE_URL, "6");
+        assert!(s.current_nack().is_none());
+        let snap = s.snapshot();
+        assert_eq!(snap.nacks, 1);
+        assert_eq!(snap.last_nack.unwrap().type_url, LISTENER_TYPE_URL);
+        assert!(!snap.nack_current);
+    }
+}
