@@ -23,7 +23,7 @@ pub use resources::{
 };
 pub use server::{XdsHandle, XdsServer};
 pub use state::{AdsStream, RequestKind, Step};
-pub use stats::{Stats, StatsSnapshot};
+pub use stats::{MAX_NACK_DETAIL_CHARS, Stats, StatsSnapshot};
 
 /// What can go wrong serving xDS.
 #[derive(Debug, thiserror::Error)]

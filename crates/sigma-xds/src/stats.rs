@@ -62,6 +62,36 @@ pub struct StatsSnapshot {
     pub nack_current: bool,
 }
 
+/// Longest NACK detail kept, in characters: what sigma-api accepts in a heartbeat's
+/// `last_nack.detail`. Envoy lists every failed resource, so a big update can say more.
+pub const MAX_NACK_DETAIL_CHARS: usize = 4096;
+
+/// Envoy's detail made fit for a heartbeat: trimmed, control characters other than newline
+/// and tab replaced by spaces (sigma-api refuses them), cut to [`MAX_NACK_DETAIL_CHARS`].
+fn report_detail(detail: &str) -> String {
+    const CUT: &str = " [...]";
+    let clean: String = detail
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect();
+    if clean.chars().count() <= MAX_NACK_DETAIL_CHARS {
+        return clean;
+    }
+    let mut cut: String = clean
+        .chars()
+        .take(MAX_NACK_DETAIL_CHARS - CUT.len())
+        .collect();
+    cut.push_str(CUT);
+    cut
+}
+
 impl Stats {
     pub(crate) fn client_connected(&self) {
         self.clients.fetch_add(1, Ordering::Relaxed);
@@ -108,7 +138,7 @@ impl Stats {
         a.last_nack = Some(NackReport {
             version: version.to_string(),
             type_url: type_url.to_string(),
-            detail: detail.to_string(),
+            detail: report_detail(detail),
             at: OffsetDateTime::now_utc(),
         });
         a.nack_current = true;
@@ -159,6 +189,20 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nack_details_fit_a_heartbeat() {
+        let s = Stats::default();
+        s.nack(LISTENER_TYPE_URL, "1", "cannot bind\r\n");
+        assert_eq!(s.current_nack().unwrap().detail, "cannot bind");
+        s.nack(LISTENER_TYPE_URL, "2", "a\rb\u{7}c\nd\te");
+        assert_eq!(s.current_nack().unwrap().detail, "a b c\nd\te");
+        let long = "é".repeat(MAX_NACK_DETAIL_CHARS + 10);
+        s.nack(LISTENER_TYPE_URL, "3", &long);
+        let d = s.current_nack().unwrap().detail;
+        assert_eq!(d.chars().count(), MAX_NACK_DETAIL_CHARS);
+        assert!(d.ends_with(" [...]") && d.starts_with("éé"));
+    }
 
     #[test]
     fn accepted_version_needs_both_types() {

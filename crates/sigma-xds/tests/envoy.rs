@@ -269,7 +269,13 @@ async fn envoy_keeps_forwarding_across_an_xds_server_restart() {
     accepted(&first.handle, 7).await;
 
     // The agent goes away: Envoy keeps forwarding with the config it has.
+    let first_handle = first.handle.clone();
     first.stop().await;
+    assert_eq!(
+        first_handle.clients(),
+        0,
+        "the stream ended with the server"
+    );
     for _ in 0..5 {
         wait_reply(p1, "A:", Duration::from_secs(2)).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
