@@ -321,6 +321,7 @@ def cmd_promconfig(args):
         "rule_files": [os.path.abspath(r) for r in args.rule_file],
         "scrape_configs": sample["scrape_configs"],
     }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     dump(args.out, full)
     print(f"{args.out}: {len(sample['scrape_configs'])} jobs from {os.path.basename(args.scrape)}"
           + (f", {len(made)} credential files created" if made else ""))
@@ -387,7 +388,7 @@ def cmd_live(args):
         names = [g["name"] for g in groups]
         bad = [(r["name"], r["health"], r.get("lastError")) for g in groups for r in g["rules"]
                if r["health"] != "ok"]
-        return names == expected_groups and not bad, f"groups {names}, unhealthy {bad[:5]}"
+        return sorted(names) == sorted(expected_groups) and not bad, f"groups {names}, unhealthy {bad[:5]}"
     poll("rules loaded and healthy", rules_ok, 30)
     print(f"  ok: {len(expected_groups)} rule groups loaded ({n_rules} sigma rules + dashboard queries), every rule health ok")
     checks += 1
