@@ -32,6 +32,15 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent (the default).
     Run,
+    /// Print an Envoy bootstrap that points Envoy's ADS at this agent's xDS server.
+    EnvoyBootstrap {
+        /// Envoy's node id (default: the hostname).
+        #[arg(long)]
+        node_id: Option<String>,
+        /// Envoy's admin address.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+    },
 }
 
 /// The agent's settings.
@@ -84,6 +93,10 @@ pub struct Config {
     /// Mesh mode: run pilot-agent (istiod manages Envoy) instead of serving xDS.
     #[arg(long, env = "AGENT_ISTIO_ENABLED", default_value_t = false)]
     pub istio_enabled: bool,
+
+    /// Address Envoy's route listeners bind (with each route's listen port).
+    #[arg(long, env = "AGENT_ROUTE_LISTEN_ADDRESS", default_value = "0.0.0.0")]
+    pub route_listen_address: std::net::IpAddr,
 
     /// Path of the pilot-agent binary (mesh mode).
     #[arg(

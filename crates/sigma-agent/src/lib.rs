@@ -9,6 +9,7 @@ pub mod host;
 pub mod metrics;
 pub mod runner;
 pub mod state;
+pub mod xds;
 
 pub use config::{Cli, Command, Config};
 
