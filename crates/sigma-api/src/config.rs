@@ -61,6 +61,96 @@ pub struct Config {
     /// How long shutdown waits for in-flight requests before it stops waiting.
     #[arg(long, env = "SIGMA_SHUTDOWN_GRACE", default_value = "10s", value_parser = duration)]
     pub shutdown_grace: Duration,
+
+    /// Mesh registry mode: `kubernetes` reconciles the Istio objects into the cluster, `export`
+    /// only serves them at GET /api/mesh/manifests (never contacting Kubernetes), `off` does
+    /// neither reconcile nor talk to Kubernetes. Default: `kubernetes` when a kubeconfig
+    /// (--kubeconfig, KUBECONFIG, ~/.kube/config) or an in-cluster service account is found,
+    /// else `off`.
+    #[arg(long = "mesh", env = "SIGMA_MESH_MODE", value_enum)]
+    pub mesh_mode: Option<MeshMode>,
+
+    /// Kubeconfig file for the mesh reconciler (default: KUBECONFIG, ~/.kube/config, then the
+    /// in-cluster service account).
+    #[arg(long, env = "SIGMA_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Kubeconfig context to use instead of the current one.
+    #[arg(long, env = "SIGMA_KUBE_CONTEXT")]
+    pub kube_context: Option<String>,
+
+    /// Timeout of each Kubernetes API call.
+    #[arg(long, env = "SIGMA_KUBE_TIMEOUT", default_value = "15s", value_parser = duration)]
+    pub kube_timeout: Duration,
+
+    /// Namespace of every Istio object sigma generates (and of its leader Lease).
+    #[arg(long, env = "SIGMA_MESH_NAMESPACE", default_value = "sigma")]
+    pub mesh_namespace: String,
+
+    /// Istio's root namespace; the mesh namespace must differ from it, because a Sidecar or
+    /// DestinationRule there would apply to the whole mesh.
+    #[arg(long, env = "SIGMA_ISTIO_NAMESPACE", default_value = "istio-system")]
+    pub istio_namespace: String,
+
+    /// DNS domain of the purposes' services (`<purpose>.<domain>`).
+    #[arg(long, env = "SIGMA_MESH_SERVICE_DOMAIN", default_value = "sigma.mesh")]
+    pub mesh_service_domain: String,
+
+    /// Service account (mesh identity) of workloads whose purpose names none.
+    #[arg(long, env = "SIGMA_MESH_SERVICE_ACCOUNT", default_value = "sigma-vm")]
+    pub mesh_service_account: String,
+
+    /// One Istio network for the whole fleet; without it each VPS is in `provider-<provider>`.
+    #[arg(long, env = "SIGMA_MESH_NETWORK")]
+    pub mesh_network: Option<String>,
+
+    /// Full reconcile pass even without a change, repairing drift in the cluster.
+    #[arg(long, env = "SIGMA_MESH_RESYNC_INTERVAL", default_value = "5m", value_parser = duration)]
+    pub mesh_resync_interval: Duration,
+
+    /// Average Kubernetes API calls per second the reconciler may make.
+    #[arg(long, env = "SIGMA_MESH_API_QPS", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub mesh_api_qps: u32,
+
+    /// Calls the reconciler may make at once above that average.
+    #[arg(long, env = "SIGMA_MESH_API_BURST", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub mesh_api_burst: u32,
+
+    /// How replicas agree on the one that reconciles: `lease` (a Kubernetes Lease in the mesh
+    /// namespace) or `none` (this replica always reconciles; only for a single replica).
+    #[arg(
+        long,
+        env = "SIGMA_MESH_LEADER_ELECTION",
+        value_enum,
+        default_value = "lease"
+    )]
+    pub mesh_leader_election: LeaderElection,
+
+    /// Name of the leader Lease.
+    #[arg(long, env = "SIGMA_MESH_LEASE_NAME", default_value = "sigma-api-mesh")]
+    pub mesh_lease_name: String,
+}
+
+/// What sigma-api does with the mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MeshMode {
+    /// No reconciler, no Kubernetes.
+    Off,
+    /// Reconcile into the cluster.
+    Kubernetes,
+    /// Serve manifests only.
+    Export,
+}
+
+/// Leader election of the reconciler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LeaderElection {
+    /// A Kubernetes Lease.
+    Lease,
+    /// Always leader.
+    None,
 }
 
 /// Reads a secret from a `*_FILE` path, trimming the trailing newline editors add.
@@ -77,6 +167,61 @@ impl Config {
             Some(p) => read_secret_file(p)
                 .map_err(|e| anyhow::anyhow!("DATABASE_URL_FILE {}: {e}", p.display())),
             None => Ok(self.database_url.clone()),
+        }
+    }
+
+    /// The mesh template from the flags, checked.
+    pub fn mesh_template(&self) -> anyhow::Result<sigma_mesh::MeshTemplate> {
+        let t = sigma_mesh::MeshTemplate {
+            namespace: self.mesh_namespace.clone(),
+            service_domain: self.mesh_service_domain.clone(),
+            service_account: self.mesh_service_account.clone(),
+            network: match self.mesh_network.as_deref().map(str::trim) {
+                Some(n) if !n.is_empty() => sigma_mesh::NetworkMode::Fixed(n.to_string()),
+                _ => sigma_mesh::NetworkMode::PerProvider,
+            },
+            ..sigma_mesh::MeshTemplate::default()
+        };
+        let mut problems: Vec<String> = Vec::new();
+        if let Err(e) = t.validate() {
+            let flag = |f: &str| match f {
+                "namespace" => "--mesh-namespace",
+                "service_domain" => "--mesh-service-domain",
+                "service_account" => "--mesh-service-account",
+                "network" => "--mesh-network",
+                _ => "mesh template",
+            };
+            problems.extend(e.0.iter().map(|(k, v)| format!("{}: {v}", flag(k))));
+        }
+        if self.istio_namespace == self.mesh_namespace {
+            problems.push(format!(
+                "--mesh-namespace: {:?} is Istio's root namespace (--istio-namespace); objects there apply to the whole mesh",
+                self.mesh_namespace
+            ));
+        }
+        if !problems.is_empty() {
+            anyhow::bail!("{}", problems.join("; "));
+        }
+        Ok(t)
+    }
+
+    /// The mesh mode: as given, else `kubernetes` when Kubernetes configuration is found.
+    pub fn effective_mesh_mode(&self) -> MeshMode {
+        self.mesh_mode.unwrap_or_else(|| {
+            if self.kube_access().is_available() {
+                MeshMode::Kubernetes
+            } else {
+                MeshMode::Off
+            }
+        })
+    }
+
+    /// Where the Kubernetes credentials come from.
+    pub fn kube_access(&self) -> sigma_reconciler::KubeAccess {
+        sigma_reconciler::KubeAccess {
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.kube_context.clone(),
+            timeout: self.kube_timeout,
         }
     }
 

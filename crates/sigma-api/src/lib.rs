@@ -35,6 +35,28 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// The OpenAPI document, rendered once.
     pub openapi: Arc<serde_json::Value>,
+    /// The mesh registry.
+    pub mesh: Arc<MeshState>,
+}
+
+/// The mesh registry as the handlers see it.
+pub struct MeshState {
+    /// Mode this replica runs in.
+    pub mode: config::MeshMode,
+    /// The template every object is generated from.
+    pub template: sigma_mesh::MeshTemplate,
+    /// The reconciler's counters and its API call counters (kubernetes mode only).
+    pub reconciler: Option<(Arc<sigma_reconciler::Stats>, Arc<sigma_reconciler::Cluster>)>,
+}
+
+impl Default for MeshState {
+    fn default() -> Self {
+        MeshState {
+            mode: config::MeshMode::Off,
+            template: sigma_mesh::MeshTemplate::default(),
+            reconciler: None,
+        }
+    }
 }
 
 async fn not_found() -> ApiError {
@@ -53,13 +75,19 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response:
     axum::response::IntoResponse::into_response(ApiError::internal(&"handler panicked"))
 }
 
-/// The whole HTTP interface.
+/// The whole HTTP interface, with the mesh off and the default template.
 pub fn router(store: Store, max_body_bytes: usize) -> Router {
+    router_with_mesh(store, max_body_bytes, Arc::new(MeshState::default()))
+}
+
+/// The whole HTTP interface.
+pub fn router_with_mesh(store: Store, max_body_bytes: usize, mesh: Arc<MeshState>) -> Router {
     let (api, doc) = openapi::api_router().split_for_parts();
     let state = AppState {
         store,
         metrics: Arc::new(metrics::Metrics::default()),
         openapi: Arc::new(serde_json::to_value(&doc).unwrap_or_default()),
+        mesh,
     };
     api.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -76,6 +104,19 @@ pub fn router(store: Store, max_body_bytes: usize) -> Router {
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let url = cfg.database_url()?;
     let admin_key = cfg.admin_key()?;
+    let template = cfg.mesh_template().context("mesh settings")?;
+    let mesh_mode = cfg.effective_mesh_mode();
+    // Read the Kubernetes configuration before anything else, so a broken kubeconfig stops the
+    // start instead of a reconciler that can never run. The API server is not contacted here.
+    let kube_client = match mesh_mode {
+        config::MeshMode::Kubernetes => Some(
+            cfg.kube_access()
+                .client()
+                .await
+                .context("mesh mode kubernetes")?,
+        ),
+        _ => None,
+    };
     let store = Store::open(
         &ConnectSettings {
             url,
@@ -117,6 +158,18 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let tracker = TaskTracker::new();
     store.spawn_background(&tracker, shutdown.clone());
 
+    tracing::info!(mode = ?mesh_mode, namespace = %template.namespace, "mesh registry");
+    let mut mesh = MeshState {
+        mode: mesh_mode,
+        template: template.clone(),
+        reconciler: None,
+    };
+    if let Some(client) = kube_client {
+        mesh.reconciler = Some(spawn_reconciler(
+            &cfg, &store, client, template, &tracker, &shutdown,
+        ));
+    }
+
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
@@ -124,7 +177,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     tracing::info!(%addr, "listening");
     println!("sigma-api listening on http://{addr}");
 
-    let app = router(store.clone(), cfg.max_body_bytes as usize);
+    let app = router_with_mesh(store.clone(), cfg.max_body_bytes as usize, Arc::new(mesh));
     let grace = cfg.shutdown_grace;
     let stop = shutdown.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -145,4 +198,57 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     store.close().await;
     tracing::info!("stopped");
     served
+}
+
+/// Starts the mesh reconciler and, unless disabled, the leader election that decides whether
+/// this replica runs it. Both stop on `shutdown`.
+fn spawn_reconciler(
+    cfg: &Config,
+    store: &Store,
+    client: kube::Client,
+    template: sigma_mesh::MeshTemplate,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> (Arc<sigma_reconciler::Stats>, Arc<sigma_reconciler::Cluster>) {
+    use tracing::Instrument;
+    let cluster = Arc::new(sigma_reconciler::Cluster::new(
+        client.clone(),
+        sigma_reconciler::ClusterSettings {
+            namespace: template.namespace.clone(),
+            qps: f64::from(cfg.mesh_api_qps),
+            burst: cfg.mesh_api_burst,
+            timeout: cfg.kube_timeout,
+            ..sigma_reconciler::ClusterSettings::default()
+        },
+    ));
+    let leadership = match cfg.mesh_leader_election {
+        config::LeaderElection::Lease => sigma_reconciler::Leadership::Lease {
+            client,
+            settings: sigma_reconciler::LeaseSettings::new(
+                &cfg.mesh_lease_name,
+                &template.namespace,
+            ),
+        },
+        config::LeaderElection::None => sigma_reconciler::Leadership::Always,
+    };
+    let (leader, hold) = leadership.start(shutdown.clone());
+    if let Some(hold) = hold {
+        tracker.spawn(hold.instrument(tracing::info_span!("mesh_leader_election")));
+    }
+    let reconciler = sigma_reconciler::Reconciler::new(
+        store.clone(),
+        cluster.clone(),
+        sigma_reconciler::ReconcilerSettings {
+            template,
+            resync: cfg.mesh_resync_interval,
+            ..sigma_reconciler::ReconcilerSettings::default()
+        },
+    );
+    let stats = reconciler.stats.clone();
+    tracker.spawn(
+        reconciler
+            .run(leader, shutdown.clone())
+            .instrument(tracing::info_span!("mesh_reconciler")),
+    );
+    (stats, cluster)
 }

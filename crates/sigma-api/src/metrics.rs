@@ -57,6 +57,23 @@ pub struct Metrics {
     pub registrations: Family<ResultLabels, Counter>,
     /// VPS by status, refreshed at each scrape.
     pub vps: Family<StatusLabels, Gauge>,
+    /// Live VPS by mesh status, refreshed at each scrape.
+    pub mesh_vps: Family<StatusLabels, Gauge>,
+    /// 1 while this replica reconciles the mesh.
+    pub mesh_leader: Gauge,
+    /// Reconcile passes by result (`ok`, `failed`), copied from the reconciler at each scrape.
+    pub mesh_passes: Family<ResultLabels, Gauge>,
+    /// Kubernetes API calls of the reconciler by verb (`list`, `apply`, `delete`, `failed`).
+    pub mesh_api_calls: Family<VerbLabels, Gauge>,
+    /// Unix time of the last pass that reached the desired state.
+    pub mesh_last_success: Gauge,
+}
+
+/// Labels of the Kubernetes call counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerbLabels {
+    /// `list`, `apply`, `delete`, or `failed` (calls of any verb that failed).
+    pub verb: String,
 }
 
 impl Default for Metrics {
@@ -83,12 +100,47 @@ impl Default for Metrics {
         );
         let vps = Family::<StatusLabels, Gauge>::default();
         registry.register("vps", "VPS in the inventory by status", vps.clone());
+        let mesh_vps = Family::<StatusLabels, Gauge>::default();
+        registry.register(
+            "mesh_vps",
+            "Live VPS by mesh status (pending, synced, error, not_meshed)",
+            mesh_vps.clone(),
+        );
+        let mesh_leader = Gauge::default();
+        registry.register(
+            "mesh_leader",
+            "1 while this replica reconciles the mesh",
+            mesh_leader.clone(),
+        );
+        let mesh_passes = Family::<ResultLabels, Gauge>::default();
+        registry.register(
+            "mesh_passes",
+            "Mesh reconcile passes since start by result",
+            mesh_passes.clone(),
+        );
+        let mesh_api_calls = Family::<VerbLabels, Gauge>::default();
+        registry.register(
+            "mesh_kube_calls",
+            "Kubernetes API calls of the mesh reconciler since start by verb",
+            mesh_api_calls.clone(),
+        );
+        let mesh_last_success = Gauge::default();
+        registry.register(
+            "mesh_last_success_timestamp_seconds",
+            "When the mesh last reached the desired state (0: never)",
+            mesh_last_success.clone(),
+        );
         Metrics {
             registry,
             requests,
             heartbeats,
             registrations,
             vps,
+            mesh_vps,
+            mesh_leader,
+            mesh_passes,
+            mesh_api_calls,
+            mesh_last_success,
         }
     }
 }

@@ -7,7 +7,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::routes::{admin, agent, envoy, inventory, system};
+use crate::routes::{admin, agent, envoy, inventory, mesh, system};
 
 struct BearerAuth;
 
@@ -31,7 +31,8 @@ impl Modify for BearerAuth {
         (name = "agent", description = "Called by sigma-agent"),
         (name = "keys", description = "API keys and enrollment tokens"),
         (name = "audit"), (name = "system"),
-        (name = "envoy", description = "Envoy routes of the classic mode")
+        (name = "envoy", description = "Envoy routes of the classic mode"),
+        (name = "mesh", description = "The mesh registry")
     )
 )]
 struct ApiDoc;
@@ -87,4 +88,5 @@ pub fn api_router() -> OpenApiRouter<AppState> {
             envoy::delete_route
         ))
         .routes(routes!(envoy::agent_config))
+        .routes(routes!(mesh::manifests))
 }

@@ -968,6 +968,7 @@ async fn openapi_documents_every_route(db: TestDb) {
         ("patch", "/api/envoy-routes/{id}"),
         ("delete", "/api/envoy-routes/{id}"),
         ("get", "/api/agent/envoy-config"),
+        ("get", "/api/mesh/manifests"),
     ];
     let mut documented = 0;
     for (path, item) in paths {

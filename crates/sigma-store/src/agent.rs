@@ -120,6 +120,7 @@ impl Store {
                     tags: t.presets.tags.clone(),
                     monitoring: true,
                     node_exporter_port: 9100,
+                    mesh_opt_out: false,
                 };
                 let id = self
                     .insert_vps(&mut tx, &create, req.system_info.as_ref(), Some(now))

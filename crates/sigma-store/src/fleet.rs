@@ -82,6 +82,18 @@ pub struct Fleet {
     pending: Mutex<Pending>,
     /// When the change poll last started (Unix ms; 0 before the first poll).
     last_poll: AtomicI64,
+    /// Bumped whenever something the mesh is computed from may have changed (a VPS's identity,
+    /// lifecycle, addresses, placement or opt-out, or a purpose); the mesh reconciler waits on it.
+    mesh: tokio::sync::watch::Sender<u64>,
+    /// `updated_at` of the rows the change poll has already reported to the mesh, so a row
+    /// changed by another replica wakes the reconciler once, not on every overlapping poll.
+    mesh_seen: Mutex<MeshSeen>,
+}
+
+#[derive(Debug, Default)]
+struct MeshSeen {
+    vps: HashMap<Uuid, i64>,
+    purposes: HashMap<String, i64>,
 }
 
 /// Rows per batched UPDATE (5 bound values each, well under both backends' limits).
@@ -97,6 +109,8 @@ impl Default for Fleet {
             changes: tokio::sync::watch::Sender::new(0),
             pending: Mutex::default(),
             last_poll: AtomicI64::default(),
+            mesh: tokio::sync::watch::Sender::new(0),
+            mesh_seen: Mutex::default(),
         }
     }
 }
@@ -109,6 +123,17 @@ impl Fleet {
 
     fn changed(&self) {
         self.changes.send_modify(|g| *g = g.wrapping_add(1));
+        self.mesh_changed();
+    }
+
+    /// A receiver that wakes when the mesh's inputs may have changed.
+    pub(crate) fn subscribe_mesh(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.mesh.subscribe()
+    }
+
+    /// Wakes the mesh reconciler (cheap; many bumps before it runs count as one).
+    pub(crate) fn mesh_changed(&self) {
+        self.mesh.send_modify(|g| *g = g.wrapping_add(1));
     }
 
     pub(crate) fn get(&self, id: Uuid) -> Option<HotVps> {
@@ -148,6 +173,8 @@ impl Fleet {
             Some(h) if h.ips_json == ips_json => false,
             Some(h) => {
                 h.ips_json = ips_json.to_string();
+                // A VPS's mesh address follows its reported addresses.
+                self.mesh_changed();
                 true
             }
             None => true,
@@ -360,10 +387,28 @@ impl Store {
         let started = now_ms();
         let last = self.fleet.last_poll.load(Ordering::Relaxed);
         let since = if last == 0 { started } else { last } - POLL_OVERLAP_MS;
-        let rows = sqlx::query(dynsql!("SELECT {HOT_COLS} FROM vps WHERE updated_at >= $1"))
-            .bind(since)
-            .fetch_all(&self.pools.read)
-            .await?;
+        let rows = sqlx::query(dynsql!(
+            "SELECT {HOT_COLS}, updated_at FROM vps WHERE updated_at >= $1"
+        ))
+        .bind(since)
+        .fetch_all(&self.pools.read)
+        .await?;
+        let mut mesh_changed = false;
+        {
+            let mut seen = self
+                .fleet
+                .mesh_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            seen.vps.retain(|_, at| *at >= since);
+            for row in &rows {
+                let (id, _, _) = hot_from_row(row)?;
+                let at: i64 = row.try_get("updated_at")?;
+                if seen.vps.insert(id, at) != Some(at) {
+                    mesh_changed = true;
+                }
+            }
+        }
         for row in rows {
             let (id, hot, deleted) = hot_from_row(&row)?;
             if deleted {
@@ -371,6 +416,30 @@ impl Store {
             } else if self.fleet.get(id).is_some() {
                 self.fleet.put(id, hot);
             }
+        }
+        let rows = sqlx::query("SELECT name, updated_at FROM purposes WHERE updated_at >= $1")
+            .bind(since)
+            .fetch_all(&self.pools.read)
+            .await?;
+        {
+            let mut seen = self
+                .fleet
+                .mesh_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            seen.purposes.retain(|_, at| *at >= since);
+            for row in &rows {
+                let name: String = row.try_get("name")?;
+                let at: i64 = row.try_get("updated_at")?;
+                if seen.purposes.insert(name, at) != Some(at) {
+                    mesh_changed = true;
+                }
+            }
+        }
+        // Rows this replica changed itself were announced when it changed them; announcing
+        // them again costs the reconciler one pass without writes.
+        if mesh_changed {
+            self.fleet.mesh_changed();
         }
         let rows = sqlx::query("SELECT prefix, revoked_at FROM api_keys WHERE revoked_at >= $1")
             .bind(since)

@@ -22,7 +22,8 @@ const PURPOSE_COLS: &str = "pu.name, pu.display_name, pu.mesh, pu.created_at, pu
 pub(crate) const VPS_SELECT: &str = "SELECT v.id, v.hostname, v.alias, pr.name AS provider, \
      v.ip_addresses, v.country, v.city, v.purpose, v.status, v.tags, v.monitoring, \
      v.node_exporter_port, v.system_info, v.agent_state, v.last_heartbeat_at, v.desired_version, v.envoy_version, v.created_at, \
-     v.updated_at, v.deleted_at FROM vps v LEFT JOIN providers pr ON pr.id = v.provider_id";
+     v.updated_at, v.deleted_at, v.mesh_opt_out, v.mesh_status, v.mesh_message, v.mesh_attempt_at, v.mesh_entry \
+     FROM vps v LEFT JOIN providers pr ON pr.id = v.provider_id";
 
 fn provider_from_row(r: &AnyRow) -> Result<Provider> {
     let id: String = r.try_get("id")?;
@@ -114,6 +115,8 @@ impl Store {
             created_at: from_ms(r.try_get("created_at")?),
             updated_at: from_ms(r.try_get("updated_at")?),
             deleted_at: r.try_get::<Option<i64>, _>("deleted_at")?.map(from_ms),
+            mesh_opt_out: r.try_get::<i64, _>("mesh_opt_out")? != 0,
+            mesh: crate::mesh::mesh_status_from_row(r)?,
         })
     }
 
@@ -368,8 +371,11 @@ impl Store {
         })
     }
 
-    /// Adds a purpose.
+    /// Adds a purpose. Its `mesh` object must be valid mesh settings.
     pub async fn create_purpose(&self, actor: &str, c: &PurposeCreate) -> Result<Purpose> {
+        if let Some(m) = &c.mesh {
+            crate::mesh::check_mesh_settings(m)?;
+        }
         let now = now_ms();
         let mut tx = self.pools.write.begin().await?;
         let res = sqlx::query(
@@ -404,6 +410,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        self.fleet.mesh_changed();
         Ok(p)
     }
 
@@ -414,6 +421,9 @@ impl Store {
         name: &str,
         p: &PurposePatch,
     ) -> Result<Purpose> {
+        if let Some(Some(m)) = &p.mesh {
+            crate::mesh::check_mesh_settings(m)?;
+        }
         let mut tx = self.pools.write.begin().await?;
         let before = self.purpose_in(&mut *tx, name).await?;
         let display = p
@@ -437,7 +447,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if mesh != before.mesh {
-            sqlx::query("UPDATE vps SET desired_version = desired_version + 1, updated_at = $1 WHERE purpose = $2 AND deleted_at IS NULL")
+            sqlx::query("UPDATE vps SET desired_version = desired_version + 1, updated_at = $1, mesh_status = 'pending' WHERE purpose = $2 AND deleted_at IS NULL")
                 .bind(now)
                 .bind(name.to_string())
                 .execute(&mut *tx)
@@ -460,6 +470,7 @@ impl Store {
         if mesh != before.mesh {
             // Cached desired versions of this purpose's VPS are stale now.
             self.refresh().await?;
+            self.fleet.mesh_changed();
         }
         Ok(after)
     }
@@ -496,6 +507,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        self.fleet.mesh_changed();
         Ok(before)
     }
 
@@ -660,8 +672,8 @@ impl Store {
         let now = now_ms();
         let res = sqlx::query(
             "INSERT INTO vps (id, hostname, alias, provider_id, ip_addresses, country, city, purpose, status, \
-             tags, monitoring, node_exporter_port, system_info, last_heartbeat_at, desired_version, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1, $15, $15)",
+             tags, monitoring, node_exporter_port, system_info, last_heartbeat_at, desired_version, created_at, updated_at, mesh_opt_out) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1, $15, $15, $16)",
         )
         .bind(id.to_string())
         .bind(c.hostname.clone())
@@ -678,6 +690,7 @@ impl Store {
         .bind(system_info.and_then(|s| serde_json::to_string(s).ok()))
         .bind(heartbeat_at)
         .bind(now)
+        .bind(i64::from(c.mesh_opt_out))
         .execute(&mut **tx)
         .await;
         match res {
@@ -708,12 +721,19 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        self.fleet.mesh_changed();
         Ok(v)
     }
 
     /// Changes a VPS. Lifecycle moves must be ones an operator may make; a deleted VPS must be
-    /// restored first.
-    pub async fn update_vps(&self, actor: &str, id: Uuid, p: &VpsPatch) -> Result<Vps> {
+    /// restored first. `mesh_opt_out`, when given, keeps the VPS out of the mesh or lets it in.
+    pub async fn update_vps(
+        &self,
+        actor: &str,
+        id: Uuid,
+        p: &VpsPatch,
+        mesh_opt_out: Option<bool>,
+    ) -> Result<Vps> {
         let mut tx = self.pools.write.begin().await?;
         let before = self.vps_in(&mut *tx, id).await?;
         if before.status == VpsStatus::Deleted {
@@ -771,17 +791,31 @@ impl Store {
             .unwrap_or(i64::from(before.node_exporter_port));
         // What the agent applies: its lifecycle and everything its purpose implies.
         let bump = i64::from(status != before.status || purpose != before.purpose);
+        let opt_out = mesh_opt_out.unwrap_or(before.mesh_opt_out);
+        let country = pick(&p.country, &before.country);
+        let city = pick(&p.city, &before.city);
+        // Everything the VPS's WorkloadEntry is made of: a change makes its mesh state pending
+        // until the reconciler has acted on it.
+        let mesh_changed = hostname != before.hostname
+            || provider != before.provider
+            || ips != before.ip_addresses
+            || country != before.country
+            || city != before.city
+            || purpose != before.purpose
+            || status != before.status
+            || opt_out != before.mesh_opt_out;
         let res = sqlx::query(
             "UPDATE vps SET hostname = $1, alias = $2, provider_id = $3, ip_addresses = $4, country = $5, city = $6, \
              purpose = $7, status = $8, tags = $9, monitoring = $10, node_exporter_port = $11, \
-             desired_version = desired_version + $12, updated_at = $13 WHERE id = $14",
+             desired_version = desired_version + $12, updated_at = $13, mesh_opt_out = $15, \
+             mesh_status = CASE WHEN $16 = 1 THEN 'pending' ELSE mesh_status END WHERE id = $14",
         )
         .bind(hostname.clone())
         .bind(pick(&p.alias, &before.alias))
         .bind(provider_id)
         .bind(serde_json::to_string(&ips).unwrap_or_else(|_| "[]".into()))
-        .bind(pick(&p.country, &before.country))
-        .bind(pick(&p.city, &before.city))
+        .bind(country)
+        .bind(city)
         .bind(purpose)
         .bind(status.as_str())
         .bind(serde_json::to_string(&tags).unwrap_or_else(|_| "[]".into()))
@@ -790,6 +824,8 @@ impl Store {
         .bind(bump)
         .bind(now_ms())
         .bind(id.to_string())
+        .bind(i64::from(opt_out))
+        .bind(i64::from(mesh_changed))
         .execute(&mut *tx)
         .await;
         match res {
@@ -816,6 +852,9 @@ impl Store {
         .await?;
         tx.commit().await?;
         self.reload_hot(&self.pools.read, id).await?;
+        if mesh_changed {
+            self.fleet.mesh_changed();
+        }
         Ok(after)
     }
 
@@ -838,7 +877,8 @@ impl Store {
         let moved = match to {
             VpsStatus::Deleted => sqlx::query(
                 "UPDATE vps SET status = 'deleted', status_before_delete = status, deleted_at = $1, \
-                 desired_version = desired_version + 1, updated_at = $1 WHERE id = $2 AND status = $3",
+                 desired_version = desired_version + 1, updated_at = $1, mesh_status = 'pending' \
+                 WHERE id = $2 AND status = $3",
             )
             .bind(now)
             .bind(id.to_string())
@@ -846,8 +886,8 @@ impl Store {
             .execute(&mut **tx)
             .await?,
             _ => sqlx::query(
-                "UPDATE vps SET status = $1, desired_version = desired_version + 1, updated_at = $2 \
-                 WHERE id = $3 AND status = $4",
+                "UPDATE vps SET status = $1, desired_version = desired_version + 1, updated_at = $2, \
+                 mesh_status = 'pending' WHERE id = $3 AND status = $4",
             )
             .bind(to.as_str())
             .bind(now)
@@ -930,7 +970,8 @@ impl Store {
         }
         let res = sqlx::query(
             "UPDATE vps SET status = COALESCE(status_before_delete, 'provisioning'), status_before_delete = NULL, \
-             deleted_at = NULL, desired_version = desired_version + 1, updated_at = $1 WHERE id = $2",
+             deleted_at = NULL, desired_version = desired_version + 1, updated_at = $1, mesh_status = 'pending' \
+             WHERE id = $2",
         )
         .bind(now_ms())
         .bind(id.to_string())

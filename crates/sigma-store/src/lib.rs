@@ -21,6 +21,7 @@ pub mod db;
 pub mod error;
 pub mod fleet;
 pub mod inventory;
+pub mod mesh;
 pub mod routes;
 pub mod secret;
 

@@ -562,6 +562,69 @@ pub struct Vps {
     #[serde(with = "time::serde::rfc3339::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub deleted_at: Option<OffsetDateTime>,
+    /// Kept out of the mesh by an operator, whatever its purpose says.
+    #[serde(default)]
+    pub mesh_opt_out: bool,
+    /// Where the mesh reconciler stands with this VPS.
+    #[serde(default)]
+    pub mesh: VpsMeshStatus,
+}
+
+/// How far the mesh reconciler got with a VPS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MeshSyncStatus {
+    /// Changed since the reconciler last acted on it (or never reconciled: mesh mode `off` or
+    /// `export`, or no replica is leading).
+    #[default]
+    Pending,
+    /// Its WorkloadEntry is in the cluster as desired.
+    Synced,
+    /// The reconciler could not bring it to the desired state; `message` says why.
+    Error,
+    /// It has no place in the mesh (not active, opted out, or its purpose has the mesh off);
+    /// any WorkloadEntry it had was removed. `message` says why.
+    NotMeshed,
+}
+
+impl MeshSyncStatus {
+    /// Every status.
+    pub const ALL: [MeshSyncStatus; 4] = [
+        MeshSyncStatus::Pending,
+        MeshSyncStatus::Synced,
+        MeshSyncStatus::Error,
+        MeshSyncStatus::NotMeshed,
+    ];
+
+    /// Stored and JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MeshSyncStatus::Pending => "pending",
+            MeshSyncStatus::Synced => "synced",
+            MeshSyncStatus::Error => "error",
+            MeshSyncStatus::NotMeshed => "not_meshed",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(s: &str) -> Option<MeshSyncStatus> {
+        MeshSyncStatus::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+}
+
+/// The mesh reconciler's last result for a VPS, stored so every replica shows the same.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VpsMeshStatus {
+    /// Where it stands.
+    pub status: MeshSyncStatus,
+    /// Why it is `error` or `not_meshed`.
+    pub message: Option<String>,
+    /// When the reconciler last changed this result.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_attempt_at: Option<OffsetDateTime>,
+    /// Name of its WorkloadEntry in the cluster, once applied.
+    pub workload_entry: Option<String>,
 }
 
 impl Vps {
@@ -617,6 +680,9 @@ pub struct VpsCreate {
     /// node-exporter port (default 9100).
     #[serde(default = "default_node_exporter_port")]
     pub node_exporter_port: i64,
+    /// Keep it out of the mesh (default false).
+    #[serde(default)]
+    pub mesh_opt_out: bool,
 }
 
 impl Normalize for VpsCreate {
@@ -651,6 +717,7 @@ impl Normalize for VpsCreate {
             tags,
             monitoring: self.monitoring,
             node_exporter_port: self.node_exporter_port,
+            mesh_opt_out: self.mesh_opt_out,
         })
     }
 }
@@ -791,6 +858,56 @@ impl Normalize for VpsPatch {
             tags,
             monitoring,
             node_exporter_port,
+        })
+    }
+}
+
+/// The body of `PATCH /api/vps/{id}`: the fields of [`VpsPatch`] plus `mesh_opt_out`.
+///
+/// `mesh_opt_out` is carried beside [`VpsPatch`] rather than in it so that code building a
+/// `VpsPatch` literal keeps compiling.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct VpsPatchBody {
+    /// The inventory fields.
+    #[serde(flatten)]
+    pub patch: VpsPatch,
+    /// `true` keeps the VPS out of the mesh, `false` lets it join; cannot be `null`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_opt_out: Option<bool>,
+}
+
+impl VpsPatchBody {
+    /// Decodes a request body, naming the field of every mistake like the other bodies do.
+    pub fn from_json(mut body: serde_json::Value) -> Result<VpsPatchBody, FieldErrors> {
+        let mut e = FieldErrors::new();
+        let mut mesh_opt_out = None;
+        match body.as_object_mut() {
+            Some(map) => match map.remove("mesh_opt_out") {
+                None => {}
+                Some(serde_json::Value::Bool(b)) => mesh_opt_out = Some(b),
+                Some(serde_json::Value::Null) => e.add("mesh_opt_out", "cannot be null"),
+                Some(other) => e.add(
+                    "mesh_opt_out",
+                    format!("invalid type: {other}, expected a boolean"),
+                ),
+            },
+            None => e.add("body", "expected a JSON object"),
+        }
+        e.into_result()?;
+        let patch: VpsPatch = serde_path_to_error::deserialize(body).map_err(|err| {
+            let path = err.path().to_string();
+            let field = if path == "." || path.is_empty() {
+                "body".to_string()
+            } else {
+                path
+            };
+            let mut e = FieldErrors::new();
+            e.add(field, err.into_inner().to_string());
+            e
+        })?;
+        Ok(VpsPatchBody {
+            patch: patch.normalize()?,
+            mesh_opt_out,
         })
     }
 }

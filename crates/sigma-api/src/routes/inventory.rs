@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use sigma_types::{
     List, Normalize, PageQuery, Provider, ProviderCreate, ProviderPatch, Purpose, PurposeCreate,
-    PurposePatch, RetireQuery, Vps, VpsCreate, VpsPatch, VpsQuery,
+    PurposePatch, RetireQuery, Vps, VpsCreate, VpsPatchBody, VpsQuery,
 };
 
 use crate::AppState;
@@ -217,7 +217,7 @@ pub async fn get_vps(
 }
 
 /// Changes a VPS: absent fields stay, `null` clears.
-#[utoipa::path(patch, path = "/api/vps/{id}", tag = "vps", request_body = VpsPatch,
+#[utoipa::path(patch, path = "/api/vps/{id}", tag = "vps", request_body = VpsPatchBody,
     params(("id" = String, Path)),
     responses((status = 200, body = Vps), (status = 409, body = sigma_types::ErrorBody),
     (status = 422, body = sigma_types::ErrorBody)), security(("bearer" = [])))]
@@ -225,12 +225,16 @@ pub async fn update_vps(
     State(s): State<AppState>,
     auth: Auth,
     Path(id): Path<String>,
-    ApiJson(patch): ApiJson<VpsPatch>,
+    ApiJson(body): ApiJson<serde_json::Value>,
 ) -> ApiResult<Json<Vps>> {
     let p = auth.operator()?;
     let id = uuid_param(&id)?;
-    let patch = patch.normalize()?;
-    Ok(Json(s.store.update_vps(&p.actor(), id, &patch).await?))
+    let body = VpsPatchBody::from_json(body)?;
+    Ok(Json(
+        s.store
+            .update_vps(&p.actor(), id, &body.patch, body.mesh_opt_out)
+            .await?,
+    ))
 }
 
 /// Retires a VPS: `retiring` until its agent has stopped what it manages, or `retired` at

@@ -4,4 +4,5 @@ pub mod admin;
 pub mod agent;
 pub mod envoy;
 pub mod inventory;
+pub mod mesh;
 pub mod system;

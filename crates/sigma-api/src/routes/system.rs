@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Auth;
-use crate::metrics::StatusLabels;
+use crate::metrics::{ResultLabels, StatusLabels, VerbLabels};
 
 /// The process is alive (no database check; no credentials needed).
 #[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, body = String)))]
@@ -43,6 +43,41 @@ pub async fn metrics(State(s): State<AppState>, auth: Auth) -> ApiResult<impl In
                 status: status.as_str().into(),
             })
             .set(n);
+    }
+    for (status, n) in s.store.count_vps_by_mesh_status().await? {
+        s.metrics
+            .mesh_vps
+            .get_or_create(&StatusLabels {
+                status: status.as_str().into(),
+            })
+            .set(n);
+    }
+    if let Some((stats, cluster)) = &s.mesh.reconciler {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = &s.metrics;
+        m.mesh_leader.set(stats.leader.load(Relaxed));
+        m.mesh_last_success.set(stats.last_success.load(Relaxed));
+        for (result, n) in [
+            ("ok", stats.passes_ok.load(Relaxed)),
+            ("failed", stats.passes_failed.load(Relaxed)),
+        ] {
+            m.mesh_passes
+                .get_or_create(&ResultLabels {
+                    result: result.into(),
+                })
+                .set(n as i64);
+        }
+        let c = &cluster.calls;
+        for (verb, n) in [
+            ("list", c.list.load(Relaxed)),
+            ("apply", c.apply.load(Relaxed)),
+            ("delete", c.delete.load(Relaxed)),
+            ("failed", c.failed.load(Relaxed)),
+        ] {
+            m.mesh_api_calls
+                .get_or_create(&VerbLabels { verb: verb.into() })
+                .set(n as i64);
+        }
     }
     Ok((
         [(

@@ -117,6 +117,9 @@ impl Server {
             .env_remove("SIGMA_ADMIN_KEY")
             .env_remove("SIGMA_ADMIN_KEY_FILE")
             .env("SIGMA_LOG", "warn")
+            // Never reconcile into whatever cluster the developer's kubeconfig points at; tests
+            // that want a mode set it in `opts.env`.
+            .env("SIGMA_MESH_MODE", "off")
             .current_dir(&db.dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

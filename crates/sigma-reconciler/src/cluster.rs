@@ -1,0 +1,281 @@
+//! The reconciler's calls to the Kubernetes API server: list, server-side apply and delete of
+//! the five Istio kinds in the mesh namespace, each call rate-limited and bounded in time.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use sigma_mesh::objects::{MANAGED_BY, MANAGED_BY_LABEL};
+use sigma_mesh::{Kind, MeshObject, ObjectKey};
+
+use crate::limiter::RateLimiter;
+use crate::{Error, Result};
+
+/// The field manager of every server-side apply sigma makes.
+pub const FIELD_MANAGER: &str = "sigma-api";
+
+/// API group of the Istio networking kinds.
+const GROUP: &str = "networking.istio.io";
+/// Served version sigma writes.
+const VERSION: &str = "v1";
+
+/// How the reconciler talks to the API server.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// Namespace of sigma's Istio objects (the mesh template's namespace).
+    pub namespace: String,
+    /// Average calls per second allowed.
+    pub qps: f64,
+    /// Calls allowed at once above the average.
+    pub burst: u32,
+    /// Longest wait for one call.
+    pub timeout: Duration,
+    /// Objects per list page.
+    pub page_size: u32,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            namespace: "sigma".into(),
+            qps: 50.0,
+            burst: 100,
+            timeout: Duration::from_secs(30),
+            page_size: 500,
+        }
+    }
+}
+
+/// Calls made, by verb (for metrics, logs and the benchmark).
+#[derive(Debug, Default)]
+pub struct CallCounts {
+    /// List pages fetched.
+    pub list: AtomicU64,
+    /// Server-side applies.
+    pub apply: AtomicU64,
+    /// Deletes.
+    pub delete: AtomicU64,
+    /// Calls that failed (any verb).
+    pub failed: AtomicU64,
+}
+
+/// What the cluster holds of the five kinds in the mesh namespace.
+#[derive(Debug, Default)]
+pub struct Actual {
+    /// Every object that decodes, sigma's and others'.
+    pub objects: Vec<MeshObject>,
+    /// UID of every listed object, for delete preconditions.
+    pub uids: HashMap<ObjectKey, String>,
+    /// sigma's objects that do not decode (edited into a shape sigma does not model): they are
+    /// re-applied when desired and deleted otherwise.
+    pub undecodable_managed: Vec<ObjectKey>,
+    /// Other tools' objects that do not decode: a desired object of the same key is a conflict.
+    pub undecodable_foreign: HashSet<ObjectKey>,
+    /// VPS id label of each listed WorkloadEntry, to report a failed delete on its VPS.
+    pub entry_owner: HashMap<String, String>,
+}
+
+/// The API server, as the reconciler uses it.
+pub struct Cluster {
+    client: kube::Client,
+    settings: ClusterSettings,
+    limiter: RateLimiter,
+    /// Calls made so far.
+    pub calls: CallCounts,
+}
+
+fn api_resource(kind: Kind) -> ApiResource {
+    ApiResource {
+        group: GROUP.into(),
+        version: VERSION.into(),
+        api_version: format!("{GROUP}/{VERSION}"),
+        kind: kind.as_str().into(),
+        plural: kind.plural().into(),
+    }
+}
+
+fn kube_error(e: kube::Error) -> Error {
+    match e {
+        kube::Error::Api(s) => Error::Kube(format!(
+            "{} {}: {}",
+            s.code,
+            if s.reason.is_empty() {
+                "Failure"
+            } else {
+                &s.reason
+            },
+            s.message
+        )),
+        other => Error::Kube(other.to_string()),
+    }
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+impl Cluster {
+    /// Wraps a client (a real one, or one over a test service).
+    pub fn new(client: kube::Client, settings: ClusterSettings) -> Self {
+        let limiter = RateLimiter::new(settings.qps, settings.burst);
+        Cluster {
+            client,
+            settings,
+            limiter,
+            calls: CallCounts::default(),
+        }
+    }
+
+    /// The namespace reconciled.
+    pub fn namespace(&self) -> &str {
+        &self.settings.namespace
+    }
+
+    fn api(&self, kind: Kind) -> Api<DynamicObject> {
+        Api::namespaced_with(
+            self.client.clone(),
+            &self.settings.namespace,
+            &api_resource(kind),
+        )
+    }
+
+    async fn call<T>(
+        &self,
+        counter: &AtomicU64,
+        f: impl Future<Output = kube::Result<T>>,
+    ) -> Result<kube::Result<T>> {
+        self.limiter.acquire().await;
+        counter.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(self.settings.timeout, f).await {
+            Ok(r) => {
+                if r.is_err() {
+                    self.calls.failed.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(r)
+            }
+            Err(_) => {
+                self.calls.failed.fetch_add(1, Ordering::Relaxed);
+                Err(Error::Timeout(self.settings.timeout))
+            }
+        }
+    }
+
+    /// Lists every object of the five kinds in the namespace, page by page.
+    ///
+    /// Every object is listed, not only those with sigma's managed-by label: the diff must see
+    /// another tool's object that holds a name sigma wants, so as to leave it alone instead of
+    /// taking it over with a server-side apply. The namespace is sigma's own, so the extra
+    /// objects are few.
+    pub async fn list(&self) -> Result<Actual> {
+        let mut actual = Actual::default();
+        for kind in Kind::ALL {
+            let api = self.api(kind);
+            let mut token: Option<String> = None;
+            loop {
+                let mut lp = ListParams::default().limit(self.settings.page_size);
+                if let Some(t) = token.take() {
+                    lp = lp.continue_token(&t);
+                }
+                let page = self
+                    .call(&self.calls.list, api.list(&lp))
+                    .await?
+                    .map_err(kube_error)?;
+                for obj in page.items {
+                    self.take_listed(kind, obj, &mut actual);
+                }
+                match page.metadata.continue_ {
+                    Some(t) if !t.is_empty() => token = Some(t),
+                    _ => break,
+                }
+            }
+        }
+        Ok(actual)
+    }
+
+    fn take_listed(&self, kind: Kind, obj: DynamicObject, actual: &mut Actual) {
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        let key = ObjectKey {
+            kind,
+            namespace: obj
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| self.settings.namespace.clone()),
+            name: name.clone(),
+        };
+        let labels = obj.metadata.labels.clone().unwrap_or_default();
+        let managed = labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY);
+        if let Some(uid) = &obj.metadata.uid {
+            actual.uids.insert(key.clone(), uid.clone());
+        }
+        if kind == Kind::WorkloadEntry
+            && let Some(id) = labels.get(sigma_mesh::objects::VPS_ID_LABEL)
+        {
+            actual.entry_owner.insert(name.clone(), id.clone());
+        }
+        let mut value = match serde_json::to_value(&obj) {
+            Ok(v) => v,
+            Err(_) => serde_json::Value::Null,
+        };
+        // A list's items carry no apiVersion/kind of their own on some servers.
+        if let Some(m) = value.as_object_mut() {
+            m.entry("apiVersion")
+                .or_insert_with(|| format!("{GROUP}/{VERSION}").into());
+            m.entry("kind").or_insert_with(|| kind.as_str().into());
+        }
+        match MeshObject::from_json(value) {
+            Ok(o) => actual.objects.push(o),
+            Err(e) if managed => {
+                tracing::warn!(object = %key, error = %e, "sigma's object does not decode; it will be replaced");
+                actual.undecodable_managed.push(key);
+            }
+            Err(_) => {
+                actual.undecodable_foreign.insert(key);
+            }
+        }
+    }
+
+    /// Server-side applies one object with field manager [`FIELD_MANAGER`], forcing
+    /// conflicts.
+    ///
+    /// Forcing is deliberate: only objects sigma manages reach this call (a name held by
+    /// another tool's object is reported as a conflict before, and never applied), and the
+    /// database is their source of truth. Without force a field someone changed by hand
+    /// (`kubectl edit` takes over the field) would fail every later apply with a conflict and the
+    /// object would never converge; Kubernetes recommends that controllers force for the
+    /// objects they own.
+    pub async fn apply(&self, obj: &MeshObject) -> Result<()> {
+        let api = self.api(obj.kind());
+        let body = serde_json::to_value(obj).map_err(|e| Error::Kube(e.to_string()))?;
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        self.call(
+            &self.calls.apply,
+            api.patch(obj.name(), &pp, &Patch::Apply(&body)),
+        )
+        .await?
+        .map_err(kube_error)?;
+        Ok(())
+    }
+
+    /// Deletes one object, only if it is still the one listed (same UID). Already gone counts
+    /// as done.
+    pub async fn delete(&self, key: &ObjectKey, uid: Option<&str>) -> Result<()> {
+        let api = self.api(key.kind);
+        let mut dp = DeleteParams::default();
+        if let Some(uid) = uid {
+            dp.preconditions = Some(kube::api::Preconditions {
+                uid: Some(uid.to_string()),
+                resource_version: None,
+            });
+        }
+        match self
+            .call(&self.calls.delete, api.delete(&key.name, &dp))
+            .await?
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(kube_error(e)),
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! sigma's mesh reconciler: keeps the Istio objects in Kubernetes equal to the desired state
+//! that [`sigma_mesh`] computes from the inventory, and exports that state as YAML for GitOps.
+//!
+//! It is level-triggered: every pass reads the whole desired state from the database (the
+//! source of truth) and the whole actual state from the API server (the five Istio kinds in the
+//! mesh namespace), diffs them, server-side applies what differs and deletes sigma's objects
+//! that are no longer desired. A pass runs when the store reports a change, on a periodic
+//! resync, and after a failure with capped exponential backoff; a steady state costs the list
+//! calls and nothing else. The result per VPS is written back to the database so that every
+//! replica shows it, and only one replica (the leader) reconciles at a time.
+//!
+//! * [`desired`] — desired state from the store's snapshot, and the GitOps export.
+//! * [`cluster`] — the API server calls: list, apply, delete, rate-limited.
+//! * [`reconcile`] — one pass, and the loop that schedules passes.
+//! * [`leader`] — leader election through a Kubernetes Lease.
+
+pub mod cluster;
+pub mod desired;
+pub mod leader;
+pub mod limiter;
+pub mod reconcile;
+
+use std::path::PathBuf;
+
+pub use cluster::{Cluster, ClusterSettings, FIELD_MANAGER};
+pub use desired::{Desired, desired, export_yaml};
+pub use leader::{Leadership, LeaseSettings};
+pub use reconcile::{PassReport, Reconciler, ReconcilerSettings, Stats};
+
+/// Everything that can go wrong in the reconciler.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading the inventory failed.
+    #[error("reading the inventory: {0}")]
+    Store(#[from] sigma_store::Error),
+    /// Stored purposes have mesh settings that no longer validate; nothing is changed in the
+    /// cluster until they are fixed, since their objects cannot be computed.
+    #[error("invalid mesh settings stored for purpose(s) {}", .0.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "))]
+    InvalidPurposes(Vec<sigma_store::mesh::InvalidPurpose>),
+    /// The model refused the inputs (an invalid template, or a bug).
+    #[error("computing the mesh: {0}")]
+    Model(#[from] sigma_mesh::Error),
+    /// A Kubernetes API call failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(String),
+    /// A Kubernetes API call did not answer in time.
+    #[error("Kubernetes API did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The kubeconfig or in-cluster configuration is unusable.
+    #[error("Kubernetes configuration: {0}")]
+    Config(String),
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where the Kubernetes credentials come from.
+#[derive(Debug, Clone, Default)]
+pub struct KubeAccess {
+    /// A kubeconfig file; without it `KUBECONFIG`, `~/.kube/config` and then the in-cluster
+    /// service account are tried, as kubectl does.
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use instead of its current one.
+    pub context: Option<String>,
+    /// Timeout of each API call (connect and response).
+    pub timeout: std::time::Duration,
+}
+
+impl KubeAccess {
+    /// Whether any Kubernetes configuration can be found: the kubeconfig given, `KUBECONFIG`,
+    /// `~/.kube/config`, or an in-cluster service account. Decides the default mesh mode.
+    pub fn is_available(&self) -> bool {
+        if self.kubeconfig.is_some() {
+            return true;
+        }
+        if std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty()) {
+            return true;
+        }
+        if std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".kube/config"))
+            .is_some_and(|p| p.is_file())
+        {
+            return true;
+        }
+        std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+            && std::path::Path::new("/var/run/secrets/kubernetes.io/serviceaccount/token").is_file()
+    }
+
+    /// A client for the configured cluster. Reads the configuration only; the API server is
+    /// not contacted, so this succeeds while the cluster is unreachable.
+    pub async fn client(&self) -> Result<kube::Client> {
+        use kube::config::{KubeConfigOptions, Kubeconfig};
+        let options = KubeConfigOptions {
+            context: self.context.clone(),
+            ..KubeConfigOptions::default()
+        };
+        let mut config = match (&self.kubeconfig, &self.context) {
+            (Some(path), _) => {
+                let kc = Kubeconfig::read_from(path)
+                    .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+                kube::Config::from_custom_kubeconfig(kc, &options)
+                    .await
+                    .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?
+            }
+            (None, Some(_)) => kube::Config::from_kubeconfig(&options)
+                .await
+                .map_err(|e| Error::Config(e.to_string()))?,
+            (None, None) => kube::Config::infer()
+                .await
+                .map_err(|e| Error::Config(e.to_string()))?,
+        };
+        config.connect_timeout = Some(self.timeout);
+        config.read_timeout = Some(self.timeout);
+        config.write_timeout = Some(self.timeout);
+        kube::Client::try_from(config).map_err(|e| Error::Config(e.to_string()))
+    }
+}

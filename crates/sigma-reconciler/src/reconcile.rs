@@ -1,0 +1,540 @@
+//! One reconcile pass, and the loop that decides when passes run.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::future::{BoxFuture, FutureExt};
+use sigma_mesh::objects::VPS_ID_LABEL;
+use sigma_mesh::{Kind, MeshObject, MeshTemplate, ObjectKey, SkipReason};
+use sigma_store::Store;
+use sigma_store::mesh::{MeshInputs, MeshStatusUpdate, MeshVpsRow};
+use sigma_types::{MeshSyncStatus, VpsStatus};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::cluster::Cluster;
+use crate::desired::desired;
+use crate::{Error, Result};
+
+/// When passes run.
+#[derive(Debug, Clone)]
+pub struct ReconcilerSettings {
+    /// The mesh template (namespace, service domain, service account, network).
+    pub template: MeshTemplate,
+    /// Full pass even without a change notice, to repair drift in the cluster.
+    pub resync: Duration,
+    /// Wait after a change notice before the pass, so a burst of changes costs one pass.
+    pub debounce: Duration,
+    /// First retry delay after a failed pass; doubles up to `max_backoff`.
+    pub min_backoff: Duration,
+    /// Longest retry delay.
+    pub max_backoff: Duration,
+    /// Applies and deletes in flight at once.
+    pub concurrency: usize,
+}
+
+impl Default for ReconcilerSettings {
+    fn default() -> Self {
+        ReconcilerSettings {
+            template: MeshTemplate::default(),
+            resync: Duration::from_secs(300),
+            debounce: Duration::from_millis(100),
+            min_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            concurrency: 8,
+        }
+    }
+}
+
+/// Counters the reconciler keeps (read by sigma-api's metrics).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Passes that reached the desired state.
+    pub passes_ok: AtomicU64,
+    /// Passes that failed wholly or in part.
+    pub passes_failed: AtomicU64,
+    /// Objects applied.
+    pub applied: AtomicU64,
+    /// Objects deleted.
+    pub deleted: AtomicU64,
+    /// Unix seconds of the last pass that reached the desired state (0: never).
+    pub last_success: AtomicI64,
+    /// 1 while this replica is the one reconciling.
+    pub leader: AtomicI64,
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// Objects desired.
+    pub desired: usize,
+    /// Objects applied.
+    pub applied: usize,
+    /// Objects deleted.
+    pub deleted: usize,
+    /// Desired objects left alone because another tool owns their name.
+    pub conflicts: usize,
+    /// Objects whose apply or delete failed, with the reason.
+    pub failures: Vec<(ObjectKey, String)>,
+    /// VPS status rows written.
+    pub statuses_written: u64,
+}
+
+/// The mesh reconciler of one replica.
+pub struct Reconciler {
+    store: Store,
+    cluster: Arc<Cluster>,
+    settings: ReconcilerSettings,
+    /// Counters.
+    pub stats: Arc<Stats>,
+}
+
+/// Capped exponential backoff.
+#[derive(Debug)]
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Self {
+        Backoff {
+            min,
+            max,
+            next: min,
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+
+    fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+/// Per-object outcome of the writes of a pass.
+#[derive(Default)]
+struct Outcome {
+    /// Failed applies by object key.
+    apply_failed: HashMap<ObjectKey, String>,
+    /// Failed deletes of WorkloadEntries, by VPS id.
+    delete_failed: HashMap<String, (String, String)>,
+    /// Desired WorkloadEntries held by another tool's object.
+    conflicts: HashSet<ObjectKey>,
+}
+
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+impl Reconciler {
+    /// A reconciler over `store` and `cluster`.
+    pub fn new(store: Store, cluster: Arc<Cluster>, settings: ReconcilerSettings) -> Self {
+        Reconciler {
+            store,
+            cluster,
+            settings,
+            stats: Arc::new(Stats::default()),
+        }
+    }
+
+    /// The cluster it talks to (for its call counters).
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    /// One level-triggered pass: desired state from the database, actual state from the API
+    /// server, then the writes that close the gap, then the result of every VPS stored.
+    /// Returns `Err` when nothing could be reconciled (inventory unreadable, purposes invalid,
+    /// listing failed); failures of single objects are in the report.
+    pub async fn pass(&self) -> Result<PassReport> {
+        let inputs = self.store.mesh_inputs().await?;
+        let desired = match desired(&self.settings.template, &inputs) {
+            Ok(d) => d,
+            Err(e) => {
+                self.fail_pending(&inputs, &e).await;
+                return Err(e);
+            }
+        };
+        let actual = match self.cluster.list().await {
+            Ok(a) => a,
+            Err(e) => {
+                self.fail_pending(&inputs, &e).await;
+                return Err(e);
+            }
+        };
+        let mut plan = sigma_mesh::diff(&desired.state.objects, &actual.objects);
+        let desired_keys: HashSet<ObjectKey> =
+            desired.state.objects.iter().map(MeshObject::key).collect();
+        // Objects the diff could not see because they do not decode.
+        let mut outcome = Outcome::default();
+        plan.apply.retain(|o| {
+            let k = o.key();
+            if actual.undecodable_foreign.contains(&k) {
+                plan.conflicts.push(k);
+                false
+            } else {
+                true
+            }
+        });
+        for k in &actual.undecodable_managed {
+            if desired_keys.contains(k) {
+                if !plan.apply.iter().any(|o| &o.key() == k)
+                    && let Some(o) = desired.state.objects.iter().find(|o| &o.key() == k)
+                {
+                    plan.apply.push(o.clone());
+                }
+            } else if !plan.delete.contains(k) {
+                plan.delete.push(k.clone());
+            }
+        }
+        for k in &plan.conflicts {
+            tracing::warn!(object = %k, "name taken by an object sigma does not manage; left alone");
+        }
+        outcome.conflicts = plan.conflicts.iter().cloned().collect();
+
+        let mut report = PassReport {
+            desired: desired.state.objects.len(),
+            conflicts: plan.conflicts.len(),
+            ..PassReport::default()
+        };
+        // Applies in the model's order (groups before entries), a few at a time. The futures
+        // own what they use, so the pass stays `Send` for any lifetime.
+        let n = self.settings.concurrency.max(1);
+        let applies: Vec<BoxFuture<'static, (ObjectKey, Result<()>)>> = plan
+            .apply
+            .iter()
+            .map(|o| {
+                let (cluster, o) = (self.cluster.clone(), o.clone());
+                async move { (o.key(), cluster.apply(&o).await) }.boxed()
+            })
+            .collect();
+        let applies: Vec<_> = futures_util::stream::iter(applies)
+            .buffer_unordered(n)
+            .collect()
+            .await;
+        for (key, r) in applies {
+            match r {
+                Ok(()) => report.applied += 1,
+                Err(e) => {
+                    tracing::warn!(object = %key, error = %e, "apply failed");
+                    outcome.apply_failed.insert(key.clone(), e.to_string());
+                    report.failures.push((key, e.to_string()));
+                }
+            }
+        }
+        let deletes: Vec<BoxFuture<'static, (ObjectKey, Result<()>)>> = plan
+            .delete
+            .iter()
+            .map(|k| {
+                let (cluster, k) = (self.cluster.clone(), k.clone());
+                let uid = actual.uids.get(&k).cloned();
+                async move {
+                    let r = cluster.delete(&k, uid.as_deref()).await;
+                    (k, r)
+                }
+                .boxed()
+            })
+            .collect();
+        let deletes: Vec<_> = futures_util::stream::iter(deletes)
+            .buffer_unordered(n)
+            .collect()
+            .await;
+        for (key, r) in deletes {
+            match r {
+                Ok(()) => report.deleted += 1,
+                Err(e) => {
+                    tracing::warn!(object = %key, error = %e, "delete failed");
+                    if key.kind == Kind::WorkloadEntry
+                        && let Some(owner) = actual.entry_owner.get(&key.name)
+                    {
+                        outcome
+                            .delete_failed
+                            .insert(owner.clone(), (key.name.clone(), e.to_string()));
+                    }
+                    report.failures.push((key, e.to_string()));
+                }
+            }
+        }
+        report.failures.sort();
+
+        let updates = self.statuses(&inputs, &desired.state, &outcome);
+        report.statuses_written = self.store.write_mesh_statuses(&updates, now_ms()).await?;
+        self.stats
+            .applied
+            .fetch_add(report.applied as u64, Ordering::Relaxed);
+        self.stats
+            .deleted
+            .fetch_add(report.deleted as u64, Ordering::Relaxed);
+        Ok(report)
+    }
+
+    /// After a failed pass, VPS waiting for the reconciler (`pending`) show why they wait.
+    /// VPS already `synced` keep that status: what the cluster held last is still there.
+    async fn fail_pending(&self, inputs: &MeshInputs, e: &Error) {
+        let message = match e {
+            Error::InvalidPurposes(list) => {
+                let mut parts = Vec::new();
+                for p in list {
+                    let fields: Vec<String> = p
+                        .errors
+                        .0
+                        .iter()
+                        .map(|(k, v)| format!("{k}: {v}"))
+                        .collect();
+                    parts.push(format!("purpose {}: {}", p.name, fields.join("; ")));
+                }
+                format!(
+                    "the mesh is not reconciled until stored mesh settings are fixed ({})",
+                    parts.join(" | ")
+                )
+            }
+            other => format!("not reconciled yet: {other}; retrying"),
+        };
+        let updates: Vec<MeshStatusUpdate> = inputs
+            .vps
+            .iter()
+            .filter(|r| {
+                r.status.status == MeshSyncStatus::Pending
+                    || (r.status.status == MeshSyncStatus::Error
+                        && r.status.message.as_deref() != Some(message.as_str())
+                        && r.status.message.as_deref().is_some_and(|m| {
+                            m.starts_with("not reconciled yet") || m.starts_with("the mesh is not")
+                        }))
+            })
+            .map(|r| MeshStatusUpdate {
+                id: r.vps.id,
+                seen_updated_at: r.updated_at,
+                status: MeshSyncStatus::Error,
+                message: Some(message.clone()),
+                workload_entry: r.status.workload_entry.clone(),
+            })
+            .collect();
+        if let Err(e) = self.store.write_mesh_statuses(&updates, now_ms()).await {
+            tracing::warn!(error = %e, "storing mesh statuses failed");
+        }
+    }
+
+    /// The result of every VPS whose stored result differs from this pass's.
+    fn statuses(
+        &self,
+        inputs: &MeshInputs,
+        state: &sigma_mesh::DesiredState,
+        outcome: &Outcome,
+    ) -> Vec<MeshStatusUpdate> {
+        // Each desired WorkloadEntry, by the VPS it stands for.
+        let mut entries: HashMap<&str, &MeshObject> = HashMap::new();
+        for o in &state.objects {
+            if o.kind() == Kind::WorkloadEntry
+                && let Some(id) = o.metadata().labels.get(VPS_ID_LABEL)
+            {
+                entries.insert(id.as_str(), o);
+            }
+        }
+        let skipped: HashMap<Uuid, &SkipReason> =
+            state.skipped.iter().map(|s| (s.id, &s.reason)).collect();
+        let enabled: HashSet<&str> = inputs
+            .purposes
+            .iter()
+            .filter(|p| p.settings.enabled)
+            .map(|p| p.name.as_str())
+            .collect();
+        let mut out = Vec::new();
+        for row in &inputs.vps {
+            let id = row.vps.id.to_string();
+            let (status, message, entry) = if let Some(o) = entries.get(id.as_str()) {
+                let key = o.key();
+                if let Some(err) = outcome.apply_failed.get(&key) {
+                    (
+                        MeshSyncStatus::Error,
+                        Some(format!("applying WorkloadEntry {} failed: {err}", key.name)),
+                        row.status.workload_entry.clone(),
+                    )
+                } else if outcome.conflicts.contains(&key) {
+                    (
+                        MeshSyncStatus::Error,
+                        Some(format!(
+                            "a WorkloadEntry named {} exists in namespace {} and is not managed by sigma; sigma leaves it alone",
+                            key.name, key.namespace
+                        )),
+                        None,
+                    )
+                } else {
+                    (MeshSyncStatus::Synced, None, Some(key.name))
+                }
+            } else if let Some((name, err)) = outcome.delete_failed.get(&id) {
+                (
+                    MeshSyncStatus::Error,
+                    Some(format!("removing WorkloadEntry {name} failed: {err}")),
+                    Some(name.clone()),
+                )
+            } else if let Some(reason) = skipped.get(&row.vps.id) {
+                (MeshSyncStatus::Error, Some(reason.to_string()), None)
+            } else {
+                (
+                    MeshSyncStatus::NotMeshed,
+                    Some(not_meshed_reason(row, &enabled)),
+                    None,
+                )
+            };
+            let s = &row.status;
+            if s.status != status || s.message != message || s.workload_entry != entry {
+                out.push(MeshStatusUpdate {
+                    id: row.vps.id,
+                    seen_updated_at: row.updated_at,
+                    status,
+                    message,
+                    workload_entry: entry,
+                });
+            }
+        }
+        out
+    }
+
+    /// Runs passes while this replica leads, until `shutdown`: at once on gaining leadership,
+    /// after each change notice from the store (debounced), every `resync`, and after a failure
+    /// with capped exponential backoff. A pass in progress stops when leadership is lost.
+    pub async fn run(self, mut leader: watch::Receiver<bool>, shutdown: CancellationToken) {
+        let mut changes = self.store.mesh_changes();
+        loop {
+            // Follow, until leading.
+            self.stats.leader.store(0, Ordering::Relaxed);
+            while !*leader.borrow_and_update() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = leader.changed() => if r.is_err() { return },
+                }
+            }
+            self.stats.leader.store(1, Ordering::Relaxed);
+            tracing::info!("leading: reconciling the mesh");
+            if !self.lead(&mut leader, &mut changes, &shutdown).await {
+                return;
+            }
+            tracing::info!("no longer leading; stopped reconciling");
+        }
+    }
+
+    /// The leading part of [`Reconciler::run`]; false when it should stop for good.
+    async fn lead(
+        &self,
+        leader: &mut watch::Receiver<bool>,
+        changes: &mut watch::Receiver<u64>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let mut backoff = Backoff::new(self.settings.min_backoff, self.settings.max_backoff);
+        // When the next pass runs, and before when a change notice may not pull it (while the
+        // API server is failing, notices wait for the backoff).
+        let mut due = Instant::now();
+        let mut hold_until = Instant::now();
+        changes.borrow_and_update();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                r = leader.changed() => {
+                    if r.is_err() { return false; }
+                    if !*leader.borrow_and_update() { return true; }
+                }
+                r = changes.changed() => {
+                    if r.is_err() { return false; }
+                    changes.borrow_and_update();
+                    let soon = (Instant::now() + self.settings.debounce).max(hold_until);
+                    due = due.min(soon);
+                }
+                _ = tokio::time::sleep_until(due) => {
+                    let started = Instant::now();
+                    let result = tokio::select! {
+                        _ = shutdown.cancelled() => return false,
+                        r = wait_lost(leader) => {
+                            if r { return false; }
+                            return true;
+                        }
+                        r = self.pass() => r,
+                    };
+                    let elapsed_ms = started.elapsed().as_millis() as u64;
+                    let now = Instant::now();
+                    match result {
+                        Ok(r) if r.failures.is_empty() => {
+                            backoff.reset();
+                            self.stats.passes_ok.fetch_add(1, Ordering::Relaxed);
+                            self.stats.last_success.store(now_ms() / 1000, Ordering::Relaxed);
+                            if r.applied + r.deleted + r.statuses_written as usize > 0 {
+                                tracing::info!(desired = r.desired, applied = r.applied, deleted = r.deleted,
+                                    conflicts = r.conflicts, statuses = r.statuses_written, elapsed_ms, "mesh reconciled");
+                            } else {
+                                tracing::debug!(desired = r.desired, elapsed_ms, "mesh in sync");
+                            }
+                            due = now + self.settings.resync;
+                            hold_until = now;
+                        }
+                        Ok(r) => {
+                            self.stats.passes_failed.fetch_add(1, Ordering::Relaxed);
+                            let delay = backoff.next();
+                            tracing::warn!(failed = r.failures.len(), applied = r.applied, deleted = r.deleted,
+                                retry_in_ms = delay.as_millis() as u64, "mesh partly reconciled");
+                            // Other changes may still go through at once; the failed objects
+                            // are retried after the delay.
+                            due = now + delay;
+                            hold_until = now;
+                        }
+                        Err(e) => {
+                            self.stats.passes_failed.fetch_add(1, Ordering::Relaxed);
+                            let delay = backoff.next();
+                            tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "mesh not reconciled");
+                            due = now + delay;
+                            hold_until = due;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Resolves when leadership is lost (false) or the channel closes (true).
+async fn wait_lost(leader: &mut watch::Receiver<bool>) -> bool {
+    loop {
+        if leader.changed().await.is_err() {
+            return true;
+        }
+        if !*leader.borrow_and_update() {
+            return false;
+        }
+    }
+}
+
+fn not_meshed_reason(row: &MeshVpsRow, enabled: &HashSet<&str>) -> String {
+    let v = &row.vps;
+    match v.status {
+        VpsStatus::Deleted => "deleted".into(),
+        VpsStatus::Active if v.mesh_opt_out => "opted out of the mesh".into(),
+        VpsStatus::Active if !enabled.contains(v.purpose.as_str()) => {
+            format!("purpose {} does not have the mesh enabled", v.purpose)
+        }
+        VpsStatus::Active => "not meshed".into(),
+        s => format!("status is {}; only active VPS join the mesh", s.as_str()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(3));
+        let seq: Vec<u64> = (0..5).map(|_| b.next().as_millis() as u64).collect();
+        assert_eq!(seq, [500, 1000, 2000, 3000, 3000]);
+        b.reset();
+        assert_eq!(b.next(), Duration::from_millis(500));
+    }
+}
