@@ -246,6 +246,7 @@ async fn spawn_server(
         .env("DATABASE_URL", db)
         .env("SIGMA_ADMIN_KEY", admin)
         .env("SIGMA_LOG", "warn")
+        .env("SIGMA_MESH_MODE", "off")
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()

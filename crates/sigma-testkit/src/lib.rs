@@ -103,6 +103,7 @@ impl SigmaApi {
             .env("SIGMA_ADMIN_KEY", ADMIN_KEY)
             .env("SIGMA_LOG", "warn")
             .env("SIGMA_HEARTBEAT_FLUSH_INTERVAL", "200ms")
+            .env("SIGMA_MESH_MODE", "off")
             .stdout(Stdio::piped())
             .spawn()
             .expect("start sigma-api");
