@@ -70,6 +70,16 @@ pub struct Config {
     #[arg(long = "mesh", env = "SIGMA_MESH_MODE", value_enum)]
     pub mesh_mode: Option<MeshMode>,
 
+    /// Where Prometheus scrapes a mesh VPS's Envoy stats: `direct` (Envoy's own
+    /// `:15090/stats/prometheus`) or `agent` (the agent's metrics port, `/metrics/envoy`).
+    #[arg(
+        long,
+        env = "SIGMA_PROMETHEUS_ENVOY_METRICS",
+        value_enum,
+        default_value = "direct"
+    )]
+    pub prometheus_envoy_metrics: EnvoyMetricsVia,
+
     /// Kubeconfig file for the mesh reconciler (default: KUBECONFIG, ~/.kube/config, then the
     /// in-cluster service account).
     #[arg(long, env = "SIGMA_KUBECONFIG")]
@@ -142,6 +152,16 @@ pub enum MeshMode {
     Kubernetes,
     /// Serve manifests only.
     Export,
+}
+
+/// Where Prometheus scrapes Envoy on a mesh VPS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum EnvoyMetricsVia {
+    /// Envoy's own stats port, 15090.
+    #[default]
+    Direct,
+    /// Through the agent's metrics port.
+    Agent,
 }
 
 /// Leader election of the reconciler.

@@ -47,6 +47,8 @@ pub struct MeshState {
     pub template: sigma_mesh::MeshTemplate,
     /// The reconciler's counters and its API call counters (kubernetes mode only).
     pub reconciler: Option<(Arc<sigma_reconciler::Stats>, Arc<sigma_reconciler::Cluster>)>,
+    /// Where Prometheus scrapes Envoy on mesh VPS.
+    pub envoy_metrics: config::EnvoyMetricsVia,
 }
 
 impl Default for MeshState {
@@ -55,6 +57,7 @@ impl Default for MeshState {
             mode: config::MeshMode::Off,
             template: sigma_mesh::MeshTemplate::default(),
             reconciler: None,
+            envoy_metrics: config::EnvoyMetricsVia::Direct,
         }
     }
 }
@@ -163,6 +166,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         mode: mesh_mode,
         template: template.clone(),
         reconciler: None,
+        envoy_metrics: cfg.prometheus_envoy_metrics,
     };
     if let Some(client) = kube_client {
         mesh.reconciler = Some(spawn_reconciler(

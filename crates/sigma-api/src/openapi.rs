@@ -7,7 +7,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::routes::{admin, agent, envoy, inventory, mesh, system};
+use crate::routes::{admin, agent, envoy, inventory, mesh, prometheus, system};
 
 struct BearerAuth;
 
@@ -44,6 +44,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(system::readyz))
         .routes(routes!(system::metrics))
         .routes(routes!(system::openapi))
+        .routes(routes!(prometheus::targets))
         .routes(routes!(
             inventory::list_providers,
             inventory::create_provider

@@ -935,6 +935,7 @@ async fn openapi_documents_every_route(db: TestDb) {
         ("get", "/readyz"),
         ("get", "/metrics"),
         ("get", "/api/openapi.json"),
+        ("get", "/api/prometheus/targets"),
         ("get", "/api/providers"),
         ("post", "/api/providers"),
         ("get", "/api/providers/{id}"),

@@ -5,4 +5,5 @@ pub mod agent;
 pub mod envoy;
 pub mod inventory;
 pub mod mesh;
+pub mod prometheus;
 pub mod system;

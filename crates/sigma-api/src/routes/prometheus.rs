@@ -1,0 +1,174 @@
+//! Prometheus service discovery: the fleet's scrape targets in the `file_sd` JSON format, which
+//! `http_sd_configs` reads too.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+
+use axum::Json;
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use sigma_types::{Vps, VpsQuery, VpsStatus};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::AppState;
+use crate::config::EnvoyMetricsVia;
+use crate::error::ApiResult;
+use crate::extract::{ApiQuery, Auth};
+
+/// Kind of scrape target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    /// node-exporter on the VPS.
+    Node,
+    /// sigma-agent's metrics port.
+    Agent,
+    /// Envoy's stats of a mesh-enrolled VPS.
+    Envoy,
+}
+
+impl TargetKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            TargetKind::Node => "node",
+            TargetKind::Agent => "agent",
+            TargetKind::Envoy => "envoy",
+        }
+    }
+}
+
+/// Query of the targets endpoint.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct TargetsQuery {
+    /// Only this kind (default: all).
+    pub kind: Option<TargetKind>,
+}
+
+/// One target group of the `file_sd` format.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TargetGroup {
+    /// `host:port` targets (IPv6 bracketed).
+    pub targets: Vec<String>,
+    /// Labels of these targets.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Envoy's Prometheus stats port on a mesh VPS.
+const ENVOY_STATS_PORT: u16 = 15090;
+
+fn host_port(ip: IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+    }
+}
+
+fn labels(v: &Vps, kind: TargetKind) -> BTreeMap<String, String> {
+    let opt = |o: &Option<String>| o.clone().unwrap_or_default();
+    BTreeMap::from([
+        ("vps_id".to_string(), v.id.to_string()),
+        ("hostname".to_string(), v.hostname.clone()),
+        ("alias".to_string(), opt(&v.alias)),
+        ("provider".to_string(), opt(&v.provider)),
+        ("country".to_string(), opt(&v.country)),
+        ("city".to_string(), opt(&v.city)),
+        ("purpose".to_string(), v.purpose.clone()),
+        ("status".to_string(), v.status.as_str().to_string()),
+        ("tags".to_string(), v.tags.join(",")),
+        ("sigma_target_kind".to_string(), kind.as_str().to_string()),
+    ])
+}
+
+/// Scrape targets of the fleet: node-exporter, sigma-agent and (for mesh-enrolled VPS) Envoy,
+/// at each VPS's public address. Only active and provisioning VPS are listed.
+#[utoipa::path(get, path = "/api/prometheus/targets", tag = "system", params(TargetsQuery),
+    responses((status = 200, body = Vec<TargetGroup>)), security(("bearer" = [])))]
+pub async fn targets(
+    State(s): State<AppState>,
+    auth: Auth,
+    ApiQuery(q): ApiQuery<TargetsQuery>,
+) -> ApiResult<Json<Vec<TargetGroup>>> {
+    auth.reader()?;
+    let want = |k: TargetKind| q.kind.is_none_or(|w| w == k);
+    let mut meshed: HashSet<String> = HashSet::new();
+    let mut offset = 0;
+    loop {
+        let page = s
+            .store
+            .list_purposes(sigma_types::MAX_LIMIT, offset)
+            .await?;
+        for p in &page.items {
+            if sigma_mesh::MeshSettings::from_json(&p.mesh).is_ok_and(|m| m.enabled) {
+                meshed.insert(p.name.clone());
+            }
+        }
+        offset += page.items.len() as i64;
+        if page.items.is_empty() || offset >= page.total {
+            break;
+        }
+    }
+    let agent_port = s.mesh.template.health_port;
+    let mut out = Vec::new();
+    for status in [VpsStatus::Active, VpsStatus::Provisioning] {
+        let mut offset = 0;
+        loop {
+            let page = s
+                .store
+                .list_vps(&VpsQuery {
+                    status: Some(status),
+                    limit: Some(sigma_types::MAX_LIMIT),
+                    offset: Some(offset),
+                    ..Default::default()
+                })
+                .await?;
+            for v in &page.items {
+                // The reachable address by the mesh's own rule: public before private, never
+                // just the first one listed.
+                let Some(ip) = sigma_mesh::select_address(&v.ip_addresses) else {
+                    continue;
+                };
+                if want(TargetKind::Node) && v.monitoring {
+                    out.push(TargetGroup {
+                        targets: vec![host_port(ip, v.node_exporter_port)],
+                        labels: labels(v, TargetKind::Node),
+                    });
+                }
+                if want(TargetKind::Agent) {
+                    out.push(TargetGroup {
+                        targets: vec![host_port(ip, agent_port)],
+                        labels: labels(v, TargetKind::Agent),
+                    });
+                }
+                if want(TargetKind::Envoy)
+                    && v.status == VpsStatus::Active
+                    && !v.mesh_opt_out
+                    && meshed.contains(&v.purpose)
+                {
+                    let mut l = labels(v, TargetKind::Envoy);
+                    let entry = v
+                        .mesh
+                        .workload_entry
+                        .clone()
+                        .unwrap_or_else(|| sigma_mesh::model::workload_entry_name(&v.hostname));
+                    l.insert("workload_entry".into(), entry);
+                    let (port, path) = match s.mesh.envoy_metrics {
+                        EnvoyMetricsVia::Direct => (ENVOY_STATS_PORT, "/stats/prometheus"),
+                        EnvoyMetricsVia::Agent => (agent_port, "/metrics/envoy"),
+                    };
+                    l.insert("__metrics_path__".into(), path.into());
+                    out.push(TargetGroup {
+                        targets: vec![host_port(ip, port)],
+                        labels: l,
+                    });
+                }
+            }
+            offset += page.items.len() as i64;
+            if page.items.is_empty() || offset >= page.total {
+                break;
+            }
+        }
+    }
+    Ok(Json(out))
+}

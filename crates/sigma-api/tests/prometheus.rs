@@ -1,0 +1,166 @@
+//! Prometheus service discovery against the real binary, on SQLite and PostgreSQL.
+
+mod common;
+
+use common::{ADMIN_KEY, Server, TestDb, VpsBuilder};
+use serde_json::{Value, json};
+
+both_backends!(targets_follow_the_inventory);
+
+fn groups<'a>(v: &'a Value, kind: &str, hostname: &str) -> Vec<&'a Value> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["labels"]["sigma_target_kind"] == kind && g["labels"]["hostname"] == hostname)
+        .collect()
+}
+
+async fn targets_follow_the_inventory(db: TestDb) {
+    let s = Server::start(&db);
+    let k = ADMIN_KEY;
+    s.post("/api/providers", k, json!({"name": "netcup"})).await;
+    let (st, v) = s
+        .post("/api/purposes", k, json!({"name": "edge", "mesh": {"enabled": true, "ports": [{"name": "http", "number": 8080, "protocol": "HTTP"}]}}))
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let mk = |h: &str, purpose: &str, ips: Value| {
+        VpsBuilder::new(h)
+            .set("purpose", json!(purpose))
+            .set("ip_addresses", ips)
+            .set("status", json!("active"))
+    };
+    let (_, a) = s
+        .post("/api/vps", k, mk("a.example.net", "edge", json!([{"ip": "10.0.0.1", "label": "private"}, {"ip": "203.0.113.5", "label": "public"}]))
+            .set("provider", json!("netcup")).set("tags", json!(["t2", "t1"])).set("country", json!("DE")).set("city", json!("Berlin")).build())
+        .await;
+    s.post(
+        "/api/vps",
+        k,
+        mk(
+            "b.example.net",
+            "xrayr",
+            json!([{"ip": "2001:db8::5", "label": "public"}]),
+        )
+        .set("monitoring", json!(false))
+        .build(),
+    )
+    .await;
+    let (_, c) = s
+        .post(
+            "/api/vps",
+            k,
+            mk(
+                "c.example.net",
+                "edge",
+                json!([{"ip": "203.0.113.7", "label": "public"}]),
+            )
+            .build(),
+        )
+        .await;
+    s.post(
+        &format!("/api/vps/{}/retire?force=true", c["id"].as_str().unwrap()),
+        k,
+        json!({}),
+    )
+    .await;
+    s.post(
+        "/api/vps",
+        k,
+        mk(
+            "d.example.net",
+            "edge",
+            json!([{"ip": "203.0.113.8", "label": "public"}]),
+        )
+        .set("status", json!("provisioning"))
+        .build(),
+    )
+    .await;
+    let (st, e) = s
+        .post(
+            "/api/vps",
+            k,
+            mk(
+                "e.example.net",
+                "edge",
+                json!([{"ip": "203.0.113.9", "label": "public"}]),
+            )
+            .set("mesh_opt_out", json!(true))
+            .build(),
+        )
+        .await;
+    assert_eq!(st, 201, "{e}");
+
+    let (st, all) = s.get("/api/prometheus/targets", k).await;
+    assert_eq!(st, 200, "{all}");
+    let node = groups(&all, "node", "a.example.net");
+    assert_eq!(node.len(), 1);
+    assert_eq!(
+        node[0]["targets"],
+        json!(["203.0.113.5:9100"]),
+        "the public address, not the first listed"
+    );
+    let l = &node[0]["labels"];
+    assert_eq!(l["vps_id"], a["id"]);
+    assert_eq!(l["provider"], "netcup");
+    assert_eq!(l["country"], "DE");
+    assert_eq!(l["city"], "Berlin");
+    assert_eq!(l["purpose"], "edge");
+    assert_eq!(l["status"], "active");
+    assert_eq!(l["tags"], "t1,t2");
+    assert!(
+        groups(&all, "node", "b.example.net").is_empty(),
+        "monitoring off"
+    );
+    assert_eq!(
+        groups(&all, "agent", "b.example.net")[0]["targets"],
+        json!(["[2001:db8::5]:9102"]),
+        "IPv6 bracketed"
+    );
+    let envoy = groups(&all, "envoy", "a.example.net");
+    assert_eq!(envoy[0]["targets"], json!(["203.0.113.5:15090"]));
+    assert_eq!(envoy[0]["labels"]["__metrics_path__"], "/stats/prometheus");
+    assert!(
+        envoy[0]["labels"]["workload_entry"]
+            .as_str()
+            .unwrap()
+            .starts_with("vps-a-example-net")
+    );
+    assert!(
+        groups(&all, "envoy", "b.example.net").is_empty(),
+        "xrayr has the mesh off"
+    );
+    assert!(
+        groups(&all, "envoy", "d.example.net").is_empty(),
+        "provisioning is not in the mesh"
+    );
+    assert_eq!(
+        groups(&all, "agent", "d.example.net").len(),
+        1,
+        "provisioning is scraped"
+    );
+    assert!(
+        groups(&all, "envoy", "e.example.net").is_empty(),
+        "opted out"
+    );
+    assert!(
+        all.to_string().contains("a.example.net") && !all.to_string().contains("c.example.net"),
+        "retired VPS disappear"
+    );
+
+    let (_, only) = s.get("/api/prometheus/targets?kind=envoy", k).await;
+    assert!(
+        only.as_array()
+            .unwrap()
+            .iter()
+            .all(|g| g["labels"]["sigma_target_kind"] == "envoy")
+    );
+    assert_eq!(only.as_array().unwrap().len(), 1);
+    let (st, v) = s.get("/api/prometheus/targets?kind=pods", k).await;
+    assert_eq!(st, 422, "{v}");
+    assert_eq!(
+        s.call("GET", "/api/prometheus/targets", None, None).await.0,
+        401
+    );
+    let ro = s.key("readonly").await;
+    assert_eq!(s.get("/api/prometheus/targets", &ro).await.0, 200);
+}
