@@ -126,6 +126,7 @@ impl<S: RoutesSink> Managed for Classic<S> {
             envoy_applied_version: self.sink.accepted_version(),
             xds_clients: Some(self.sink.clients()),
             last_nack: self.sink.last_nack(),
+            mesh_state: None,
             extra: Default::default(),
         }
     }

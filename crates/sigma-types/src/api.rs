@@ -1302,6 +1302,9 @@ pub struct AgentState {
     /// The last update Envoy rejected, if the latest one was rejected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_nack: Option<NackReport>,
+    /// Mesh mode: where pilot-agent and Envoy stand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_state: Option<crate::mesh::MeshAgentState>,
     /// Fields this version of sigma does not know (mesh-mode details, …).
     #[serde(flatten)]
     #[schema(value_type = Object)]
@@ -1320,6 +1323,9 @@ impl AgentState {
                     e.add(format!("{field}.last_nack.{k}"), r);
                 }
             }
+        }
+        if let Some(m) = &self.mesh_state {
+            m.check(&format!("{field}.mesh_state"), e);
         }
         if serde_json::to_vec(self).map_or(0, |b| b.len()) > MAX_OBJECT_BYTES {
             e.add(field, format!("larger than {MAX_OBJECT_BYTES} bytes"));

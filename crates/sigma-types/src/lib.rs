@@ -7,6 +7,7 @@
 pub mod api;
 pub mod country;
 pub mod envoy;
+pub mod mesh;
 pub mod patch;
 pub mod validate;
 
