@@ -37,6 +37,8 @@ pub struct AppState {
     pub openapi: Arc<serde_json::Value>,
     /// The mesh registry.
     pub mesh: Arc<MeshState>,
+    /// Rendered Prometheus service-discovery documents.
+    pub targets: Arc<routes::prometheus::TargetsCache>,
 }
 
 /// The mesh registry as the handlers see it.
@@ -91,6 +93,7 @@ pub fn router_with_mesh(store: Store, max_body_bytes: usize, mesh: Arc<MeshState
         metrics: Arc::new(metrics::Metrics::default()),
         openapi: Arc::new(serde_json::to_value(&doc).unwrap_or_default()),
         mesh,
+        targets: Arc::default(),
     };
     api.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -163,4 +163,29 @@ async fn targets_follow_the_inventory(db: TestDb) {
     );
     let ro = s.key("readonly").await;
     assert_eq!(s.get("/api/prometheus/targets", &ro).await.0, 200);
+
+    // The document is cached between inventory changes: an edit and a retirement after it was
+    // served must show in the very next answer.
+    let a_id = a["id"].as_str().unwrap().to_string();
+    let (st, v) = s
+        .call(
+            "PATCH",
+            &format!("/api/vps/{a_id}"),
+            Some(k),
+            Some(json!({"alias": "berlin-1"})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (_, all) = s.get("/api/prometheus/targets", k).await;
+    assert_eq!(
+        groups(&all, "agent", "a.example.net")[0]["labels"]["alias"],
+        "berlin-1"
+    );
+    s.post(&format!("/api/vps/{a_id}/retire?force=true"), k, json!({}))
+        .await;
+    let (_, all) = s.get("/api/prometheus/targets", k).await;
+    assert!(
+        !all.to_string().contains("a.example.net"),
+        "a VPS retired after the document was served disappears from the next one"
+    );
 }

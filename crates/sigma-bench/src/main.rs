@@ -7,6 +7,9 @@
 //! ```text
 //! sigma-loadgen --spawn target/release/sigma-api --database-url sqlite:///tmp/b.db --vps 10000
 //! ```
+//!
+//! `--mode targets` measures the Prometheus service-discovery endpoint instead: after enrolling
+//! the fleet it fetches `GET /api/prometheus/targets` back to back and prints its latency.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -58,6 +61,21 @@ struct Args {
     /// Unmeasured warm-up before it.
     #[arg(long, default_value = "2s", value_parser = duration)]
     warmup: Duration,
+    /// What to measure once the fleet is enrolled.
+    #[arg(long, value_enum, default_value_t = Mode::Heartbeats)]
+    mode: Mode,
+    /// Requests of the targets measurement (`--mode targets`), sent one after another.
+    #[arg(long, default_value_t = 200)]
+    requests: usize,
+}
+
+/// What a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    /// Heartbeats from every agent, `--concurrency` connections for `--duration`.
+    Heartbeats,
+    /// `GET /api/prometheus/targets` for the whole fleet, one request at a time.
+    Targets,
 }
 
 struct Conn {
@@ -78,6 +96,18 @@ impl Conn {
             sender,
             host: addr.to_string(),
         })
+    }
+
+    async fn get(&mut self, path: &str, key: &str) -> anyhow::Result<(u16, Bytes)> {
+        self.sender.ready().await?;
+        let req = Request::get(path)
+            .header("host", &self.host)
+            .header("authorization", format!("Bearer {key}"))
+            .body(Full::new(Bytes::new()))?;
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, body))
     }
 
     async fn post(&mut self, path: &str, key: &str, body: Bytes) -> anyhow::Result<(u16, Bytes)> {
@@ -156,7 +186,15 @@ async fn enroll(
                 if i >= n {
                     return anyhow::Ok(());
                 }
-                let body = serde_json::json!({"hostname": hostname(i)}).to_string();
+                // Addresses as a real agent reports them, so service discovery has one to list.
+                let body = serde_json::json!({
+                    "hostname": hostname(i),
+                    "ip_addresses": [
+                        {"ip": format!("198.18.{}.{}", (i >> 8) & 255, i & 255), "label": "public"},
+                        {"ip": "10.0.0.2", "label": "private"}
+                    ]
+                })
+                .to_string();
                 let (st, body) = c
                     .post("/api/agent/register", &token, Bytes::from(body))
                     .await?;
@@ -307,6 +345,11 @@ async fn main() -> anyhow::Result<()> {
             Arc::new(keys)
         }
     };
+    if args.mode == Mode::Targets {
+        let result = measure_targets(&addr, &admin, args.vps, args.requests).await;
+        stop(server.as_mut()).await;
+        return result;
+    }
     drive(&addr, keys.clone(), args.concurrency, args.warmup, false).await?;
     let phase = drive(&addr, keys, args.concurrency, args.duration, true).await?;
     let mut lat = phase.latencies_us;
@@ -325,7 +368,15 @@ async fn main() -> anyhow::Result<()> {
         pct(&lat, 0.99),
         pct(&lat, 1.0),
     );
-    if let Some(child) = server.as_mut() {
+    stop(server.as_mut()).await;
+    if phase.errors > 0 {
+        bail!("{} heartbeats failed", phase.errors);
+    }
+    Ok(())
+}
+
+async fn stop(server: Option<&mut tokio::process::Child>) {
+    if let Some(child) = server {
         if let Some(pid) = child.id() {
             // SIGTERM so the server does its final flush like in production.
             let _ = tokio::process::Command::new("kill")
@@ -335,8 +386,47 @@ async fn main() -> anyhow::Result<()> {
         }
         let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
     }
-    if phase.errors > 0 {
-        bail!("{} heartbeats failed", phase.errors);
+}
+
+/// Fetches the service-discovery document `requests` times on one connection (Prometheus
+/// refreshes it from one client) and prints latency percentiles and the document's size.
+async fn measure_targets(
+    addr: &str,
+    admin: &str,
+    vps: usize,
+    requests: usize,
+) -> anyhow::Result<()> {
+    let mut c = Conn::open(addr).await?;
+    let (st, body) = c.get("/api/prometheus/targets", admin).await?;
+    if st != 200 {
+        bail!("targets: {st} {}", String::from_utf8_lossy(&body));
     }
+    let groups: Vec<serde_json::Value> = serde_json::from_slice(&body)?;
+    let agents = groups
+        .iter()
+        .filter(|g| g["labels"]["sigma_target_kind"] == "agent")
+        .count();
+    if agents < vps {
+        bail!("targets lists {agents} agent targets for {vps} enrolled VPS");
+    }
+    let mut lat = Vec::with_capacity(requests);
+    for _ in 0..requests {
+        let t0 = Instant::now();
+        let (st, _) = c.get("/api/prometheus/targets", admin).await?;
+        lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        if st != 200 {
+            bail!("targets: {st}");
+        }
+    }
+    lat.sort_unstable();
+    println!(
+        "targets: vps={vps} groups={} bytes={} requests={requests} p50={:.2}ms p90={:.2}ms p99={:.2}ms max={:.2}ms",
+        groups.len(),
+        body.len(),
+        pct(&lat, 0.50),
+        pct(&lat, 0.90),
+        pct(&lat, 0.99),
+        pct(&lat, 1.0),
+    );
     Ok(())
 }

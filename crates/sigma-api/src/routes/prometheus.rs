@@ -1,11 +1,14 @@
 //! Prometheus service discovery: the fleet's scrape targets in the `file_sd` JSON format, which
 //! `http_sd_configs` reads too.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
-use axum::Json;
 use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sigma_types::{Vps, VpsQuery, VpsStatus};
 use utoipa::{IntoParams, ToSchema};
@@ -16,7 +19,7 @@ use crate::error::ApiResult;
 use crate::extract::{ApiQuery, Auth};
 
 /// Kind of scrape target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TargetKind {
     /// node-exporter on the VPS.
@@ -55,6 +58,29 @@ pub struct TargetGroup {
     pub labels: BTreeMap<String, String>,
 }
 
+/// Longest a rendered document is served without re-reading the inventory, even when no change
+/// was signalled: a safety net for the few label sources outside the change signal (the
+/// reconciler's recorded WorkloadEntry name). Prometheus refreshes every 30-60 s anyway.
+const CACHE_MAX_AGE: Duration = Duration::from_secs(30);
+
+/// The rendered targets documents, one per `kind` filter, each tagged with the inventory's
+/// change generation it was built from.
+///
+/// Building the document for 10,000 VPS reads every VPS row (hundreds of milliseconds); the
+/// store's change signal is bumped on every write that can change a target (register, retire,
+/// edit, new addresses, purpose writes, other replicas' changes seen by the change poll), so a
+/// cached document is reused until then. The lock makes concurrent misses build it once.
+#[derive(Default)]
+pub struct TargetsCache {
+    docs: tokio::sync::Mutex<HashMap<Option<TargetKind>, CachedDoc>>,
+}
+
+struct CachedDoc {
+    generation: u64,
+    built: Instant,
+    body: Bytes,
+}
+
 /// Envoy's Prometheus stats port on a mesh VPS.
 const ENVOY_STATS_PORT: u16 = 15090;
 
@@ -89,8 +115,38 @@ pub async fn targets(
     State(s): State<AppState>,
     auth: Auth,
     ApiQuery(q): ApiQuery<TargetsQuery>,
-) -> ApiResult<Json<Vec<TargetGroup>>> {
+) -> ApiResult<Response> {
     auth.reader()?;
+    let mut docs = s.targets.docs.lock().await;
+    // Read the generation before building, so a change during the build makes the next request
+    // build again rather than keep a document that may have missed it.
+    let generation = *s.store.mesh_changes().borrow();
+    let body = match docs.get(&q.kind) {
+        Some(d) if d.generation == generation && d.built.elapsed() < CACHE_MAX_AGE => {
+            d.body.clone()
+        }
+        _ => {
+            let groups = build(&s, q.kind).await?;
+            let body = Bytes::from(
+                serde_json::to_vec(&groups).map_err(|e| crate::error::ApiError::internal(&e))?,
+            );
+            docs.insert(
+                q.kind,
+                CachedDoc {
+                    generation,
+                    built: Instant::now(),
+                    body: body.clone(),
+                },
+            );
+            body
+        }
+    };
+    drop(docs);
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+async fn build(s: &AppState, kind: Option<TargetKind>) -> ApiResult<Vec<TargetGroup>> {
+    let q = TargetsQuery { kind };
     let want = |k: TargetKind| q.kind.is_none_or(|w| w == k);
     let mut meshed: HashSet<String> = HashSet::new();
     let mut offset = 0;
@@ -170,5 +226,5 @@ pub async fn targets(
             }
         }
     }
-    Ok(Json(out))
+    Ok(out)
 }
