@@ -66,6 +66,39 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     d
 }
 
+/// How a test sigma-api is started beyond the defaults.
+#[derive(Debug, Clone)]
+pub struct ApiOptions {
+    /// Address to bind (default `127.0.0.1`; the end-to-end tests bind `0.0.0.0` so agents in
+    /// network namespaces reach it through their veth link).
+    pub listen_ip: String,
+    /// Extra environment, applied after the defaults (so it can override `SIGMA_MESH_MODE`).
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for ApiOptions {
+    fn default() -> Self {
+        ApiOptions {
+            listen_ip: "127.0.0.1".into(),
+            env: Vec::new(),
+        }
+    }
+}
+
+impl ApiOptions {
+    /// Adds one environment variable.
+    pub fn env(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// Binds this address.
+    pub fn listen_ip(mut self, ip: impl Into<String>) -> Self {
+        self.listen_ip = ip.into();
+        self
+    }
+}
+
 /// A running sigma-api on SQLite.
 pub struct SigmaApi {
     /// `http://127.0.0.1:PORT`.
@@ -77,17 +110,24 @@ pub struct SigmaApi {
     child: Option<Child>,
     /// HTTP client for the test.
     pub http: reqwest::Client,
+    options: ApiOptions,
 }
 
 impl SigmaApi {
     /// Starts sigma-api on a free port with a fresh SQLite database.
     pub fn start() -> SigmaApi {
+        SigmaApi::start_with(ApiOptions::default())
+    }
+
+    /// Starts sigma-api on a free port with a fresh SQLite database and these options.
+    pub fn start_with(options: ApiOptions) -> SigmaApi {
         let mut s = SigmaApi {
             url: String::new(),
             port: free_port(),
             dir: temp_dir("api"),
             child: None,
             http: reqwest::Client::new(),
+            options,
         };
         s.launch();
         s
@@ -95,7 +135,10 @@ impl SigmaApi {
 
     fn launch(&mut self) {
         let mut child = Command::new(bin("sigma-api"))
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args([
+                "--listen",
+                &format!("{}:{}", self.options.listen_ip, self.port),
+            ])
             .env(
                 "DATABASE_URL",
                 format!("sqlite://{}", self.dir.join("sigma.db").display()),
@@ -104,6 +147,7 @@ impl SigmaApi {
             .env("SIGMA_LOG", "warn")
             .env("SIGMA_HEARTBEAT_FLUSH_INTERVAL", "200ms")
             .env("SIGMA_MESH_MODE", "off")
+            .envs(self.options.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .spawn()
             .expect("start sigma-api");
@@ -112,7 +156,8 @@ impl SigmaApi {
         loop {
             match lines.next() {
                 Some(Ok(l)) if l.starts_with("sigma-api listening on ") => {
-                    self.url = l["sigma-api listening on ".len()..].to_string();
+                    // The test itself always talks to it over loopback.
+                    self.url = l["sigma-api listening on ".len()..].replace("0.0.0.0", "127.0.0.1");
                     break;
                 }
                 Some(Ok(_)) => {}

@@ -1,0 +1,52 @@
+//! End-to-end harness for sigma: simulated VPS hosts as network namespaces, processes whose
+//! output is kept in log files, and a real Prometheus.
+//!
+//! The tests in `tests/` need root (namespaces, veth links) and the binaries the test command
+//! installs; they are run by `scripts/test-e2e`, not by the workspace's unit test run.
+
+pub mod netns;
+pub mod proc;
+pub mod prometheus;
+
+pub use netns::Netns;
+pub use proc::Proc;
+pub use prometheus::Prometheus;
+
+/// Whether an end-to-end test can run here: root (for namespaces) and the named programs on
+/// `PATH`. When it cannot, the test is skipped with a notice, unless `SIGMA_TEST_REQUIRE_E2E=1`
+/// (set by the test command, which installs everything), where a missing piece fails the test.
+pub fn can_run(programs: &[&str]) -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false);
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let missing: Vec<&str> = programs
+        .iter()
+        .copied()
+        .filter(|p| !std::env::split_paths(&path).any(|d| d.join(p).is_file()))
+        .collect();
+    if root && missing.is_empty() {
+        return true;
+    }
+    let why = if root {
+        format!("missing {}", missing.join(", "))
+    } else {
+        "not root".to_string()
+    };
+    assert!(
+        std::env::var("SIGMA_TEST_REQUIRE_E2E").as_deref() != Ok("1"),
+        "end-to-end test cannot run: {why}"
+    );
+    eprintln!("skipping end-to-end test: {why} (scripts/test runs it)");
+    false
+}
+
+/// Directory for one test's files (logs, configs, state), kept after the test for reading.
+pub fn work_dir(tag: &str) -> std::path::PathBuf {
+    sigma_testkit::temp_dir(&format!("e2e-{tag}"))
+}

@@ -1,0 +1,109 @@
+//! A simulated VPS host: a network namespace joined to the host by a veth pair, with its own
+//! `/etc/hosts` (`ip netns exec` bind-mounts `/etc/netns/<name>/hosts` over it).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Runs `ip` with these arguments, panicking with its stderr on failure (harness set-up errors
+/// are test failures).
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// One namespace. The host side of its link is `10.77.<index>.1/24`, the namespace side
+/// `10.77.<index>.2/24`, the namespace's default route points at the host side. Everything is
+/// removed on drop.
+pub struct Netns {
+    /// Namespace name (`sigma-e2e-<pid>-<index>`, so parallel runs do not collide).
+    pub name: String,
+    /// The host's address on the link (what processes in the namespace use to reach the host).
+    pub host_ip: String,
+    /// The namespace's address (the simulated VPS's address).
+    pub ip: String,
+    etc_dir: PathBuf,
+}
+
+impl Netns {
+    /// Creates namespace number `index` (1..=250).
+    pub fn create(index: u8) -> Netns {
+        assert!((1..=250).contains(&index), "namespace index {index}");
+        let pid = std::process::id() % 10_000;
+        let name = format!("sigma-e2e-{pid}-{index}");
+        // Interface names are limited to 15 bytes.
+        let host_if = format!("se{pid}h{index}");
+        let ns_if = format!("se{pid}n{index}");
+        let host_ip = format!("10.77.{index}.1");
+        let ip_ = format!("10.77.{index}.2");
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let _ = Command::new("ip").args(["link", "del", &host_if]).status();
+        ip(&["netns", "add", &name]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+        ]);
+        ip(&["link", "set", &ns_if, "netns", &name]);
+        ip(&["addr", "add", &format!("{host_ip}/24"), "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        let exec = |args: &[&str]| {
+            let mut a = vec!["netns", "exec", &name, "ip"];
+            a.extend_from_slice(args);
+            ip(&a);
+        };
+        exec(&["link", "set", "lo", "up"]);
+        exec(&["addr", "add", &format!("{ip_}/24"), "dev", &ns_if]);
+        exec(&["link", "set", &ns_if, "up"]);
+        exec(&["route", "add", "default", "via", &host_ip]);
+        let etc_dir = PathBuf::from("/etc/netns").join(&name);
+        std::fs::create_dir_all(&etc_dir).expect("create /etc/netns/<name>");
+        std::fs::write(
+            etc_dir.join("hosts"),
+            format!("127.0.0.1 localhost\n::1 localhost\n{ip_} {name}\n"),
+        )
+        .expect("write the namespace's hosts file");
+        Netns {
+            name,
+            host_ip,
+            ip: ip_,
+            etc_dir,
+        }
+    }
+
+    /// The namespace's own `/etc/hosts` as seen from the host.
+    pub fn hosts_file(&self) -> PathBuf {
+        self.etc_dir.join("hosts")
+    }
+
+    /// A command that runs `program` inside the namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
+    /// Runs a command inside the namespace and returns its stdout (panics on failure).
+    pub fn output(&self, program: &str, args: &[&str]) -> String {
+        let out = self.command(program).args(args).output().expect("run");
+        assert!(
+            out.status.success(),
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes its end of the veth pair and with it the host end.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = std::fs::remove_dir_all(&self.etc_dir);
+    }
+}
