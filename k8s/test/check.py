@@ -49,6 +49,7 @@ EXTERNAL_SECRETS = {
 STANDALONE = {
     "istio/istio-operator.yaml": "input of istioctl install, not a cluster object",
     "istio/peer-authentication-strict.yaml": "applied instead of the PERMISSIVE one when every client is in the mesh",
+    "istio/examples/mesh.yaml": "generated examples of what sigma-api applies itself",
 }
 
 # Parts whose kustomizations must build (the "each buildable with kubectl kustomize").
