@@ -272,6 +272,59 @@ impl MeshAgentState {
     }
 }
 
+/// The `Healthy` condition istiod keeps on a WorkloadEntry (from pilot-agent's readiness
+/// probe reports).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WorkloadHealth {
+    /// `status == "True"`.
+    pub healthy: bool,
+    /// The condition's reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The condition's message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When it last changed (RFC 3339, as the API server gave it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+}
+
+/// One VPS's place in the mesh, desired and actual: `GET /api/vps/{id}/mesh`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VpsMeshReport {
+    /// The VPS.
+    pub vps_id: Uuid,
+    /// Its host name.
+    pub hostname: String,
+    /// sigma-api's mesh mode (`off`, `kubernetes`, `export`).
+    pub mode: String,
+    /// Whether it belongs in the mesh (active, mesh-enabled purpose, not opted out, has an
+    /// address).
+    pub meshed: bool,
+    /// Why not, when it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The reconciler's recorded result.
+    pub sync: crate::VpsMeshStatus,
+    /// The WorkloadEntry sigma wants for it (when meshed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub desired: Option<serde_json::Value>,
+    /// The WorkloadEntry the cluster holds (kubernetes mode, when present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub actual: Option<serde_json::Value>,
+    /// Whether the cluster's labels and spec equal sigma's (when both exist).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_sync: Option<bool>,
+    /// istiod's health verdict on the entry, once it has given one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<WorkloadHealth>,
+    /// Why the cluster could not be read, when it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_error: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
