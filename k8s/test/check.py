@@ -106,16 +106,19 @@ class Validator:
             return "prometheus-operator"
         return None
 
-    def validate(self, o):
-        """(class, errors) of one object."""
+    def validate(self, o, partial=False):
+        """(class, errors) of one object; partial: a strategic-merge patch (required fields
+        may be missing, `$patch` directives allowed)."""
         if not isinstance(o, dict) or "kind" not in o or "apiVersion" not in o:
             return None, ["not a Kubernetes object (apiVersion and kind missing)"]
+        if partial:
+            o = strip_directives(o)
         cls = self.classify(o)
         errs = []
         if cls == "istio":
-            self.crds.validate(o, errs)
+            self.crds.validate(o, errs, partial)
         elif cls == "kubernetes":
-            self.kube.validate(o, errs)
+            self.kube.validate(o, errs, partial)
         elif cls == "istiooperator":
             self.iop.validate(o, errs)
         elif cls == "cnpg":
@@ -128,6 +131,14 @@ class Validator:
             errs.append("unknown kind %s %s (neither Istio, nor a checked core kind)" % (
                 o.get("apiVersion"), o.get("kind")))
         return cls, errs
+
+
+def strip_directives(v):
+    if isinstance(v, dict):
+        return {k: strip_directives(x) for k, x in v.items() if not k.startswith("$")}
+    if isinstance(v, list):
+        return [strip_directives(x) for x in v]
+    return v
 
 
 # CloudNativePG's Cluster: its CRD is not in this repository, so only the fields the overlay
@@ -201,9 +212,26 @@ def load_file(path, report):
         return None
 
 
+def patch_files():
+    """Files that kustomizations use as patches."""
+    out = set()
+    for path in manifest_files():
+        if os.path.basename(path) != "kustomization.yaml":
+            continue
+        try:
+            k = schema.load_docs(open(path).read())[0]
+        except Exception:
+            continue
+        for p in k.get("patches") or []:
+            if isinstance(p, dict) and "path" in p:
+                out.add(os.path.normpath(os.path.join(os.path.dirname(path), p["path"])))
+    return out
+
+
 def check_files(v, report):
     """Validates every object of every file; returns {path: [objects]}."""
     objects = {}
+    patches = patch_files()
     for path in manifest_files():
         docs = load_file(path, report)
         if docs is None:
@@ -215,7 +243,7 @@ def check_files(v, report):
             continue
         objects[path] = docs
         for i, d in enumerate(docs):
-            cls, errs = v.validate(d)
+            cls, errs = v.validate(d, partial=path in patches)
             where = "%s[%d] %s" % (r, i, obj_id(d) if isinstance(d, dict) else "")
             report.add(where, errs)
             if cls:
@@ -295,6 +323,9 @@ def resolve_kustomization(kdir, objects, report, seen=None):
             body = load_file(p, report)
             if body is None:
                 continue
+            if len(body) != 1:
+                errs.append("patches[%d]: %s must hold one document (kustomize %s crashes on several "
+                            "with $patch: delete)" % (i, patch["path"], "v5.5"))
         elif "patch" in patch:
             try:
                 body = schema.load_docs(patch["patch"])

@@ -283,10 +283,12 @@ def _format_ok(fmt, v):
 
 
 class V3:
-    """Validates a value against a CRD openAPIV3Schema."""
+    """Validates a value against a CRD openAPIV3Schema. partial: a patch, required fields may
+    be absent."""
 
-    def __init__(self, errs):
+    def __init__(self, errs, partial=False):
         self.errs = errs
+        self.partial = partial
 
     def err(self, path, msg):
         self.errs.append("%s: %s" % (path or "<root>", msg))
@@ -356,7 +358,7 @@ class V3:
                 self.err(path, "more than %d properties" % s["maxProperties"])
             if "minProperties" in s and len(v) < s["minProperties"]:
                 self.err(path, "fewer than %d properties" % s["minProperties"])
-            for r in s.get("required", []):
+            for r in [] if self.partial else s.get("required", []):
                 if r not in v:
                     self.err(path, "required field %r is missing" % r)
             props = s.get("properties", {})
@@ -424,7 +426,7 @@ class IstioCrds:
     def knows(self, group):
         return any(g == group for g, _, _ in self.versions)
 
-    def validate(self, obj, errs):
+    def validate(self, obj, errs, partial=False):
         group, _, version = obj.get("apiVersion", "").rpartition("/")
         key = (group, version, obj.get("kind"))
         crd = self.versions.get(key)
@@ -444,7 +446,7 @@ class IstioCrds:
         schema = dict(crd["schema"])
         schema["properties"] = {k: v for k, v in schema.get("properties", {}).items()
                                 if k not in ("apiVersion", "kind", "metadata")}
-        V3(errs).validate(body, schema, "")
+        V3(errs, partial).validate(body, schema, "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -507,7 +509,8 @@ class Kube:
     def knows(self, api_version, kind):
         return (api_version, kind) in self.kinds
 
-    def validate(self, obj, errs):
+    def validate(self, obj, errs, partial=False):
+        self.partial = partial
         name = self.kinds.get((obj.get("apiVersion"), obj.get("kind")))
         if name is None:
             errs.append("apiVersion/kind: %s %s is not among the checked core kinds "
@@ -521,6 +524,7 @@ class Kube:
         self.check(obj, {"$ref": "#/definitions/" + name}, "", errs)
 
     def check_def(self, v, name, path, errs):
+        self.partial = False
         self.check(v, {"$ref": "#/definitions/" + name}, path, errs)
 
     def check(self, v, s, path, errs):
@@ -558,7 +562,7 @@ class Kube:
             for i, item in enumerate(v):
                 self.check(item, s["items"], "%s[%d]" % (path, i), errs)
         if isinstance(v, dict):
-            for r in s.get("required", []):
+            for r in [] if getattr(self, "partial", False) else s.get("required", []):
                 if r not in v:
                     errs.append("%s: required field %r is missing" % (p, r))
             props = s.get("properties")
