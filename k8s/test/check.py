@@ -213,8 +213,8 @@ def load_file(path, report):
 
 
 def patch_files():
-    """Files that kustomizations use as patches."""
-    out = set()
+    """Files that kustomizations use as patches, and files they read as ConfigMap/Secret data."""
+    out, data = set(), set()
     for path in manifest_files():
         if os.path.basename(path) != "kustomization.yaml":
             continue
@@ -225,18 +225,25 @@ def patch_files():
         for p in k.get("patches") or []:
             if isinstance(p, dict) and "path" in p:
                 out.add(os.path.normpath(os.path.join(os.path.dirname(path), p["path"])))
-    return out
+        for g in (k.get("configMapGenerator") or []) + (k.get("secretGenerator") or []):
+            for f in g.get("files") or []:
+                data.add(os.path.normpath(os.path.join(os.path.dirname(path), f.split("=", 1)[-1])))
+    return out, data
 
 
 def check_files(v, report):
     """Validates every object of every file; returns {path: [objects]}."""
     objects = {}
-    patches = patch_files()
+    patches, data = patch_files()
     for path in manifest_files():
+        r = rel(path)
+        if path in data:
+            if load_file(path, report) is not None:
+                report.count("data files of ConfigMap generators (parsed)")
+            continue
         docs = load_file(path, report)
         if docs is None:
             continue
-        r = rel(path)
         if r.startswith("k8s/monitoring/") and not all(
                 isinstance(d, dict) and "kind" in d for d in docs):
             report.count("monitoring files (not Kubernetes objects; scripts/test-monitoring checks them)")
@@ -685,6 +692,8 @@ def main():
         builds = check_kustomizations(v, objects, report)
         check_sigma(objects, builds, report)
         check_broken(v, report)
+        import addons
+        addons.check(report)
         import examples
         examples.check(a.sigma_api, report)
     for e in report.errors:
