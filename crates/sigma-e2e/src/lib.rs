@@ -4,10 +4,12 @@
 //! The tests in `tests/` need root (namespaces, veth links) and the binaries the test command
 //! installs; they are run by `scripts/test-e2e`, not by the workspace's unit test run.
 
+pub mod cluster;
 pub mod netns;
 pub mod proc;
 pub mod prometheus;
 
+pub use cluster::ControlPlane;
 pub use netns::Netns;
 pub use proc::Proc;
 pub use prometheus::Prometheus;
