@@ -178,9 +178,10 @@ cat >"$work/istio.conf" <<'UNIT'
 # Mesh mode (sigma-agent --istio-enabled): the agent installs the Istio bootstrap bundle and
 # runs pilot-agent, which runs Envoy, all inside sigma-agent.service's sandbox
 # (ProtectSystem=strict). This opens exactly the paths Istio's VM layout uses:
-#   /etc/certs          root certificate; workload certificate and key (OUTPUT_CERTS)
+#   /etc/certs          the mesh's root certificate
 #   /etc/istio          mesh config (config/mesh), Envoy's bootstrap and sockets (proxy/)
-#   /var/lib/istio      cluster.env, Envoy's bootstrap template, pilot-agent's data
+#   /var/lib/istio      cluster.env, Envoy's bootstrap template, pilot-agent's data, and the
+#                       workload certificate and key (certs/: PROV_CERT and OUTPUT_CERTS)
 #   /run/secrets        (/var/run/secrets) the istio-token and pilot-agent's sockets
 #   /etc/hosts          the "# BEGIN sigma-istio" block; a bind mount here, so the agent
 #                       rewrites the file in place instead of renaming over it
@@ -337,8 +338,9 @@ elif [ "$ISTIO" = off ]; then
     changed=1
     log "removed the sigma-istio block from /etc/hosts"
   fi
-  for f in var/run/secrets/tokens/istio-token etc/certs/key.pem etc/certs/cert-chain.pem \
-    etc/certs/root-cert.pem var/lib/istio/envoy/cluster.env etc/istio/config/mesh; do
+  for f in var/run/secrets/tokens/istio-token etc/certs/root-cert.pem var/lib/istio/envoy/cluster.env \
+    etc/istio/config/mesh var/lib/istio/certs/key.pem var/lib/istio/certs/cert-chain.pem \
+    var/lib/istio/certs/root-cert.pem; do
     if [ -e "$ROOT/$f" ] || [ -L "$ROOT/$f" ]; then
       rm -f "$ROOT/$f"
       log "removed /$f"

@@ -618,6 +618,15 @@ def check_sigma(objects, builds, report):
             if str(env.get(var)).lower() != "true":
                 errs.append("IstioOperator: values.pilot.env.%s must be \"true\"" % var)
         network = g.get("network")
+        cluster = (g.get("multiCluster") or {}).get("clusterName")
+        for kdir, o in [(k, o) for k, objs in builds.items() for o in objs if isinstance(o, dict)]:
+            md = o.get("metadata") or {}
+            if o.get("kind") == "ConfigMap" and md.get("name") == "sigma-api":
+                got = (o.get("data") or {}).get("SIGMA_ISTIO_CLUSTER_ID")
+                if got != cluster:
+                    errs.append(rel(kdir) + ": ConfigMap sigma-api: SIGMA_ISTIO_CLUSTER_ID %r differs from the IstioOperator's "
+                                "values.global.multiCluster.clusterName %r (VPS proxies would report another "
+                                "cluster)" % (got, cluster))
         for svc in gateways:
             labels = (svc.get("metadata") or {}).get("labels") or {}
             if labels.get("topology.istio.io/network") != network:
