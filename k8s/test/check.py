@@ -641,6 +641,68 @@ def check_sigma(objects, builds, report):
 
 
 # ---------------------------------------------------------------------------------------------
+# A real API server
+
+
+def server_check(v, builds, objects, report):
+    """Creates every object (dry run, strict field validation) on a real kube-apiserver with
+    Istio's CRDs: scripts/e2e/control-plane's, API server and etcd only. Fixtures marked
+    `# server: rejected` must be refused by it too."""
+    import json as _json
+    import tempfile
+    cp = os.path.join(ROOT, "scripts", "e2e", "control-plane")
+    kubectl = shutil.which("kubectl")
+    if not os.access(cp, os.X_OK) or not kubectl:
+        report.add("--server", ["needs scripts/e2e/control-plane and kubectl"])
+        return
+    d = tempfile.mkdtemp(prefix="k8s-check-server.")
+    env = dict(os.environ, E2E_ISTIOD="0")
+    try:
+        r = subprocess.run([cp, "up", d], env=env, capture_output=True, text=True, timeout=600)
+        if r.returncode != 0:
+            report.add("--server", ["control plane did not start: %s" % (r.stderr or r.stdout)[-2000:]])
+            return
+        kc = os.path.join(d, "kubeconfig")
+
+        def dry_run(docs):
+            text = "\n".join(_json.dumps(x) for x in docs)
+            return subprocess.run([kubectl, "--kubeconfig", kc, "apply", "--dry-run=server", "--validate=strict",
+                                   "-f", "-"], input=text, capture_output=True, text=True, timeout=120)
+
+        def served(o):
+            # Kinds this API server has: core kinds and Istio's CRDs (not CloudNativePG's,
+            # not istioctl's IstioOperator, not prometheus-operator's).
+            return isinstance(o, dict) and v.classify(o) in ("kubernetes", "istio")
+
+        sets = [(rel(k), objs) for k, objs in builds.items()]
+        for path, docs in objects.items():
+            r_ = os.path.relpath(path, K8S)
+            if r_ in STANDALONE:
+                sets.append((rel(path), docs))
+        for name, docs in sets:
+            docs = [o for o in docs if served(o)]
+            if not docs:
+                continue
+            r = dry_run(docs)
+            report.count("objects created on a real API server (dry run)", len(docs))
+            if r.returncode != 0:
+                report.add("%s (API server)" % name, [r.stderr.strip()])
+        for f in sorted(os.listdir(BROKEN)):
+            text = open(os.path.join(BROKEN, f)).read()
+            if "# server: rejected" not in text:
+                continue
+            r = subprocess.run([kubectl, "--kubeconfig", kc, "apply", "--dry-run=server", "--validate=strict",
+                                "-f", os.path.join(BROKEN, f)], capture_output=True, text=True, timeout=120)
+            if r.returncode == 0:
+                report.add("k8s/test/broken/%s (API server)" % f, ["was accepted by the API server"])
+            else:
+                report.count("broken fixtures rejected by the API server too")
+    finally:
+        subprocess.run([cp, "down", d], env=env, capture_output=True, timeout=300)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
 # Broken fixtures
 
 
@@ -686,6 +748,9 @@ def main():
                     help="sigma-api binary for the examples check (default: the newest of "
                          "$CARGO_TARGET_DIR or target/, debug or release)")
     ap.add_argument("--files", nargs="*", help="only validate these files (no kustomize, no cross-checks)")
+    ap.add_argument("--server", action="store_true", default=bool(os.environ.get("K8S_CHECK_SERVER")),
+                    help="also create every object (dry run) on a real kube-apiserver from "
+                         "scripts/e2e (its binaries must be built: scripts/e2e/build-components)")
     a = ap.parse_args()
     if not os.path.exists(a.crds):
         sys.exit("k8s/check: Istio CRDs not found at %s (set SIGMA_ISTIO_CRDS)" % a.crds)
@@ -701,6 +766,8 @@ def main():
         builds = check_kustomizations(v, objects, report)
         check_sigma(objects, builds, report)
         check_broken(v, report)
+        if a.server:
+            server_check(v, builds, objects, report)
         import addons
         addons.check(report)
         import examples
