@@ -8,7 +8,10 @@ use std::path::PathBuf;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{ArgGroup, Args, Parser, Subcommand};
-use sigma_types::{ClusterType, IpAddress, ProxyProtocol, Role, RouteStatus, VpsStatus};
+use sigma_types::mesh::MeshPhase;
+use sigma_types::{
+    ClusterType, IpAddress, MeshSyncStatus, ProxyProtocol, Role, RouteStatus, VpsStatus,
+};
 
 use crate::config::Flags;
 use crate::input;
@@ -71,9 +74,41 @@ pub struct Global {
         help_heading = "Global options"
     )]
     pub api_key_file: Option<PathBuf>,
-    /// Output: a table for people, or the API's objects as JSON or YAML
-    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table, help_heading = "Global options")]
-    pub output: Format,
+    /// Output: `table` for people, or the API's objects as `json` or `yaml`; `mesh export` and
+    /// `mesh bootstrap` also take a directory to write files into (`-`: standard output)
+    #[arg(
+        short = 'o',
+        long,
+        global = true,
+        value_name = "table|json|yaml|DIR",
+        value_parser = output_arg,
+        default_value = "table",
+        help_heading = "Global options"
+    )]
+    pub output: OutputArg,
+}
+
+/// What `-o` names: a format, or (for the commands that write files) a directory.
+///
+/// One flag carries both because the issue's command lines read `mesh bootstrap HOST -o DIR`
+/// while `-o json` stays the global format flag; a clap argument of a subcommand cannot
+/// reuse the global `-o`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputArg {
+    /// `table`, `json` or `yaml`.
+    Format(Format),
+    /// Anything else: a directory (or `-`, standard output) for `mesh export`/`mesh bootstrap`.
+    Path(PathBuf),
+}
+
+fn output_arg(s: &str) -> Result<OutputArg, String> {
+    match s {
+        "table" => Ok(OutputArg::Format(Format::Table)),
+        "json" => Ok(OutputArg::Format(Format::Json)),
+        "yaml" => Ok(OutputArg::Format(Format::Yaml)),
+        "" => Err("expected table, json, yaml, or a directory".into()),
+        other => Ok(OutputArg::Path(PathBuf::from(other))),
+    }
 }
 
 impl Global {
@@ -84,6 +119,22 @@ impl Global {
             profile: self.profile.clone(),
             config: self.config.clone(),
             api_key_file: self.api_key_file.clone(),
+        }
+    }
+
+    /// The output format (`table` when `-o` names a directory: messages are for people then).
+    pub fn format(&self) -> Format {
+        match self.output {
+            OutputArg::Format(f) => f,
+            OutputArg::Path(_) => Format::Table,
+        }
+    }
+
+    /// The directory (or `-`) `-o` names, if it names one.
+    pub fn dir(&self) -> Option<&std::path::Path> {
+        match &self.output {
+            OutputArg::Path(p) => Some(p),
+            OutputArg::Format(_) => None,
         }
     }
 }
@@ -109,6 +160,9 @@ pub enum Command {
     /// Envoy routes of a VPS (classic mode)
     #[command(subcommand, visible_alias = "route")]
     Routes(RouteCommand),
+    /// The Istio mesh: status, GitOps export, manual bootstrap, and a doctor for one VPS
+    #[command(subcommand)]
+    Mesh(MeshCommand),
     /// The audit log, newest first (admin)
     Audit(AuditArgs),
     /// Prints a shell completion script
@@ -272,6 +326,9 @@ pub struct VpsCreateArgs {
     /// node-exporter port [default: 9100]
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub node_exporter_port: Option<u16>,
+    /// Keep it out of the mesh whatever its purpose says [default: false]
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub mesh_opt_out: Option<bool>,
 }
 
 /// Fields of `vps edit`; `--clear-*` sends `null` for a field that may be empty.
@@ -280,7 +337,7 @@ pub struct VpsCreateArgs {
 #[command(group(ArgGroup::new("change").required(true).multiple(true).args([
     "hostname", "alias", "clear_alias", "provider", "clear_provider", "ips", "clear_ips",
     "country", "clear_country", "city", "clear_city", "purpose", "status", "tags", "clear_tags",
-    "monitoring", "node_exporter_port",
+    "monitoring", "node_exporter_port", "mesh_opt_out",
 ])))]
 pub struct VpsEditArgs {
     /// Hostname or id of the VPS to change
@@ -336,6 +393,9 @@ pub struct VpsEditArgs {
     /// node-exporter port
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub node_exporter_port: Option<u16>,
+    /// Keep it out of the mesh (`true`), or let it join as its purpose says (`false`)
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub mesh_opt_out: Option<bool>,
 }
 
 /// `sigmactl providers …`
@@ -666,6 +726,117 @@ pub struct AuditArgs {
     pub page: Page,
 }
 
+fn mesh_sync() -> impl TypedValueParser<Value = MeshSyncStatus> {
+    PossibleValuesParser::new(MeshSyncStatus::ALL.map(MeshSyncStatus::as_str))
+        .try_map(|s| MeshSyncStatus::parse(&s).ok_or("unknown mesh sync status"))
+}
+
+/// The agent's mesh phase a `mesh status --phase` filter names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhaseFilter {
+    /// The agent reported this phase.
+    Phase(MeshPhase),
+    /// The agent reported no mesh state at all (`none`).
+    None,
+}
+
+fn phase_filter() -> impl TypedValueParser<Value = PhaseFilter> {
+    PossibleValuesParser::new([
+        "installing",
+        "starting",
+        "ready",
+        "degraded",
+        "stopped",
+        "none",
+    ])
+    .try_map(|s| {
+        Ok::<_, &str>(match s.as_str() {
+            "installing" => PhaseFilter::Phase(MeshPhase::Installing),
+            "starting" => PhaseFilter::Phase(MeshPhase::Starting),
+            "ready" => PhaseFilter::Phase(MeshPhase::Ready),
+            "degraded" => PhaseFilter::Phase(MeshPhase::Degraded),
+            "stopped" => PhaseFilter::Phase(MeshPhase::Stopped),
+            "none" => PhaseFilter::None,
+            _ => return Err("unknown phase"),
+        })
+    })
+}
+
+fn http_url(s: &str) -> Result<reqwest::Url, String> {
+    let u = reqwest::Url::parse(s.trim()).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+    if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
+        return Err(format!("{s:?} is not an http(s) URL"));
+    }
+    Ok(u)
+}
+
+/// `sigmactl mesh …`
+#[derive(Debug, Subcommand)]
+pub enum MeshCommand {
+    /// The fleet's mesh state as a table, or one VPS's in detail
+    ///
+    /// Columns: the reconciler's sync status and WorkloadEntry (sigma-api's record), and the
+    /// phase of pilot-agent and Envoy the VPS's agent last reported.
+    Status(MeshStatusArgs),
+    /// The Istio objects of the mesh as GitOps manifests (`GET /api/mesh/manifests`)
+    ///
+    /// Without -o, or with `-o -` or `-o yaml`, the multi-document YAML goes to standard
+    /// output as sigma-api serves it; `-o json` prints the objects as a JSON list. `-o DIR`
+    /// writes one file per object and a kustomization.yaml into DIR, and removes the files of
+    /// objects that are gone (only files an earlier `mesh export` wrote).
+    Export,
+    /// Fetches a VPS's Istio bootstrap bundle and writes its files for a manual install
+    ///
+    /// `-o DIR` writes root-cert.pem, istio-token (mode 0600), mesh.yaml, cluster.env and hosts
+    /// into DIR (created with mode 0700) and prints where each goes on the VPS; `-o json` or
+    /// `-o yaml` prints the bundle instead. Needs an admin or operator key; sigma-api records
+    /// the issue in its audit log.
+    Bootstrap {
+        /// Hostname or id of the VPS
+        vps: String,
+    },
+    /// Walks one VPS's mesh chain and prints each link as ok, warning or failed, with the fix
+    ///
+    /// Links: VPS active; mesh enabled; WorkloadEntry applied and matching; agent
+    /// heartbeating; agent in mesh mode; pilot-agent and Envoy ready; workload certificate;
+    /// istio-token; WorkloadEntry health; and with --prometheus: Envoy scraped, requests to
+    /// Xboard. Exit code 1 when a link failed.
+    Doctor(MeshDoctorArgs),
+}
+
+/// Filters of `mesh status`.
+#[derive(Debug, Clone, Args)]
+pub struct MeshStatusArgs {
+    /// Hostname or id of one VPS (its details instead of the fleet table)
+    pub vps: Option<String>,
+    /// Only this purpose
+    #[arg(long, conflicts_with = "vps")]
+    pub purpose: Option<String>,
+    /// Only this lifecycle status
+    #[arg(long, value_parser = vps_status(), conflicts_with = "vps")]
+    pub status: Option<VpsStatus>,
+    /// Only this mesh sync status
+    #[arg(long, value_parser = mesh_sync(), conflicts_with = "vps")]
+    pub sync: Option<MeshSyncStatus>,
+    /// Only this agent mesh phase (`none`: the agent reported none)
+    #[arg(long, value_parser = phase_filter(), conflicts_with = "vps")]
+    pub phase: Option<PhaseFilter>,
+}
+
+/// Arguments of `mesh doctor`.
+#[derive(Debug, Clone, Args)]
+pub struct MeshDoctorArgs {
+    /// Hostname or id of the VPS
+    pub vps: String,
+    /// Prometheus' base URL: also check that it scrapes the VPS's Envoy and sees requests
+    /// from it to Xboard
+    #[arg(long, value_name = "URL", value_parser = http_url)]
+    pub prometheus: Option<reqwest::Url>,
+    /// A heartbeat older than this is stale (3600, 90s, 5m) [default: 90s, 3 agent intervals]
+    #[arg(long, value_name = "DURATION", value_parser = input::duration_secs)]
+    pub stale_after: Option<i64>,
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -737,6 +908,12 @@ mod tests {
         };
         assert_eq!((ttl, role), (Some(172_800), Role::Readonly));
         let c = Cli::try_parse_from(["sigmactl", "-o", "json", "vps", "ls", "--all"]).unwrap();
-        assert_eq!(c.global.output, Format::Json);
+        assert_eq!(c.global.output, OutputArg::Format(Format::Json));
+        assert_eq!(c.global.format(), Format::Json);
+        let c =
+            Cli::try_parse_from(["sigmactl", "mesh", "bootstrap", "h", "-o", "out/dir"]).unwrap();
+        assert_eq!(c.global.dir(), Some(std::path::Path::new("out/dir")));
+        assert_eq!(c.global.format(), Format::Table);
+        assert!(Cli::try_parse_from(["sigmactl", "-o", "", "vps", "ls"]).is_err());
     }
 }

@@ -49,7 +49,8 @@ impl Answer {
     }
 }
 
-fn error_chain(e: &reqwest::Error) -> String {
+/// A reqwest error with its causes, for people (`connection refused`, `timed out`).
+pub(crate) fn error_chain(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         return "timed out".into();
     }
@@ -108,21 +109,23 @@ impl Client {
         url
     }
 
-    /// Sends a request and returns its answer, or the error sigma-api gave.
-    pub async fn send<B: Serialize + ?Sized>(
+    /// Sends a request; returns the URL (for messages), the status and the body of a
+    /// successful answer, or the error sigma-api gave.
+    async fn exchange<B: Serialize + ?Sized>(
         &self,
         method: Method,
         segments: &[&str],
         query: &[(&str, String)],
         body: Option<&B>,
-    ) -> Result<Answer> {
+        accept: &str,
+    ) -> Result<(String, u16, Vec<u8>)> {
         let url = self.url(segments, query);
         let shown = url.to_string();
         let mut req = self
             .http
             .request(method, url)
             .bearer_auth(self.key.secret())
-            .header(reqwest::header::ACCEPT, "application/json");
+            .header(reqwest::header::ACCEPT, accept);
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -142,20 +145,52 @@ impl Client {
                 key_source: self.key.source.clone(),
             }));
         }
+        Ok((shown, status.as_u16(), bytes.to_vec()))
+    }
+
+    /// Sends a request and returns its answer, or the error sigma-api gave.
+    pub async fn send<B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+        body: Option<&B>,
+    ) -> Result<Answer> {
+        let (shown, status, bytes) = self
+            .exchange(method, segments, query, body, "application/json")
+            .await?;
         let body = if bytes.iter().all(u8::is_ascii_whitespace) {
             Value::Null
         } else {
             serde_json::from_slice(&bytes).map_err(|e| Error::Protocol {
                 url: shown.clone(),
-                status: status.as_u16(),
+                status,
                 detail: format!("the body is not JSON: {e}"),
             })?
         };
         Ok(Answer {
             url: shown,
-            status: status.as_u16(),
+            status,
             body,
         })
+    }
+
+    /// `GET` of a text document (`application/yaml`, …): the URL and the body as UTF-8.
+    pub async fn get_text(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+        accept: &str,
+    ) -> Result<(String, String)> {
+        let (shown, status, bytes) = self
+            .exchange::<()>(Method::GET, segments, query, None, accept)
+            .await?;
+        let text = String::from_utf8(bytes).map_err(|e| Error::Protocol {
+            url: shown.clone(),
+            status,
+            detail: format!("the body is not UTF-8 text: {e}"),
+        })?;
+        Ok((shown, text))
     }
 
     /// `GET`.

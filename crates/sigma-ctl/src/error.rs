@@ -74,6 +74,31 @@ pub enum Error {
     /// A name given on the command line matches several things.
     #[error("{0}")]
     Ambiguous(String),
+    /// sigma-api lacks an endpoint the command needs (it answered 404 for the route).
+    #[error(
+        "sigma-api at {api_url} does not serve {endpoint}: it is older than this sigmactl; upgrade sigma-api"
+    )]
+    Unsupported {
+        /// sigma-api's URL.
+        api_url: String,
+        /// The missing endpoint, e.g. `GET /api/agent/istio-bootstrap`.
+        endpoint: String,
+    },
+    /// A file or directory the command would write is unsafe or unusable as it is.
+    #[error("{0}")]
+    Refused(String),
+    /// An error with what the command was doing when it happened.
+    #[error("{context}: {source}")]
+    Context {
+        /// What was being done (`no bootstrap bundle for edge-1.example.net`).
+        context: String,
+        /// The error.
+        #[source]
+        source: Box<Error>,
+    },
+    /// Checks ran and some failed (`mesh doctor`); the details were printed already.
+    #[error("{0}")]
+    Checks(String),
 }
 
 impl Error {
@@ -81,6 +106,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Usage(_) => EXIT_USAGE,
+            Error::Context { source, .. } => source.exit_code(),
             _ => EXIT_FAILURE,
         }
     }
@@ -95,7 +121,16 @@ impl Error {
     pub fn status(&self) -> Option<u16> {
         match self {
             Error::Api(e) => Some(e.status),
+            Error::Context { source, .. } => source.status(),
             _ => None,
+        }
+    }
+
+    /// The error with what was being done when it happened.
+    pub fn context(self, context: impl Into<String>) -> Error {
+        Error::Context {
+            context: context.into(),
+            source: Box::new(self),
         }
     }
 }
@@ -197,6 +232,16 @@ mod tests {
         assert_eq!(Error::Usage("x".into()).exit_code(), EXIT_USAGE);
         assert_eq!(api(404, "x", &[]).exit_code(), EXIT_FAILURE);
         assert_eq!(Error::Config("x".into()).exit_code(), EXIT_FAILURE);
+        assert_eq!(
+            Error::Usage("x".into()).context("doing y").exit_code(),
+            EXIT_USAGE
+        );
+        let e = api(409, "mesh off", &[]).context("no bundle for h");
+        assert_eq!(e.status(), Some(409));
+        assert_eq!(
+            e.to_string(),
+            "no bundle for h: conflict (HTTP 409): mesh off"
+        );
         assert!(
             Error::Output(std::io::Error::from(std::io::ErrorKind::BrokenPipe)).is_broken_pipe()
         );

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 mod commands;
 pub mod config;
+pub mod doctor;
 pub mod error;
 pub mod input;
 pub mod install;
@@ -20,12 +21,24 @@ use clap::CommandFactory;
 pub use cli::Cli;
 pub use error::{Error, Result};
 
-use crate::cli::Command;
+use crate::cli::{Command, MeshCommand};
 use crate::config::Env;
 use crate::output::Output;
 
 /// Runs a parsed command line, printing its results to `out`.
 pub async fn run(cli: Cli, env: &dyn Env, mut out: Output<'_>) -> Result<()> {
+    let writes_files = matches!(
+        cli.command,
+        Command::Mesh(MeshCommand::Export | MeshCommand::Bootstrap { .. })
+    );
+    if let Some(d) = cli.global.dir()
+        && !writes_files
+    {
+        return Err(Error::Usage(format!(
+            "-o {}: expected table, json or yaml (a directory only for `mesh export` and `mesh bootstrap`)",
+            d.display()
+        )));
+    }
     if let Command::Completions { shell } = cli.command {
         return completions(shell, &mut out);
     }
@@ -36,6 +49,7 @@ pub async fn run(cli: Cli, env: &dyn Env, mut out: Output<'_>) -> Result<()> {
         settings,
         out,
         now: time::OffsetDateTime::now_utc(),
+        dir: cli.global.dir().map(std::path::Path::to_path_buf),
     };
     commands::dispatch(&mut ctx, cli.command).await
 }

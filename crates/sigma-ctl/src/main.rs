@@ -13,7 +13,7 @@ use sigma_ctl::output::{self, Output};
 fn main() -> ExitCode {
     // Usage errors exit with clap's code 2.
     let cli = sigma_ctl::Cli::parse();
-    let format = cli.global.output;
+    let format = cli.global.format();
     let color = output::use_color(format);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -2,6 +2,7 @@
 
 mod audit;
 mod keys;
+pub mod mesh;
 mod purposes;
 mod resolve;
 mod routes;
@@ -28,6 +29,8 @@ pub struct Ctx<'w> {
     pub out: Output<'w>,
     /// Now, for ages and states (`5m ago`, `expired`).
     pub now: OffsetDateTime,
+    /// The directory `-o` named (`mesh export`, `mesh bootstrap`), or `-`.
+    pub dir: Option<std::path::PathBuf>,
 }
 
 /// Runs one API command.
@@ -39,6 +42,7 @@ pub async fn dispatch(ctx: &mut Ctx<'_>, command: Command) -> Result<()> {
         Command::Keys(c) => keys::keys(ctx, c).await,
         Command::Enroll(c) => keys::enroll(ctx, c).await,
         Command::Routes(c) => routes::run(ctx, c).await,
+        Command::Mesh(c) => mesh::run(ctx, c).await,
         Command::Audit(a) => audit::run(ctx, a).await,
         Command::Completions { shell } => crate::completions(shell, &mut ctx.out),
     }

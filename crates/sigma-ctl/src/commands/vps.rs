@@ -1,10 +1,13 @@
 //! `sigmactl vps …`
 
 use serde_json::json;
-use sigma_types::{AgentMode, AgentState, SystemInfo, Vps, VpsCreate, VpsPatch, VpsStatus};
+use sigma_types::{
+    AgentMode, AgentState, SystemInfo, Vps, VpsCreate, VpsPatch, VpsPatchBody, VpsStatus,
+};
 use time::OffsetDateTime;
 
 use super::Ctx;
+use super::mesh;
 use super::resolve::{self, Among};
 use crate::cli::{VpsCommand, VpsCreateArgs, VpsEditArgs, VpsListArgs};
 use crate::error::{Error, Result};
@@ -193,6 +196,10 @@ pub fn details(v: &Vps, now: OffsetDateTime) -> Details {
     if let Some(a) = &v.agent_state {
         d.field("Agent", agent_summary(a, now));
     }
+    d.field("Mesh", mesh::sync_summary(v, now));
+    if let Some(m) = v.agent_state.as_ref().and_then(|a| a.mesh_state.as_ref()) {
+        d.field("Mesh proxy", mesh::proxy_summary(m, now));
+    }
     d.field("Created", output::time(v.created_at))
         .field("Updated", output::time(v.updated_at));
     if let Some(t) = v.deleted_at {
@@ -227,12 +234,15 @@ fn create_body(a: VpsCreateArgs) -> Result<VpsCreate> {
     if let Some(p) = a.node_exporter_port {
         c.node_exporter_port = i64::from(p);
     }
+    if let Some(o) = a.mesh_opt_out {
+        c.mesh_opt_out = o;
+    }
     Ok(c)
 }
 
 /// The `PATCH` body of `vps edit`: only the fields given, `null` for `--clear-*`.
-pub fn patch_body(a: &VpsEditArgs) -> VpsPatch {
-    VpsPatch {
+pub fn patch_body(a: &VpsEditArgs) -> VpsPatchBody {
+    let patch = VpsPatch {
         hostname: set(a.hostname.clone()),
         alias: set_or_clear(a.alias.clone(), a.clear_alias),
         provider: set_or_clear(a.provider.clone(), a.clear_provider),
@@ -244,6 +254,10 @@ pub fn patch_body(a: &VpsEditArgs) -> VpsPatch {
         tags: set_or_clear((!a.tags.is_empty()).then(|| a.tags.clone()), a.clear_tags),
         monitoring: set(a.monitoring),
         node_exporter_port: set(a.node_exporter_port.map(i64::from)),
+    };
+    VpsPatchBody {
+        patch,
+        mesh_opt_out: a.mesh_opt_out,
     }
 }
 
@@ -398,6 +412,14 @@ mod tests {
                 "retired"
             ]),
             json!({"tags": ["b", "a"], "monitoring": false, "status": "retired"})
+        );
+        assert_eq!(
+            edit(&["--mesh-opt-out", "true"]),
+            json!({"mesh_opt_out": true})
+        );
+        assert_eq!(
+            edit(&["--mesh-opt-out", "false", "--alias", "a"]),
+            json!({"mesh_opt_out": false, "alias": "a"})
         );
         assert_eq!(
             edit(&["--ip", "10.0.0.1", "--node-exporter-port", "9200"]),
