@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use sigma_types::mesh::IstioBootstrapBundle;
 use sigma_types::{
     EnvoyConfig, ErrorBody, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse,
 };
@@ -126,6 +127,19 @@ impl Client {
             self.timeout
         };
         self.send(req, timeout).await
+    }
+}
+
+impl Client {
+    /// The VPS's Istio bootstrap bundle (mesh mode). 409: the VPS is not active or its
+    /// purpose is not in the mesh; 503: the cluster cannot provide a piece of it.
+    pub async fn istio_bootstrap(&self, key: &str, hostname: &str) -> Result<IstioBootstrapBundle> {
+        let req = self
+            .http
+            .get(format!("{}/api/agent/istio-bootstrap", self.base))
+            .bearer_auth(key)
+            .query(&[("hostname", hostname)]);
+        self.send(req, self.timeout).await
     }
 }
 

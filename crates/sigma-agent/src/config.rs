@@ -90,7 +90,8 @@ pub struct Config {
     #[arg(long, env = "AGENT_XDS_LISTEN", default_value = "127.0.0.1:18000")]
     pub xds_listen: SocketAddr,
 
-    /// Mesh mode: run pilot-agent (istiod manages Envoy) instead of serving xDS.
+    /// Mesh mode: install the Istio bootstrap bundle and run pilot-agent (istiod manages
+    /// Envoy) instead of serving xDS.
     #[arg(long, env = "AGENT_ISTIO_ENABLED", default_value_t = false)]
     pub istio_enabled: bool,
 
@@ -98,13 +99,41 @@ pub struct Config {
     #[arg(long, env = "AGENT_ROUTE_LISTEN_ADDRESS", default_value = "0.0.0.0")]
     pub route_listen_address: std::net::IpAddr,
 
-    /// Path of the pilot-agent binary (mesh mode).
+    /// Path of the pilot-agent binary (mesh mode). Installed from the sidecar archive the
+    /// bundle names when missing.
     #[arg(
         long,
         env = "AGENT_ISTIO_AGENT_PATH",
         default_value = "/usr/local/bin/pilot-agent"
     )]
     pub istio_agent_path: PathBuf,
+
+    /// Path of the Envoy binary pilot-agent runs (mesh mode; ProxyConfig `binaryPath`).
+    #[arg(
+        long,
+        env = "AGENT_ISTIO_ENVOY_PATH",
+        default_value = "/usr/local/bin/envoy"
+    )]
+    pub istio_envoy_path: PathBuf,
+
+    /// User pilot-agent and Envoy run as when the agent is root and the user exists (mesh
+    /// mode).
+    #[arg(long, env = "AGENT_ISTIO_USER", default_value = "istio-proxy")]
+    pub istio_user: String,
+
+    /// Root under which mesh mode installs the bundle's files (`/etc/certs`,
+    /// `/var/lib/istio/envoy`, `/etc/hosts`, …); pilot-agent runs with it as working directory.
+    #[arg(long, env = "AGENT_ROOT", default_value = "/")]
+    pub root: PathBuf,
+
+    /// Port of Envoy's readiness endpoint `/healthz/ready` (mesh mode).
+    #[arg(long, env = "AGENT_ENVOY_READY_PORT", default_value_t = 15021)]
+    pub envoy_ready_port: u16,
+
+    /// Port of Envoy's Prometheus endpoint `/stats/prometheus`, served again as
+    /// `/metrics/envoy` on the metrics port (mesh mode).
+    #[arg(long, env = "AGENT_ENVOY_STATS_PORT", default_value_t = 15090)]
+    pub envoy_stats_port: u16,
 }
 
 /// Reads a secret from a `*_FILE` path, trimming the trailing newline editors add.

@@ -6,6 +6,7 @@ pub mod classic;
 pub mod client;
 pub mod config;
 pub mod host;
+pub mod mesh;
 pub mod metrics;
 pub mod runner;
 pub mod state;
@@ -45,6 +46,9 @@ pub enum Error {
     /// The local proxy.
     #[error("proxy: {0}")]
     Proxy(String),
+    /// Mesh mode: the bundle, its files, pilot-agent.
+    #[error("mesh: {0}")]
+    Mesh(String),
 }
 
 /// The agent's result.
@@ -120,11 +124,13 @@ pub fn prepare(config: Config) -> Result<Prepared> {
     })
 }
 
-/// Runs the agent with `managed` until `shutdown`: the metrics server and the main loop.
+/// Runs the agent with `managed` until `shutdown`: the metrics server (with `/metrics/envoy`
+/// when `envoy_stats` is given) and the main loop.
 pub async fn run<M: runner::Managed + 'static>(
     p: Prepared,
     managed: M,
     metrics: Arc<metrics::Metrics>,
+    envoy_stats: Option<metrics::EnvoyStats>,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<()> {
@@ -132,7 +138,7 @@ pub async fn run<M: runner::Managed + 'static>(
         .await
         .map_err(|e| Error::Config(format!("metrics listen {}: {e}", p.config.metrics_listen)))?;
     tracing::info!(addr = %p.config.metrics_listen, "metrics listening");
-    let app = metrics::router(metrics.clone(), p.metrics_token.clone());
+    let app = metrics::router(metrics.clone(), p.metrics_token.clone(), envoy_stats);
     let stop = shutdown.clone();
     tracker.spawn(
         async move {

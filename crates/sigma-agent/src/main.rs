@@ -54,24 +54,84 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let prepared = sigma_agent::prepare(cli.config)?;
-    if prepared.config.istio_enabled {
-        anyhow::bail!(
-            "mesh mode (--istio-enabled) is not available in this build yet; run without it for classic mode"
-        );
-    }
+    // Checked before anything starts, so a bad mesh setting is a clear error at once.
+    let mesh_settings = if prepared.config.istio_enabled {
+        Some(sigma_agent::mesh::MeshSettings::from_config(
+            &prepared.config,
+        )?)
+    } else {
+        None
+    };
     let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
     let signals = shutdown.clone();
-    tokio::spawn(
+    tracker.spawn(
         async move {
-            wait_for_signal().await;
-            tracing::info!("shutdown requested");
-            signals.cancel();
+            tokio::select! {
+                _ = wait_for_signal() => {
+                    tracing::info!("shutdown requested");
+                    signals.cancel();
+                }
+                _ = signals.cancelled() => {}
+            }
         }
         .instrument(tracing::info_span!("signals")),
     );
-    let tracker = TaskTracker::new();
-    let metrics = Arc::new(sigma_agent::metrics::Metrics::default());
 
+    let result = match mesh_settings {
+        Some(settings) => run_mesh(prepared, settings, shutdown.clone(), &tracker).await,
+        None => run_classic(prepared, shutdown.clone(), &tracker).await,
+    };
+    shutdown.cancel();
+    tracker.close();
+    // Every task stops within a few seconds; do not hang on one that does not.
+    if tokio::time::timeout(std::time::Duration::from_secs(5), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some tasks did not stop within 5 s");
+    }
+    result
+}
+
+/// Mesh mode: pilot-agent and Envoy under istiod; no xDS server.
+async fn run_mesh(
+    prepared: sigma_agent::Prepared,
+    settings: sigma_agent::mesh::MeshSettings,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(sigma_agent::metrics::Metrics::with_mesh());
+    let envoy_stats = settings.envoy_stats()?;
+    tracing::info!(root = %settings.root.display(), pilot_agent = %settings.agent_path.display(), "mesh mode");
+    let mesh = sigma_agent::mesh::Mesh::new(
+        settings,
+        prepared.client.clone(),
+        prepared.hostname.clone(),
+        prepared.state.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+        tracker.clone(),
+    )?;
+    sigma_agent::run(
+        prepared,
+        mesh,
+        metrics,
+        Some(envoy_stats),
+        shutdown,
+        tracker,
+    )
+    .await
+    .map_err(Into::into)
+}
+
+/// Classic mode: the agent's xDS server feeds the local Envoy the routes from sigma-api.
+async fn run_classic(
+    prepared: sigma_agent::Prepared,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(sigma_agent::metrics::Metrics::default());
     let xds = sigma_xds::XdsServer::new(sigma_xds::ResourceOptions {
         listen_address: prepared.config.route_listen_address,
     });
@@ -99,17 +159,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         prepared.hostname.clone(),
         prepared.config.max_backoff,
     );
-    let result = sigma_agent::run(prepared, classic, metrics, shutdown.clone(), &tracker).await;
-    shutdown.cancel();
-    tracker.close();
-    // Every task stops within a few seconds; do not hang on one that does not.
-    if tokio::time::timeout(std::time::Duration::from_secs(5), tracker.wait())
+    sigma_agent::run(prepared, classic, metrics, None, shutdown, tracker)
         .await
-        .is_err()
-    {
-        tracing::warn!("some tasks did not stop within 5 s");
-    }
-    result.map_err(Into::into)
+        .map_err(Into::into)
 }
 
 async fn wait_for_signal() {

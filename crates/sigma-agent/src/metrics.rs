@@ -1,4 +1,5 @@
-//! The agent's `/metrics` (Prometheus text) and `/healthz`.
+//! The agent's `/metrics` (Prometheus text), `/healthz`, and in mesh mode `/metrics/envoy`
+//! (Envoy's own Prometheus stats, passed through, for scrapers that can reach only this port).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -19,6 +20,32 @@ use prometheus_client::registry::Registry;
 pub struct ResultLabels {
     /// `ok`, `unreachable`, `unauthorized`, `conflict`, `error`.
     pub result: String,
+}
+
+/// Labels of the mesh phase gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    /// `installing`, `starting`, `ready`, `degraded`, `stopped`.
+    pub phase: String,
+}
+
+/// Mesh-mode metrics (registered only in mesh mode).
+#[derive(Default)]
+pub struct MeshMetrics {
+    /// 1 for the current phase, 0 for the others.
+    pub phase: Family<PhaseLabels, Gauge>,
+    /// pilot-agent restarts.
+    pub restarts: Counter,
+    /// Unix time the installed token expires (0: none).
+    pub token_expiry: Gauge,
+    /// Unix time the workload certificate expires (0: unknown).
+    pub cert_expiry: Gauge,
+    /// 1 while Envoy answers ready.
+    pub envoy_ready: Gauge,
+    /// Bundle fetches by result.
+    pub bundle_fetches: Family<ResultLabels, Counter>,
+    /// Why `/healthz` fails (the mesh proxy is not ready), if it does.
+    pub unhealthy: std::sync::Mutex<Option<String>>,
 }
 
 /// Every metric the agent exports.
@@ -48,6 +75,8 @@ pub struct Metrics {
     pub loop_tick: AtomicI64,
     /// Seconds after which a silent main loop counts as stuck.
     pub stuck_after: AtomicU64,
+    /// Mesh mode's metrics, in mesh mode.
+    pub mesh: Option<MeshMetrics>,
 }
 
 impl Default for Metrics {
@@ -127,6 +156,7 @@ impl Default for Metrics {
             xds_nacks,
             loop_tick: AtomicI64::new(now()),
             stuck_after: AtomicU64::new(120),
+            mesh: None,
         }
     }
 }
@@ -136,6 +166,45 @@ fn now() -> i64 {
 }
 
 impl Metrics {
+    /// The metrics of an agent in mesh mode: the common ones and the mesh proxy's.
+    pub fn with_mesh() -> Metrics {
+        let mut m = Metrics::default();
+        let mesh = MeshMetrics::default();
+        let r = &mut m.registry;
+        r.register(
+            "mesh_phase",
+            "1 for the mesh proxy's current phase (installing, starting, ready, degraded, stopped)",
+            mesh.phase.clone(),
+        );
+        r.register(
+            "mesh_restarts",
+            "pilot-agent restarts since the agent started",
+            mesh.restarts.clone(),
+        );
+        r.register(
+            "mesh_token_expiry_timestamp_seconds",
+            "Unix time the installed istio-token expires",
+            mesh.token_expiry.clone(),
+        );
+        r.register(
+            "mesh_cert_expiry_timestamp_seconds",
+            "Unix time pilot-agent's workload certificate expires (0: none yet)",
+            mesh.cert_expiry.clone(),
+        );
+        r.register(
+            "mesh_envoy_ready",
+            "1 while Envoy answers ready on its readiness port",
+            mesh.envoy_ready.clone(),
+        );
+        r.register(
+            "mesh_bundle_fetches",
+            "Istio bootstrap bundle fetches from sigma-api by result",
+            mesh.bundle_fetches.clone(),
+        );
+        m.mesh = Some(mesh);
+        m
+    }
+
     /// Counts an outcome.
     pub fn count(family: &Family<ResultLabels, Counter>, result: &str) {
         family
@@ -158,10 +227,32 @@ impl Metrics {
     }
 }
 
+/// Where `/metrics/envoy` gets Envoy's stats.
+#[derive(Clone)]
+pub struct EnvoyStats {
+    /// `http://127.0.0.1:15090/stats/prometheus`.
+    pub url: String,
+    /// Client for it (no proxy, short timeout).
+    pub http: reqwest::Client,
+}
+
+/// Largest Envoy stats answer passed through.
+const MAX_ENVOY_STATS_BYTES: usize = 64 << 20;
+
 #[derive(Clone)]
 struct Shared {
     metrics: Arc<Metrics>,
     token: Option<Arc<str>>,
+    envoy: Option<EnvoyStats>,
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        "unauthorized\n",
+    )
+        .into_response()
 }
 
 fn token_ok(headers: &HeaderMap, token: &str) -> bool {
@@ -187,12 +278,7 @@ async fn metrics(State(s): State<Shared>, headers: HeaderMap) -> Response {
     if let Some(t) = &s.token
         && !token_ok(&headers, t)
     {
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            "unauthorized\n",
-        )
-            .into_response();
+        return unauthorized();
     }
     (
         [(
@@ -213,17 +299,84 @@ async fn healthz(State(s): State<Shared>) -> Response {
         )
             .into_response();
     }
+    if let Some(m) = &s.metrics.mesh
+        && let Some(why) = m
+            .unhealthy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    {
+        // The WorkloadGroup's probe hits this endpoint: a VPS whose Envoy is not ready must
+        // not receive mesh traffic.
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response();
+    }
     "ok\n".into_response()
 }
 
-/// The metrics and health router.
-pub fn router(metrics: Arc<Metrics>, token: Option<String>) -> Router {
+async fn envoy_stats(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    if let Some(t) = &s.token
+        && !token_ok(&headers, t)
+    {
+        return unauthorized();
+    }
+    let Some(e) = &s.envoy else {
+        return (StatusCode::NOT_FOUND, "no Envoy stats in classic mode\n").into_response();
+    };
+    let resp = match e.http.get(&e.url).send().await {
+        Ok(r) => r,
+        Err(err) => {
+            let what = if err.is_timeout() {
+                "did not answer in time"
+            } else {
+                "is not reachable"
+            };
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("Envoy's stats endpoint {what}\n"),
+            )
+                .into_response();
+        }
+    };
+    if !resp.status().is_success() {
+        return (
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "Envoy's stats endpoint answered {}\n",
+                resp.status().as_u16()
+            ),
+        )
+            .into_response();
+    }
+    if resp
+        .content_length()
+        .is_some_and(|l| l > MAX_ENVOY_STATS_BYTES as u64)
+    {
+        return (StatusCode::BAD_GATEWAY, "Envoy's stats are too large\n").into_response();
+    }
+    let content_type = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .cloned()
+        .unwrap_or_else(|| header::HeaderValue::from_static("text/plain; version=0.0.4"));
+    match resp.bytes().await {
+        Ok(b) if b.len() <= MAX_ENVOY_STATS_BYTES => {
+            ([(header::CONTENT_TYPE, content_type)], b).into_response()
+        }
+        Ok(_) => (StatusCode::BAD_GATEWAY, "Envoy's stats are too large\n").into_response(),
+        Err(_) => (StatusCode::BAD_GATEWAY, "Envoy's stats answer broke off\n").into_response(),
+    }
+}
+
+/// The metrics and health router; with `envoy`, also `/metrics/envoy`.
+pub fn router(metrics: Arc<Metrics>, token: Option<String>, envoy: Option<EnvoyStats>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
+        .route("/metrics/envoy", get(envoy_stats))
         .route("/healthz", get(healthz))
         .with_state(Shared {
             metrics,
             token: token.map(Arc::from),
+            envoy,
         })
 }
 

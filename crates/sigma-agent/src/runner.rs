@@ -26,6 +26,23 @@ pub trait Managed: Send {
     ) -> impl std::future::Future<Output = Result<()>> + Send;
     /// What to report in the next heartbeat.
     fn report(&self) -> AgentState;
+    /// Called once before registering: restarts what ran before the agent restarted, so an
+    /// unreachable sigma-api does not keep it down.
+    fn resume(&mut self) -> impl std::future::Future<Output = ()> + Send {
+        async {}
+    }
+    /// Called when the agent stops while the VPS is still active (`desired` when known).
+    /// Classic mode treats it like a stop.
+    fn shutdown(
+        &mut self,
+        desired: Option<&Desired>,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        async move {
+            if let Some(d) = desired {
+                let _ = self.apply(false, d).await;
+            }
+        }
+    }
 }
 
 /// The desired state as the runner knows it.
@@ -182,7 +199,9 @@ impl<M: Managed> Runner<M> {
             (self.interval.max(self.max_backoff).as_secs() * 3 + 30).max(60),
             std::sync::atomic::Ordering::Relaxed,
         );
+        self.managed.resume().await;
         let Some((key, mut desired)) = self.register(&shutdown).await? else {
+            self.managed.shutdown(None).await;
             return Ok(());
         };
         let mut applied: Option<i64> = None;
@@ -269,8 +288,11 @@ impl<M: Managed> Runner<M> {
                 break;
             }
         }
-        if let Some(d) = &desired {
-            let _ = self.managed.apply(false, d).await;
+        match &desired {
+            Some(d) if !d.should_run() => {
+                let _ = self.managed.apply(false, d).await;
+            }
+            d => self.managed.shutdown(d.as_ref()).await,
         }
         Ok(())
     }

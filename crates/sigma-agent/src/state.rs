@@ -73,6 +73,45 @@ impl StateDir {
     }
 }
 
+impl StateDir {
+    fn private_path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Reads a private file of the state directory, if it exists.
+    pub fn load_private(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.private_path(name);
+        match std::fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::State(format!("{}: {e}", path.display()))),
+        }
+    }
+
+    /// Writes a private file (mode 0600) of the state directory atomically.
+    pub fn store_private(&self, name: &str, data: &[u8]) -> Result<()> {
+        let path = self.private_path(name);
+        let err = |e: std::io::Error| Error::State(format!("writing {}: {e}", path.display()));
+        let mut f = atomic_write_file::OpenOptions::new()
+            .mode(0o600)
+            .open(&path)
+            .map_err(err)?;
+        f.write_all(data).map_err(err)?;
+        f.commit().map_err(err)?;
+        Ok(())
+    }
+
+    /// Removes a private file of the state directory (absent is fine).
+    pub fn remove_private(&self, name: &str) -> Result<()> {
+        let path = self.private_path(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::State(format!("{}: {e}", path.display()))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,227 @@
+//! Just enough PEM and DER to check the bundle's root-certificate fingerprint and to read when
+//! pilot-agent's workload certificate expires, without an X.509 library: the agent only needs
+//! the DER bytes of the first certificate and its `notAfter`.
+
+use sha2::{Digest, Sha256};
+use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time};
+
+fn b64_value(c: u8) -> Option<u8> {
+    match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    }
+}
+
+/// Standard base64 (whitespace ignored, `=` padding optional).
+fn base64_decode(text: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    let mut padded = false;
+    for c in text.bytes() {
+        if c.is_ascii_whitespace() {
+            continue;
+        }
+        if c == b'=' {
+            padded = true;
+            continue;
+        }
+        if padded {
+            return Err("data after base64 padding".into());
+        }
+        let v = b64_value(c).ok_or_else(|| format!("invalid base64 character {:?}", c as char))?;
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Ok(out)
+}
+
+/// The DER bodies of the `CERTIFICATE` blocks of a PEM text, in order.
+pub fn certificates(pem: &str) -> Result<Vec<Vec<u8>>, String> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut out = Vec::new();
+    let mut rest = pem;
+    while let Some(start) = rest.find(BEGIN) {
+        let after = &rest[start + BEGIN.len()..];
+        let end = after
+            .find(END)
+            .ok_or("a PEM certificate block is not terminated")?;
+        let der = base64_decode(&after[..end])?;
+        if der.is_empty() {
+            return Err("an empty PEM certificate block".into());
+        }
+        out.push(der);
+        rest = &after[end + END.len()..];
+    }
+    Ok(out)
+}
+
+/// Lower-case hex SHA-256 of the DER of the first certificate in `pem`.
+pub fn first_certificate_sha256(pem: &str) -> Result<String, String> {
+    let certs = certificates(pem)?;
+    let first = certs.first().ok_or("no PEM certificate")?;
+    Ok(Sha256::digest(first)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// One DER element: (tag, content, rest).
+fn der_element(input: &[u8]) -> Result<(u8, &[u8], &[u8]), String> {
+    let short = || "truncated DER".to_string();
+    let (&tag, rest) = input.split_first().ok_or_else(short)?;
+    let (&len0, mut rest) = rest.split_first().ok_or_else(short)?;
+    let len = if len0 & 0x80 == 0 {
+        usize::from(len0)
+    } else {
+        let n = usize::from(len0 & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return Err("unsupported DER length".into());
+        }
+        let mut l = 0usize;
+        for &b in &rest[..n] {
+            l = (l << 8) | usize::from(b);
+        }
+        rest = &rest[n..];
+        l
+    };
+    if rest.len() < len {
+        return Err(short());
+    }
+    Ok((tag, &rest[..len], &rest[len..]))
+}
+
+fn digits(s: &[u8]) -> Result<u32, String> {
+    s.iter().try_fold(0u32, |acc, &c| {
+        if c.is_ascii_digit() {
+            Ok(acc * 10 + u32::from(c - b'0'))
+        } else {
+            Err("non-digit in DER time".to_string())
+        }
+    })
+}
+
+/// UTCTime (tag 0x17, `YYMMDDHHMMSSZ`) or GeneralizedTime (0x18, `YYYYMMDDHHMMSSZ`).
+fn der_time(tag: u8, v: &[u8]) -> Result<OffsetDateTime, String> {
+    let (year, rest) = match (tag, v.len()) {
+        (0x17, 13) => {
+            // RFC 5280: two-digit years 50–99 are 19xx, 00–49 are 20xx.
+            let yy = digits(&v[..2])?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &v[2..])
+        }
+        (0x18, 15) => (digits(&v[..4])?, &v[4..]),
+        _ => return Err("unsupported certificate time format".into()),
+    };
+    if rest[10] != b'Z' {
+        return Err("certificate time is not in UTC".into());
+    }
+    let bad = |_| "invalid certificate time".to_string();
+    let month = Month::try_from(digits(&rest[0..2])? as u8).map_err(bad)?;
+    let date =
+        Date::from_calendar_date(year as i32, month, digits(&rest[2..4])? as u8).map_err(bad)?;
+    let time = Time::from_hms(
+        digits(&rest[4..6])? as u8,
+        digits(&rest[6..8])? as u8,
+        digits(&rest[8..10])? as u8,
+    )
+    .map_err(bad)?;
+    Ok(PrimitiveDateTime::new(date, time).assume_utc())
+}
+
+/// `notAfter` of a DER X.509 certificate.
+pub fn not_after(der: &[u8]) -> Result<OffsetDateTime, String> {
+    let (tag, cert, _) = der_element(der)?;
+    if tag != 0x30 {
+        return Err("not a DER certificate".into());
+    }
+    let (tag, tbs, _) = der_element(cert)?;
+    if tag != 0x30 {
+        return Err("not a DER certificate".into());
+    }
+    let mut rest = tbs;
+    // [0] version is optional; then serial, signature algorithm, issuer, validity.
+    let (tag, _, r) = der_element(rest)?;
+    if tag == 0xa0 {
+        rest = r;
+    }
+    for _ in 0..3 {
+        rest = der_element(rest)?.2;
+    }
+    let (tag, validity, _) = der_element(rest)?;
+    if tag != 0x30 {
+        return Err("certificate validity not found".into());
+    }
+    let (_, _, after_not_before) = der_element(validity)?;
+    let (tag, v, _) = der_element(after_not_before)?;
+    der_time(tag, v)
+}
+
+/// `notAfter` of the first (leaf) certificate of a PEM chain.
+pub fn chain_not_after(pem: &str) -> Result<OffsetDateTime, String> {
+    let certs = certificates(pem)?;
+    not_after(certs.first().ok_or("no PEM certificate")?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ISRG Root X2, a public CA certificate: notAfter 2040-09-17T16:00:00Z.
+    const ISRG_X2: &str = "-----BEGIN CERTIFICATE-----
+MIICGzCCAaGgAwIBAgIQQdKd0XLq7qeAwSxs6S+HUjAKBggqhkjOPQQDAzBPMQsw
+CQYDVQQGEwJVUzEpMCcGA1UEChMgSW50ZXJuZXQgU2VjdXJpdHkgUmVzZWFyY2gg
+R3JvdXAxFTATBgNVBAMTDElTUkcgUm9vdCBYMjAeFw0yMDA5MDQwMDAwMDBaFw00
+MDA5MTcxNjAwMDBaME8xCzAJBgNVBAYTAlVTMSkwJwYDVQQKEyBJbnRlcm5ldCBT
+ZWN1cml0eSBSZXNlYXJjaCBHcm91cDEVMBMGA1UEAxMMSVNSRyBSb290IFgyMHYw
+EAYHKoZIzj0CAQYFK4EEACIDYgAEzZvVn4CDCuwJSvMWSj5cz3es3mcFDR0HttwW
++1qLFNvicWDEukWVEYmO6gbf9yoWHKS5xcUy4APgHoIYOIvXRdgKam7mAHf7AlF9
+ItgKbppbd9/w+kHsOdx1ymgHDB/qo0IwQDAOBgNVHQ8BAf8EBAMCAQYwDwYDVR0T
+AQH/BAUwAwEB/zAdBgNVHQ4EFgQUfEKWrt5LSDv6kviejM9ti6lyN5UwCgYIKoZI
+zj0EAwMDaAAwZQIwe3lORlCEwkSHRhtFcP9Ymd70/aTSVaYgLXTWNLxBo1BfASdW
+tL4ndQavEi51mI38AjEAi/V3bNTIZargCyzuFJ0nN6T5U6VR5CmD1/iQMVtCnwr1
+/q4AaOeMSQ+2b1tbFfLn
+-----END CERTIFICATE-----
+";
+
+    #[test]
+    fn reads_a_real_certificate() {
+        assert_eq!(
+            first_certificate_sha256(ISRG_X2).unwrap(),
+            "69729b8e15a86efc177a57afb7171dfc64add28c2fca8cf1507e34453ccb1470"
+        );
+        let t = chain_not_after(&format!("{ISRG_X2}{ISRG_X2}")).unwrap();
+        assert_eq!(t, time::macros::datetime!(2040-09-17 16:00:00 UTC));
+    }
+
+    #[test]
+    fn refuses_garbage() {
+        assert!(first_certificate_sha256("no pem here").is_err());
+        assert!(
+            first_certificate_sha256("-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----")
+                .is_err()
+        );
+        assert!(
+            chain_not_after("-----BEGIN CERTIFICATE-----\nMII=\n-----END CERTIFICATE-----")
+                .is_err()
+        );
+        assert!(not_after(&[0x30, 0x03, 0x30, 0x01]).is_err());
+        assert!(certificates("-----BEGIN CERTIFICATE-----\nAAAA").is_err());
+    }
+
+    #[test]
+    fn two_digit_years_follow_rfc_5280() {
+        assert_eq!(der_time(0x17, b"491231235959Z").unwrap().year(), 2049);
+        assert_eq!(der_time(0x17, b"500101000000Z").unwrap().year(), 1950);
+        assert!(der_time(0x17, b"491331235959Z").is_err());
+        assert!(der_time(0x18, b"20401231235959+").is_err());
+    }
+}
