@@ -557,7 +557,7 @@ fn agent_mesh_mode(i: &Inputs<'_>) -> Link {
         None if i.vps.agent_state.is_none() => failed(
             k,
             "its agent has reported no state",
-            format!("make sure sigma-agent runs on {h}; then {restart}"),
+            format!("run sigma-agent on {h} with --istio-enabled (AGENT_ISTIO_ENABLED=true)"),
         ),
         None => failed(
             k,

@@ -727,12 +727,18 @@ async fn bootstrap(ctx: &mut Ctx<'_>, arg: &str) -> Result<()> {
     let Some(dir) = dir else {
         return ctx.out.value(&ans.body);
     };
-    bundle_dir(&dir)?;
-    for (name, text, mode) in bundle_files(&b) {
-        write_atomic(&dir.join(name), text, mode)?;
-    }
+    write_bundle(&dir, &b)?;
     let text = next_steps(&b, &dir, ctx.now);
     ctx.out.text(&text)
+}
+
+/// Writes a checked bundle's files into `dir` (created 0700 when missing).
+fn write_bundle(dir: &Path, b: &IstioBootstrapBundle) -> Result<()> {
+    bundle_dir(dir)?;
+    for (name, text, mode) in bundle_files(b) {
+        write_atomic(&dir.join(name), text, mode)?;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1002,6 +1008,88 @@ spec:
             "a refusal writes nothing"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn bundle() -> IstioBootstrapBundle {
+        serde_json::from_value(json!({
+            "vps_id": "6f1c1d0e-0000-4000-8000-000000000001",
+            "hostname": "edge-1.example.net",
+            "workload_entry": "vps-edge-1-example-net",
+            "files": {
+                "root-cert.pem": "-----BEGIN CERTIFICATE-----\nMII\n-----END CERTIFICATE-----\n",
+                "istio-token": "eyJ.abc.def",
+                "mesh.yaml": "defaultConfig: {}\n",
+                "cluster.env": "CANONICAL_SERVICE='xrayr'\n",
+                "hosts": "10.0.0.1 istiod.istio-system.svc\n"
+            },
+            "token_expires_at": "2027-01-15T09:00:00Z",
+            "root_cert_sha256": "a".repeat(64),
+            "bundle_version": "v1",
+            "interception": "none",
+            "egress": [{"host": "xboard.sigma.svc.cluster.local", "port": 80, "bind": "127.0.0.2"}],
+            "istio_proxy": {"url": "https://example.net/istio-sidecar.tar.gz", "sha256": "b".repeat(64), "version": "1.30.0"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn bundles_are_written_with_private_token_and_next_steps() {
+        let b = bundle();
+        b.check().unwrap();
+        let dir = tmp("bundle-files").join("edge-1");
+        write_bundle(&dir, &b).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("istio-token")), 0o600);
+        assert_eq!(mode(&dir.join("cluster.env")), 0o644);
+        assert_eq!(
+            std::fs::read_to_string(dir.join("istio-token")).unwrap(),
+            "eyJ.abc.def"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("hosts")).unwrap(),
+            "10.0.0.1 istiod.istio-system.svc\n"
+        );
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "cluster.env",
+                "hosts",
+                "istio-token",
+                "mesh.yaml",
+                "root-cert.pem"
+            ],
+            "no temporary files are left"
+        );
+        // A second write replaces the files in place.
+        write_bundle(&dir, &b).unwrap();
+
+        let now = OffsetDateTime::parse(
+            "2027-01-15T08:00:00Z",
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        let t = next_steps(&b, &dir, now);
+        for needle in [
+            "expires 2027-01-15 09:00:00 UTC (in 1h)",
+            "/etc/certs/root-cert.pem",
+            "/var/run/secrets/tokens/istio-token",
+            "/var/lib/istio/envoy/cluster.env",
+            "/etc/istio/config/mesh",
+            "# BEGIN sigma-istio",
+            "# END sigma-istio",
+            "systemctl start istio",
+            "CAP_NET_BIND_SERVICE",
+            "istio-sidecar.tar.gz",
+        ] {
+            assert!(t.contains(needle), "{needle} missing:\n{t}");
+        }
+        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 
     #[test]
