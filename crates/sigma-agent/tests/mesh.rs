@@ -701,3 +701,237 @@ async fn installs_runs_refreshes_restarts_and_retires() {
     );
     agent.stop();
 }
+
+fn targz(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    for (name, body) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(body.len() as u64);
+        h.set_mode(0o755);
+        h.set_cksum();
+        b.append_data(&mut h, name, *body).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_the_proxy_and_refuses_a_bad_checksum() {
+    let api = SigmaApi::start();
+    let token = api.token(json!({"purpose": "xrayr"})).await;
+    let host = "mesh-2.example.net";
+    let w = World::new("mesh-download", false);
+    let wrapper = wrapper_script(&w.records, w.ready_port, w.stats_port);
+    let archive = targz(&[
+        ("./usr/local/bin/pilot-agent", wrapper.as_bytes()),
+        ("./usr/local/bin/envoy", b"#!/bin/sh\nexit 0\n"),
+        ("./var/lib/istio/envoy/envoy_bootstrap_tmpl.json", b"{}"),
+        ("./lib/systemd/system/istio.service", b"[Unit]\n"),
+    ]);
+    let good = sha256_hex(&archive);
+    let (front, front_url) = start_front(&api.url, host, default_spec()).await;
+    {
+        let mut f = front.lock().unwrap();
+        f.archive = archive;
+        f.spec.proxy = Some(IstioProxyArchive {
+            url: format!("{front_url}/archive/istio-sidecar.tar.gz"),
+            sha256: "0".repeat(64),
+            version: Some("1.27.0".into()),
+        });
+    }
+    let agent = Agent::start(&w, &front_url, host, Some(&token), &[]);
+    let log = || agent.log();
+
+    // A wrong checksum: refused, reported, nothing installed.
+    let st = wait_for(
+        "a degraded mesh_state naming the checksum",
+        &log,
+        || async {
+            let s = mesh_state(&api, host).await;
+            (s["mesh_state"]["state"] == "degraded").then_some(s)
+        },
+    )
+    .await;
+    let reason = st["mesh_state"]["reason"].as_str().unwrap();
+    assert!(reason.contains("sha256 mismatch"), "{reason}");
+    assert_eq!(
+        agent
+            .metric("sigma_agent_mesh_phase{phase=\"degraded\"}")
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        agent.get("/healthz").await.0,
+        503,
+        "not ready while the proxy is missing"
+    );
+    assert!(!w.agent_path.exists() && !w.envoy_path.exists());
+    assert!(w.proxy_records().is_empty());
+    let leftovers: Vec<_> = std::fs::read_dir(w.agent_path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "a refused download is deleted: {leftovers:?}"
+    );
+
+    // The operator fixes the checksum: installed and started.
+    front.lock().unwrap().spec.proxy.as_mut().unwrap().sha256 = good;
+    wait_for("pilot-agent from the archive started", &log, || async {
+        w.proxy_records().into_iter().next()
+    })
+    .await;
+    assert_eq!(mode(&w.agent_path), 0o755);
+    assert_eq!(mode(&w.envoy_path), 0o755);
+    assert_eq!(
+        std::fs::read_to_string(w.at("var/lib/istio/envoy/envoy_bootstrap_tmpl.json")).unwrap(),
+        "{}"
+    );
+    assert!(
+        !w.at("lib/systemd").exists(),
+        "only the proxy's parts are unpacked"
+    );
+    wait_for("ready", &log, || async {
+        (mesh_state(&api, host).await["mesh_state"]["state"] == "ready").then_some(())
+    })
+    .await;
+    assert_eq!(agent.get("/healthz").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iptables_mode_user_switch_shutdown_and_running_without_sigma_api() {
+    let api = SigmaApi::start();
+    let token = api.token(json!({"purpose": "xrayr"})).await;
+    let host = "mesh-3.example.net";
+    let mut spec = default_spec();
+    spec.interception = InterceptionMode::Iptables;
+    spec.cluster_env = cluster_env("ISTIO_SERVICE_CIDR='10.96.0.0/12'\n");
+    spec.egress = vec![BundleEgress {
+        host: "xboard.sigma.svc.cluster.local".into(),
+        port: 80,
+        bind: "127.0.0.2".into(),
+    }];
+    let (front, front_url) = start_front(&api.url, host, spec).await;
+    let w = World::new("mesh-iptables", true);
+    std::fs::write(w.at("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
+    // As root with an existing unprivileged user, pilot-agent runs as that user with
+    // CAP_NET_BIND_SERVICE (egress port 80); otherwise as the agent's own user.
+    let nobody = std::fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("nobody:"))
+        .and_then(|l| l.split(':').nth(2)?.parse::<u32>().ok());
+    let is_root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    let switch = is_root && nobody.is_some();
+    let user = if switch {
+        "nobody"
+    } else {
+        "istio-proxy-absent"
+    };
+    let env = [("AGENT_ISTIO_USER", user)];
+    let mut agent = Agent::start(&w, &front_url, host, Some(&token), &env);
+    let log = || agent.log();
+
+    let first = wait_for("pilot-agent started", &log, || async {
+        w.proxy_records().into_iter().next()
+    })
+    .await;
+    let pid1 = first["pid"].as_u64().unwrap();
+    // Narrowed capture, cleaned first; run before pilot-agent.
+    let calls = w.iptables_calls();
+    assert_eq!(
+        calls[0],
+        vec!["istio-iptables", "--cleanup-only"],
+        "{calls:?}"
+    );
+    let setup = &calls[1];
+    let flag = |f: &str| {
+        setup
+            .iter()
+            .position(|a| a == f)
+            .map(|i| setup[i + 1].as_str())
+    };
+    assert_eq!(flag("-i"), Some("10.96.0.0/12"), "{setup:?}");
+    assert_eq!(flag("-b"), Some(""), "no inbound capture");
+    assert_eq!(flag("-m"), Some("REDIRECT"));
+    assert!(!setup.iter().any(|a| a == "*"));
+    let token_file = w.at("var/run/secrets/tokens/istio-token");
+    if switch {
+        let uid = nobody.unwrap();
+        assert_eq!(
+            flag("-u"),
+            Some(uid.to_string().as_str()),
+            "Envoy's own traffic is not captured"
+        );
+        assert_eq!(first["uid"], json!(uid.to_string()));
+        let amb = u64::from_str_radix(first["cap_amb"].as_str().unwrap(), 16).unwrap();
+        assert_eq!(amb, 1 << 10, "only CAP_NET_BIND_SERVICE, ambient");
+        assert_eq!(
+            std::fs::metadata(&token_file).unwrap().uid(),
+            uid,
+            "files owned by the proxy user"
+        );
+        assert_eq!(
+            std::fs::metadata(w.at("var/lib/istio/certs"))
+                .unwrap()
+                .uid(),
+            uid
+        );
+        assert_eq!(
+            std::fs::metadata(w.at("etc/hosts")).unwrap().uid(),
+            0,
+            "/etc/hosts keeps its owner"
+        );
+    }
+    wait_for("ready", &log, || async {
+        (mesh_state(&api, host).await["mesh_state"]["state"] == "ready").then_some(())
+    })
+    .await;
+
+    // Agent shutdown: pilot-agent stopped, iptables cleaned, files kept.
+    agent.stop();
+    assert!(!alive(pid1), "pilot-agent stopped with the agent");
+    let calls = w.iptables_calls();
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    assert_eq!(calls[2], vec!["istio-iptables", "--cleanup-only"]);
+    assert!(token_file.exists(), "a shutdown is not a retire");
+
+    // sigma-api away: the restarted agent runs the proxy on the installed bundle.
+    front.lock().unwrap().down = true;
+    let agent = Agent::start(&w, &front_url, host, None, &env);
+    let log = || agent.log();
+    let second = wait_for("pilot-agent resumed without sigma-api", &log, || async {
+        w.proxy_records()
+            .into_iter()
+            .find(|r| r["pid"].as_u64() != Some(pid1))
+    })
+    .await;
+    let pid2 = second["pid"].as_u64().unwrap();
+    assert_eq!(w.iptables_calls().len(), 5, "capture put back on resume");
+    wait_for("Envoy ready while sigma-api is away", &log, || async {
+        (agent.metric("sigma_agent_mesh_envoy_ready").await? == 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(agent.get("/healthz").await.0, 200);
+    let (_, m) = agent.get("/metrics").await;
+    assert!(
+        m.contains("sigma_agent_mesh_phase{phase=\"degraded\"} 1"),
+        "{m}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(alive(pid2));
+    assert_eq!(
+        w.proxy_records().len(),
+        2,
+        "no restarts while sigma-api is away"
+    );
+    assert!(
+        agent.log().contains("running on the installed one"),
+        "{}",
+        agent.log()
+    );
+}
