@@ -1,6 +1,6 @@
 //! sigma-api's configuration: flags, each with an environment variable.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -8,6 +8,14 @@ use clap::Parser;
 
 fn duration(s: &str) -> Result<Duration, String> {
     sigma_types::validate::duration(s)
+}
+
+/// A duration where zero (`0`, `0s`) means "off".
+fn duration_or_zero(s: &str) -> Result<Duration, String> {
+    match s.trim() {
+        "0" | "0s" | "0ms" | "0m" | "0h" => Ok(Duration::ZERO),
+        t => duration(t),
+    }
 }
 
 /// sigma-api: the fleet inventory and mesh registrar of sigma.
@@ -141,6 +149,53 @@ pub struct Config {
     /// Name of the leader Lease.
     #[arg(long, env = "SIGMA_MESH_LEASE_NAME", default_value = "sigma-api-mesh")]
     pub mesh_lease_name: String,
+
+    /// Revision of the Istio control plane VPS join (`istioctl install --revision <rev>`):
+    /// bootstrap bundles then read ConfigMap `istio-<rev>` and point at `istiod-<rev>`.
+    #[arg(long, env = "SIGMA_ISTIO_REVISION")]
+    pub istio_revision: Option<String>,
+
+    /// Cluster id the VPS's proxies report (`ISTIO_META_CLUSTER_ID`): Istio's
+    /// `values.global.multiCluster.clusterName`.
+    #[arg(long, env = "SIGMA_ISTIO_CLUSTER_ID", default_value = "Kubernetes")]
+    pub istio_cluster_id: String,
+
+    /// Lifetime of the `istio-token` in bootstrap bundles (10m to 24h). pilot-agent needs it
+    /// for first contact only; the agent refreshes it before it expires.
+    #[arg(long, env = "SIGMA_ISTIO_TOKEN_TTL", default_value = "1h", value_parser = duration)]
+    pub istio_token_ttl: Duration,
+
+    /// Address of the east-west gateway VPS reach istiod through; without it, it is read from
+    /// the gateway Service (--eastwest-service) at each bundle.
+    #[arg(long, env = "SIGMA_EASTWEST_ADDRESS")]
+    pub eastwest_address: Option<IpAddr>,
+
+    /// Name of the east-west gateway Service in Istio's namespace.
+    #[arg(
+        long,
+        env = "SIGMA_EASTWEST_SERVICE",
+        default_value = "istio-eastwestgateway"
+    )]
+    pub eastwest_service: String,
+
+    /// How long bootstrap bundles reuse the root certificate, mesh config and gateway address
+    /// read from the cluster (`0`: read them for every bundle). Tokens are never reused.
+    #[arg(long, env = "SIGMA_ISTIO_BOOTSTRAP_CACHE", default_value = "10s", value_parser = duration_or_zero)]
+    pub istio_bootstrap_cache: Duration,
+
+    /// URL of Istio's sidecar archive (pilot-agent and Envoy) that agents download when a VPS
+    /// lacks the proxy; give --istio-proxy-sha256 with it.
+    #[arg(long, env = "SIGMA_ISTIO_PROXY_URL")]
+    pub istio_proxy_url: Option<String>,
+
+    /// SHA-256 (hex) of the archive at --istio-proxy-url; agents refuse an archive that does
+    /// not match.
+    #[arg(long, env = "SIGMA_ISTIO_PROXY_SHA256")]
+    pub istio_proxy_sha256: Option<String>,
+
+    /// Istio version the archive holds, for agents' reports.
+    #[arg(long, env = "SIGMA_ISTIO_PROXY_VERSION")]
+    pub istio_proxy_version: Option<String>,
 }
 
 /// What sigma-api does with the mesh.
@@ -223,6 +278,128 @@ impl Config {
             anyhow::bail!("{}", problems.join("; "));
         }
         Ok(t)
+    }
+
+    /// The proxy archive agents download, checked: URL and digest both or neither.
+    pub fn istio_proxy(&self) -> anyhow::Result<Option<sigma_types::mesh::IstioProxyArchive>> {
+        let nonempty = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        };
+        let (url, sha) = match (
+            nonempty(&self.istio_proxy_url),
+            nonempty(&self.istio_proxy_sha256),
+        ) {
+            (None, None) => {
+                if nonempty(&self.istio_proxy_version).is_some() {
+                    anyhow::bail!("--istio-proxy-version: only with --istio-proxy-url");
+                }
+                return Ok(None);
+            }
+            (Some(_), None) => anyhow::bail!(
+                "--istio-proxy-url needs --istio-proxy-sha256: agents install only an archive they can verify"
+            ),
+            (None, Some(_)) => anyhow::bail!("--istio-proxy-sha256 needs --istio-proxy-url"),
+            (Some(u), Some(s)) => (u, s.to_ascii_lowercase()),
+        };
+        let mut problems = Vec::new();
+        let host = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"))
+            .and_then(|rest| rest.split(['/', '?', '#']).next())
+            .unwrap_or("");
+        if host.is_empty()
+            || url.len() > 2048
+            || url.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            problems.push("--istio-proxy-url: must be an http(s) URL with a host, without spaces, at most 2048 characters".to_string());
+        }
+        if !sigma_types::mesh::is_sha256_hex(&sha) {
+            problems.push("--istio-proxy-sha256: must be 64 hex digits".to_string());
+        }
+        let version = nonempty(&self.istio_proxy_version);
+        if let Some(v) = &version
+            && (v.len() > 64 || v.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            problems
+                .push("--istio-proxy-version: at most 64 characters, without spaces".to_string());
+        }
+        if !problems.is_empty() {
+            anyhow::bail!("{}", problems.join("; "));
+        }
+        Ok(Some(sigma_types::mesh::IstioProxyArchive {
+            url,
+            sha256: sha,
+            version,
+        }))
+    }
+
+    /// How bootstrap bundles are built, checked (in every mode, so a bad flag stops the start
+    /// instead of the first bundle).
+    pub fn bootstrap_settings(
+        &self,
+        template: &sigma_mesh::MeshTemplate,
+    ) -> anyhow::Result<sigma_reconciler::BootstrapSettings> {
+        use sigma_reconciler::bootstrap::{MAX_TOKEN_TTL, MIN_TOKEN_TTL};
+        let control_plane = sigma_mesh::bootstrap::ControlPlane {
+            namespace: self.istio_namespace.clone(),
+            revision: self
+                .istio_revision
+                .as_deref()
+                .map(str::trim)
+                .filter(|r| !r.is_empty())
+                .map(str::to_string),
+            cluster_id: self.istio_cluster_id.trim().to_string(),
+        };
+        let mut problems: Vec<String> = Vec::new();
+        if let Err(e) = control_plane.validate() {
+            problems.extend(e.0.iter().map(|(k, v)| {
+                let flag = match k.as_str() {
+                    "namespace" => "--istio-namespace",
+                    "revision" => "--istio-revision",
+                    _ => "--istio-cluster-id",
+                };
+                format!("{flag}: {v}")
+            }));
+        }
+        if !(MIN_TOKEN_TTL..=MAX_TOKEN_TTL).contains(&self.istio_token_ttl) {
+            problems.push(
+                "--istio-token-ttl: must be 10m to 24h (Kubernetes grants no token shorter than 10 minutes)"
+                    .into(),
+            );
+        }
+        if !sigma_mesh::names::is_dns_label(&self.eastwest_service) {
+            problems.push("--eastwest-service: must be a DNS-1123 label".into());
+        }
+        if let Some(a) = self.eastwest_address
+            && (a.is_unspecified() || a.is_loopback() || a.is_multicast())
+        {
+            problems.push(format!(
+                "--eastwest-address: {a} cannot be reached from a VPS"
+            ));
+        }
+        let istio_proxy = match self.istio_proxy() {
+            Ok(p) => p,
+            Err(e) => {
+                problems.push(e.to_string());
+                None
+            }
+        };
+        if !problems.is_empty() {
+            anyhow::bail!("{}", problems.join("; "));
+        }
+        Ok(sigma_reconciler::BootstrapSettings {
+            mesh_namespace: template.namespace.clone(),
+            control_plane,
+            token_ttl: self.istio_token_ttl,
+            eastwest_service: self.eastwest_service.clone(),
+            eastwest_address: self.eastwest_address,
+            timeout: self.kube_timeout,
+            cache_ttl: self.istio_bootstrap_cache,
+            istio_proxy,
+        })
     }
 
     /// The mesh mode: as given, else `kubernetes` when Kubernetes configuration is found.

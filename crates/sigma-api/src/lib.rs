@@ -51,6 +51,8 @@ pub struct MeshState {
     pub reconciler: Option<(Arc<sigma_reconciler::Stats>, Arc<sigma_reconciler::Cluster>)>,
     /// Where Prometheus scrapes Envoy on mesh VPS.
     pub envoy_metrics: config::EnvoyMetricsVia,
+    /// Istio bootstrap bundle issuance (kubernetes mode only).
+    pub bootstrap: Option<Arc<sigma_reconciler::Bootstrap>>,
 }
 
 impl Default for MeshState {
@@ -60,6 +62,7 @@ impl Default for MeshState {
             template: sigma_mesh::MeshTemplate::default(),
             reconciler: None,
             envoy_metrics: config::EnvoyMetricsVia::Direct,
+            bootstrap: None,
         }
     }
 }
@@ -111,6 +114,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let url = cfg.database_url()?;
     let admin_key = cfg.admin_key()?;
     let template = cfg.mesh_template().context("mesh settings")?;
+    let bootstrap_settings = cfg
+        .bootstrap_settings(&template)
+        .context("Istio bootstrap settings")?;
     let mesh_mode = cfg.effective_mesh_mode();
     // Read the Kubernetes configuration before anything else, so a broken kubeconfig stops the
     // start instead of a reconciler that can never run. The API server is not contacted here.
@@ -170,8 +176,20 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         template: template.clone(),
         reconciler: None,
         envoy_metrics: cfg.prometheus_envoy_metrics,
+        bootstrap: None,
     };
     if let Some(client) = kube_client {
+        tracing::info!(
+            istiod = %bootstrap_settings.control_plane.istiod_address(),
+            mesh_config = %bootstrap_settings.control_plane.mesh_config_map(),
+            eastwest = ?bootstrap_settings.eastwest_address,
+            token_ttl = ?bootstrap_settings.token_ttl,
+            "Istio bootstrap bundles"
+        );
+        mesh.bootstrap = Some(Arc::new(sigma_reconciler::Bootstrap::new(
+            client.clone(),
+            bootstrap_settings,
+        )));
         mesh.reconciler = Some(spawn_reconciler(
             &cfg, &store, client, template, &tracker, &shutdown,
         ));

@@ -40,10 +40,17 @@ pub struct StatusLabels {
 }
 
 type HistogramFamily = Family<RequestLabels, Histogram, fn() -> Histogram>;
+type ResultHistogramFamily = Family<ResultLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
     // 0.25 ms … ~4 s.
     Histogram::new(exponential_buckets(0.00025, 2.0, 15))
+}
+
+fn bootstrap_histogram() -> Histogram {
+    // 1 ms … ~16 s: a bundle costs up to four API server calls, each bounded by
+    // --kube-timeout (15 s by default).
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
 
 /// Every metric sigma-api exports.
@@ -67,6 +74,10 @@ pub struct Metrics {
     pub mesh_api_calls: Family<VerbLabels, Gauge>,
     /// Unix time of the last pass that reached the desired state.
     pub mesh_last_success: Gauge,
+    /// Istio bootstrap bundle requests by result (`ok`, or the error code).
+    pub bootstrap_issued: Family<ResultLabels, Counter>,
+    /// Istio bootstrap bundle request latency by result.
+    pub bootstrap_duration: ResultHistogramFamily,
 }
 
 /// Labels of the Kubernetes call counter.
@@ -130,6 +141,19 @@ impl Default for Metrics {
             "When the mesh last reached the desired state (0: never)",
             mesh_last_success.clone(),
         );
+        let bootstrap_issued = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "bootstrap_issued",
+            "Istio bootstrap bundle requests by result (ok, or the error code)",
+            bootstrap_issued.clone(),
+        );
+        let bootstrap_duration =
+            ResultHistogramFamily::new_with_constructor(bootstrap_histogram as fn() -> Histogram);
+        registry.register(
+            "bootstrap_duration_seconds",
+            "Istio bootstrap bundle request latency by result, Kubernetes calls included",
+            bootstrap_duration.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -141,6 +165,8 @@ impl Default for Metrics {
             mesh_passes,
             mesh_api_calls,
             mesh_last_success,
+            bootstrap_issued,
+            bootstrap_duration,
         }
     }
 }

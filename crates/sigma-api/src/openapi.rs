@@ -7,7 +7,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::routes::{admin, agent, envoy, inventory, mesh, prometheus, system};
+use crate::routes::{admin, agent, bootstrap, envoy, inventory, mesh, prometheus, system};
 
 struct BearerAuth;
 
@@ -90,4 +90,5 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(envoy::agent_config))
         .routes(routes!(mesh::manifests))
+        .routes(routes!(bootstrap::istio_bootstrap))
 }

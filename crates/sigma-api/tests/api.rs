@@ -969,6 +969,7 @@ async fn openapi_documents_every_route(db: TestDb) {
         ("patch", "/api/envoy-routes/{id}"),
         ("delete", "/api/envoy-routes/{id}"),
         ("get", "/api/agent/envoy-config"),
+        ("get", "/api/agent/istio-bootstrap"),
         ("get", "/api/mesh/manifests"),
     ];
     let mut documented = 0;

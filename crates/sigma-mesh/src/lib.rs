@@ -13,7 +13,10 @@
 //! * [`to_yaml`] — deterministic multi-document YAML for GitOps.
 //! * [`MeshSettings::from_json`] — parsing and validation of a purpose's `mesh` object with
 //!   errors per field path.
+//! * [`bootstrap`] — a VPS's Istio bootstrap bundle (`cluster.env`, `mesh.yaml`, `hosts`) from
+//!   its WorkloadEntry and what was read from the cluster.
 
+pub mod bootstrap;
 mod diff;
 pub mod model;
 pub mod names;
@@ -69,6 +72,18 @@ pub enum Error {
     /// The model produced an object that breaks an Istio rule (a bug in this crate).
     #[error("internal error: {0}")]
     Internal(String),
+    /// A VPS gets no mesh proxy (not active, opted out, its purpose not mesh-enabled, no
+    /// usable address), so it has no bootstrap bundle.
+    #[error("{0}")]
+    NotMeshed(String),
+    /// An object read from the cluster holds data a bootstrap bundle cannot be made from.
+    #[error("{what}: {reason}")]
+    BadClusterData {
+        /// The object and key (`ConfigMap istio-system/istio key mesh`).
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// The crate's result type.

@@ -26,6 +26,14 @@ pub fn to_yaml(objects: &[MeshObject]) -> Result<String> {
     Ok(out)
 }
 
+/// One YAML document (no `---`) of any JSON value, with the same quoting and layout rules as
+/// [`to_yaml`]; a JSON object's keys come out sorted.
+pub(crate) fn value_to_yaml(v: &serde_json::Value) -> Result<String> {
+    let mut out = String::new();
+    emit_block(&mut out, &yaml_serde::to_value(v)?, 0);
+    Ok(out)
+}
+
 /// YAML 1.1 words that resolve to booleans or null (compared case-insensitively).
 const RESERVED_WORDS: [&str; 9] = ["y", "yes", "n", "no", "true", "false", "on", "off", "null"];
 

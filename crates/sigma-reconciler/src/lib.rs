@@ -13,7 +13,10 @@
 //! * [`cluster`] — the API server calls: list, apply, delete, rate-limited.
 //! * [`reconcile`] — one pass, and the loop that schedules passes.
 //! * [`leader`] — leader election through a Kubernetes Lease.
+//! * [`bootstrap`] — the reads behind a VPS's Istio bootstrap bundle (root certificate, mesh
+//!   config, east-west gateway, service-account token).
 
+pub mod bootstrap;
 pub mod cluster;
 pub mod desired;
 pub mod leader;
@@ -22,6 +25,7 @@ pub mod reconcile;
 
 use std::path::PathBuf;
 
+pub use bootstrap::{Bootstrap, BootstrapSettings};
 pub use cluster::{Cluster, ClusterSettings, FIELD_MANAGER};
 pub use desired::{Desired, desired, export_yaml};
 pub use leader::{Leadership, LeaseSettings};
@@ -46,6 +50,10 @@ pub enum Error {
     /// A Kubernetes API call did not answer in time.
     #[error("Kubernetes API did not answer within {0:?}")]
     Timeout(std::time::Duration),
+    /// A cluster object that a VPS's bootstrap bundle is made from is missing (Istio not
+    /// installed yet, no east-west gateway address, no such service account).
+    #[error("{0}")]
+    Missing(String),
     /// The kubeconfig or in-cluster configuration is unusable.
     #[error("Kubernetes configuration: {0}")]
     Config(String),

@@ -100,6 +100,36 @@ pub(crate) fn mesh_status_from_row(r: &AnyRow) -> Result<VpsMeshStatus> {
     })
 }
 
+/// A stored purpose's settings, checked again: they may predate validation.
+fn stored_purpose(name: String, mesh: &str) -> std::result::Result<MeshPurpose, InvalidPurpose> {
+    let parsed = serde_json::from_str::<serde_json::Value>(mesh)
+        .map_err(|e| {
+            let mut f = FieldErrors::new();
+            f.add("mesh", format!("stored value is not JSON: {e}"));
+            f
+        })
+        .and_then(|v| MeshSettings::from_json(&v).map_err(|errors| prefixed("mesh", errors)));
+    match parsed {
+        Ok(settings) => Ok(MeshPurpose { name, settings }),
+        Err(errors) => Err(InvalidPurpose { name, errors }),
+    }
+}
+
+/// One VPS as the mesh sees it, with its purpose: what its Istio bootstrap bundle is made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshSubject {
+    /// The VPS (status `deleted` when soft-deleted).
+    pub vps: MeshVps,
+    /// Its purpose, or why the purpose's stored settings no longer validate.
+    pub purpose: std::result::Result<MeshPurpose, InvalidPurpose>,
+}
+
+const MESH_SUBJECT_SELECT: &str = "SELECT v.id, v.hostname, v.status, v.purpose, pr.name AS provider, \
+     v.country, v.city, v.ip_addresses, v.mesh_opt_out, v.mesh_status, v.mesh_message, \
+     v.mesh_attempt_at, v.mesh_entry, v.updated_at, p.mesh AS purpose_mesh \
+     FROM vps v JOIN purposes p ON p.name = v.purpose \
+     LEFT JOIN providers pr ON pr.id = v.provider_id WHERE ";
+
 const MESH_VPS_SELECT: &str = "SELECT v.id, v.hostname, v.status, v.purpose, pr.name AS provider, \
      v.country, v.city, v.ip_addresses, v.mesh_opt_out, v.mesh_status, v.mesh_message, \
      v.mesh_attempt_at, v.mesh_entry, v.updated_at \
@@ -124,20 +154,9 @@ impl Store {
             .await?;
         let mut inputs = MeshInputs::default();
         for r in rows {
-            let name: String = r.try_get("name")?;
-            let mesh: String = r.try_get("mesh")?;
-            let parsed = serde_json::from_str::<serde_json::Value>(&mesh)
-                .map_err(|e| {
-                    let mut f = FieldErrors::new();
-                    f.add("mesh", format!("stored value is not JSON: {e}"));
-                    f
-                })
-                .and_then(|v| {
-                    MeshSettings::from_json(&v).map_err(|errors| prefixed("mesh", errors))
-                });
-            match parsed {
-                Ok(settings) => inputs.purposes.push(MeshPurpose { name, settings }),
-                Err(errors) => inputs.invalid.push(InvalidPurpose { name, errors }),
+            match stored_purpose(r.try_get("name")?, &r.try_get::<String, _>("mesh")?) {
+                Ok(p) => inputs.purposes.push(p),
+                Err(p) => inputs.invalid.push(p),
             }
         }
         let mut stream = sqlx::query(MESH_VPS_SELECT).fetch(&mut *tx);
@@ -180,6 +199,62 @@ impl Store {
             status: mesh_status_from_row(r)?,
             updated_at: r.try_get("updated_at")?,
         })
+    }
+
+    /// The VPS with this id and its purpose, deleted or not.
+    pub async fn mesh_subject(&self, id: Uuid) -> Result<MeshSubject> {
+        let row = sqlx::query(dynsql!("{MESH_SUBJECT_SELECT}v.id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(&self.pools.read)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no VPS with id {id}")))?;
+        self.mesh_subject_from_row(&row)
+    }
+
+    /// The VPS (not deleted) with this hostname, in canonical (lower-case) form, and its
+    /// purpose.
+    pub async fn mesh_subject_by_hostname(&self, hostname: &str) -> Result<MeshSubject> {
+        let row = sqlx::query(dynsql!(
+            "{MESH_SUBJECT_SELECT}v.hostname = $1 AND v.deleted_at IS NULL"
+        ))
+        .bind(hostname.to_string())
+        .fetch_optional(&self.pools.read)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no VPS with hostname {hostname}")))?;
+        self.mesh_subject_from_row(&row)
+    }
+
+    fn mesh_subject_from_row(&self, r: &AnyRow) -> Result<MeshSubject> {
+        let row = self.mesh_vps_from_row(r)?;
+        let mesh: String = r.try_get("purpose_mesh")?;
+        Ok(MeshSubject {
+            purpose: stored_purpose(row.vps.purpose.clone(), &mesh),
+            vps: row.vps,
+        })
+    }
+
+    /// Records in the audit log that a person's key fetched a VPS's Istio bootstrap bundle:
+    /// the bundle holds a credential of the VPS's mesh identity, so who took one matters even
+    /// though nothing changed. `details` is stored as the entry's `after` and must never hold
+    /// the token itself.
+    pub async fn audit_bootstrap_issued(
+        &self,
+        actor: &str,
+        vps_id: Uuid,
+        details: &serde_json::Value,
+    ) -> Result<()> {
+        crate::audit::record(
+            &self.pools.write,
+            crate::audit::Record {
+                actor,
+                action: "vps.istio_bootstrap",
+                resource_type: "vps",
+                resource_id: vps_id.to_string(),
+            },
+            None::<&serde_json::Value>,
+            Some(details),
+        )
+        .await
     }
 
     /// Stores the reconciler's results, `at` being when they were reached (Unix ms). A row

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod bootstrap;
 pub mod envoy;
 pub mod inventory;
 pub mod mesh;

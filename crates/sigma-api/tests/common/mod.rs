@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod fake_kube;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
