@@ -935,3 +935,49 @@ async fn iptables_mode_user_switch_shutdown_and_running_without_sigma_api() {
         agent.log()
     );
 }
+
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        s.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The agent's own memory in mesh mode (pilot-agent and Envoy are other processes). Run with
+/// `cargo test --release -p sigma-agent --test mesh -- --ignored --nocapture agent_rss`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check; run on demand"]
+async fn agent_rss_in_mesh_mode() {
+    let api = SigmaApi::start();
+    let token = api.token(json!({"purpose": "xrayr"})).await;
+    let host = "mesh-rss.example.net";
+    let mut spec = default_spec();
+    spec.token_ttl = Duration::from_secs(4);
+    let (_front, front_url) = start_front(&api.url, host, spec).await;
+    let w = World::new("mesh-rss", true);
+    std::fs::write(w.at("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
+    let agent = Agent::start(&w, &front_url, host, Some(&token), &[("SIGMA_LOG", "warn")]);
+    let log = || agent.log();
+    wait_for("ready", &log, || async {
+        (mesh_state(&api, host).await["mesh_state"]["state"] == "ready").then_some(())
+    })
+    .await;
+    let pid = agent.child.as_ref().unwrap().id();
+    let (rss, _) = rss_kib(pid);
+    println!("agent RSS at ready: {rss} KiB");
+    // A minute of heartbeats every 300 ms, token refreshes every 2-3 s, readiness polls and
+    // scrapes of /metrics and /metrics/envoy.
+    let end = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < end {
+        agent.get("/metrics").await;
+        agent.get("/metrics/envoy").await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (rss, hwm) = rss_kib(pid);
+    println!("agent RSS after 60 s: {rss} KiB (peak {hwm} KiB)");
+    assert_eq!(w.proxy_records().len(), 1);
+}
