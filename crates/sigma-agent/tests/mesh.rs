@@ -797,6 +797,57 @@ async fn downloads_the_proxy_and_refuses_a_bad_checksum() {
     })
     .await;
     assert_eq!(agent.get("/healthz").await.0, 200);
+
+    // A lapsed workload certificate (a VPS offline for long): a fresh bundle, the expired key
+    // and certificate dropped, pilot-agent restarted to enroll again.
+    let pid1 = w.proxy_records()[0]["pid"].as_u64().unwrap();
+    let certs = w.at("var/lib/istio/certs");
+    std::fs::write(certs.join("cert-chain.pem"), expired_cert_pem()).unwrap();
+    std::fs::write(certs.join("key.pem"), "old key").unwrap();
+    let fetches = front.lock().unwrap().fetches;
+    wait_for(
+        "pilot-agent restarted with a fresh bundle",
+        &log,
+        || async {
+            w.proxy_records()
+                .into_iter()
+                .find(|r| r["pid"].as_u64() != Some(pid1))
+        },
+    )
+    .await;
+    assert!(front.lock().unwrap().fetches > fetches);
+    assert!(!certs.join("cert-chain.pem").exists() && !certs.join("key.pem").exists());
+    assert!(agent.log().contains("workload certificate has expired"));
+}
+
+/// A minimal DER certificate whose validity ended on 2020-01-02 (enough for the agent, which
+/// reads only `notAfter`).
+fn expired_cert_pem() -> String {
+    let mut validity = vec![0x30, 0x1e, 0x17, 0x0d];
+    validity.extend_from_slice(b"200101000000Z");
+    validity.extend_from_slice(&[0x17, 0x0d]);
+    validity.extend_from_slice(b"200102000000Z");
+    let mut tbs = vec![
+        0xa0, 0x03, 0x02, 0x01, 0x02, 0x02, 0x01, 0x01, 0x30, 0x00, 0x30, 0x00,
+    ];
+    tbs.extend_from_slice(&validity);
+    let mut der = vec![0x30, (tbs.len() + 2) as u8, 0x30, tbs.len() as u8];
+    der.extend_from_slice(&tbs);
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::new();
+    for c in der.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                b64.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    format!("-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

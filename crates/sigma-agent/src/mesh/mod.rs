@@ -865,7 +865,6 @@ pub struct Mesh {
 
 impl Mesh {
     /// A manager; nothing starts before the runner asks.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         settings: MeshSettings,
         client: Client,
