@@ -136,9 +136,10 @@ fn env_map(text: &str) -> BTreeMap<String, String> {
 
 /// What a real POSIX shell makes of `cluster.env`: each variable exported, then printed.
 fn shell_values(text: &str, keys: &[&str]) -> BTreeMap<String, String> {
-    let dir = std::env::temp_dir().join(format!("sigma-env-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join(format!("cluster-{}.env", keys.len()));
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file =
+        std::env::temp_dir().join(format!("sigma-cluster-env-{}-{n}.env", std::process::id()));
     std::fs::write(&file, text).unwrap();
     let mut script = format!("set -a; . '{}'; ", file.display());
     for k in keys {
@@ -149,6 +150,7 @@ fn shell_values(text: &str, keys: &[&str]) -> BTreeMap<String, String> {
         .arg(&script)
         .output()
         .unwrap();
+    let _ = std::fs::remove_file(&file);
     assert!(
         out.status.success(),
         "{}",
