@@ -187,6 +187,14 @@ impl SigmaApi {
         }
     }
 
+    /// Kills it without a graceful shutdown (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// Starts it again on the same port and database.
     pub fn restart(&mut self) {
         self.stop();
