@@ -23,6 +23,16 @@ fn profile_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// The workspace package that builds the binary `name` (binary names and package names
+/// differ for sigmactl and sigma-loadgen).
+fn package_of(name: &str) -> &str {
+    match name {
+        "sigmactl" => "sigma-ctl",
+        "sigma-loadgen" => "sigma-bench",
+        other => other,
+    }
+}
+
 /// Path of a workspace binary, built on first use if a test of another package needs it.
 pub fn bin(name: &str) -> PathBuf {
     let dir = profile_dir();
@@ -30,8 +40,14 @@ pub fn bin(name: &str) -> PathBuf {
     if !path.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let target = dir.parent().expect("target dir");
+        // cargo runs tests with the test's package as cwd, where `--bin` alone only looks at
+        // that package's targets; naming the package and the workspace manifest builds the
+        // binary from any package's tests.
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--bin", name])
+        cmd.args(["build", "-p", package_of(name), "--bin", name])
+            .arg("--manifest-path")
+            .arg(&manifest)
             .arg("--target-dir")
             .arg(target);
         if dir.file_name().is_some_and(|p| p == "release") {
