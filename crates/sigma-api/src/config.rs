@@ -196,6 +196,16 @@ pub struct Config {
     /// Istio version the archive holds, for agents' reports.
     #[arg(long, env = "SIGMA_ISTIO_PROXY_VERSION")]
     pub istio_proxy_version: Option<String>,
+
+    /// Download URL of the sigma-agent binary that `GET /install.sh` writes into the installer
+    /// as its default (used when the VPS gives no --binary).
+    #[arg(long, env = "SIGMA_AGENT_BINARY_URL")]
+    pub agent_binary_url: Option<String>,
+
+    /// sigma-api's URL as VPS reach it, written into `GET /install.sh` as the default sigma-api
+    /// URL; without it the request's Host header is used when it is a plain host[:port].
+    #[arg(long, env = "SIGMA_PUBLIC_URL")]
+    pub public_url: Option<String>,
 }
 
 /// What sigma-api does with the mesh.
@@ -207,6 +217,17 @@ pub enum MeshMode {
     Kubernetes,
     /// Serve manifests only.
     Export,
+}
+
+impl MeshMode {
+    /// The flag's spelling (`off`, `kubernetes`, `export`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MeshMode::Off => "off",
+            MeshMode::Kubernetes => "kubernetes",
+            MeshMode::Export => "export",
+        }
+    }
 }
 
 /// Where Prometheus scrapes Envoy on a mesh VPS.
@@ -226,6 +247,20 @@ pub enum LeaderElection {
     Lease,
     /// Always leader.
     None,
+}
+
+/// The host of an http(s) URL fit to hand to a shell script and to curl: a scheme, a plain
+/// host[:port], no whitespace, control characters or quotes, at most 2048 characters.
+fn http_url_host(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))?;
+    let host = rest.split(['/', '?', '#']).next()?;
+    let plain = url.len() <= 2048
+        && !url
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '\'' || c == '"' || c == '\\');
+    (plain && crate::routes::install::is_host_port(host)).then_some(host)
 }
 
 /// Reads a secret from a `*_FILE` path, trimming the trailing newline editors add.
@@ -278,6 +313,32 @@ impl Config {
             anyhow::bail!("{}", problems.join("; "));
         }
         Ok(t)
+    }
+
+    /// The defaults `GET /install.sh` writes into the agent installer, checked.
+    pub fn installer_defaults(&self) -> anyhow::Result<crate::routes::install::InstallerDefaults> {
+        let mut problems = Vec::new();
+        let mut check = |flag: &str, v: &Option<String>| -> Option<String> {
+            let v = v.as_deref().map(str::trim).filter(|s| !s.is_empty())?;
+            if http_url_host(v).is_some() {
+                Some(v.to_string())
+            } else {
+                problems.push(format!(
+                    "{flag}: must be an http(s) URL with a host, without spaces or quotes, at most 2048 characters"
+                ));
+                None
+            }
+        };
+        let agent_binary_url = check("--agent-binary-url", &self.agent_binary_url);
+        let public_url =
+            check("--public-url", &self.public_url).map(|u| u.trim_end_matches('/').to_string());
+        if !problems.is_empty() {
+            anyhow::bail!("{}", problems.join("; "));
+        }
+        Ok(crate::routes::install::InstallerDefaults {
+            agent_binary_url,
+            public_url,
+        })
     }
 
     /// The proxy archive agents download, checked: URL and digest both or neither.
@@ -430,5 +491,55 @@ impl Config {
                 .map_err(|e| anyhow::anyhow!("SIGMA_ADMIN_KEY_FILE {}: {e}", p.display())),
             None => Ok(self.admin_key.clone()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(args: &[&str]) -> Config {
+        let mut all = vec!["sigma-api"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all).unwrap()
+    }
+
+    #[test]
+    fn installer_urls_are_checked_at_start() {
+        let d = cfg(&[
+            "--agent-binary-url",
+            "https://dl.example.net/sigma-agent",
+            "--public-url",
+            "https://sigma.example.net:8443/",
+        ])
+        .installer_defaults()
+        .unwrap();
+        assert_eq!(
+            d.agent_binary_url.as_deref(),
+            Some("https://dl.example.net/sigma-agent")
+        );
+        assert_eq!(
+            d.public_url.as_deref(),
+            Some("https://sigma.example.net:8443")
+        );
+        assert_eq!(cfg(&[]).installer_defaults().unwrap(), Default::default());
+        for bad in [
+            "ftp://x",
+            "https://",
+            "https://a b",
+            "https://x/'y",
+            "https://x;y/",
+        ] {
+            let e = cfg(&["--public-url", bad])
+                .installer_defaults()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("--public-url"), "{bad}: {e}");
+        }
+        let e = cfg(&["--agent-binary-url", "/local/path"])
+            .installer_defaults()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--agent-binary-url"), "{e}");
     }
 }

@@ -39,6 +39,8 @@ pub struct AppState {
     pub mesh: Arc<MeshState>,
     /// Rendered Prometheus service-discovery documents.
     pub targets: Arc<routes::prometheus::TargetsCache>,
+    /// What `GET /install.sh` writes into the agent installer.
+    pub installer: Arc<routes::install::InstallerDefaults>,
 }
 
 /// The mesh registry as the handlers see it.
@@ -88,8 +90,18 @@ pub fn router(store: Store, max_body_bytes: usize) -> Router {
     router_with_mesh(store, max_body_bytes, Arc::new(MeshState::default()))
 }
 
-/// The whole HTTP interface.
+/// The whole HTTP interface, with no installer defaults.
 pub fn router_with_mesh(store: Store, max_body_bytes: usize, mesh: Arc<MeshState>) -> Router {
+    router_with(store, max_body_bytes, mesh, Arc::default())
+}
+
+/// The whole HTTP interface.
+pub fn router_with(
+    store: Store,
+    max_body_bytes: usize,
+    mesh: Arc<MeshState>,
+    installer: Arc<routes::install::InstallerDefaults>,
+) -> Router {
     let (api, doc) = openapi::api_router().split_for_parts();
     let state = AppState {
         store,
@@ -97,6 +109,7 @@ pub fn router_with_mesh(store: Store, max_body_bytes: usize, mesh: Arc<MeshState
         openapi: Arc::new(serde_json::to_value(&doc).unwrap_or_default()),
         mesh,
         targets: Arc::default(),
+        installer,
     };
     api.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -118,6 +131,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         .bootstrap_settings(&template)
         .context("Istio bootstrap settings")?;
     let mesh_mode = cfg.effective_mesh_mode();
+    let installer = cfg
+        .installer_defaults()
+        .context("agent installer settings")?;
     // Read the Kubernetes configuration before anything else, so a broken kubeconfig stops the
     // start instead of a reconciler that can never run. The API server is not contacted here.
     let kube_client = match mesh_mode {
@@ -202,7 +218,12 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     tracing::info!(%addr, "listening");
     println!("sigma-api listening on http://{addr}");
 
-    let app = router_with_mesh(store.clone(), cfg.max_body_bytes as usize, Arc::new(mesh));
+    let app = router_with(
+        store.clone(),
+        cfg.max_body_bytes as usize,
+        Arc::new(mesh),
+        Arc::new(installer),
+    );
     let grace = cfg.shutdown_grace;
     let stop = shutdown.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {

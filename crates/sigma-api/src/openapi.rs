@@ -7,7 +7,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::routes::{admin, agent, bootstrap, envoy, inventory, mesh, prometheus, system};
+use crate::routes::{admin, agent, bootstrap, envoy, install, inventory, mesh, prometheus, system};
 
 struct BearerAuth;
 
@@ -44,6 +44,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(system::readyz))
         .routes(routes!(system::metrics))
         .routes(routes!(system::openapi))
+        .routes(routes!(install::install_script))
         .routes(routes!(prometheus::targets))
         .routes(routes!(
             inventory::list_providers,
@@ -90,5 +91,6 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(envoy::agent_config))
         .routes(routes!(mesh::manifests))
+        .routes(routes!(mesh::vps_mesh))
         .routes(routes!(bootstrap::istio_bootstrap))
 }

@@ -971,6 +971,8 @@ async fn openapi_documents_every_route(db: TestDb) {
         ("get", "/api/agent/envoy-config"),
         ("get", "/api/agent/istio-bootstrap"),
         ("get", "/api/mesh/manifests"),
+        ("get", "/api/vps/{id}/mesh"),
+        ("get", "/install.sh"),
     ];
     let mut documented = 0;
     for (path, item) in paths {

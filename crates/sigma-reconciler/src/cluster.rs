@@ -236,6 +236,38 @@ impl Cluster {
         }
     }
 
+    /// One WorkloadEntry of the namespace as the cluster holds it (metadata, spec and the
+    /// status istiod keeps), or `None` when there is none of that name.
+    ///
+    /// Read with a list filtered to the name rather than a get: sigma's Role grants `list` on
+    /// the Istio kinds and never `get` (k8s/base/rbac.yaml), and a list with a field selector
+    /// costs the API server no more than a get. Counted and rate-limited as a list, so a
+    /// burst of diagnostic reads cannot take more than the reconciler's budget.
+    pub async fn workload_entry(&self, name: &str) -> Result<Option<serde_json::Value>> {
+        let api = self.api(Kind::WorkloadEntry);
+        let lp = ListParams::default().fields(&format!("metadata.name={name}"));
+        let page = self
+            .call(&self.calls.list, api.list(&lp))
+            .await?
+            .map_err(kube_error)?;
+        // The selector is exact; the name check guards against a server that ignores it.
+        let Some(obj) = page
+            .items
+            .into_iter()
+            .find(|o| o.metadata.name.as_deref() == Some(name))
+        else {
+            return Ok(None);
+        };
+        let mut value = serde_json::to_value(&obj).map_err(|e| Error::Kube(e.to_string()))?;
+        if let Some(m) = value.as_object_mut() {
+            m.entry("apiVersion")
+                .or_insert_with(|| format!("{GROUP}/{VERSION}").into());
+            m.entry("kind")
+                .or_insert_with(|| Kind::WorkloadEntry.as_str().into());
+        }
+        Ok(Some(value))
+    }
+
     /// Server-side applies one object with field manager [`FIELD_MANAGER`], forcing
     /// conflicts.
     ///

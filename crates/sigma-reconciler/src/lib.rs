@@ -13,12 +13,14 @@
 //! * [`cluster`] — the API server calls: list, apply, delete, rate-limited.
 //! * [`reconcile`] — one pass, and the loop that schedules passes.
 //! * [`leader`] — leader election through a Kubernetes Lease.
+//! * [`inspect`] — one VPS's WorkloadEntry, desired against actual, for diagnosis.
 //! * [`bootstrap`] — the reads behind a VPS's Istio bootstrap bundle (root certificate, mesh
 //!   config, east-west gateway, service-account token).
 
 pub mod bootstrap;
 pub mod cluster;
 pub mod desired;
+pub mod inspect;
 pub mod leader;
 pub mod limiter;
 pub mod reconcile;

@@ -11,7 +11,7 @@ use sigma_mesh::objects::VPS_ID_LABEL;
 use sigma_mesh::{Kind, MeshObject, MeshTemplate, ObjectKey, SkipReason};
 use sigma_store::Store;
 use sigma_store::mesh::{MeshInputs, MeshStatusUpdate, MeshVpsRow};
-use sigma_types::{MeshSyncStatus, VpsStatus};
+use sigma_types::MeshSyncStatus;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -513,16 +513,8 @@ async fn wait_lost(leader: &mut watch::Receiver<bool>) -> bool {
 }
 
 fn not_meshed_reason(row: &MeshVpsRow, enabled: &HashSet<&str>) -> String {
-    let v = &row.vps;
-    match v.status {
-        VpsStatus::Deleted => "deleted".into(),
-        VpsStatus::Active if v.mesh_opt_out => "opted out of the mesh".into(),
-        VpsStatus::Active if !enabled.contains(v.purpose.as_str()) => {
-            format!("purpose {} does not have the mesh enabled", v.purpose)
-        }
-        VpsStatus::Active => "not meshed".into(),
-        s => format!("status is {}; only active VPS join the mesh", s.as_str()),
-    }
+    crate::inspect::not_meshed_reason(&row.vps, enabled.contains(row.vps.purpose.as_str()))
+        .unwrap_or_else(|| "not meshed".into())
 }
 
 #[cfg(test)]

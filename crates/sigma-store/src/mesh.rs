@@ -122,6 +122,8 @@ pub struct MeshSubject {
     pub vps: MeshVps,
     /// Its purpose, or why the purpose's stored settings no longer validate.
     pub purpose: std::result::Result<MeshPurpose, InvalidPurpose>,
+    /// The reconciler's last stored result for it.
+    pub status: VpsMeshStatus,
 }
 
 const MESH_SUBJECT_SELECT: &str = "SELECT v.id, v.hostname, v.status, v.purpose, pr.name AS provider, \
@@ -230,6 +232,7 @@ impl Store {
         Ok(MeshSubject {
             purpose: stored_purpose(row.vps.purpose.clone(), &mesh),
             vps: row.vps,
+            status: row.status,
         })
     }
 

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod agent;
 pub mod bootstrap;
 pub mod envoy;
+pub mod install;
 pub mod inventory;
 pub mod mesh;
 pub mod prometheus;

@@ -5,8 +5,11 @@
 //! * `GET  /api/v1/namespaces/{ns}/configmaps/{name}` (root certificate, mesh config)
 //! * `GET  /api/v1/namespaces/{ns}/services/{name}` (east-west gateway)
 //! * `POST /api/v1/namespaces/{ns}/serviceaccounts/{sa}/token` (TokenRequest)
-//! * the reconciler's list / server-side apply / delete of Istio objects, answered as an empty
-//!   cluster that accepts every write.
+//! * the reconciler's list / server-side apply / delete of Istio objects, answered as a cluster
+//!   that holds only the WorkloadEntries a test put there and accepts every write (without
+//!   keeping it);
+//! * the list of WorkloadEntries filtered by `fieldSelector=metadata.name=…` that
+//!   `GET /api/vps/{id}/mesh` makes.
 //!
 //! The real API server belongs to the end-to-end harness; this double answers with the same
 //! status codes and `Status` bodies for these calls.
@@ -67,6 +70,12 @@ pub struct Cluster {
     pub calls: Vec<String>,
     /// Tokens minted so far.
     pub minted: u64,
+    /// WorkloadEntries by (namespace, name): the whole object, status included.
+    pub workload_entries: BTreeMap<(String, String), Value>,
+    /// Status code of every Istio object list (200, or 403 to refuse).
+    pub istio_list_status: u16,
+    /// `fieldSelector` of every Istio object list that had one.
+    pub field_selectors: Vec<String>,
 }
 
 impl Default for Cluster {
@@ -80,6 +89,9 @@ impl Default for Cluster {
             latency: Duration::ZERO,
             calls: Vec::new(),
             minted: 0,
+            workload_entries: BTreeMap::new(),
+            istio_list_status: 200,
+            field_selectors: Vec::new(),
         };
         c.config_maps.insert(
             ("sigma".into(), "istio-ca-root-cert".into()),
@@ -216,12 +228,56 @@ fn handle(state: &Mutex<Cluster>, method: &Method, uri: &Uri, body: &[u8]) -> Re
                                    "expirationTimestamp": expires}}),
             )
         }
-        // The reconciler's calls: an empty cluster that accepts every write.
-        ("GET", ["apis", "networking.istio.io", "v1", "namespaces", _, _]) => ok(
-            StatusCode::OK,
-            &json!({"apiVersion": "networking.istio.io/v1", "kind": "List",
-                    "metadata": {"resourceVersion": "1"}, "items": []}),
-        ),
+        // The reconciler's calls: a cluster holding the test's WorkloadEntries that accepts
+        // every write.
+        (
+            "GET",
+            [
+                "apis",
+                "networking.istio.io",
+                "v1",
+                "namespaces",
+                ns,
+                plural,
+            ],
+        ) => {
+            if c.istio_list_status != 200 {
+                return status(
+                    StatusCode::from_u16(c.istio_list_status).unwrap(),
+                    "Forbidden",
+                    &format!(
+                        "cannot list resource \"{plural}\" in API group \"networking.istio.io\""
+                    ),
+                );
+            }
+            let selector: Option<String> = uri.query().and_then(|q| {
+                serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+                    .ok()?
+                    .into_iter()
+                    .find(|(k, _)| k == "fieldSelector")
+                    .map(|(_, v)| v)
+            });
+            if let Some(f) = &selector {
+                c.field_selectors.push(f.clone());
+            }
+            let wanted = selector
+                .as_deref()
+                .map(|f| f.strip_prefix("metadata.name=").unwrap_or(f).to_string());
+            let items: Vec<Value> = if *plural == "workloadentries" {
+                c.workload_entries
+                    .iter()
+                    .filter(|((n, name), _)| n == ns && wanted.as_ref().is_none_or(|w| w == name))
+                    .map(|(_, v)| v.clone())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            ok(
+                StatusCode::OK,
+                &json!({"apiVersion": "networking.istio.io/v1", "kind": "List",
+                        "metadata": {"resourceVersion": "1"}, "items": items}),
+            )
+        }
         ("PATCH", ["apis", "networking.istio.io", "v1", "namespaces", _, _, _]) => {
             let mut v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
             v["metadata"]["uid"] = json!("uid-1");
