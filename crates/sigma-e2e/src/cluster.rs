@@ -53,11 +53,12 @@ pub async fn client_from(kubeconfig: &Path) -> kube::Client {
 }
 
 impl ControlPlane {
-    /// Starts it in `dir`, istiod listening for VPS on `istiod_bind`.
-    pub async fn up(dir: &Path, istiod_bind: &str) -> ControlPlane {
+    /// Starts it in `dir` with the script's settings in `envs` (`E2E_ISTIOD=0` for the API
+    /// server alone, `E2E_ISTIOD_BIND` for where VPS reach istiod, …).
+    pub async fn up(dir: &Path, envs: &[(&str, &str)]) -> ControlPlane {
         std::fs::create_dir_all(dir).unwrap();
         let d = dir.to_str().unwrap();
-        script(&["up", d], &[("E2E_ISTIOD_BIND", istiod_bind)]);
+        script(&["up", d], envs);
         let text = std::fs::read_to_string(dir.join("env")).expect("control plane env");
         let env: BTreeMap<String, String> = text
             .lines()
@@ -172,11 +173,25 @@ impl ControlPlane {
         let argv = split(std::fs::read(proc_dir.join("cmdline")).expect("cmdline"));
         let environ = split(std::fs::read(proc_dir.join("environ")).expect("environ"));
         let cwd = std::fs::read_link(proc_dir.join("cwd")).expect("cwd");
-        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        // A component this harness restarted is its child: once dead it stays a zombie (its
+        // handle was released), which counts as stopped.
+        let alive = || {
+            std::fs::read_to_string(proc_dir.join("stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(") ").map(|(_, r)| !r.starts_with('Z')))
+                .unwrap_or(false)
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while proc_dir.exists() {
-            if Instant::now() > deadline {
-                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        let mut killed = false;
+        while alive() {
+            if Instant::now() > deadline && !killed {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+                killed = true;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
