@@ -209,6 +209,13 @@ pub fn install(
     for (path, body, mode) in &files {
         write_atomic(path, body.as_bytes(), *mode, owner).map_err(ctx(path))?;
     }
+    // With PROV_CERT set, pilot-agent verifies istiod against `<PROV_CERT>/root-cert.pem`, not
+    // /etc/certs (it exits with "missing a root certificate" otherwise), so the mesh root goes
+    // into every certificate directory too.
+    for d in cert_dirs {
+        let p = d.join("root-cert.pem");
+        write_atomic(&p, f.root_cert_pem.as_bytes(), 0o644, owner).map_err(ctx(&p))?;
+    }
     write_hosts(layout, hosts_entries)
 }
 
@@ -378,6 +385,11 @@ mod tests {
         assert_eq!(mode(&l.token()), 0o600);
         assert_eq!(mode(&l.root_cert()), 0o644);
         assert_eq!(mode(&cert_dirs[0]), 0o700);
+        assert_eq!(
+            fs::read_to_string(cert_dirs[0].join("root-cert.pem")).unwrap(),
+            b.files.root_cert_pem,
+            "PROV_CERT holds the root pilot-agent verifies istiod with"
+        );
         assert_eq!(fs::read_to_string(l.token()).unwrap(), "tok");
         let mtime = fs::metadata(l.hosts()).unwrap().modified().unwrap();
 
