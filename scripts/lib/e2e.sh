@@ -2,7 +2,9 @@
 # Sets E2E_ROOT (the repo root) and the versions and cache paths of the real components.
 
 E2E_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-E2E_BIN_CACHE="${E2E_BIN_CACHE:-$E2E_ROOT/.cache/e2e-bin}"
+# Outside the checkout, so every clone on one machine (CI clones afresh each run) shares the
+# binaries; keyed by component and version below. Never committed.
+E2E_BIN_CACHE="${E2E_BIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sigma/e2e-bin}"
 
 # etcd of the same minor as the etcd client and server modules Kubernetes 1.35.4 requires.
 E2E_ETCD_VERSION=v3.6.5

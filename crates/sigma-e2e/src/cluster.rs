@@ -29,18 +29,16 @@ pub struct ControlPlane {
 }
 
 fn script(args: &[&str], envs: &[(&str, &str)]) {
-    let out = Command::new(repo_root().join("scripts/e2e/control-plane"))
+    // Its progress lines go to the test's stderr, so a failed start explains itself.
+    let status = Command::new(repo_root().join("scripts/e2e/control-plane"))
         .args(args)
         .envs(envs.iter().copied())
-        .output()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::inherit())
+        .status()
         .expect("run scripts/e2e/control-plane");
-    assert!(
-        out.status.success(),
-        "control-plane {}: {}\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(status.success(), "control-plane {} failed", args.join(" "));
 }
 
 /// A client from a kubeconfig file.
@@ -135,6 +133,34 @@ impl ControlPlane {
     pub fn istio(&self, kind: &str, ns: &str) -> Api<DynamicObject> {
         let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("networking.istio.io", "v1", kind));
         Api::namespaced_with(self.admin.clone(), ns, &ar)
+    }
+
+    /// The WorkloadEntries in the mesh namespace `sigma` (empty while the API server is away,
+    /// which some tests arrange on purpose).
+    pub async fn workload_entries(&self) -> Vec<Value> {
+        match self
+            .istio("WorkloadEntry", "sigma")
+            .list(&kube::api::ListParams::default())
+            .await
+        {
+            Ok(l) => l
+                .items
+                .into_iter()
+                .map(|o| serde_json::to_value(o).unwrap())
+                .collect(),
+            Err(e) => {
+                eprintln!("listing WorkloadEntries: {e}");
+                vec![]
+            }
+        }
+    }
+
+    /// The WorkloadEntry of a VPS (by its `sigma.io/vps-id` label).
+    pub async fn workload_entry_of(&self, vps_id: &str) -> Option<Value> {
+        self.workload_entries()
+            .await
+            .into_iter()
+            .find(|e| e["metadata"]["labels"]["sigma.io/vps-id"] == vps_id)
     }
 
     /// An API for a core kind in a namespace.

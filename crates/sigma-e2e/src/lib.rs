@@ -52,3 +52,22 @@ pub fn can_run(programs: &[&str]) -> bool {
 pub fn work_dir(tag: &str) -> std::path::PathBuf {
     sigma_testkit::temp_dir(&format!("e2e-{tag}"))
 }
+
+/// Polls `f` every 250 ms until it returns `Some`, panicking with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: std::time::Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}

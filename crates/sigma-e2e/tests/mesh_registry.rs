@@ -3,61 +3,22 @@
 //! follow the inventory, and sigma converges after the API server or sigma-api itself was away.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kube::api::ListParams;
 use serde_json::{Value, json};
 use sigma_e2e::cluster::repo_root;
-use sigma_e2e::{ControlPlane, work_dir};
+use sigma_e2e::{ControlPlane, wait_for, work_dir};
 use sigma_testkit::{ApiOptions, SigmaApi};
 
-async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// The WorkloadEntries in `sigma`, by name.
-async fn entries(cp: &ControlPlane) -> Vec<Value> {
-    let list = match cp
-        .istio("WorkloadEntry", "sigma")
-        .list(&ListParams::default())
-        .await
-    {
-        Ok(l) => l,
-        // The API server is stopped on purpose in parts of the test.
-        Err(e) => {
-            eprintln!("listing WorkloadEntries: {e}");
-            return vec![];
-        }
-    };
-
-    list.items
-        .into_iter()
-        .map(|o| serde_json::to_value(o).unwrap())
-        .collect()
-}
-
-/// The WorkloadEntry of a VPS (by its `sigma.io/vps-id` label).
 async fn entry(cp: &ControlPlane, vps_id: &str) -> Option<Value> {
-    entries(cp)
-        .await
-        .into_iter()
-        .find(|e| e["metadata"]["labels"]["sigma.io/vps-id"] == vps_id)
+    cp.workload_entry_of(vps_id).await
 }
 
 /// The VPS ids of every WorkloadEntry, sorted.
 async fn entry_ids(cp: &ControlPlane) -> Vec<String> {
-    let mut ids: Vec<String> = entries(cp)
+    let mut ids: Vec<String> = cp
+        .workload_entries()
         .await
         .iter()
         .map(|e| {
@@ -228,9 +189,9 @@ async fn workload_entries_follow_the_inventory_on_a_real_api_server() {
     .await;
 
     // Steady state: a resync pass later, nothing was written (same resourceVersions).
-    let before: Vec<Value> = entries(&cp).await;
+    let before: Vec<Value> = cp.workload_entries().await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let after: Vec<Value> = entries(&cp).await;
+    let after: Vec<Value> = cp.workload_entries().await;
     let versions = |v: &[Value]| -> Vec<String> {
         v.iter()
             .map(|e| {

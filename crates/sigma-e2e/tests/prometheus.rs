@@ -6,23 +6,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sigma_e2e::{Netns, Proc, Prometheus, work_dir};
+use sigma_e2e::{Netns, Proc, Prometheus, wait_for, work_dir};
 use sigma_testkit::{ADMIN_KEY, ApiOptions, SigmaApi};
-
-async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
 
 fn target_of<'a>(targets: &'a [Value], hostname: &str, kind: &str) -> Option<&'a Value> {
     targets
