@@ -38,6 +38,10 @@ set -eu
 # Whoever serves this script (e.g. at <api>/install.sh) may set a download URL of the agent
 # binary here, used when neither --binary nor SIGMA_AGENT_BINARY is given.
 DEFAULT_BINARY_URL=""
+# Filled in by sigma-api when it serves this script (GET /install.sh): its own URL, used only
+# when neither --api-url nor SIGMA_API_URL is given and agent.env holds no URL yet, so a
+# re-run never replaces a URL chosen earlier with a guess.
+DEFAULT_API_URL=""
 
 die() { echo "install-agent: $*" >&2; exit 1; }
 log() { echo "install-agent: $*"; }
@@ -229,6 +233,9 @@ if [ -n "$API_URL" ]; then
   esac
   case "$API_URL" in *[[:space:]]*) die "--api-url must be an http(s) URL" ;; esac
   setenv SIGMA_API_URL "$API_URL"
+fi
+if ! grep -q '^SIGMA_API_URL=.' "$work/agent.env" && [ -n "$DEFAULT_API_URL" ]; then
+  setenv SIGMA_API_URL "$DEFAULT_API_URL"
 fi
 grep -q '^SIGMA_API_URL=.' "$work/agent.env" || die "no sigma-api URL yet: give --api-url (or SIGMA_API_URL)"
 [ -z "$HOSTNAME_SET" ] || setenv AGENT_HOSTNAME "$HOSTNAME_SET"

@@ -99,8 +99,8 @@ async fn the_script_carries_the_configured_defaults(db: TestDb) {
             1,
         )
         .replacen(
-            "API_URL=\"${SIGMA_API_URL:-}\"\n",
-            "DEFAULT_API_URL='https://sigma.example.net'\nAPI_URL=\"${SIGMA_API_URL:-$DEFAULT_API_URL}\"\n",
+            "DEFAULT_API_URL=\"\"\n",
+            "DEFAULT_API_URL='https://sigma.example.net'\n",
             1,
         );
     assert_ne!(expected, original(), "both placeholders are in the script");
@@ -118,8 +118,8 @@ async fn the_host_header_is_used_only_when_plain(db: TestDb) {
     let (st, head, body) = raw_get(&s, &["Host: sigma.example.net:8443"]);
     assert_eq!(st, 200, "{head}");
     let with_host = original().replacen(
-        "API_URL=\"${SIGMA_API_URL:-}\"\n",
-        "DEFAULT_API_URL='http://sigma.example.net:8443'\nAPI_URL=\"${SIGMA_API_URL:-$DEFAULT_API_URL}\"\n",
+        "DEFAULT_API_URL=\"\"\n",
+        "DEFAULT_API_URL='http://sigma.example.net:8443'\n",
         1,
     );
     assert_eq!(body, with_host);

@@ -26,9 +26,8 @@ pub const SCRIPT: &str = include_str!(concat!(
 /// The script's placeholder for the binary's download URL.
 pub const BINARY_URL_LINE: &str = "DEFAULT_BINARY_URL=\"\"\n";
 
-/// The script's line that takes sigma-api's URL from the environment; a default is put in
-/// front of it.
-pub const API_URL_LINE: &str = "API_URL=\"${SIGMA_API_URL:-}\"\n";
+/// The script's placeholder for sigma-api's URL, used only on a first install without one.
+pub const API_URL_LINE: &str = "DEFAULT_API_URL=\"\"\n";
 
 /// What the server writes into the script.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -53,12 +52,10 @@ pub fn render(binary_url: Option<&str>, api_url: Option<&str>) -> String {
         );
     }
     if let Some(u) = api_url {
-        // A variable rather than the value inside `${…:-…}`: quoting rules inside a
-        // double-quoted expansion differ between shells, a plain assignment's do not.
         out = out.replacen(
             API_URL_LINE,
             &format!(
-                "DEFAULT_API_URL={}\nAPI_URL=\"${{SIGMA_API_URL:-$DEFAULT_API_URL}}\"\n",
+                "DEFAULT_API_URL={}\n",
                 sigma_mesh::bootstrap::shell_quote(u)
             ),
             1,
@@ -174,9 +171,7 @@ mod tests {
             s.contains("DEFAULT_BINARY_URL='https://x/a'\\''b $(id)'\n"),
             "{s}"
         );
-        assert!(s.contains(
-            "DEFAULT_API_URL='http://h:1'\nAPI_URL=\"${SIGMA_API_URL:-$DEFAULT_API_URL}\"\n"
-        ));
+        assert!(s.contains("DEFAULT_API_URL='http://h:1'\n"));
         assert_eq!(render(None, None), SCRIPT);
     }
 
