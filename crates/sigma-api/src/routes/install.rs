@@ -7,7 +7,8 @@
 //!
 //! * `DEFAULT_BINARY_URL`, the script's own placeholder for whoever serves it, from
 //!   `--agent-binary-url`;
-//! * the sigma-api URL used when neither `--api-url` nor `SIGMA_API_URL` is given, from
+//! * `DEFAULT_API_URL`, the sigma-api URL used on a first install when neither `--api-url` nor
+//!   `SIGMA_API_URL` is given (a re-run keeps the URL agent.env already holds), from
 //!   `--public-url`, else from the request's `Host` header (and `X-Forwarded-Proto`) when that
 //!   is a plain `host[:port]`. Any other header text is ignored, never copied into the script.
 
