@@ -18,7 +18,7 @@
 //! fault, and sigma-api answers them with 503.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -254,19 +254,7 @@ impl Bootstrap {
         counter: &AtomicU64,
         f: impl Future<Output = kube::Result<T>>,
     ) -> Result<kube::Result<T>> {
-        counter.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(self.settings.timeout, f).await {
-            Ok(r) => {
-                if r.is_err() {
-                    self.calls.failed.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(r)
-            }
-            Err(_) => {
-                self.calls.failed.fetch_add(1, Ordering::Relaxed);
-                Err(Error::Timeout(self.settings.timeout))
-            }
-        }
+        crate::cluster::timed_call(self.settings.timeout, counter, &self.calls.failed, f).await
     }
 
     /// One key of one ConfigMap; `hint` says what its absence usually means.
@@ -497,6 +485,7 @@ mod tests {
     use kube::client::Body;
     use serde_json::{Value, json};
     use sigma_types::{IpAddress, VpsStatus};
+    use std::sync::atomic::Ordering;
 
     const ROOT_CERT: &str = "-----BEGIN CERTIFICATE-----
 MIIBhzCCAS2gAwIBAgIUF3GR9qK/V/q7AyjZ9Jt22RTjzE8wCgYIKoZIzj0EAwIw

@@ -146,19 +146,7 @@ impl Cluster {
         f: impl Future<Output = kube::Result<T>>,
     ) -> Result<kube::Result<T>> {
         self.limiter.acquire().await;
-        counter.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(self.settings.timeout, f).await {
-            Ok(r) => {
-                if r.is_err() {
-                    self.calls.failed.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(r)
-            }
-            Err(_) => {
-                self.calls.failed.fetch_add(1, Ordering::Relaxed);
-                Err(Error::Timeout(self.settings.timeout))
-            }
-        }
+        timed_call(self.settings.timeout, counter, &self.calls.failed, f).await
     }
 
     /// Lists every object of the five kinds in the namespace, page by page.
@@ -308,6 +296,29 @@ impl Cluster {
             Ok(_) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(kube_error(e)),
+        }
+    }
+}
+
+/// One Kubernetes API call, counted in `counter` and, when it fails or outlasts `timeout`, in
+/// `failed`. The outer error is the timeout; the inner result is the API server's answer.
+pub(crate) async fn timed_call<T>(
+    timeout: Duration,
+    counter: &AtomicU64,
+    failed: &AtomicU64,
+    f: impl Future<Output = kube::Result<T>>,
+) -> Result<kube::Result<T>> {
+    counter.fetch_add(1, Ordering::Relaxed);
+    match tokio::time::timeout(timeout, f).await {
+        Ok(r) => {
+            if r.is_err() {
+                failed.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(r)
+        }
+        Err(_) => {
+            failed.fetch_add(1, Ordering::Relaxed);
+            Err(Error::Timeout(timeout))
         }
     }
 }
