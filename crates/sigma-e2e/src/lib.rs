@@ -71,3 +71,29 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
 }
+
+/// The inventory the mesh tests start from: provider `hetzner` and purpose `xrayr` in the mesh,
+/// serving `http-api` on 8080 and calling Xboard (`xboard.sigma.svc.cluster.local`) on
+/// `xboard_port` over HTTP.
+pub async fn mesh_fleet_setup(api: &sigma_testkit::SigmaApi, xboard_port: u16) {
+    let (st, v) = api
+        .call(
+            "POST",
+            "/api/providers",
+            Some(serde_json::json!({"name": "hetzner"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let (st, v) = api
+        .call(
+            "PATCH",
+            "/api/purposes/xrayr",
+            Some(serde_json::json!({"mesh": {
+                "enabled": true,
+                "ports": [{"name": "http-api", "number": 8080, "protocol": "HTTP"}],
+                "egress": [{"host": "xboard.sigma.svc.cluster.local", "port": xboard_port, "protocol": "HTTP"}]
+            }})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+}

@@ -142,7 +142,7 @@ fn start_agent(vps_dir: &Path, ns: &Netns, hostname: &str, api: &SigmaApi, token
     Proc::spawn(&format!("agent-{hostname}"), cmd, vps_dir)
 }
 
-fn new_vps(dir: &Path, index: u8, api: &SigmaApi, token: &str) -> Vps {
+async fn new_vps(dir: &Path, index: u8, api: &SigmaApi, token: &str) -> Vps {
     let hostname = format!("vps-{index}.e2e.sigma");
     let vps_dir = dir.join(&hostname);
     let root = vps_dir.join("root");
@@ -164,7 +164,7 @@ fn new_vps(dir: &Path, index: u8, api: &SigmaApi, token: &str) -> Vps {
     wait_for("the user service", Duration::from_secs(10), || async {
         user_traffic_works(&ns).then_some(())
     })
-    .await_blocking();
+    .await;
     let agent = start_agent(&vps_dir, &ns, &hostname, api, token);
     Vps {
         hostname,
@@ -172,19 +172,6 @@ fn new_vps(dir: &Path, index: u8, api: &SigmaApi, token: &str) -> Vps {
         root,
         agent,
         _user_service: user,
-    }
-}
-
-/// Lets the synchronous set-up above wait on an async poll.
-trait AwaitBlocking {
-    type Output;
-    fn await_blocking(self) -> Self::Output;
-}
-
-impl<F: std::future::Future> AwaitBlocking for F {
-    type Output = F::Output;
-    fn await_blocking(self) -> F::Output {
-        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(self))
     }
 }
 
@@ -225,13 +212,22 @@ fn ns_processes(ns: &Netns) -> Vec<String> {
 }
 
 async fn istiod_debug(cp: &ControlPlane, what: &str) -> String {
-    reqwest::get(format!("{}/{what}", cp.var("ISTIOD_DEBUG_URL")))
-        .await
-        .ok()
-        .map(|r| r.text())
-        .map(|f| async { f.await.unwrap_or_default() })
-        .map(|f| tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f)))
-        .unwrap_or_default()
+    match reqwest::get(format!("{}/{what}", cp.var("ISTIOD_DEBUG_URL"))).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        // istiod is restarted on purpose in one step.
+        Err(_) => String::new(),
+    }
+}
+
+/// Waits until istiod's /debug/connections lists the proxy of WorkloadEntry `we_name`.
+async fn wait_connected(cp: &ControlPlane, we_name: &str, what: &str, timeout: Duration) {
+    wait_for(what, timeout, || async {
+        istiod_debug(cp, "connections")
+            .await
+            .contains(&format!("{we_name}.sigma"))
+            .then_some(())
+    })
+    .await;
 }
 
 fn healthy(entry: &Value) -> Option<bool> {
@@ -283,28 +279,16 @@ async fn a_vps_joins_the_mesh_with_its_own_identity_and_no_interception() {
             .env("SIGMA_ISTIO_BOOTSTRAP_CACHE", "0s")
             .env("SIGMA_LOG", "info"),
     );
-    let (st, v) = api
-        .call("POST", "/api/providers", Some(json!({"name": "hetzner"})))
-        .await;
-    assert_eq!(st, 201, "{v}");
-    let (st, v) = api
-        .call(
-            "PATCH",
-            "/api/purposes/xrayr",
-            Some(json!({"mesh": {
-                "enabled": true,
-                "ports": [{"name": "http-api", "number": 8080, "protocol": "HTTP"}],
-                "egress": [{"host": "xboard.sigma.svc.cluster.local", "port": 8001, "protocol": "HTTP"}]
-            }})),
-        )
-        .await;
-    assert_eq!(st, 200, "{v}");
+    sigma_e2e::mesh_fleet_setup(&api, 8001).await;
     let token = api
         .token(json!({"purpose": "xrayr", "provider": "hetzner", "country": "DE", "max_uses": 10, "ttl_seconds": 3600}))
         .await;
 
     // Two VPS, each with user traffic flowing before it enrolls.
-    let mut fleet: Vec<Vps> = (1..=2u8).map(|i| new_vps(&dir, i, &api, &token)).collect();
+    let mut fleet = Vec::new();
+    for i in 1..=2u8 {
+        fleet.push(new_vps(&dir, i, &api, &token).await);
+    }
 
     for v in &fleet {
         // Registered, active, WorkloadEntry applied with its namespace address.
@@ -337,15 +321,11 @@ async fn a_vps_joins_the_mesh_with_its_own_identity_and_no_interception() {
             v.agent.tail(40)
         );
         // istiod lists the proxy as connected under the VPS's own workload name.
-        wait_for(
+        wait_connected(
+            &cp,
+            &we_name,
             "istiod to list the proxy",
             Duration::from_secs(60),
-            || async {
-                istiod_debug(&cp, "connections")
-                    .await
-                    .contains(&format!("{we_name}.sigma"))
-                    .then_some(())
-            },
         )
         .await;
         let syncz = istiod_debug(&cp, "syncz").await;
@@ -469,15 +449,11 @@ async fn a_vps_joins_the_mesh_with_its_own_identity_and_no_interception() {
     let restart = cp.stop_component("istiod");
     tokio::time::sleep(Duration::from_secs(2)).await;
     restart.start();
-    wait_for(
+    wait_connected(
+        &cp,
+        &we_name,
         "the proxy reconnected to the restarted istiod",
         Duration::from_secs(120),
-        || async {
-            istiod_debug(&cp, "connections")
-                .await
-                .contains(&format!("{we_name}.sigma"))
-                .then_some(())
-        },
     )
     .await;
 

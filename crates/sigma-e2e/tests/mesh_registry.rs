@@ -82,22 +82,7 @@ async fn workload_entries_follow_the_inventory_on_a_real_api_server() {
     let kubeconfig = cp.service_account_kubeconfig("sigma", "sigma-api").await;
     let mut api = start_api(&kubeconfig);
 
-    let (st, v) = api
-        .call("POST", "/api/providers", Some(json!({"name": "hetzner"})))
-        .await;
-    assert_eq!(st, 201, "{v}");
-    let (st, v) = api
-        .call(
-            "PATCH",
-            "/api/purposes/xrayr",
-            Some(json!({"mesh": {
-                "enabled": true,
-                "ports": [{"name": "http-api", "number": 8080, "protocol": "HTTP"}],
-                "egress": [{"host": "xboard.sigma.svc.cluster.local", "port": 80, "protocol": "HTTP"}]
-            }})),
-        )
-        .await;
-    assert_eq!(st, 200, "{v}");
+    sigma_e2e::mesh_fleet_setup(&api, 80).await;
 
     let a = create_vps(&api, "node-a.example.net", "203.0.113.10").await;
     let e = wait_for(
