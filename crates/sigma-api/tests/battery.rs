@@ -116,7 +116,11 @@ const AGENTS: &[Cred] = &[Agent];
 /// must be here and every entry must be in the document.
 const ROLE_TABLE: &[(&str, &str, &[Cred])] = &[
     ("get", "/metrics", READERS),
-    ("get", "/api/openapi.json", &[Admin, Operator, Readonly, Agent]),
+    (
+        "get",
+        "/api/openapi.json",
+        &[Admin, Operator, Readonly, Agent],
+    ),
     ("get", "/api/prometheus/targets", READERS),
     ("get", "/api/providers", READERS),
     ("post", "/api/providers", OPERATORS),
@@ -151,7 +155,11 @@ const ROLE_TABLE: &[(&str, &str, &[Cred])] = &[
     ("patch", "/api/envoy-routes/{id}", OPERATORS),
     ("delete", "/api/envoy-routes/{id}", OPERATORS),
     ("get", "/api/agent/envoy-config", AGENTS),
-    ("get", "/api/agent/istio-bootstrap", &[Admin, Operator, Agent]),
+    (
+        "get",
+        "/api/agent/istio-bootstrap",
+        &[Admin, Operator, Agent],
+    ),
     ("get", "/api/mesh/manifests", READERS),
     ("get", "/api/vps/{id}/mesh", READERS),
 ];
@@ -216,7 +224,10 @@ fn classify(doc: &Value) -> Result<Vec<Op>, Vec<String>> {
             let Some(op) = item.get(method) else { continue };
             let id = format!("{} {path}", method.to_uppercase());
             let security = op.get("security").or(global_security);
-            let requirements = security.and_then(Value::as_array).cloned().unwrap_or_default();
+            let requirements = security
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             // `{}` in the list is "no credentials" (optional security).
             let public = requirements.is_empty()
                 || requirements
@@ -278,7 +289,12 @@ fn classify(doc: &Value) -> Result<Vec<Op>, Vec<String>> {
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
-                .chain(item.get("parameters").and_then(Value::as_array).into_iter().flatten());
+                .chain(
+                    item.get("parameters")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten(),
+                );
             for p in params {
                 let p = resolve(doc, p);
                 let name = p["name"].as_str().unwrap_or_default().to_string();
@@ -551,7 +567,11 @@ fn synth(doc: &Value, s: &Value, name: &str, full: bool, depth: usize) -> Value 
         return Value::Object(out);
     }
     if let Some(e) = s.get("enum").and_then(Value::as_array) {
-        return e.iter().find(|v| !v.is_null()).cloned().unwrap_or(Value::Null);
+        return e
+            .iter()
+            .find(|v| !v.is_null())
+            .cloned()
+            .unwrap_or(Value::Null);
     }
     let ty = match s.get("type") {
         Some(Value::String(t)) => t.as_str(),
@@ -876,7 +896,10 @@ fn judge(op: &Op, r: &Resp, want: Want, names: &Names) -> Option<String> {
                     })
                 });
                 if !named {
-                    return Some(format!("the error does not name field {f}: {}", r.excerpt()));
+                    return Some(format!(
+                        "the error does not name field {f}: {}",
+                        r.excerpt()
+                    ));
                 }
             }
             Names::Mention(t) => {
@@ -990,7 +1013,11 @@ async fn seed(s: &Server) -> Seed {
         .await,
     );
     let (st, v) = s
-        .post(&format!("/api/vps/{retired}/retire?force=true"), ADMIN_KEY, json!({}))
+        .post(
+            &format!("/api/vps/{retired}/retire?force=true"),
+            ADMIN_KEY,
+            json!({}),
+        )
         .await;
     assert_eq!(st, 200, "{v}");
     let deleted = id_of(
@@ -1151,7 +1178,9 @@ fn snapshot_diff(before: &BTreeMap<String, Value>, after: &BTreeMap<String, Valu
                     .into_iter()
                     .flatten()
                     .filter(|(f, v)| a.get(f.as_str()) != Some(*v))
-                    .map(|(f, v)| format!("{f}: {v} -> {}", a.get(f.as_str()).unwrap_or(&Value::Null)))
+                    .map(|(f, v)| {
+                        format!("{f}: {v} -> {}", a.get(f.as_str()).unwrap_or(&Value::Null))
+                    })
                     .collect();
                 out.push(format!("{k}: changed ({})", changed.join("; ")));
             }
@@ -1200,15 +1229,14 @@ fn entries(v: &Value) -> Vec<(String, Value)> {
         .collect()
 }
 
-const CONTROLS: [(&str, &str); 3] = [
-    ("NUL", "\u{0}"),
-    ("ESC", "\u{1b}"),
-    ("U+202E", "\u{202e}"),
-];
+const CONTROLS: [(&str, &str); 3] = [("NUL", "\u{0}"), ("ESC", "\u{1b}"), ("U+202E", "\u{202e}")];
 
 /// Inserts `c` in the middle of a string (or makes it the whole string).
 fn with_control(s: &str, c: &str) -> String {
-    let mid = s.char_indices().nth(s.chars().count() / 2).map_or(s.len(), |(i, _)| i);
+    let mid = s
+        .char_indices()
+        .nth(s.chars().count() / 2)
+        .map_or(s.len(), |(i, _)| i);
     format!("{}{c}{}", &s[..mid], &s[mid..])
 }
 
@@ -1236,7 +1264,13 @@ fn body_cases(doc: &Value, schema: &Value, per_property: bool) -> Vec<BodyCase> 
         names,
     };
     let mut out = vec![
-        case("malformed", "{not json", b"{\"battery\": }".to_vec(), BAD_BODY, Names::Nothing),
+        case(
+            "malformed",
+            "{not json",
+            b"{\"battery\": }".to_vec(),
+            BAD_BODY,
+            Names::Nothing,
+        ),
         case(
             "truncated",
             "the base body without its last byte",
@@ -1258,7 +1292,13 @@ fn body_cases(doc: &Value, schema: &Value, per_property: bool) -> Vec<BodyCase> 
             BAD_BODY,
             Names::Nothing,
         ),
-        case("array-empty", "[]", b"[]".to_vec(), BAD_BODY, Names::Nothing),
+        case(
+            "array-empty",
+            "[]",
+            b"[]".to_vec(),
+            BAD_BODY,
+            Names::Nothing,
+        ),
         case(
             "array-positional",
             "the full body's values as an array",
@@ -1288,13 +1328,19 @@ fn body_cases(doc: &Value, schema: &Value, per_property: bool) -> Vec<BodyCase> 
             "deep-nesting",
             &format!("{NESTING} levels of arrays in {first}"),
             {
-                let mut e: Vec<(String, Value)> =
-                    entries(&base).into_iter().filter(|(k, _)| *k != first).collect();
+                let mut e: Vec<(String, Value)> = entries(&base)
+                    .into_iter()
+                    .filter(|(k, _)| *k != first)
+                    .collect();
                 e.push((first.clone(), json!(0)));
                 let t = object_text(&e);
                 let nested = format!("{}{}", "[".repeat(NESTING), "]".repeat(NESTING));
-                t.replacen(&format!("{}:0", Value::String(first.clone())), &format!("{}:{nested}", Value::String(first.clone())), 1)
-                    .into_bytes()
+                t.replacen(
+                    &format!("{}:0", Value::String(first.clone())),
+                    &format!("{}:{nested}", Value::String(first.clone())),
+                    1,
+                )
+                .into_bytes()
             },
             BAD_BODY,
             Names::Nothing,
@@ -1344,7 +1390,11 @@ fn body_cases(doc: &Value, schema: &Value, per_property: bool) -> Vec<BodyCase> 
         names: Names::Nothing,
     });
     let leaves = string_leaves(&full);
-    let controls: &[(&str, &str)] = if per_property { &CONTROLS } else { &CONTROLS[..1] };
+    let controls: &[(&str, &str)] = if per_property {
+        &CONTROLS
+    } else {
+        &CONTROLS[..1]
+    };
     let leaves: Vec<_> = if per_property {
         leaves
     } else {
@@ -1403,26 +1453,52 @@ fn hostile_path_values() -> Vec<(&'static str, String)> {
 }
 
 /// Hostile values of one query parameter: (class, raw query text of the parameter).
-fn hostile_query_values(doc: &Value, name: &str, schema: &Value, base: &str) -> Vec<(String, String)> {
+fn hostile_query_values(
+    doc: &Value,
+    name: &str,
+    schema: &Value,
+    base: &str,
+) -> Vec<(String, String)> {
     let types = admitted(doc, schema).unwrap_or_default();
     let free_string = types.contains("string") && resolve(doc, schema).get("enum").is_none();
     let mut out = Vec::new();
     if !free_string {
-        out.push(("query:wrong-type".into(), format!("{name}=battery-not-a-{}", types.iter().next().map_or("value", String::as_str))));
+        out.push((
+            "query:wrong-type".into(),
+            format!(
+                "{name}=battery-not-a-{}",
+                types.iter().next().map_or("value", String::as_str)
+            ),
+        ));
     }
     if types.contains("integer") || types.contains("number") {
         out.push(("query:negative".into(), format!("{name}=-1")));
-        out.push(("query:huge".into(), format!("{name}=99999999999999999999999")));
-        out.push(("query:i64-max".into(), format!("{name}=9223372036854775807")));
+        out.push((
+            "query:huge".into(),
+            format!("{name}=99999999999999999999999"),
+        ));
+        out.push((
+            "query:i64-max".into(),
+            format!("{name}=9223372036854775807"),
+        ));
         out.push(("query:fraction".into(), format!("{name}=1.5")));
     }
     out.push(("query:empty".into(), format!("{name}=")));
     out.push(("query:nul".into(), format!("{name}={base}%00x")));
     out.push(("query:esc".into(), format!("{name}={base}%1Bx")));
-    out.push(("query:rtl-override".into(), format!("{name}={base}%E2%80%AEx")));
+    out.push((
+        "query:rtl-override".into(),
+        format!("{name}={base}%E2%80%AEx"),
+    ));
     out.push(("query:invalid-utf8".into(), format!("{name}=%FF")));
-    out.push(("query:very-long".into(), format!("{name}={}", "a".repeat(10_000))));
-    out.push(("query:repeated".into(), format!("{name}={base}&{name}={base}")));
+    out.push((
+        "query:very-long".into(),
+        format!("{name}={}", "a".repeat(10_000)),
+    ));
+    out.push((
+        "query:repeated".into(),
+        format!("{name}={base}&{name}={base}"),
+    ));
     out
 }
 
@@ -1459,7 +1535,11 @@ async fn battery(db: TestDb) {
             problems.join("\n  ")
         )
     });
-    assert!(ops.len() >= 30, "only {} operations in the document", ops.len());
+    assert!(
+        ops.len() >= 30,
+        "only {} operations in the document",
+        ops.len()
+    );
     let seed = seed(&s).await;
     let before = snapshot(&s, &seed).await;
     let mut b = Battery::new(&s);
@@ -1468,7 +1548,11 @@ async fn battery(db: TestDb) {
         let real_path = concrete(op, &seed, false);
         let missing_path = concrete(op, &seed, true);
         let base_body = op.body.as_ref().map(|sc| synth(&doc, sc, "body", false, 0));
-        let valid = || base_body.as_ref().map(|v| (JSON, v.to_string().into_bytes()));
+        let valid = || {
+            base_body
+                .as_ref()
+                .map(|v| (JSON, v.to_string().into_bytes()))
+        };
         let base_query = required_query(&doc, &seed, op, None);
         let path_q = |p: &str, q: &str| {
             if q.is_empty() {
@@ -1485,26 +1569,52 @@ async fn battery(db: TestDb) {
         let mut bad_creds: Vec<(&str, &str, Authz)> = vec![
             ("cred:none", "no Authorization", Authz::None),
             ("cred:unknown-key", "unknown sgm_ key", bearer(unknown_key)),
-            ("cred:wrong-secret", "admin prefix, wrong secret", bearer(&wrong_secret)),
-            ("cred:unknown-token", "unknown sge_ token", bearer("sge_deadbeef_battery-unknown-token-0123456789abcdef012345")),
-            ("cred:revoked-key", "revoked admin key", bearer(&seed.revoked_admin)),
+            (
+                "cred:wrong-secret",
+                "admin prefix, wrong secret",
+                bearer(&wrong_secret),
+            ),
+            (
+                "cred:unknown-token",
+                "unknown sge_ token",
+                bearer("sge_deadbeef_battery-unknown-token-0123456789abcdef012345"),
+            ),
+            (
+                "cred:revoked-key",
+                "revoked admin key",
+                bearer(&seed.revoked_admin),
+            ),
         ];
         for (detail, raw) in [
             ("Bearer without a key", b"Bearer".to_vec()),
             ("Bearer and spaces", b"Bearer    ".to_vec()),
             ("Basic scheme", b"Basic YWRtaW46YWRtaW4=".to_vec()),
-            ("the admin key without a scheme", ADMIN_KEY.as_bytes().to_vec()),
-            ("the admin key under scheme Token", format!("Token {ADMIN_KEY}").into_bytes()),
+            (
+                "the admin key without a scheme",
+                ADMIN_KEY.as_bytes().to_vec(),
+            ),
+            (
+                "the admin key under scheme Token",
+                format!("Token {ADMIN_KEY}").into_bytes(),
+            ),
             ("non-ASCII bytes", b"Bearer \xff\xfe\xfd".to_vec()),
             ("a 600-byte key", format!("Bearer {long}").into_bytes()),
-            ("two keys", format!("Bearer {ADMIN_KEY} {ADMIN_KEY}").into_bytes()),
+            (
+                "two keys",
+                format!("Bearer {ADMIN_KEY} {ADMIN_KEY}").into_bytes(),
+            ),
         ] {
             bad_creds.push(("cred:malformed-auth", detail, Authz::Raw(raw)));
         }
         let p = path_q(&real_path, &base_query);
         for (class, detail, auth) in &bad_creds {
-            let want = if op.public { Want::Success } else { Want::OneOf(&[401]) };
-            b.probe(op, class, detail, &p, auth, valid(), want, Names::Nothing).await;
+            let want = if op.public {
+                Want::Success
+            } else {
+                Want::OneOf(&[401])
+            };
+            b.probe(op, class, detail, &p, auth, valid(), want, Names::Nothing)
+                .await;
         }
         if op.public {
             continue;
@@ -1549,8 +1659,16 @@ async fn battery(db: TestDb) {
             // Credentials first: the same bodies from whoever may not call it.
             let mut denied: Vec<(String, Authz, Want)> = vec![
                 ("no key".into(), Authz::None, Want::OneOf(&[401])),
-                ("unknown key".into(), bearer(unknown_key), Want::OneOf(&[401])),
-                ("revoked key".into(), bearer(&seed.revoked_admin), Want::OneOf(&[401])),
+                (
+                    "unknown key".into(),
+                    bearer(unknown_key),
+                    Want::OneOf(&[401]),
+                ),
+                (
+                    "revoked key".into(),
+                    bearer(&seed.revoked_admin),
+                    Want::OneOf(&[401]),
+                ),
             ];
             for c in op.forbidden() {
                 let want = if c == Enrollment {
@@ -1692,7 +1810,6 @@ async fn battery(db: TestDb) {
         );
     }
     println!("{summary}");
-    eprintln!("{summary}");
 
     let mut report = String::new();
     for (class, t) in &b.classes {
