@@ -1883,3 +1883,184 @@ fn required_query(doc: &Value, seed: &Seed, op: &Op, except: Option<&String>) ->
         .collect::<Vec<_>>()
         .join("&")
 }
+
+// ---------------------------------------------------------------------------------------------
+// The battery's own rules, checked without a server: each can fail.
+
+#[test]
+fn an_operation_the_battery_cannot_classify_fails_it() {
+    let doc = json!({
+        "paths": {
+            "/api/gadgets": {"get": {"security": [{"bearer": []}], "responses": {"200": {}}}},
+            "/api/gadgets/{id}": {"get": {
+                "security": [{"bearer": []}],
+                "parameters": [{"name": "id", "in": "path", "schema": {"type": "string"}}],
+                "responses": {"200": {}}
+            }},
+            "/healthz": {"get": {"responses": {"200": {}}}}
+        }
+    });
+    let problems = classify(&doc).expect_err("unknown operations must not pass");
+    let text = problems.join("\n");
+    assert!(text.contains("GET /api/gadgets: authenticated"), "{text}");
+    assert!(text.contains("{id}"), "{text}");
+    // Every table entry the document lacks is stale, and said so.
+    assert!(text.contains("role table: GET /api/vps is not"), "{text}");
+}
+
+#[test]
+fn roles_stated_by_the_document_win_over_the_table() {
+    let mut paths = Map::new();
+    for (m, p, _) in ROLE_TABLE {
+        let params: Vec<Value> = p
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|n| json!({"name": n, "in": "path", "schema": {"type": "string"}}))
+            .collect();
+        let entry = paths.entry(p.to_string()).or_insert_with(|| json!({}));
+        entry[*m] =
+            json!({"security": [{"bearer": []}], "parameters": params, "responses": {"200": {}}});
+    }
+    paths["/api/vps"]["get"]["security"] = json!([{"bearer": ["admin"]}]);
+    let ops = classify(&json!({ "paths": paths })).expect("the table's own operations classify");
+    let list = ops.iter().find(|o| o.id == "GET /api/vps").unwrap();
+    assert_eq!(list.allowed, vec![Admin]);
+    assert_eq!(list.caller(), Admin);
+    let get = ops.iter().find(|o| o.id == "GET /api/vps/{id}").unwrap();
+    assert_eq!(get.allowed, READERS);
+    assert_eq!(get.caller(), Readonly);
+}
+
+#[test]
+fn the_verdict_refuses_5xx_bare_4xx_and_unnamed_fields() {
+    let op = Op {
+        method: "post",
+        path: "/x".into(),
+        id: "POST /x".into(),
+        public: false,
+        allowed: vec![Admin],
+        body: None,
+        path_params: vec![],
+        query: vec![],
+        success: vec![201],
+    };
+    let resp = |status: u16, ctype: &str, body: &str| Resp {
+        status,
+        ctype: ctype.into(),
+        body: body.as_bytes().to_vec(),
+    };
+    let error = r#"{"error":"validation","message":"invalid name","fields":{"name":"bad"}}"#;
+    let json_ct = "application/json";
+    let bad = Want::OneOf(&[400, 422]);
+    assert!(
+        judge(
+            &op,
+            &resp(422, json_ct, error),
+            bad,
+            &Names::Field("name".into())
+        )
+        .is_none()
+    );
+    assert!(judge(&op, &resp(500, json_ct, error), bad, &Names::Nothing).is_some());
+    assert!(
+        judge(
+            &op,
+            &resp(400, "text/plain", "Invalid URL"),
+            bad,
+            &Names::Nothing
+        )
+        .is_some()
+    );
+    assert!(
+        judge(
+            &op,
+            &resp(422, json_ct, r#"{"detail":"x"}"#),
+            bad,
+            &Names::Nothing
+        )
+        .is_some()
+    );
+    assert!(judge(&op, &resp(201, json_ct, "{}"), bad, &Names::Nothing).is_some());
+    assert!(
+        judge(
+            &op,
+            &resp(422, json_ct, error),
+            bad,
+            &Names::Field("city".into())
+        )
+        .is_some()
+    );
+    assert!(
+        judge(
+            &op,
+            &resp(422, json_ct, error),
+            bad,
+            &Names::Field("nam".into())
+        )
+        .is_some()
+    );
+    assert!(
+        judge(
+            &op,
+            &resp(201, json_ct, "{}"),
+            Want::ClientErrorOrSuccess,
+            &Names::Nothing
+        )
+        .is_none()
+    );
+    assert!(
+        judge(
+            &op,
+            &resp(200, json_ct, "{}"),
+            Want::ClientErrorOrSuccess,
+            &Names::Nothing
+        )
+        .is_some()
+    );
+}
+
+#[test]
+fn synthesized_bodies_follow_the_schema() {
+    let doc = json!({"components": {"schemas": {
+        "Kind": {"enum": ["a", "b"], "type": "string"},
+        "Thing": {
+            "additionalProperties": false,
+            "properties": {
+                "name": {"type": "string"},
+                "kind": {"$ref": "#/components/schemas/Kind"},
+                "port": {"type": ["integer", "null"], "minimum": 1},
+                "tags": {"type": "array", "items": {"type": "string"}},
+                "inner": {"oneOf": [{"type": "null"}, {"type": "object", "properties": {"os": {"type": "string"}}}]}
+            },
+            "required": ["name", "kind"],
+            "type": "object"
+        }
+    }}});
+    let s = json!({"$ref": "#/components/schemas/Thing"});
+    assert_eq!(
+        synth(&doc, &s, "body", false, 0),
+        json!({"name": "battery-probe", "kind": "a"})
+    );
+    let full = synth(&doc, &s, "body", true, 0);
+    assert_eq!(full["tags"], json!(["battery-probe"]));
+    assert_eq!(full["inner"], json!({"os": "battery-probe"}));
+    let leaves: Vec<String> = string_leaves(&full)
+        .iter()
+        .map(|(p, _)| path_text(p))
+        .collect();
+    assert_eq!(leaves, ["inner.os", "kind", "name", "tags[0]"]);
+    assert_eq!(
+        wrong_value(&doc, &json!({"$ref": "#/components/schemas/Kind"})),
+        Some(json!(true))
+    );
+    assert_eq!(
+        wrong_value(&doc, &json!({"type": ["boolean", "null"]})),
+        Some(json!(12345))
+    );
+    assert_eq!(wrong_value(&doc, &json!({})), None);
+    assert!(
+        properties_of(&doc, &s).1,
+        "additionalProperties: false is a closed object"
+    );
+    assert!(dangling_refs(&json!({"a": {"$ref": "#/components/schemas/Nope"}})).len() == 1);
+}
