@@ -762,6 +762,9 @@ struct ClassTally {
 struct Battery<'a> {
     s: &'a Server,
     http: reqwest::Client,
+    /// For oversized bodies: a server may answer before reading such a body and then close the
+    /// connection, which a pooled connection would only notice on its next request.
+    unpooled: reqwest::Client,
     classes: BTreeMap<String, ClassTally>,
     requests: usize,
 }
@@ -772,6 +775,11 @@ impl<'a> Battery<'a> {
             s,
             http: reqwest::Client::builder()
                 .timeout(REQUEST_TIMEOUT)
+                .build()
+                .unwrap(),
+            unpooled: reqwest::Client::builder()
+                .timeout(REQUEST_TIMEOUT)
+                .pool_max_idle_per_host(0)
                 .build()
                 .unwrap(),
             classes: BTreeMap::new(),
@@ -788,7 +796,13 @@ impl<'a> Battery<'a> {
     ) -> Result<Resp, String> {
         self.requests += 1;
         let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-        let mut req = self.http.request(m, self.s.url(path));
+        let oversized = body.as_ref().is_some_and(|(_, b)| b.len() > MAX_BODY);
+        let client = if oversized {
+            &self.unpooled
+        } else {
+            &self.http
+        };
+        let mut req = client.request(m, self.s.url(path));
         if let Authz::Raw(h) = auth {
             let v = reqwest::header::HeaderValue::from_bytes(h)
                 .map_err(|e| format!("header not sendable: {e}"))?;
