@@ -152,8 +152,8 @@ async fn replicas_starting_together_apply_the_migrations_once() {
     // Control of the comparison: one index less is seen.
     let pool = sqlx::PgPool::connect(&alone.url).await.unwrap();
     let index: String = sqlx::query(
-        "SELECT indexname FROM pg_indexes WHERE schemaname = 'public' AND indexname NOT LIKE '%pkey' \
-         ORDER BY 1 LIMIT 1",
+        "SELECT indexname FROM pg_indexes WHERE schemaname = 'public' \
+         AND indexname NOT IN (SELECT conname FROM pg_constraint) ORDER BY 1 LIMIT 1",
     )
     .fetch_one(&pool)
     .await
