@@ -360,23 +360,28 @@ fn healthy(entry: &Value) -> Option<bool> {
 /// The service range the captured purpose's VPS send through Envoy (iptables interception).
 const SERVICE_CIDR: &str = "10.96.0.0/12";
 
-/// Whether a TCP connection from inside the namespace to `addr` is accepted, made as user
-/// `nobody`: pilot-agent and Envoy run as root here (no `istio-proxy` user), and
-/// istio-iptables exempts their user from the capture.
-fn connects_from(ns: &Netns, addr: &str, port: u16) -> bool {
+/// Whether a TCP connection from inside the namespace to `addr` is accepted (`Err` with why
+/// not), made as user `nobody`: pilot-agent and Envoy run as root here (no `istio-proxy`
+/// user), and istio-iptables exempts their user from the capture.
+fn connects_from(ns: &Netns, addr: &str, port: u16) -> Result<(), String> {
     let out = ns
         .command("setpriv")
         .args([
             "--reuid=65534",
             "--regid=65534",
             "--clear-groups",
-            "python3",
+            // The system's Python: one under root's home is not readable by `nobody`.
+            "/usr/bin/python3",
             "-c",
             &format!("import socket; socket.create_connection(('{addr}', {port}), timeout=3)"),
         ])
         .output()
         .expect("run setpriv");
-    out.status.success()
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }
 
 /// Control of [`proxy_processes`]: what it reports for a namespace where the proxy runs.
@@ -663,7 +668,7 @@ async fn a_vps_joins_the_mesh_with_its_own_identity_and_no_interception() {
         captured.agent.tail(30)
     );
     assert!(
-        !connects_from(&captured.ns, "10.96.0.99", 9),
+        connects_from(&captured.ns, "10.96.0.99", 9).is_err(),
         "a connection to {SERVICE_CIDR} is still captured after the agent stopped"
     );
     drop(captured);
@@ -790,12 +795,14 @@ fn assert_captures_only_the_service_range(v: &Vps) {
     );
     // A destination in the range is accepted by Envoy (nothing listens at that address); one
     // outside it reaches the host, which refuses the closed port.
+    if let Err(e) = connects_from(&v.ns, "10.96.0.99", 9) {
+        panic!(
+            "a connection to {SERVICE_CIDR} is not captured: {e}\nlistening: {}\nrules: {rules:#?}",
+            v.ns.output("ss", &["-ltnp"])
+        );
+    }
     assert!(
-        connects_from(&v.ns, "10.96.0.99", 9),
-        "a connection to {SERVICE_CIDR} is not captured: {rules:#?}"
-    );
-    assert!(
-        !connects_from(&v.ns, &v.ns.host_ip, 9),
+        connects_from(&v.ns, &v.ns.host_ip, 9).is_err(),
         "a connection outside {SERVICE_CIDR} was captured: {rules:#?}"
     );
 }
