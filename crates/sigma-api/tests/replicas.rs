@@ -18,7 +18,8 @@ use sqlx::Row;
 
 /// The migrations sigma-store ships for PostgreSQL, by version.
 fn shipped_migrations() -> Vec<i64> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sigma-store/migrations/postgres");
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sigma-store/migrations/postgres");
     let mut v: Vec<i64> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .filter_map(|e| {
@@ -107,7 +108,11 @@ async fn replicas_starting_together_apply_the_migrations_once() {
         let (st, v) = s.get("/readyz", ADMIN_KEY).await;
         assert_eq!(st, 200, "replica {i}: {v}");
         let (st, v) = s
-            .post("/api/providers", ADMIN_KEY, json!({"name": format!("provider-{i}")}))
+            .post(
+                "/api/providers",
+                ADMIN_KEY,
+                json!({"name": format!("provider-{i}")}),
+            )
             .await;
         assert_eq!(st, 201, "replica {i}: {v}");
     }
@@ -139,7 +144,10 @@ async fn replicas_starting_together_apply_the_migrations_once() {
         .iter()
         .map(|r| (r.get("version"), r.get("success")))
         .collect();
-    let want: Vec<(i64, bool)> = shipped_migrations().into_iter().map(|v| (v, true)).collect();
+    let want: Vec<(i64, bool)> = shipped_migrations()
+        .into_iter()
+        .map(|v| (v, true))
+        .collect();
     assert!(!want.is_empty());
     assert_eq!(applied, want, "_sqlx_migrations");
 
@@ -245,16 +253,27 @@ async fn a_revocation_or_retire_on_one_replica_reaches_agents_of_another_within_
         .unwrap()
         .to_string();
     let (st, v) = a
-        .post(&format!("/api/api-keys/{key_id}/revoke"), ADMIN_KEY, json!({}))
+        .post(
+            &format!("/api/api-keys/{key_id}/revoke"),
+            ADMIN_KEY,
+            json!({}),
+        )
         .await;
     assert_eq!(st, 200, "{v}");
     let (st, v) = a
-        .post(&format!("/api/vps/{retired_id}/retire"), ADMIN_KEY, json!({}))
+        .post(
+            &format!("/api/vps/{retired_id}/retire"),
+            ADMIN_KEY,
+            json!({}),
+        )
         .await;
     assert_eq!(st, 200, "{v}");
     let changed = Instant::now();
     // On A at once.
-    assert_eq!(heartbeat(&a, &revoked_key, "revoked.example.net").await.0, 401);
+    assert_eq!(
+        heartbeat(&a, &revoked_key, "revoked.example.net").await.0,
+        401
+    );
     assert_eq!(
         heartbeat(&a, &retired_key, "retired.example.net").await.1["status"],
         "retiring"
@@ -289,7 +308,10 @@ async fn a_revocation_or_retire_on_one_replica_reaches_agents_of_another_within_
 
     // The control: C has not polled since, so it still serves its cached view.
     let (st, v) = heartbeat(&c, &revoked_key, "revoked.example.net").await;
-    assert_eq!(st, 200, "control: C (poll 1h) still accepts the key it cached: {v}");
+    assert_eq!(
+        st, 200,
+        "control: C (poll 1h) still accepts the key it cached: {v}"
+    );
     let (st, v) = heartbeat(&c, &retired_key, "retired.example.net").await;
     assert_eq!(
         (st, v["status"].as_str()),

@@ -97,7 +97,11 @@ impl Netns {
         let mut found = Vec::new();
         for entry in std::fs::read_dir("/proc").expect("read /proc") {
             let Ok(entry) = entry else { continue };
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
                 continue;
             };
             let Ok(net) = std::fs::metadata(format!("/proc/{pid}/ns/net")) else {

@@ -252,9 +252,7 @@ fn workload_cert(root: &Path) -> Option<String> {
 /// `envoy-bin` symlink, so process names say nothing reliable): `"pilot-agent"` or `"envoy"`
 /// for each.
 fn proxy_processes(ns: &Netns) -> Vec<&'static str> {
-    let canon = |k: &str| {
-        std::fs::canonicalize(env_path(k)).unwrap_or_else(|e| panic!("{k}: {e}"))
-    };
+    let canon = |k: &str| std::fs::canonicalize(env_path(k)).unwrap_or_else(|e| panic!("{k}: {e}"));
     let (agent, envoy) = (canon("SIGMA_E2E_PILOT_AGENT_BIN"), canon("SIGMA_ENVOY_BIN"));
     ns.processes()
         .into_iter()
@@ -307,7 +305,13 @@ async fn syncz_entry(cp: &ControlPlane, we_name: &str) -> Option<Value> {
 /// listeners must have been sent at all.
 fn not_acked(entry: &Value) -> Vec<String> {
     let mut problems = Vec::new();
-    for t in ["cluster", "listener", "route", "endpoint", "extensionconfig"] {
+    for t in [
+        "cluster",
+        "listener",
+        "route",
+        "endpoint",
+        "extensionconfig",
+    ] {
         let sent = entry[format!("{t}_sent")].as_str().unwrap_or("");
         let acked = entry[format!("{t}_acked")].as_str().unwrap_or("");
         if sent.is_empty() && matches!(t, "cluster" | "listener") {
@@ -790,7 +794,10 @@ fn assert_captures_only_the_service_range(v: &Vps) {
         .filter(|r| r.contains("-j ISTIO_REDIRECT"))
         .collect();
     assert!(
-        !redirects.is_empty() && redirects.iter().all(|r| r.contains(&format!("-d {SERVICE_CIDR}"))),
+        !redirects.is_empty()
+            && redirects
+                .iter()
+                .all(|r| r.contains(&format!("-d {SERVICE_CIDR}"))),
         "only {SERVICE_CIDR} is redirected: {rules:#?}"
     );
     // A destination in the range is accepted by Envoy (nothing listens at that address); one
