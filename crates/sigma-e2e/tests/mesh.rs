@@ -8,6 +8,12 @@
 //! `istio_requests_total` family (no `istio.stats`), so this test proves Prometheus scrapes
 //! Envoy's own stats, not Istio's standard metrics; everything up to that line (identity,
 //! certificates, connection, health, no interception, retire, faults) is asserted here.
+//!
+//! Each check that asserts an absence first sees the thing present, or a planted one: rules
+//! planted through iptables-nft, iptables-legacy and nft are seen before "no rule" is trusted;
+//! pilot-agent and Envoy are seen running in the namespace before "stopped"; a cluster Envoy
+//! must refuse shows as a NACK in istiod's syncz before "every type ACKed" is trusted. A third
+//! VPS runs the opt-in iptables interception for real (pilot-agent's `istio-iptables`).
 
 use std::net::TcpStream;
 use std::path::Path;
