@@ -74,3 +74,33 @@ ensure_envoy() {
   fi
   "$ENVOY_BIN" --version >/dev/null
 }
+
+# A kustomize for k8s/check's builds: `kustomize` or kubectl's built-in `kubectl kustomize` when
+# either runs; otherwise kustomize built with Go from the module proxy, cached by version outside
+# the checkout (shared by every clone, like the end-to-end components) and put on PATH.
+# v5.7.1: the newest whose go.mod asks for no newer Go than the machine's (v5.8 wants go 1.27).
+KUSTOMIZE_VERSION="${KUSTOMIZE_VERSION:-v5.7.1}"
+ensure_kustomize() {
+  if command -v kustomize >/dev/null 2>&1 || kubectl kustomize --help >/dev/null 2>&1; then
+    return 0
+  fi
+  local cache="${XDG_CACHE_HOME:-$HOME/.cache}/sigma/tools"
+  local dir="$cache/kustomize-$KUSTOMIZE_VERSION"
+  if [ ! -x "$dir/kustomize" ]; then
+    log "building kustomize $KUSTOMIZE_VERSION with Go (module sigs.k8s.io/kustomize/kustomize/v5)"
+    mkdir -p "$cache"
+    local tmp
+    tmp=$(mktemp -d "$cache/.building-kustomize.XXXXXX")
+    # The module has no replace directives, so `go install pkg@version` builds it as published.
+    if ! GOFLAGS= GOBIN="$tmp" CGO_ENABLED=0 nice -n 10 go install -trimpath -ldflags='-s -w' \
+      "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"; then
+      rm -rf "$tmp"
+      return 1
+    fi
+    chmod 755 "$tmp"
+    rm -rf "$dir"
+    mv -T "$tmp" "$dir"
+  fi
+  export PATH="$dir:$PATH"
+  kustomize version >/dev/null
+}

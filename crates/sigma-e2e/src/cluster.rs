@@ -135,32 +135,28 @@ impl ControlPlane {
         Api::namespaced_with(self.admin.clone(), ns, &ar)
     }
 
-    /// The WorkloadEntries in the mesh namespace `sigma` (empty while the API server is away,
-    /// which some tests arrange on purpose).
-    pub async fn workload_entries(&self) -> Vec<Value> {
-        match self
+    /// The WorkloadEntries in the mesh namespace `sigma`. A failed read is an error, never an
+    /// empty list: "no WorkloadEntry" must mean the API server said so.
+    pub async fn workload_entries(&self) -> Result<Vec<Value>, kube::Error> {
+        let list = self
             .istio("WorkloadEntry", "sigma")
             .list(&kube::api::ListParams::default())
-            .await
-        {
-            Ok(l) => l
-                .items
-                .into_iter()
-                .map(|o| serde_json::to_value(o).unwrap())
-                .collect(),
-            Err(e) => {
-                eprintln!("listing WorkloadEntries: {e}");
-                vec![]
-            }
-        }
+            .await?;
+        Ok(list
+            .items
+            .into_iter()
+            .map(|o| serde_json::to_value(o).expect("a WorkloadEntry as JSON"))
+            .collect())
     }
 
-    /// The WorkloadEntry of a VPS (by its `sigma.io/vps-id` label).
-    pub async fn workload_entry_of(&self, vps_id: &str) -> Option<Value> {
-        self.workload_entries()
-            .await
+    /// The WorkloadEntry of a VPS (by its `sigma.io/vps-id` label); `Ok(None)` only when the
+    /// API server listed the namespace and it has none.
+    pub async fn workload_entry_of(&self, vps_id: &str) -> Result<Option<Value>, kube::Error> {
+        Ok(self
+            .workload_entries()
+            .await?
             .into_iter()
-            .find(|e| e["metadata"]["labels"]["sigma.io/vps-id"] == vps_id)
+            .find(|e| e["metadata"]["labels"]["sigma.io/vps-id"] == vps_id))
     }
 
     /// An API for a core kind in a namespace.

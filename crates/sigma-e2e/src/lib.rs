@@ -2,7 +2,8 @@
 //! output is kept in log files, and a real Prometheus.
 //!
 //! The tests in `tests/` need root (namespaces, veth links) and the binaries the test command
-//! installs; they are run by `scripts/test-e2e`, not by the workspace's unit test run.
+//! installs: `scripts/test` runs them with the rest of the workspace's tests, with
+//! `SIGMA_TEST_REQUIRE_E2E=1` so that they cannot skip; elsewhere they skip with a notice.
 
 pub mod cluster;
 pub mod netns;

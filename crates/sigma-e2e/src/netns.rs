@@ -85,6 +85,38 @@ impl Netns {
         c
     }
 
+    /// The processes whose network namespace is this one, each with the binary it runs
+    /// (`/proc/<pid>/exe`, symlinks resolved). A process is matched by the identity of its
+    /// namespace (device and inode of `/proc/<pid>/ns/net` against `/run/netns/<name>`, as
+    /// `ip netns pids` does), never by its name: pilot-agent starts Envoy through a symlink,
+    /// so names say little. Processes that end while the table is read are left out.
+    pub fn processes(&self) -> Vec<(u32, PathBuf)> {
+        use std::os::unix::fs::MetadataExt;
+        let ns = std::fs::metadata(format!("/run/netns/{}", self.name))
+            .unwrap_or_else(|e| panic!("namespace {}: {e}", self.name));
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").expect("read /proc") {
+            let Ok(entry) = entry else { continue };
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(net) = std::fs::metadata(format!("/proc/{pid}/ns/net")) else {
+                continue;
+            };
+            if (net.dev(), net.ino()) != (ns.dev(), ns.ino()) {
+                continue;
+            }
+            if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) {
+                found.push((pid, exe));
+            }
+        }
+        found
+    }
+
     /// Runs a command inside the namespace and returns its stdout (panics on failure).
     pub fn output(&self, program: &str, args: &[&str]) -> String {
         let out = self.command(program).args(args).output().expect("run");

@@ -8,12 +8,20 @@
 //! `istio_requests_total` family (no `istio.stats`), so this test proves Prometheus scrapes
 //! Envoy's own stats, not Istio's standard metrics; everything up to that line (identity,
 //! certificates, connection, health, no interception, retire, faults) is asserted here.
+//!
+//! Each check that asserts an absence first sees the thing present, or a planted one: rules
+//! planted through iptables-nft, iptables-legacy and nft are seen before "no rule" is trusted;
+//! pilot-agent and Envoy are seen running in the namespace before "stopped"; a cluster Envoy
+//! must refuse shows as a NACK in istiod's syncz before "every type ACKed" is trusted. A third
+//! VPS runs the opt-in iptables interception for real (pilot-agent's `istio-iptables`).
 
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use kube::api::{Api, DynamicObject};
+use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 use sigma_e2e::cluster::repo_root;
 use sigma_e2e::{ControlPlane, Netns, Proc, Prometheus, wait_for, work_dir};
@@ -56,6 +64,8 @@ fn env_path(k: &str) -> String {
 /// end-user traffic it carries.
 struct Vps {
     hostname: String,
+    /// Whether its purpose asks for iptables interception of [`SERVICE_CIDR`].
+    captured: bool,
     ns: Netns,
     root: std::path::PathBuf,
     agent: Proc,
@@ -97,26 +107,70 @@ fn user_traffic_works(ns: &Netns) -> bool {
     BufReader::new(s).read_line(&mut line).is_ok() && line == "hello vps\n"
 }
 
-/// Packet-filter rules in a namespace (iptables-save and, when present, nft), without comments
-/// and empty table headers.
+/// Packet-filter rules in a namespace, from every place one can live: iptables and ip6tables
+/// through both back ends (`-nft` and `-legacy`; pilot-agent picks one) and nftables itself
+/// (`nft -j list ruleset`, which also shows rules made with `nft` directly). Every command must
+/// succeed: a failed read fails the test instead of reading as "no rule".
 fn filter_rules(ns: &Netns) -> Vec<String> {
     let mut rules = Vec::new();
-    for (prog, args) in [
-        ("iptables-save", vec![]),
-        ("ip6tables-save", vec![]),
-        ("nft", vec!["list", "ruleset"]),
+    for prog in [
+        "iptables-nft-save",
+        "ip6tables-nft-save",
+        "iptables-legacy-save",
+        "ip6tables-legacy-save",
     ] {
-        let Ok(out) = ns.command(prog).args(&args).output() else {
-            continue;
-        };
-        for l in String::from_utf8_lossy(&out.stdout).lines() {
-            let l = l.trim();
-            if l.starts_with("-A ") || l.starts_with("rule ") || l.contains(" jump ") {
+        for l in ns.output(prog, &[]).lines() {
+            if l.starts_with("-A ") {
                 rules.push(format!("{prog}: {l}"));
             }
         }
     }
+    let json = ns.output("nft", &["-j", "list", "ruleset"]);
+    let v: Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("nft -j: {e}: {json}"));
+    for item in v["nftables"].as_array().expect("nft -j: an nftables array") {
+        if let Some(rule) = item.get("rule") {
+            rules.push(format!("nft: {rule}"));
+        }
+    }
     rules
+}
+
+/// Control of [`filter_rules`]: a rule planted through each back end in the namespace is seen,
+/// and once removed the namespace reads clean again.
+fn filter_rules_see_planted_rules(ns: &Netns) {
+    let plant: [(&str, &[&str], &[&str], &str); 3] = [
+        (
+            "iptables-nft",
+            &["-w", "-A", "OUTPUT", "-d", "192.0.2.99/32", "-j", "ACCEPT"],
+            &["-w", "-D", "OUTPUT", "-d", "192.0.2.99/32", "-j", "ACCEPT"],
+            "192.0.2.99",
+        ),
+        (
+            "iptables-legacy",
+            &["-w", "-A", "OUTPUT", "-d", "192.0.2.98/32", "-j", "ACCEPT"],
+            &["-w", "-D", "OUTPUT", "-d", "192.0.2.98/32", "-j", "ACCEPT"],
+            "192.0.2.98",
+        ),
+        (
+            "nft",
+            &[
+                "add table inet sigma_control; add chain inet sigma_control out { type filter hook output priority 0; }; add rule inet sigma_control out ip daddr 192.0.2.97 accept",
+            ],
+            &["delete table inet sigma_control"],
+            "192.0.2.97",
+        ),
+    ];
+    for (prog, add, del, marker) in plant {
+        ns.output(prog, add);
+        let seen = filter_rules(ns);
+        ns.output(prog, del);
+        assert!(
+            seen.iter().any(|r| r.contains(marker)),
+            "control: a rule planted with {prog} was not seen: {seen:?}"
+        );
+        eprintln!("control: a rule planted with {prog} is seen: {seen:?}");
+    }
+    assert_eq!(filter_rules(ns), Vec::<String>::new(), "controls removed");
 }
 
 fn start_agent(vps_dir: &Path, ns: &Netns, hostname: &str, api: &SigmaApi, token: &str) -> Proc {
@@ -142,7 +196,7 @@ fn start_agent(vps_dir: &Path, ns: &Netns, hostname: &str, api: &SigmaApi, token
     Proc::spawn(&format!("agent-{hostname}"), cmd, vps_dir)
 }
 
-async fn new_vps(dir: &Path, index: u8, api: &SigmaApi, token: &str) -> Vps {
+async fn new_vps(dir: &Path, index: u8, api: &SigmaApi, token: &str, captured: bool) -> Vps {
     let hostname = format!("vps-{index}.e2e.sigma");
     let vps_dir = dir.join(&hostname);
     let root = vps_dir.join("root");
@@ -168,6 +222,7 @@ async fn new_vps(dir: &Path, index: u8, api: &SigmaApi, token: &str) -> Vps {
     let agent = start_agent(&vps_dir, &ns, &hostname, api, token);
     Vps {
         hostname,
+        captured,
         ns,
         root,
         agent,
@@ -198,16 +253,24 @@ fn workload_cert(root: &Path) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Processes running in a namespace, by command name.
-fn ns_processes(ns: &Netns) -> Vec<String> {
-    let out = Command::new("ip")
-        .args(["netns", "pids", &ns.name])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok())
-        .map(|c| c.trim().to_string())
+/// The pilot-agent and Envoy processes whose network namespace is the VPS's, found by the
+/// namespace each process is in and the binary it runs (pilot-agent starts Envoy through the
+/// `envoy-bin` symlink, so process names say nothing reliable): `"pilot-agent"` or `"envoy"`
+/// for each.
+fn proxy_processes(ns: &Netns) -> Vec<&'static str> {
+    let canon = |k: &str| std::fs::canonicalize(env_path(k)).unwrap_or_else(|e| panic!("{k}: {e}"));
+    let (agent, envoy) = (canon("SIGMA_E2E_PILOT_AGENT_BIN"), canon("SIGMA_ENVOY_BIN"));
+    ns.processes()
+        .into_iter()
+        .filter_map(|(_, exe)| {
+            if exe == agent {
+                Some("pilot-agent")
+            } else if exe == envoy {
+                Some("envoy")
+            } else {
+                None
+            }
+        })
         .collect()
 }
 
@@ -230,6 +293,72 @@ async fn wait_connected(cp: &ControlPlane, we_name: &str, what: &str, timeout: D
     .await;
 }
 
+/// istiod's `/debug/syncz` entry of the proxy of WorkloadEntry `we_name` (its proxy id is
+/// `<workload name>.<namespace>`).
+async fn syncz_entry(cp: &ControlPlane, we_name: &str) -> Option<Value> {
+    let text = istiod_debug(cp, "syncz").await;
+    let all: Value = serde_json::from_str(&text).ok()?;
+    let id = format!("{we_name}.sigma");
+    all.as_array()?
+        .iter()
+        .find(|e| e["proxy"].as_str() == Some(id.as_str()))
+        .cloned()
+}
+
+/// What in a syncz entry is not acknowledged. istiod records per xDS type the nonce it last
+/// sent and the nonce the proxy last ACKed; a NACK leaves the ACKed nonce behind and records
+/// the proxy's error (`resources.<type>.lastError`, cleared by the next ACK). Clusters and
+/// listeners must have been sent at all.
+fn not_acked(entry: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    for t in [
+        "cluster",
+        "listener",
+        "route",
+        "endpoint",
+        "extensionconfig",
+    ] {
+        let sent = entry[format!("{t}_sent")].as_str().unwrap_or("");
+        let acked = entry[format!("{t}_acked")].as_str().unwrap_or("");
+        if sent.is_empty() && matches!(t, "cluster" | "listener") {
+            problems.push(format!("{t}: nothing sent"));
+        }
+        if sent != acked {
+            problems.push(format!("{t}: sent nonce {sent:?}, acked {acked:?}"));
+        }
+    }
+    for (ty, r) in entry["resources"].as_object().into_iter().flatten() {
+        if let Some(e) = r["lastError"].as_str().filter(|e| !e.is_empty()) {
+            problems.push(format!("{ty}: NACK: {e}"));
+        }
+        if r["sent"] != r["acked"] {
+            problems.push(format!("{ty}: sent {}, acked {}", r["sent"], r["acked"]));
+        }
+    }
+    problems
+}
+
+/// Waits until istiod's syncz shows every type sent to the proxy of `we_name` ACKed, failing
+/// with what is not.
+async fn wait_acked(cp: &ControlPlane, we_name: &str, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let entry = syncz_entry(cp, we_name).await;
+        let problems = match &entry {
+            Some(e) => not_acked(e),
+            None => vec!["not listed".to_string()],
+        };
+        if problems.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the config of {we_name} is not ACKed: {problems:?}\nsyncz entry: {entry:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 fn healthy(entry: &Value) -> Option<bool> {
     entry["status"]["conditions"]
         .as_array()?
@@ -238,9 +367,56 @@ fn healthy(entry: &Value) -> Option<bool> {
         .map(|c| c["status"] == "True")
 }
 
+/// The service range the captured purpose's VPS send through Envoy (iptables interception).
+const SERVICE_CIDR: &str = "10.96.0.0/12";
+
+/// Whether a TCP connection from inside the namespace to `addr` is accepted (`Err` with why
+/// not), made as user `nobody`: pilot-agent and Envoy run as root here (no `istio-proxy`
+/// user), and istio-iptables exempts their user from the capture.
+fn connects_from(ns: &Netns, addr: &str, port: u16) -> Result<(), String> {
+    let out = ns
+        .command("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            // The system's Python: one under root's home is not readable by `nobody`.
+            "/usr/bin/python3",
+            "-c",
+            &format!("import socket; socket.create_connection(('{addr}', {port}), timeout=3)"),
+        ])
+        .output()
+        .expect("run setpriv");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Control of [`proxy_processes`]: what it reports for a namespace where the proxy runs.
+fn assert_proxy_runs(v: &Vps) {
+    let p = proxy_processes(&v.ns);
+    assert!(
+        p.contains(&"pilot-agent") && p.contains(&"envoy"),
+        "pilot-agent and Envoy should run in {}: {p:?} of {:?}",
+        v.ns.name,
+        v.ns.processes()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_vps_joins_the_mesh_with_its_own_identity_and_no_interception() {
-    if !sigma_e2e::can_run(&["ip", "openssl", "curl", "python3", "iptables-save"]) {
+    if !sigma_e2e::can_run(&[
+        "ip",
+        "openssl",
+        "curl",
+        "python3",
+        "setpriv",
+        "iptables-nft-save",
+        "iptables-legacy-save",
+        "nft",
+    ]) {
         return;
     }
     let dir = work_dir("mesh");
@@ -283,13 +459,32 @@ async fn a_vps_joins_the_mesh_with_its_own_identity_and_no_interception() {
     let token = api
         .token(json!({"purpose": "xrayr", "provider": "hetzner", "country": "DE", "max_uses": 10, "ttl_seconds": 3600}))
         .await;
+    // A second purpose opts in to iptables interception of the service range only.
+    let (st, v) = api
+        .call(
+            "POST",
+            "/api/purposes",
+            Some(json!({"name": "relay", "mesh": {
+                "enabled": true,
+                "ports": [{"name": "http-api", "number": 8080, "protocol": "HTTP"}],
+                "interception": {"mode": "iptables", "service_cidrs": [SERVICE_CIDR]}
+            }})),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let captured_token = api
+        .token(json!({"purpose": "relay", "provider": "hetzner", "country": "DE", "max_uses": 1, "ttl_seconds": 3600}))
+        .await;
 
-    // Two VPS, each with user traffic flowing before it enrolls.
+    // Two VPS without interception and one with, each with user traffic flowing before it
+    // enrolls.
     let mut fleet = Vec::new();
     for i in 1..=2u8 {
-        fleet.push(new_vps(&dir, i, &api, &token).await);
+        fleet.push(new_vps(&dir, i, &api, &token, false).await);
     }
+    fleet.push(new_vps(&dir, 3, &api, &captured_token, true).await);
 
+    let mut we_names = Vec::new();
     for v in &fleet {
         // Registered, active, WorkloadEntry applied with its namespace address.
         let vps = wait_for("the VPS active", Duration::from_secs(60), || async {
@@ -300,7 +495,7 @@ async fn a_vps_joins_the_mesh_with_its_own_identity_and_no_interception() {
         .await;
         let id = vps["id"].as_str().unwrap().to_string();
         let entry = wait_for("its WorkloadEntry", Duration::from_secs(60), || async {
-            cp.workload_entry_of(&id).await
+            entry_of(&cp, &id).await
         })
         .await;
         assert_eq!(entry["spec"]["address"], v.ns.ip.as_str(), "{entry}");
@@ -320,7 +515,8 @@ async fn a_vps_joins_the_mesh_with_its_own_identity_and_no_interception() {
             "{cert}\nagent log:\n{}",
             v.agent.tail(40)
         );
-        // istiod lists the proxy as connected under the VPS's own workload name.
+        // istiod lists the proxy as connected under the VPS's own workload name, and the
+        // proxy ACKed every type of configuration istiod sent it (no NACK).
         wait_connected(
             &cp,
             &we_name,
@@ -328,8 +524,7 @@ async fn a_vps_joins_the_mesh_with_its_own_identity_and_no_interception() {
             Duration::from_secs(60),
         )
         .await;
-        let syncz = istiod_debug(&cp, "syncz").await;
-        assert!(syncz.contains(&we_name), "syncz lacks {we_name}: {syncz}");
+        wait_acked(&cp, &we_name, Duration::from_secs(60)).await;
         // The agent reports Envoy ready, in mesh mode.
         wait_for(
             "the agent to report the proxy ready",
@@ -340,32 +535,88 @@ async fn a_vps_joins_the_mesh_with_its_own_identity_and_no_interception() {
             },
         )
         .await;
+        // pilot-agent and Envoy run in the VPS's namespace (what the retire check below
+        // looks for is first seen present).
+        assert_proxy_runs(v);
         // istiod's health check: Healthy once the probe (the agent's /healthz) passes.
         wait_for(
             "the WorkloadEntry Healthy",
             Duration::from_secs(90),
             || async {
-                let e = cp.workload_entry_of(&id).await?;
+                let e = entry_of(&cp, &id).await?;
                 (healthy(&e) == Some(true)).then_some(())
             },
         )
         .await;
-        // No interception: not one packet-filter rule in the VPS's namespace, and its user
-        // traffic flows exactly as before.
-        assert_eq!(filter_rules(&v.ns), Vec::<String>::new());
+        if v.captured {
+            assert_captures_only_the_service_range(v);
+        } else {
+            // No interception: not one packet-filter rule in the VPS's namespace (and the
+            // check sees a planted one), and its user traffic flows exactly as before.
+            assert_eq!(filter_rules(&v.ns), Vec::<String>::new());
+            filter_rules_see_planted_rules(&v.ns);
+        }
         assert!(
             user_traffic_works(&v.ns),
             "user traffic broken after enrollment"
         );
-        // The hosts block maps istiod to the gateway and the egress service to its loopback
-        // listener.
+        // The hosts block maps istiod to the gateway and (for the purpose calling it) the
+        // egress service to its loopback listener.
         let hosts = std::fs::read_to_string(v.ns.hosts_file()).unwrap();
         assert!(
             hosts.contains("# BEGIN sigma-istio")
                 && hosts.contains(&format!("{GATEWAY_IP} istiod.istio-system.svc"))
-                && hosts.contains("xboard.sigma.svc.cluster.local"),
+                && (v.captured || hosts.contains("xboard.sigma.svc.cluster.local")),
             "{hosts}"
         );
+        we_names.push(we_name);
+    }
+
+    // Control of the ACK check: a cluster Envoy must refuse (STATIC, with an address that is
+    // no IP) is sent by istiod, NACKed by every proxy, and the check reports it; once removed,
+    // every proxy ACKs again.
+    let filters: Api<DynamicObject> = Api::namespaced_with(
+        cp.admin.clone(),
+        "sigma",
+        &ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "networking.istio.io",
+            "v1alpha3",
+            "EnvoyFilter",
+        )),
+    );
+    cp.apply_object(
+        &filters,
+        json!({
+            "apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
+            "metadata": {"name": "sigma-e2e-nack-control", "namespace": "sigma"},
+            "spec": {"configPatches": [{
+                "applyTo": "CLUSTER",
+                "patch": {"operation": "ADD", "value": {
+                    "name": "sigma-e2e-nack-control", "type": "STATIC", "connect_timeout": "1s",
+                    "load_assignment": {"cluster_name": "sigma-e2e-nack-control", "endpoints": [{"lb_endpoints": [
+                        {"endpoint": {"address": {"socket_address": {"address": "not-an-ip", "port_value": 1}}}}
+                    ]}]}
+                }}
+            }]}
+        }),
+    )
+    .await;
+    let nacked = wait_for(
+        "the planted NACK in syncz",
+        Duration::from_secs(60),
+        || async {
+            let p = not_acked(&syncz_entry(&cp, &we_names[0]).await?);
+            p.iter().any(|x| x.contains("NACK")).then_some(p)
+        },
+    )
+    .await;
+    eprintln!("control: the ACK check reports the planted NACK: {nacked:?}");
+    filters
+        .delete("sigma-e2e-nack-control", &Default::default())
+        .await
+        .expect("delete the EnvoyFilter");
+    for we_name in &we_names {
+        wait_acked(&cp, we_name, Duration::from_secs(60)).await;
     }
 
     // Prometheus discovers the agent and Envoy targets through sigma-api and scrapes them.
@@ -410,6 +661,28 @@ async fn a_vps_joins_the_mesh_with_its_own_identity_and_no_interception() {
         "{live:?}"
     );
 
+    // The captured VPS's agent stops: the proxy stops and the interception rules go with it.
+    let mut captured = fleet.pop().unwrap();
+    assert!(captured.captured);
+    captured.agent.stop();
+    wait_for(
+        "the captured VPS's proxy stopped",
+        Duration::from_secs(30),
+        || async { proxy_processes(&captured.ns).is_empty().then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        filter_rules(&captured.ns),
+        Vec::<String>::new(),
+        "interception rules left after the agent stopped:\n{}",
+        captured.agent.tail(30)
+    );
+    assert!(
+        connects_from(&captured.ns, "10.96.0.99", 9).is_err(),
+        "a connection to {SERVICE_CIDR} is still captured after the agent stopped"
+    );
+    drop(captured);
+
     // Unhealthy when the agent stops answering its probe (frozen, so pilot-agent lives on and
     // reports the failing probe), Healthy again when it is back.
     let v = &fleet[0];
@@ -426,7 +699,7 @@ async fn a_vps_joins_the_mesh_with_its_own_identity_and_no_interception() {
         "the WorkloadEntry unhealthy",
         Duration::from_secs(90),
         || async {
-            let e = cp.workload_entry_of(&id).await?;
+            let e = entry_of(&cp, &id).await?;
             (healthy(&e) == Some(false)).then_some(())
         },
     )
@@ -436,13 +709,13 @@ async fn a_vps_joins_the_mesh_with_its_own_identity_and_no_interception() {
         .status()
         .unwrap();
     wait_for("Healthy again", Duration::from_secs(90), || async {
-        let e = cp.workload_entry_of(&id).await?;
+        let e = entry_of(&cp, &id).await?;
         (healthy(&e) == Some(true)).then_some(())
     })
     .await;
 
     // istiod restarts: the proxy reconnects by itself.
-    let we_name = cp.workload_entry_of(&id).await.unwrap()["metadata"]["name"]
+    let we_name = entry_of(&cp, &id).await.unwrap()["metadata"]["name"]
         .as_str()
         .unwrap()
         .to_string();
@@ -469,18 +742,17 @@ async fn a_vps_joins_the_mesh_with_its_own_identity_and_no_interception() {
     wait_for(
         "the WorkloadEntry deleted",
         Duration::from_secs(60),
-        || async { cp.workload_entry_of(&id).await.is_none().then_some(()) },
+        || async { entry_of(&cp, &id).await.is_none().then_some(()) },
     )
     .await;
     wait_for(
         "pilot-agent and Envoy stopped",
         Duration::from_secs(60),
-        || async {
-            let p = ns_processes(&v.ns);
-            (!p.iter().any(|c| c == "pilot-agent" || c == "envoy")).then_some(())
-        },
+        || async { proxy_processes(&v.ns).is_empty().then_some(()) },
     )
     .await;
+    // The check tells namespaces apart: the other VPS's proxy, same binaries, still runs.
+    assert_proxy_runs(&fleet[1]);
     wait_for(
         "the hosts block removed",
         Duration::from_secs(30),
@@ -508,4 +780,42 @@ async fn a_vps_joins_the_mesh_with_its_own_identity_and_no_interception() {
         v.agent.stop();
     }
     drop(prom);
+}
+
+/// The WorkloadEntry of a VPS; a failed read fails the test (the API server is never stopped
+/// here), so "deleted" means the API server listed none.
+async fn entry_of(cp: &ControlPlane, vps_id: &str) -> Option<Value> {
+    cp.workload_entry_of(vps_id)
+        .await
+        .unwrap_or_else(|e| panic!("listing WorkloadEntries: {e}"))
+}
+
+/// The iptables interception of a captured VPS, for real (pilot-agent's `istio-iptables` in
+/// the VPS's namespace): outbound connections to [`SERVICE_CIDR`] land in Envoy, nothing else
+/// is captured (not other destinations, not inbound), and the rules name only that range.
+fn assert_captures_only_the_service_range(v: &Vps) {
+    let rules = filter_rules(&v.ns);
+    let redirects: Vec<&String> = rules
+        .iter()
+        .filter(|r| r.contains("-j ISTIO_REDIRECT"))
+        .collect();
+    assert!(
+        !redirects.is_empty()
+            && redirects
+                .iter()
+                .all(|r| r.contains(&format!("-d {SERVICE_CIDR}"))),
+        "only {SERVICE_CIDR} is redirected: {rules:#?}"
+    );
+    // A destination in the range is accepted by Envoy (nothing listens at that address); one
+    // outside it reaches the host, which refuses the closed port.
+    if let Err(e) = connects_from(&v.ns, "10.96.0.99", 9) {
+        panic!(
+            "a connection to {SERVICE_CIDR} is not captured: {e}\nlistening: {}\nrules: {rules:#?}",
+            v.ns.output("ss", &["-ltnp"])
+        );
+    }
+    assert!(
+        connects_from(&v.ns, &v.ns.host_ip, 9).is_err(),
+        "a connection outside {SERVICE_CIDR} was captured: {rules:#?}"
+    );
 }

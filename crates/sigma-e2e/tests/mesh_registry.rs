@@ -11,15 +11,18 @@ use sigma_e2e::cluster::repo_root;
 use sigma_e2e::{ControlPlane, wait_for, work_dir};
 use sigma_testkit::{ApiOptions, SigmaApi};
 
+/// The WorkloadEntry of a VPS; a failed read fails the test (the API server is up here).
 async fn entry(cp: &ControlPlane, vps_id: &str) -> Option<Value> {
-    cp.workload_entry_of(vps_id).await
+    cp.workload_entry_of(vps_id)
+        .await
+        .unwrap_or_else(|e| panic!("listing WorkloadEntries: {e}"))
 }
 
-/// The VPS ids of every WorkloadEntry, sorted.
-async fn entry_ids(cp: &ControlPlane) -> Vec<String> {
+/// The VPS ids of every WorkloadEntry, sorted; `Err` when the API server did not answer.
+async fn entry_ids(cp: &ControlPlane) -> Result<Vec<String>, kube::Error> {
     let mut ids: Vec<String> = cp
         .workload_entries()
-        .await
+        .await?
         .iter()
         .map(|e| {
             e["metadata"]["labels"]["sigma.io/vps-id"]
@@ -29,7 +32,7 @@ async fn entry_ids(cp: &ControlPlane) -> Vec<String> {
         })
         .collect();
     ids.sort();
-    ids
+    Ok(ids)
 }
 
 async fn create_vps(api: &SigmaApi, hostname: &str, ip: &str) -> String {
@@ -138,6 +141,12 @@ async fn workload_entries_follow_the_inventory_on_a_real_api_server() {
     })
     .await;
     let restart = cp.stop_component("kube-apiserver");
+    // Control: with the API server away a read is an error, never an empty list that would
+    // pass for "every WorkloadEntry deleted".
+    match entry_ids(&cp).await {
+        Err(e) => eprintln!("control: listing with the API server stopped fails: {e}"),
+        Ok(ids) => panic!("listing with the API server stopped returned {ids:?}"),
+    }
     retire(&api, &b).await;
     let c = create_vps(&api, "node-c.example.net", "203.0.113.12").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -146,7 +155,9 @@ async fn workload_entries_follow_the_inventory_on_a_real_api_server() {
         "convergence after the API server returned",
         Duration::from_secs(90),
         || async {
-            let ids = entry_ids(&cp).await;
+            // While the API server starts, a read fails: keep waiting (a failed read cannot
+            // show node-c present, so it never passes this check).
+            let ids = entry_ids(&cp).await.ok()?;
             (ids.contains(&c) && !ids.contains(&b)).then_some(())
         },
     )
@@ -168,15 +179,17 @@ async fn workload_entries_follow_the_inventory_on_a_real_api_server() {
         || async {
             let mut want = vec![c.clone(), d.clone()];
             want.sort();
-            (entry_ids(&cp).await == want).then_some(())
+            // A failed read (the API server still starting) is "not yet", never a match.
+            (entry_ids(&cp).await.ok()? == want).then_some(())
         },
     )
     .await;
 
     // Steady state: a resync pass later, nothing was written (same resourceVersions).
-    let before: Vec<Value> = cp.workload_entries().await;
+    let before: Vec<Value> = cp.workload_entries().await.expect("list WorkloadEntries");
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let after: Vec<Value> = cp.workload_entries().await;
+    let after: Vec<Value> = cp.workload_entries().await.expect("list WorkloadEntries");
+    assert_eq!(before.len(), 2, "{before:?}");
     let versions = |v: &[Value]| -> Vec<String> {
         v.iter()
             .map(|e| {
