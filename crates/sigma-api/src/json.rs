@@ -242,7 +242,8 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Strict<D> {
         len: usize,
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
-        self.0.deserialize_tuple_struct(name, len, Wrap::any(visitor))
+        self.0
+            .deserialize_tuple_struct(name, len, Wrap::any(visitor))
     }
 
     fn deserialize_struct<V: Visitor<'de>>(
@@ -504,7 +505,10 @@ mod tests {
     fn duplicates_are_named_at_any_depth() {
         for (body, field) in [
             (r#"{"name":"x","name":"y"}"#, "name"),
-            (r#"{"name":"x","inner":[{"a":1},{"a":1,"a":2}]}"#, "inner[1].a"),
+            (
+                r#"{"name":"x","inner":[{"a":1},{"a":1,"a":2}]}"#,
+                "inner[1].a",
+            ),
             (r#"{"name":"x","map":{"k":1,"k":1}}"#, "map.k"),
             (r#"{"name":"x","free":[[{"q":1,"q":1}]]}"#, "free[0][0].q"),
             (r#"{"name":"x","free":{"a\u0062":1,"ab":2}}"#, "free.ab"),

@@ -258,7 +258,10 @@ mod tests {
         assert_eq!(method_label(&Method::GET), "GET");
         assert_eq!(method_label(&Method::PATCH), "PATCH");
         for m in ["FOO", "get", "X-1", "PROPFIND"] {
-            assert_eq!(method_label(&Method::from_bytes(m.as_bytes()).unwrap()), "other");
+            assert_eq!(
+                method_label(&Method::from_bytes(m.as_bytes()).unwrap()),
+                "other"
+            );
         }
     }
 }

@@ -228,7 +228,14 @@ async fn bodies_are_exactly_one_json_object(db: TestDb) {
     assert_eq!(snapshot(&s).await, before, "a refused body changed data");
 
     // Whitespace around the one object is fine.
-    let got = json_body(&s, "POST", "/api/providers", k, " \n{\"name\":\"ws\"} \r\n\t ").await;
+    let got = json_body(
+        &s,
+        "POST",
+        "/api/providers",
+        k,
+        " \n{\"name\":\"ws\"} \r\n\t ",
+    )
+    .await;
     assert_eq!(got.0, 201, "{}", got.1);
     let got = json_body(&s, "PATCH", &vps_path, k, "{\"alias\":\"web\"}\n").await;
     assert_eq!(got.0, 200, "{}", got.1);
@@ -348,7 +355,9 @@ async fn credentials_and_roles_come_before_the_body(db: TestDb) {
         },
     );
     let k = ADMIN_KEY;
-    let (st, vps) = s.post("/api/vps", k, VpsBuilder::new("auth1").build()).await;
+    let (st, vps) = s
+        .post("/api/vps", k, VpsBuilder::new("auth1").build())
+        .await;
     assert_eq!(st, 201, "{vps}");
     let id = vps["id"].as_str().unwrap().to_string();
     let (st, route) = s
@@ -505,7 +514,9 @@ async fn hostile_path_and_query_values_are_named(db: TestDb) {
     let k = ADMIN_KEY;
     let (st, p) = s.post("/api/providers", k, json!({"name": "acme"})).await;
     assert_eq!(st, 201, "{p}");
-    let (st, vps) = s.post("/api/vps", k, VpsBuilder::new("path1").build()).await;
+    let (st, vps) = s
+        .post("/api/vps", k, VpsBuilder::new("path1").build())
+        .await;
     assert_eq!(st, 201, "{vps}");
     let before = snapshot(&s).await;
 
@@ -545,11 +556,15 @@ async fn hostile_path_and_query_values_are_named(db: TestDb) {
         ("GET", "/api/audit?resource_id=%FF", "resource_id"),
         ("GET", "/api/audit?since=%00", "since"),
         ("GET", "/api/providers?limit=%FF", "limit"),
-        ("GET", "/api/agent/istio-bootstrap?hostname=path1%00", "hostname"),
+        (
+            "GET",
+            "/api/agent/istio-bootstrap?hostname=path1%00",
+            "hostname",
+        ),
         ("POST", "/api/vps/%00/retire?force=true", "id"),
     ] {
-        let body = (method != "GET" && method != "DELETE")
-            .then(|| ("application/json", b"{}".to_vec()));
+        let body =
+            (method != "GET" && method != "DELETE").then(|| ("application/json", b"{}".to_vec()));
         let got = send(&s, method, path, Some(k), body).await;
         assert_field(&got, field, &format!("{method} {path}"));
     }

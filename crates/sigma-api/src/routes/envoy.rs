@@ -150,12 +150,7 @@ pub async fn agent_config(
     let hostname = hostname.unwrap_or_default();
     Ok(Json(
         s.store
-            .agent_envoy_config(
-                &p,
-                &hostname,
-                q.known_version,
-                Duration::from_secs(wait),
-            )
+            .agent_envoy_config(&p, &hostname, q.known_version, Duration::from_secs(wait))
             .await?,
     ))
 }

@@ -25,7 +25,10 @@ use crate::extract::{ApiPath, Reader, uuid_param};
     responses((status = 200, body = String, content_type = "application/yaml"),
     (status = 409, description = "a stored purpose has invalid mesh settings", body = sigma_types::ErrorBody)),
     security(("bearer" = [])))]
-pub async fn manifests(State(s): State<AppState>, Reader(_): Reader) -> ApiResult<impl IntoResponse> {
+pub async fn manifests(
+    State(s): State<AppState>,
+    Reader(_): Reader,
+) -> ApiResult<impl IntoResponse> {
     let inputs = s.store.mesh_inputs().await?;
     let yaml = sigma_reconciler::export_yaml(&s.mesh.template, &inputs).map_err(|e| match e {
         sigma_reconciler::Error::InvalidPurposes(list) => {
