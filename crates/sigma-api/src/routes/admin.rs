@@ -1,7 +1,7 @@
 //! API keys, enrollment tokens and the audit log.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use sigma_types::{
     ApiKey, ApiKeyCreate, ApiKeyCreated, AuditEntry, AuditQuery, EnrollmentToken,
@@ -10,17 +10,17 @@ use sigma_types::{
 
 use crate::AppState;
 use crate::error::ApiResult;
-use crate::extract::{ApiJson, ApiQuery, Auth, uuid_param};
+use crate::extract::{Admin, ApiJson, ApiPath, ApiQuery, Operator, uuid_param};
 
 /// Lists API keys (never their secrets).
 #[utoipa::path(get, path = "/api/api-keys", tag = "keys", params(PageQuery),
-    responses((status = 200, body = List<ApiKey>)), security(("bearer" = [])))]
+    responses((status = 200, body = List<ApiKey>),
+    (status = 422, description = "an invalid path, query or body value (named)", body = sigma_types::ErrorBody)), security(("bearer" = [])))]
 pub async fn list_api_keys(
     State(s): State<AppState>,
-    auth: Auth,
+    Admin(_): Admin,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<List<ApiKey>>> {
-    auth.admin()?;
     let (limit, offset) = q.checked()?;
     Ok(Json(s.store.list_api_keys(limit, offset).await?))
 }
@@ -31,10 +31,9 @@ pub async fn list_api_keys(
     security(("bearer" = [])))]
 pub async fn create_api_key(
     State(s): State<AppState>,
-    auth: Auth,
+    Admin(p): Admin,
     ApiJson(c): ApiJson<ApiKeyCreate>,
 ) -> ApiResult<(StatusCode, Json<ApiKeyCreated>)> {
-    let p = auth.admin()?;
     let c = c.normalize()?;
     Ok((
         StatusCode::CREATED,
@@ -44,27 +43,27 @@ pub async fn create_api_key(
 
 /// Revokes an API key at once.
 #[utoipa::path(post, path = "/api/api-keys/{id}/revoke", tag = "keys", params(("id" = String, Path)),
-    responses((status = 200, body = ApiKey), (status = 404, body = sigma_types::ErrorBody)),
+    responses((status = 200, body = ApiKey), (status = 404, body = sigma_types::ErrorBody),
+    (status = 422, description = "an invalid path, query or body value (named)", body = sigma_types::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn revoke_api_key(
     State(s): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    Admin(p): Admin,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<ApiKey>> {
-    let p = auth.admin()?;
     let id = uuid_param(&id)?;
-    Ok(Json(s.store.revoke_api_key(p, id).await?))
+    Ok(Json(s.store.revoke_api_key(&p, id).await?))
 }
 
 /// Lists enrollment tokens (never their secrets).
 #[utoipa::path(get, path = "/api/enrollment-tokens", tag = "keys", params(PageQuery),
-    responses((status = 200, body = List<EnrollmentToken>)), security(("bearer" = [])))]
+    responses((status = 200, body = List<EnrollmentToken>),
+    (status = 422, description = "an invalid path, query or body value (named)", body = sigma_types::ErrorBody)), security(("bearer" = [])))]
 pub async fn list_enrollment_tokens(
     State(s): State<AppState>,
-    auth: Auth,
+    Operator(_): Operator,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<List<EnrollmentToken>>> {
-    auth.operator()?;
     let (limit, offset) = q.checked()?;
     Ok(Json(s.store.list_enrollment_tokens(limit, offset).await?))
 }
@@ -75,10 +74,9 @@ pub async fn list_enrollment_tokens(
     security(("bearer" = [])))]
 pub async fn create_enrollment_token(
     State(s): State<AppState>,
-    auth: Auth,
+    Operator(p): Operator,
     ApiJson(c): ApiJson<EnrollmentTokenCreate>,
 ) -> ApiResult<(StatusCode, Json<EnrollmentTokenCreated>)> {
-    let p = auth.operator()?;
     let c = c.normalize()?;
     Ok((
         StatusCode::CREATED,
@@ -89,27 +87,27 @@ pub async fn create_enrollment_token(
 /// Revokes an enrollment token.
 #[utoipa::path(post, path = "/api/enrollment-tokens/{id}/revoke", tag = "keys",
     params(("id" = String, Path)),
-    responses((status = 200, body = EnrollmentToken), (status = 404, body = sigma_types::ErrorBody)),
+    responses((status = 200, body = EnrollmentToken), (status = 404, body = sigma_types::ErrorBody),
+    (status = 422, description = "an invalid path, query or body value (named)", body = sigma_types::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn revoke_enrollment_token(
     State(s): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    Operator(p): Operator,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<EnrollmentToken>> {
-    let p = auth.operator()?;
     let id = uuid_param(&id)?;
     Ok(Json(s.store.revoke_enrollment_token(&p.actor(), id).await?))
 }
 
 /// The audit log, newest first.
 #[utoipa::path(get, path = "/api/audit", tag = "audit", params(AuditQuery),
-    responses((status = 200, body = List<AuditEntry>)), security(("bearer" = [])))]
+    responses((status = 200, body = List<AuditEntry>),
+    (status = 422, description = "an invalid path, query or body value (named)", body = sigma_types::ErrorBody)), security(("bearer" = [])))]
 pub async fn list_audit(
     State(s): State<AppState>,
-    auth: Auth,
+    Admin(_): Admin,
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> ApiResult<Json<List<AuditEntry>>> {
-    auth.admin()?;
     let f = q.filter()?;
     Ok(Json(s.store.list_audit(&f).await?))
 }

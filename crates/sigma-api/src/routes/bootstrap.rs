@@ -17,7 +17,7 @@ use utoipa::IntoParams;
 use crate::AppState;
 use crate::config::MeshMode;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiQuery, Auth};
+use crate::extract::{ApiQuery, MeshIdentity};
 use crate::metrics::ResultLabels;
 
 /// Seconds a client is asked to wait after a 503: the cluster pieces it lacks (istiod, the
@@ -56,14 +56,15 @@ pub struct BootstrapQuery {
     security(("bearer" = [])))]
 pub async fn istio_bootstrap(
     State(s): State<AppState>,
-    auth: Result<Auth, ApiError>,
+    who: Result<MeshIdentity, ApiError>,
     query: Result<ApiQuery<BootstrapQuery>, ApiError>,
 ) -> Response {
     let started = Instant::now();
     let r = async {
-        let auth = auth?;
+        // Credentials and role before the query, so a readonly key learns nothing from it.
+        let MeshIdentity(p) = who?;
         let ApiQuery(q) = query?;
-        issue(&s, &auth.0, q).await
+        issue(&s, &p, q).await
     }
     .await;
     let result = match &r {

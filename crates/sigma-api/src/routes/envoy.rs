@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use sigma_types::{
@@ -13,18 +13,18 @@ use utoipa::IntoParams;
 
 use crate::AppState;
 use crate::error::ApiResult;
-use crate::extract::{ApiJson, ApiQuery, Auth, uuid_param};
+use crate::extract::{AgentKey, ApiJson, ApiPath, ApiQuery, Operator, Reader, uuid_param};
 
 /// Lists a VPS's routes (disabled ones too).
 #[utoipa::path(get, path = "/api/vps/{id}/envoy-routes", tag = "envoy", params(("id" = String, Path)),
-    responses((status = 200, body = Vec<EnvoyRoute>), (status = 404, body = sigma_types::ErrorBody)),
+    responses((status = 200, body = Vec<EnvoyRoute>), (status = 404, body = sigma_types::ErrorBody),
+    (status = 422, description = "an invalid path, query or body value (named)", body = sigma_types::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list_routes(
     State(s): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    Reader(_): Reader,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Vec<EnvoyRoute>>> {
-    auth.reader()?;
     Ok(Json(s.store.list_routes(uuid_param(&id)?).await?))
 }
 
@@ -35,11 +35,10 @@ pub async fn list_routes(
     (status = 422, body = sigma_types::ErrorBody)), security(("bearer" = [])))]
 pub async fn create_route(
     State(s): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    Operator(p): Operator,
+    ApiPath(id): ApiPath<String>,
     ApiJson(c): ApiJson<EnvoyRouteCreate>,
 ) -> ApiResult<(StatusCode, Json<EnvoyRoute>)> {
-    let p = auth.operator()?;
     let vps = uuid_param(&id)?;
     let mut e = FieldErrors::new();
     let spec = c.spec("", &mut e);
@@ -59,11 +58,10 @@ pub async fn create_route(
     (status = 422, body = sigma_types::ErrorBody)), security(("bearer" = [])))]
 pub async fn upsert_routes(
     State(s): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    Operator(p): Operator,
+    ApiPath(id): ApiPath<String>,
     ApiJson(b): ApiJson<EnvoyRouteBatch>,
 ) -> ApiResult<Json<Vec<EnvoyRoute>>> {
-    let p = auth.operator()?;
     let vps = uuid_param(&id)?;
     let specs = b.specs()?;
     Ok(Json(
@@ -75,14 +73,14 @@ pub async fn upsert_routes(
 
 /// A route.
 #[utoipa::path(get, path = "/api/envoy-routes/{id}", tag = "envoy", params(("id" = String, Path)),
-    responses((status = 200, body = EnvoyRoute), (status = 404, body = sigma_types::ErrorBody)),
+    responses((status = 200, body = EnvoyRoute), (status = 404, body = sigma_types::ErrorBody),
+    (status = 422, description = "an invalid path, query or body value (named)", body = sigma_types::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get_route(
     State(s): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    Reader(_): Reader,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<EnvoyRoute>> {
-    auth.reader()?;
     Ok(Json(s.store.get_route(uuid_param(&id)?).await?))
 }
 
@@ -93,11 +91,10 @@ pub async fn get_route(
     (status = 422, body = sigma_types::ErrorBody)), security(("bearer" = [])))]
 pub async fn update_route(
     State(s): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    Operator(p): Operator,
+    ApiPath(id): ApiPath<String>,
     ApiJson(patch): ApiJson<EnvoyRoutePatch>,
 ) -> ApiResult<Json<EnvoyRoute>> {
-    let p = auth.operator()?;
     let id = uuid_param(&id)?;
     Ok(Json(
         s.store
@@ -108,13 +105,13 @@ pub async fn update_route(
 
 /// Removes a route.
 #[utoipa::path(delete, path = "/api/envoy-routes/{id}", tag = "envoy", params(("id" = String, Path)),
-    responses((status = 204), (status = 404, body = sigma_types::ErrorBody)), security(("bearer" = [])))]
+    responses((status = 204), (status = 404, body = sigma_types::ErrorBody),
+    (status = 422, description = "an invalid path, query or body value (named)", body = sigma_types::ErrorBody)), security(("bearer" = [])))]
 pub async fn delete_route(
     State(s): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    Operator(p): Operator,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
-    let p = auth.operator()?;
     s.store.delete_route(&p.actor(), uuid_param(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -135,11 +132,12 @@ pub struct ConfigQuery {
 /// The agent's Envoy config (active routes and version). With `known_version` it is a long
 /// poll: it answers as soon as the version differs, or after `wait_seconds`.
 #[utoipa::path(get, path = "/api/agent/envoy-config", tag = "agent", params(ConfigQuery),
-    responses((status = 200, body = EnvoyConfig), (status = 403, body = sigma_types::ErrorBody)),
+    responses((status = 200, body = EnvoyConfig), (status = 403, body = sigma_types::ErrorBody),
+    (status = 422, description = "an invalid path, query or body value (named)", body = sigma_types::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn agent_config(
     State(s): State<AppState>,
-    auth: Auth,
+    AgentKey(p): AgentKey,
     ApiQuery(q): ApiQuery<ConfigQuery>,
 ) -> ApiResult<Json<EnvoyConfig>> {
     let mut e = FieldErrors::new();
@@ -152,12 +150,7 @@ pub async fn agent_config(
     let hostname = hostname.unwrap_or_default();
     Ok(Json(
         s.store
-            .agent_envoy_config(
-                &auth.0,
-                &hostname,
-                q.known_version,
-                Duration::from_secs(wait),
-            )
+            .agent_envoy_config(&p, &hostname, q.known_version, Duration::from_secs(wait))
             .await?,
     ))
 }

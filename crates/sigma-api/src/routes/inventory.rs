@@ -1,7 +1,7 @@
 //! Providers, purposes and VPS.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use sigma_types::{
     List, Normalize, PageQuery, Provider, ProviderCreate, ProviderPatch, Purpose, PurposeCreate,
@@ -10,20 +10,20 @@ use sigma_types::{
 
 use crate::AppState;
 use crate::error::ApiResult;
-use crate::extract::{ApiJson, ApiQuery, Auth, uuid_param};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, Operator, Reader, uuid_param};
 
 // ---------------------------------------------------------------------------------------------
 // Providers
 
 /// Lists providers.
 #[utoipa::path(get, path = "/api/providers", tag = "providers", params(PageQuery),
-    responses((status = 200, body = List<Provider>)), security(("bearer" = [])))]
+    responses((status = 200, body = List<Provider>),
+    (status = 422, description = "an invalid path, query or body value (named)", body = sigma_types::ErrorBody)), security(("bearer" = [])))]
 pub async fn list_providers(
     State(s): State<AppState>,
-    auth: Auth,
+    Reader(_): Reader,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<List<Provider>>> {
-    auth.reader()?;
     let (limit, offset) = q.checked()?;
     Ok(Json(s.store.list_providers(limit, offset).await?))
 }
@@ -34,10 +34,9 @@ pub async fn list_providers(
     (status = 422, body = sigma_types::ErrorBody)), security(("bearer" = [])))]
 pub async fn create_provider(
     State(s): State<AppState>,
-    auth: Auth,
+    Operator(p): Operator,
     ApiJson(c): ApiJson<ProviderCreate>,
 ) -> ApiResult<(StatusCode, Json<Provider>)> {
-    let p = auth.operator()?;
     let c = c.normalize()?;
     Ok((
         StatusCode::CREATED,
@@ -48,28 +47,28 @@ pub async fn create_provider(
 /// A provider by id or name.
 #[utoipa::path(get, path = "/api/providers/{id}", tag = "providers",
     params(("id" = String, Path, description = "id or name")),
-    responses((status = 200, body = Provider), (status = 404, body = sigma_types::ErrorBody)),
+    responses((status = 200, body = Provider), (status = 404, body = sigma_types::ErrorBody),
+    (status = 422, description = "an invalid path, query or body value (named)", body = sigma_types::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get_provider(
     State(s): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    Reader(_): Reader,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Provider>> {
-    auth.reader()?;
     Ok(Json(s.store.get_provider(&id).await?))
 }
 
 /// Changes a provider.
 #[utoipa::path(patch, path = "/api/providers/{id}", tag = "providers", request_body = ProviderPatch,
     params(("id" = String, Path, description = "id or name")),
-    responses((status = 200, body = Provider)), security(("bearer" = [])))]
+    responses((status = 200, body = Provider),
+    (status = 422, description = "an invalid path, query or body value (named)", body = sigma_types::ErrorBody)), security(("bearer" = [])))]
 pub async fn update_provider(
     State(s): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    Operator(p): Operator,
+    ApiPath(id): ApiPath<String>,
     ApiJson(patch): ApiJson<ProviderPatch>,
 ) -> ApiResult<Json<Provider>> {
-    let p = auth.operator()?;
     let patch = patch.normalize()?;
     Ok(Json(
         s.store.update_provider(&p.actor(), &id, &patch).await?,
@@ -79,14 +78,14 @@ pub async fn update_provider(
 /// Removes a provider no live VPS uses.
 #[utoipa::path(delete, path = "/api/providers/{id}", tag = "providers",
     params(("id" = String, Path, description = "id or name")),
-    responses((status = 204), (status = 409, body = sigma_types::ErrorBody)),
+    responses((status = 204), (status = 409, body = sigma_types::ErrorBody),
+    (status = 422, description = "an invalid path, query or body value (named)", body = sigma_types::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn delete_provider(
     State(s): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    Operator(p): Operator,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
-    let p = auth.operator()?;
     s.store.delete_provider(&p.actor(), &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -96,27 +95,27 @@ pub async fn delete_provider(
 
 /// Lists purposes.
 #[utoipa::path(get, path = "/api/purposes", tag = "purposes", params(PageQuery),
-    responses((status = 200, body = List<Purpose>)), security(("bearer" = [])))]
+    responses((status = 200, body = List<Purpose>),
+    (status = 422, description = "an invalid path, query or body value (named)", body = sigma_types::ErrorBody)), security(("bearer" = [])))]
 pub async fn list_purposes(
     State(s): State<AppState>,
-    auth: Auth,
+    Reader(_): Reader,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<List<Purpose>>> {
-    auth.reader()?;
     let (limit, offset) = q.checked()?;
     Ok(Json(s.store.list_purposes(limit, offset).await?))
 }
 
 /// Adds a purpose.
 #[utoipa::path(post, path = "/api/purposes", tag = "purposes", request_body = PurposeCreate,
-    responses((status = 201, body = Purpose), (status = 409, body = sigma_types::ErrorBody)),
+    responses((status = 201, body = Purpose), (status = 409, body = sigma_types::ErrorBody),
+    (status = 422, description = "an invalid path, query or body value (named)", body = sigma_types::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create_purpose(
     State(s): State<AppState>,
-    auth: Auth,
+    Operator(p): Operator,
     ApiJson(c): ApiJson<PurposeCreate>,
 ) -> ApiResult<(StatusCode, Json<Purpose>)> {
-    let p = auth.operator()?;
     let c = c.normalize()?;
     Ok((
         StatusCode::CREATED,
@@ -126,28 +125,28 @@ pub async fn create_purpose(
 
 /// A purpose.
 #[utoipa::path(get, path = "/api/purposes/{name}", tag = "purposes",
-    params(("name" = String, Path)), responses((status = 200, body = Purpose)),
+    params(("name" = String, Path)), responses((status = 200, body = Purpose),
+    (status = 422, description = "an invalid path, query or body value (named)", body = sigma_types::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get_purpose(
     State(s): State<AppState>,
-    auth: Auth,
-    Path(name): Path<String>,
+    Reader(_): Reader,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<Purpose>> {
-    auth.reader()?;
     Ok(Json(s.store.get_purpose(&name).await?))
 }
 
 /// Changes a purpose.
 #[utoipa::path(patch, path = "/api/purposes/{name}", tag = "purposes", request_body = PurposePatch,
-    params(("name" = String, Path)), responses((status = 200, body = Purpose)),
+    params(("name" = String, Path)), responses((status = 200, body = Purpose),
+    (status = 422, description = "an invalid path, query or body value (named)", body = sigma_types::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn update_purpose(
     State(s): State<AppState>,
-    auth: Auth,
-    Path(name): Path<String>,
+    Operator(p): Operator,
+    ApiPath(name): ApiPath<String>,
     ApiJson(patch): ApiJson<PurposePatch>,
 ) -> ApiResult<Json<Purpose>> {
-    let p = auth.operator()?;
     let patch = patch.normalize()?;
     Ok(Json(
         s.store.update_purpose(&p.actor(), &name, &patch).await?,
@@ -157,14 +156,14 @@ pub async fn update_purpose(
 /// Removes a purpose no VPS has.
 #[utoipa::path(delete, path = "/api/purposes/{name}", tag = "purposes",
     params(("name" = String, Path)),
-    responses((status = 204), (status = 409, body = sigma_types::ErrorBody)),
+    responses((status = 204), (status = 409, body = sigma_types::ErrorBody),
+    (status = 422, description = "an invalid path, query or body value (named)", body = sigma_types::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn delete_purpose(
     State(s): State<AppState>,
-    auth: Auth,
-    Path(name): Path<String>,
+    Operator(p): Operator,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
-    let p = auth.operator()?;
     s.store.delete_purpose(&p.actor(), &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -178,10 +177,9 @@ pub async fn delete_purpose(
     security(("bearer" = [])))]
 pub async fn list_vps(
     State(s): State<AppState>,
-    auth: Auth,
+    Reader(_): Reader,
     ApiQuery(q): ApiQuery<VpsQuery>,
 ) -> ApiResult<Json<List<Vps>>> {
-    auth.reader()?;
     let q = q.normalize()?;
     Ok(Json(s.store.list_vps(&q).await?))
 }
@@ -192,10 +190,9 @@ pub async fn list_vps(
     (status = 422, body = sigma_types::ErrorBody)), security(("bearer" = [])))]
 pub async fn create_vps(
     State(s): State<AppState>,
-    auth: Auth,
+    Operator(p): Operator,
     ApiJson(c): ApiJson<VpsCreate>,
 ) -> ApiResult<(StatusCode, Json<Vps>)> {
-    let p = auth.operator()?;
     let c = c.normalize()?;
     Ok((
         StatusCode::CREATED,
@@ -205,14 +202,14 @@ pub async fn create_vps(
 
 /// A VPS by id.
 #[utoipa::path(get, path = "/api/vps/{id}", tag = "vps", params(("id" = String, Path)),
-    responses((status = 200, body = Vps), (status = 404, body = sigma_types::ErrorBody)),
+    responses((status = 200, body = Vps), (status = 404, body = sigma_types::ErrorBody),
+    (status = 422, description = "an invalid path, query or body value (named)", body = sigma_types::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get_vps(
     State(s): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    Reader(_): Reader,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Vps>> {
-    auth.reader()?;
     Ok(Json(s.store.get_vps(uuid_param(&id)?).await?))
 }
 
@@ -223,11 +220,10 @@ pub async fn get_vps(
     (status = 422, body = sigma_types::ErrorBody)), security(("bearer" = [])))]
 pub async fn update_vps(
     State(s): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    Operator(p): Operator,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> ApiResult<Json<Vps>> {
-    let p = auth.operator()?;
     let id = uuid_param(&id)?;
     let body = VpsPatchBody::from_json(body)?;
     Ok(Json(
@@ -241,42 +237,42 @@ pub async fn update_vps(
 /// once with `force=true`.
 #[utoipa::path(post, path = "/api/vps/{id}/retire", tag = "vps",
     params(("id" = String, Path), RetireQuery),
-    responses((status = 200, body = Vps), (status = 409, body = sigma_types::ErrorBody)),
+    responses((status = 200, body = Vps), (status = 409, body = sigma_types::ErrorBody),
+    (status = 422, description = "an invalid path, query or body value (named)", body = sigma_types::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn retire_vps(
     State(s): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    Operator(p): Operator,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<RetireQuery>,
 ) -> ApiResult<Json<Vps>> {
-    let p = auth.operator()?;
     let id = uuid_param(&id)?;
     Ok(Json(s.store.retire_vps(&p.actor(), id, q.force).await?))
 }
 
 /// Soft-deletes a VPS.
 #[utoipa::path(delete, path = "/api/vps/{id}", tag = "vps", params(("id" = String, Path)),
-    responses((status = 200, body = Vps)), security(("bearer" = [])))]
+    responses((status = 200, body = Vps),
+    (status = 422, description = "an invalid path, query or body value (named)", body = sigma_types::ErrorBody)), security(("bearer" = [])))]
 pub async fn delete_vps(
     State(s): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    Operator(p): Operator,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Vps>> {
-    let p = auth.operator()?;
     let id = uuid_param(&id)?;
     Ok(Json(s.store.delete_vps(&p.actor(), id).await?))
 }
 
 /// Restores a soft-deleted VPS.
 #[utoipa::path(post, path = "/api/vps/{id}/restore", tag = "vps", params(("id" = String, Path)),
-    responses((status = 200, body = Vps), (status = 409, body = sigma_types::ErrorBody)),
+    responses((status = 200, body = Vps), (status = 409, body = sigma_types::ErrorBody),
+    (status = 422, description = "an invalid path, query or body value (named)", body = sigma_types::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn restore_vps(
     State(s): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    Operator(p): Operator,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Vps>> {
-    let p = auth.operator()?;
     let id = uuid_param(&id)?;
     Ok(Json(s.store.restore_vps(&p.actor(), id).await?))
 }

@@ -2,7 +2,7 @@
 //! mesh, desired against actual.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use sigma_mesh::objects::VPS_ID_LABEL;
@@ -15,7 +15,7 @@ use sigma_types::mesh::VpsMeshReport;
 use crate::AppState;
 use crate::config::MeshMode;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Auth, uuid_param};
+use crate::extract::{ApiPath, Reader, uuid_param};
 
 /// Every Istio object the inventory implies, as multi-document YAML (`application/yaml`), for
 /// `kubectl apply -f` or a GitOps repository. Deterministic: the same inventory gives the same
@@ -25,8 +25,10 @@ use crate::extract::{Auth, uuid_param};
     responses((status = 200, body = String, content_type = "application/yaml"),
     (status = 409, description = "a stored purpose has invalid mesh settings", body = sigma_types::ErrorBody)),
     security(("bearer" = [])))]
-pub async fn manifests(State(s): State<AppState>, auth: Auth) -> ApiResult<impl IntoResponse> {
-    auth.reader()?;
+pub async fn manifests(
+    State(s): State<AppState>,
+    Reader(_): Reader,
+) -> ApiResult<impl IntoResponse> {
     let inputs = s.store.mesh_inputs().await?;
     let yaml = sigma_reconciler::export_yaml(&s.mesh.template, &inputs).map_err(|e| match e {
         sigma_reconciler::Error::InvalidPurposes(list) => {
@@ -69,10 +71,9 @@ pub async fn manifests(State(s): State<AppState>, auth: Auth) -> ApiResult<impl 
     security(("bearer" = [])))]
 pub async fn vps_mesh(
     State(s): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
+    Reader(_): Reader,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<VpsMeshReport>> {
-    auth.reader()?;
     let id = uuid_param(&id)?;
     let subject = s.store.mesh_subject(id).await?;
     let desired = desired_entry(&s.mesh.template, &subject)?;

@@ -16,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::AppState;
 use crate::config::EnvoyMetricsVia;
 use crate::error::ApiResult;
-use crate::extract::{ApiQuery, Auth};
+use crate::extract::{ApiQuery, Reader};
 
 /// Kind of scrape target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, ToSchema)]
@@ -110,13 +110,13 @@ fn labels(v: &Vps, kind: TargetKind) -> BTreeMap<String, String> {
 /// Scrape targets of the fleet: node-exporter, sigma-agent and (for mesh-enrolled VPS) Envoy,
 /// at each VPS's public address. Only active and provisioning VPS are listed.
 #[utoipa::path(get, path = "/api/prometheus/targets", tag = "system", params(TargetsQuery),
-    responses((status = 200, body = Vec<TargetGroup>)), security(("bearer" = [])))]
+    responses((status = 200, body = Vec<TargetGroup>),
+    (status = 422, description = "an invalid path, query or body value (named)", body = sigma_types::ErrorBody)), security(("bearer" = [])))]
 pub async fn targets(
     State(s): State<AppState>,
-    auth: Auth,
+    Reader(_): Reader,
     ApiQuery(q): ApiQuery<TargetsQuery>,
 ) -> ApiResult<Response> {
-    auth.reader()?;
     let mut docs = s.targets.docs.lock().await;
     // Read the generation before building, so a change during the build makes the next request
     // build again rather than keep a document that may have missed it.

@@ -7,7 +7,7 @@ use axum::response::IntoResponse;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::Auth;
+use crate::extract::{Auth, Reader};
 use crate::metrics::{ResultLabels, StatusLabels, VerbLabels};
 
 /// The process is alive (no database check; no credentials needed).
@@ -34,8 +34,7 @@ pub async fn readyz(State(s): State<AppState>) -> ApiResult<&'static str> {
 /// Prometheus metrics (any reader key).
 #[utoipa::path(get, path = "/metrics", tag = "system",
     responses((status = 200, body = String, content_type = "text/plain")), security(("bearer" = [])))]
-pub async fn metrics(State(s): State<AppState>, auth: Auth) -> ApiResult<impl IntoResponse> {
-    auth.reader()?;
+pub async fn metrics(State(s): State<AppState>, Reader(_): Reader) -> ApiResult<impl IntoResponse> {
     for (status, n) in s.store.count_vps_by_status().await? {
         s.metrics
             .vps
