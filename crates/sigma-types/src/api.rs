@@ -1706,6 +1706,91 @@ mod tests {
     }
 
     #[test]
+    fn provider_names_that_read_as_ids_are_refused() {
+        for bad in [
+            "123e4567-e89b-12d3-a456-426614174000",
+            "123E4567E89B12D3A456426614174000",
+            "urn:uuid:123e4567-e89b-12d3-a456-426614174000",
+            "{123e4567-e89b-12d3-a456-426614174000}",
+        ] {
+            let e = ProviderCreate {
+                name: bad.into(),
+                ..Default::default()
+            }
+            .normalize()
+            .unwrap_err();
+            assert!(e.0.contains_key("name"), "{bad}");
+            let e = ProviderPatch {
+                name: Some(Some(bad.into())),
+                ..Default::default()
+            }
+            .normalize()
+            .unwrap_err();
+            assert!(e.0.contains_key("name"), "{bad}");
+        }
+        assert!(provider_name("hetzner-123e4567").is_ok());
+    }
+
+    #[test]
+    fn mapped_and_plain_ipv4_are_one_address() {
+        let mut e = FieldErrors::new();
+        let ips = normalize_ips(
+            vec![
+                IpAddress {
+                    ip: "::ffff:192.0.2.9".into(),
+                    label: "public".into(),
+                },
+                IpAddress {
+                    ip: "192.0.2.9".into(),
+                    label: "private".into(),
+                },
+            ],
+            "ip_addresses",
+            &mut e,
+        );
+        assert_eq!(ips[0].ip, "192.0.2.9");
+        assert!(e.0["ip_addresses[1].ip"].contains("listed twice"), "{e:?}");
+    }
+
+    #[test]
+    fn bound_tokens_have_no_presets_one_use_and_a_short_life() {
+        let t: EnrollmentTokenCreate = serde_json::from_value(serde_json::json!({
+            "vps_id": Uuid::nil(), "purpose": "xrayr", "provider": "p", "country": "DE",
+            "tags": ["a"], "max_uses": 2, "ttl_seconds": MAX_BOUND_TOKEN_TTL_SECONDS + 1,
+        }))
+        .unwrap();
+        let e = t.normalize().unwrap_err();
+        for f in ["purpose", "provider", "country", "tags", "max_uses", "ttl_seconds"] {
+            assert!(e.0.contains_key(f), "{f}: {e:?}");
+        }
+        let t: EnrollmentTokenCreate =
+            serde_json::from_value(serde_json::json!({"vps_id": Uuid::nil()})).unwrap();
+        let t = t.normalize().unwrap();
+        assert_eq!((t.max_uses, t.vps_id), (1, Some(Uuid::nil())));
+    }
+
+    #[test]
+    fn agent_reports_with_control_characters_are_refused() {
+        let h: HeartbeatRequest = serde_json::from_value(serde_json::json!({
+            "hostname": "a.example.net",
+            "system_info": {"os": "Debian\u{0}", "gpu": {"model": "\u{1b}[2J"}},
+            "agent_state": {"last_nack": {"version": "1\n", "type_url": "t", "detail": "line\nline",
+                            "at": "2026-01-01T00:00:00Z"}, "x": ["\u{0}"]},
+        }))
+        .unwrap();
+        let e = h.normalize().unwrap_err();
+        for f in [
+            "system_info.os",
+            "system_info.gpu.model",
+            "agent_state.last_nack.version",
+            "agent_state.x[0]",
+        ] {
+            assert!(e.0.contains_key(f), "{f}: {e:?}");
+        }
+        assert!(!e.0.contains_key("agent_state.last_nack.detail"));
+    }
+
+    #[test]
     fn system_info_keeps_unknown_fields() {
         let s: SystemInfo = serde_json::from_str(r#"{"cpu_cores": 2, "gpu": "none"}"#).unwrap();
         assert_eq!(s.cpu_cores, Some(2));

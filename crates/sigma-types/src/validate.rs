@@ -380,6 +380,71 @@ mod tests {
     }
 
     #[test]
+    fn a_numeric_last_label_is_no_dns_name() {
+        for bad in ["256.1.1.1", "1.2.3.4.5", "1.2.3.4", "example.123", "123"] {
+            let e = hostname(bad).unwrap_err();
+            assert!(e.contains("all digits"), "{bad}: {e}");
+        }
+        for good in ["example.com", "1.2.3.x4", "123.example", "a1", "1-2-3", "9gag.com"] {
+            assert!(hostname(good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_ipv4() {
+        assert_eq!(ip("::ffff:192.0.2.9").unwrap(), "192.0.2.9");
+        assert_eq!(ip("::FFFF:c000:209").unwrap(), "192.0.2.9");
+        // Other IPv6 addresses, including the deprecated IPv4-compatible form, stay IPv6.
+        assert_eq!(ip("::192.0.2.9").unwrap(), "::c000:209");
+        assert_eq!(ip("2001:db8::ffff:1").unwrap(), "2001:db8::ffff:1");
+        assert_eq!(ip("::1").unwrap(), "::1");
+    }
+
+    #[test]
+    fn control_characters_by_kind_of_field() {
+        for c in ['\0', '\u{1b}', '\u{7f}', '\u{85}', '\r'] {
+            let s = format!("a{c}b");
+            assert!(text(&s, 10).is_err(), "{s:?}");
+            assert!(line(&s, 10).is_err(), "{s:?}");
+            assert!(name(&s, 10).is_err(), "{s:?}");
+        }
+        assert!(text("a\u{0}", 10).unwrap_err().contains("NUL"));
+        assert_eq!(text("l1\nl2\tx", 20).unwrap(), "l1\nl2\tx");
+        for s in ["l1\nl2", "a\tb"] {
+            assert!(line(s, 20).is_err(), "{s:?}");
+            assert!(name(s, 20).is_err(), "{s:?}");
+        }
+        assert_eq!(name("  Hetzner Online  ", 20).unwrap(), "Hetzner Online");
+        assert_eq!(line("", 5).unwrap(), "");
+        // Non-ASCII text is fine; only control characters are refused.
+        assert!(name("Zürich – Ost", 20).is_ok());
+    }
+
+    #[test]
+    fn json_strings_name_the_first_bad_path() {
+        let mut e = FieldErrors::new();
+        json_strings(
+            &serde_json::json!({"a": ["ok", {"b": "x\u{0}"}], "c": "multi\nline"}),
+            "system_info",
+            &mut e,
+        );
+        assert_eq!(e.0.keys().collect::<Vec<_>>(), ["system_info.a[1].b"]);
+        let mut e = FieldErrors::new();
+        json_strings(&serde_json::json!({"k\u{0}": 1}), "x", &mut e);
+        assert!(e.0.contains_key("x.k\\0"), "{e:?}");
+        let mut deep = serde_json::json!("leaf");
+        for _ in 0..40 {
+            deep = serde_json::json!([deep]);
+        }
+        let mut e = FieldErrors::new();
+        json_strings(&deep, "x", &mut e);
+        assert!(!e.is_empty());
+        let mut e = FieldErrors::new();
+        json_strings(&serde_json::json!({"fine": "Debian\tGNU\n"}), "x", &mut e);
+        assert!(e.is_empty(), "{e:?}");
+    }
+
+    #[test]
     fn durations() {
         use std::time::Duration;
         assert_eq!(duration("30s").unwrap(), Duration::from_secs(30));

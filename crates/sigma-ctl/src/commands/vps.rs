@@ -438,6 +438,7 @@ pub async fn run(ctx: &mut Ctx<'_>, cmd: VpsCommand) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use clap::Parser;
+    use sigma_types::Normalize;
 
     use super::*;
     use crate::cli::{Cli, Command};
@@ -449,6 +450,27 @@ mod tests {
             panic!("not vps edit")
         };
         serde_json::to_value(patch_body(&a)).unwrap()
+    }
+
+    #[test]
+    fn reenroll_binds_a_single_use_short_lived_token() {
+        let Command::Vps(VpsCommand::Reenroll { vps, ttl, .. }) =
+            Cli::try_parse_from(["sigmactl", "vps", "reenroll", "edge-1", "--ttl", "30m"])
+                .unwrap()
+                .command
+        else {
+            panic!("not vps reenroll")
+        };
+        assert_eq!((vps.as_str(), ttl), ("edge-1", Some(1800)));
+        let id = uuid::Uuid::nil();
+        let b = reenroll_body(id, None).unwrap();
+        assert_eq!(
+            (b.vps_id, b.max_uses, b.ttl_seconds),
+            (Some(id), 1, REENROLL_DEFAULT_TTL_SECONDS)
+        );
+        assert!(b.purpose.is_none() && b.provider.is_none() && b.tags.is_empty());
+        // What the server checks, the body passes.
+        assert!(b.normalize().is_ok());
     }
 
     #[test]
