@@ -276,9 +276,9 @@ async fn presets_follow_the_provider_and_match_exactly(db: TestDb) {
     };
     // Deleting `like_target` revokes its token only; deleting `%` revokes none of them.
     let (st, v) = s.delete("/api/providers/like_target", ADMIN_KEY).await;
-    assert_eq!(st, 200, "{v}");
+    assert_eq!(st, 204, "{v}");
     let (st, v) = s.delete("/api/providers/%25", ADMIN_KEY).await;
-    assert_eq!(st, 200, "{v}");
+    assert_eq!(st, 204, "{v}");
     let (_, list) = s.get("/api/enrollment-tokens", ADMIN_KEY).await;
     assert!(revoked(&list, &b_id), "{list}");
     assert!(!revoked(&list, &a_id), "like-target's token survives: {list}");
@@ -322,7 +322,7 @@ async fn presets_follow_the_provider_and_match_exactly(db: TestDb) {
         .post("/api/enrollment-tokens", ADMIN_KEY, json!({"purpose": "only-here"}))
         .await;
     let (st, v) = s.delete("/api/purposes/only-here", ADMIN_KEY).await;
-    assert_eq!(st, 200, "{v}");
+    assert_eq!(st, 204, "{v}");
     let (_, list) = s.get("/api/enrollment-tokens", ADMIN_KEY).await;
     assert!(revoked(&list, &id_of(&p)));
     assert!(!revoked(&list, &a_id) && !revoked(&list, &c_id));
@@ -414,10 +414,23 @@ async fn hostile_text_and_addresses_are_refused_or_normalised(db: TestDb) {
     assert_eq!(st, 422, "{v}");
     field(&v, "ip_addresses[1].ip");
     let (st, v) = s
-        .patch(&format!("/api/vps/{id}"), ADMIN_KEY, json!({"ip_addresses": [{"ip": "::ffff:198.51.100.1", "label": "public"}]}))
+        .post(
+            "/api/vps",
+            ADMIN_KEY,
+            VpsBuilder::new("h3.example.net").public_ip("::ffff:198.51.100.1").build(),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["ip_addresses"][0]["ip"], "198.51.100.1");
+    let (st, v) = s
+        .patch(
+            &format!("/api/vps/{}", v["id"].as_str().unwrap()),
+            ADMIN_KEY,
+            json!({"ip_addresses": [{"ip": "::ffff:198.51.100.2", "label": "public"}]}),
+        )
         .await;
     assert_eq!(st, 200, "{v}");
-    assert_eq!(v["ip_addresses"][0]["ip"], "198.51.100.1");
+    assert_eq!(v["ip_addresses"][0]["ip"], "198.51.100.2");
 
     // Envoy route backends: a mapped address is the IPv4 one (a static cluster); an
     // all-digit last label is no DNS name.

@@ -10,13 +10,10 @@ CREATE INDEX enrollment_tokens_vps ON enrollment_tokens (vps_id);
 
 -- Existing presets: the provider the name designated when the token was made (its exact name,
 -- else the case-insensitive key it was looked up by), and the purpose by its exact name.
-UPDATE enrollment_tokens t SET provider_id = (
-    SELECT p.id FROM providers p
-    WHERE p.name = (t.presets::json ->> 'provider')
-       OR p.name_key = lower(t.presets::json ->> 'provider')
-    ORDER BY (p.name = (t.presets::json ->> 'provider')) DESC
-    LIMIT 1
-) WHERE (t.presets::json ->> 'provider') IS NOT NULL;
+UPDATE enrollment_tokens SET provider_id = COALESCE(
+    (SELECT p.id FROM providers p WHERE p.name = (enrollment_tokens.presets::json ->> 'provider')),
+    (SELECT p.id FROM providers p WHERE p.name_key = lower((enrollment_tokens.presets::json ->> 'provider')))
+) WHERE (presets::json ->> 'provider') IS NOT NULL;
 UPDATE enrollment_tokens SET purpose = (presets::json ->> 'purpose')
 WHERE (presets::json ->> 'purpose') IN (SELECT name FROM purposes);
 

@@ -10,12 +10,9 @@ CREATE INDEX enrollment_tokens_vps ON enrollment_tokens (vps_id);
 
 -- Existing presets: the provider the name designated when the token was made (its exact name,
 -- else the case-insensitive key it was looked up by), and the purpose by its exact name.
-UPDATE enrollment_tokens SET provider_id = (
-    SELECT p.id FROM providers p
-    WHERE p.name = json_extract(enrollment_tokens.presets, '$.provider')
-       OR p.name_key = lower(json_extract(enrollment_tokens.presets, '$.provider'))
-    ORDER BY p.name = json_extract(enrollment_tokens.presets, '$.provider') DESC
-    LIMIT 1
+UPDATE enrollment_tokens SET provider_id = COALESCE(
+    (SELECT p.id FROM providers p WHERE p.name = json_extract(enrollment_tokens.presets, '$.provider')),
+    (SELECT p.id FROM providers p WHERE p.name_key = lower(json_extract(enrollment_tokens.presets, '$.provider')))
 ) WHERE json_extract(presets, '$.provider') IS NOT NULL;
 UPDATE enrollment_tokens SET purpose = json_extract(presets, '$.purpose')
 WHERE json_extract(presets, '$.purpose') IN (SELECT name FROM purposes);
