@@ -81,7 +81,8 @@ async fn takeover_by_any_token_is_refused_and_changes_nothing(db: TestDb) {
         assert_eq!(st, 409, "token {body}: {v}");
         let msg = v["message"].as_str().unwrap();
         assert!(
-            msg.contains("live agent key") && msg.contains("sigmactl vps reenroll edge-1.example.net"),
+            msg.contains("live agent key")
+                && msg.contains("sigmactl vps reenroll edge-1.example.net"),
             "the refusal says what to do: {msg}"
         );
         assert_eq!(
@@ -126,8 +127,14 @@ async fn bound_token_reinstalls_its_vps_only(db: TestDb) {
         (json!({"vps_id": id, "purpose": "xrayr"}), "purpose"),
         (json!({"vps_id": id, "tags": ["a"]}), "tags"),
         (json!({"vps_id": id, "max_uses": 2}), "max_uses"),
-        (json!({"vps_id": id, "ttl_seconds": 7 * 86400}), "ttl_seconds"),
-        (json!({"vps_id": "00000000-0000-4000-8000-000000000000"}), "vps_id"),
+        (
+            json!({"vps_id": id, "ttl_seconds": 7 * 86400}),
+            "ttl_seconds",
+        ),
+        (
+            json!({"vps_id": "00000000-0000-4000-8000-000000000000"}),
+            "vps_id",
+        ),
     ] {
         let (st, v) = s.post("/api/enrollment-tokens", ADMIN_KEY, body).await;
         assert_eq!(st, 422, "{v}");
@@ -143,18 +150,28 @@ async fn bound_token_reinstalls_its_vps_only(db: TestDb) {
     assert_eq!(st, 201, "{created}");
     assert_eq!(created["enrollment_token"]["vps_id"], id.as_str());
     let bound = created["token"].as_str().unwrap().to_string();
-    let token_id = created["enrollment_token"]["id"].as_str().unwrap().to_string();
+    let token_id = created["enrollment_token"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     // It cannot enroll another hostname, existing or new; nothing changes.
     for host in ["edge-2.example.net", "new-host.example.net"] {
         let before = snapshot(&s, &id).await;
         let (st, v) = register(&s, &bound, host, "203.0.113.9").await;
         assert_eq!(st, 403, "{host}: {v}");
-        assert!(v["message"].as_str().unwrap().contains("bound to VPS edge-1.example.net"));
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("bound to VPS edge-1.example.net")
+        );
         assert_eq!(snapshot(&s, &id).await, before);
     }
     assert_eq!(heartbeat(&s, &other_key, "edge-2.example.net").await, 200);
-    let (_, list) = s.get("/api/vps?hostname=new-host.example.net", ADMIN_KEY).await;
+    let (_, list) = s
+        .get("/api/vps?hostname=new-host.example.net", ADMIN_KEY)
+        .await;
     assert_eq!(list["total"], 0);
 
     // The reinstall: the old key stops, the new one works, the report is the new host's.
@@ -168,7 +185,11 @@ async fn bound_token_reinstalls_its_vps_only(db: TestDb) {
     assert_eq!(heartbeat(&s, &old_key, "edge-1.example.net").await, 401);
     assert_eq!(heartbeat(&s, &new_key, "edge-1.example.net").await, 200);
     let (st, _) = s
-        .post("/api/agent/register", &old_key, json!({"hostname": "edge-1.example.net"}))
+        .post(
+            "/api/agent/register",
+            &old_key,
+            json!({"hostname": "edge-1.example.net"}),
+        )
         .await;
     assert_eq!(st, 401, "the old key cannot register either");
     // Single use.
@@ -180,7 +201,10 @@ async fn bound_token_reinstalls_its_vps_only(db: TestDb) {
     assert_eq!(re[0]["actor"], format!("enroll:{}", &bound[..12]));
     assert_eq!(re[0]["resource_id"], id.as_str());
     assert_eq!(re[0]["after"]["enrollment_token_id"], token_id.as_str());
-    assert_eq!(re[0]["after"]["revoked_agent_keys"], json!([&old_key[..12]]));
+    assert_eq!(
+        re[0]["after"]["revoked_agent_keys"],
+        json!([&old_key[..12]])
+    );
     let refused = audit(&s, "vps.enroll_refused").await;
     assert_eq!(refused.len(), 2, "the two wrong hostnames: {refused:?}");
 }
@@ -192,7 +216,9 @@ async fn vps_without_live_key_and_retired_vps(db: TestDb) {
         .post(
             "/api/vps",
             ADMIN_KEY,
-            VpsBuilder::new("pre.example.net").public_ip("192.0.2.50").build(),
+            VpsBuilder::new("pre.example.net")
+                .public_ip("192.0.2.50")
+                .build(),
         )
         .await;
     assert_eq!(st, 201, "{v}");
@@ -218,7 +244,11 @@ async fn vps_without_live_key_and_retired_vps(db: TestDb) {
         .unwrap()
         .to_string();
     let (st, v) = s
-        .post(&format!("/api/api-keys/{key_id}/revoke"), ADMIN_KEY, json!({}))
+        .post(
+            &format!("/api/api-keys/{key_id}/revoke"),
+            ADMIN_KEY,
+            json!({}),
+        )
         .await;
     assert_eq!(st, 200, "{v}");
     let (st, r) = register(&s, &t, "pre.example.net", "192.0.2.53").await;
@@ -227,7 +257,11 @@ async fn vps_without_live_key_and_retired_vps(db: TestDb) {
 
     // Retired: no token enrolls it, and no reinstall token is issued for it.
     let (st, v) = s
-        .post(&format!("/api/vps/{id}/retire?force=true"), ADMIN_KEY, json!({}))
+        .post(
+            &format!("/api/vps/{id}/retire?force=true"),
+            ADMIN_KEY,
+            json!({}),
+        )
         .await;
     assert_eq!(st, 200, "{v}");
     let t2 = s.token(json!({})).await;
@@ -260,9 +294,15 @@ async fn presets_follow_the_provider_and_match_exactly(db: TestDb) {
         assert_eq!(st, 201, "{v}");
     }
     let mk = |p: &'static str| json!({"purpose": "xrayr", "provider": p, "max_uses": 3});
-    let (_, a) = s.post("/api/enrollment-tokens", ADMIN_KEY, mk("like-target")).await;
-    let (_, b) = s.post("/api/enrollment-tokens", ADMIN_KEY, mk("like_target")).await;
-    let (_, c) = s.post("/api/enrollment-tokens", ADMIN_KEY, mk("Keep")).await;
+    let (_, a) = s
+        .post("/api/enrollment-tokens", ADMIN_KEY, mk("like-target"))
+        .await;
+    let (_, b) = s
+        .post("/api/enrollment-tokens", ADMIN_KEY, mk("like_target"))
+        .await;
+    let (_, c) = s
+        .post("/api/enrollment-tokens", ADMIN_KEY, mk("Keep"))
+        .await;
     let id_of = |v: &Value| v["enrollment_token"]["id"].as_str().unwrap().to_string();
     let (a_id, b_id, c_id) = (id_of(&a), id_of(&b), id_of(&c));
     let revoked = |list: &Value, id: &str| {
@@ -281,7 +321,10 @@ async fn presets_follow_the_provider_and_match_exactly(db: TestDb) {
     assert_eq!(st, 204, "{v}");
     let (_, list) = s.get("/api/enrollment-tokens", ADMIN_KEY).await;
     assert!(revoked(&list, &b_id), "{list}");
-    assert!(!revoked(&list, &a_id), "like-target's token survives: {list}");
+    assert!(
+        !revoked(&list, &a_id),
+        "like-target's token survives: {list}"
+    );
     assert!(!revoked(&list, &c_id), "{list}");
     // The revoked token keeps the name its preset had.
     let b_row = list["items"]
@@ -294,7 +337,11 @@ async fn presets_follow_the_provider_and_match_exactly(db: TestDb) {
 
     // Renaming a provider: its tokens follow it and enroll under the new name.
     let (st, v) = s
-        .patch("/api/providers/like-target", ADMIN_KEY, json!({"name": "renamed"}))
+        .patch(
+            "/api/providers/like-target",
+            ADMIN_KEY,
+            json!({"name": "renamed"}),
+        )
         .await;
     assert_eq!(st, 200, "{v}");
     let (_, list) = s.get("/api/enrollment-tokens", ADMIN_KEY).await;
@@ -310,7 +357,13 @@ async fn presets_follow_the_provider_and_match_exactly(db: TestDb) {
     assert_eq!(st, 200, "{r}");
     assert_eq!(r["vps"]["provider"], "renamed");
     // A token whose provider was deleted fails on the token, never on a field of the agent's.
-    let (st, v) = register(&s, b["token"].as_str().unwrap(), "b.example.net", "192.0.2.61").await;
+    let (st, v) = register(
+        &s,
+        b["token"].as_str().unwrap(),
+        "b.example.net",
+        "192.0.2.61",
+    )
+    .await;
     assert_eq!(st, 401, "{v}");
     assert!(v["fields"].as_object().is_none_or(|f| f.is_empty()), "{v}");
     // Purposes are matched exactly too: deleting an unused purpose revokes its tokens only.
@@ -319,7 +372,11 @@ async fn presets_follow_the_provider_and_match_exactly(db: TestDb) {
         .await;
     assert_eq!(st, 201, "{v}");
     let (_, p) = s
-        .post("/api/enrollment-tokens", ADMIN_KEY, json!({"purpose": "only-here"}))
+        .post(
+            "/api/enrollment-tokens",
+            ADMIN_KEY,
+            json!({"purpose": "only-here"}),
+        )
         .await;
     let (st, v) = s.delete("/api/purposes/only-here", ADMIN_KEY).await;
     assert_eq!(st, 204, "{v}");
@@ -345,12 +402,34 @@ async fn hostile_text_and_addresses_are_refused_or_normalised(db: TestDb) {
     for (path, body, f) in [
         ("/api/providers", json!({"name": "a\u{0}b"}), "name"),
         ("/api/providers", json!({"name": "tab\there"}), "name"),
-        ("/api/providers", json!({"name": "ok", "notes": "x\u{0}"}), "notes"),
-        ("/api/purposes", json!({"name": "p1", "display_name": "a\u{1b}[31m"}), "display_name"),
-        ("/api/purposes", json!({"name": "p2", "mesh": {"k": "a\u{0}"}}), "mesh.k"),
-        ("/api/vps", VpsBuilder::new("h.example.net").set("alias", json!("a\u{7f}")).build(), "alias"),
+        (
+            "/api/providers",
+            json!({"name": "ok", "notes": "x\u{0}"}),
+            "notes",
+        ),
+        (
+            "/api/purposes",
+            json!({"name": "p1", "display_name": "a\u{1b}[31m"}),
+            "display_name",
+        ),
+        (
+            "/api/purposes",
+            json!({"name": "p2", "mesh": {"k": "a\u{0}"}}),
+            "mesh.k",
+        ),
+        (
+            "/api/vps",
+            VpsBuilder::new("h.example.net")
+                .set("alias", json!("a\u{7f}"))
+                .build(),
+            "alias",
+        ),
         ("/api/enrollment-tokens", json!({"name": "t\u{0}"}), "name"),
-        ("/api/api-keys", json!({"name": "k\u{0}", "role": "readonly"}), "name"),
+        (
+            "/api/api-keys",
+            json!({"name": "k\u{0}", "role": "readonly"}),
+            "name",
+        ),
     ] {
         let (st, v) = s.post(path, ADMIN_KEY, body.clone()).await;
         assert_eq!(st, 422, "{path} {body}: {v}");
@@ -358,7 +437,11 @@ async fn hostile_text_and_addresses_are_refused_or_normalised(db: TestDb) {
     }
     // Multi-line notes are fine.
     let (st, v) = s
-        .post("/api/providers", ADMIN_KEY, json!({"name": "ok", "notes": "line 1\nline 2\tx"}))
+        .post(
+            "/api/providers",
+            ADMIN_KEY,
+            json!({"name": "ok", "notes": "line 1\nline 2\tx"}),
+        )
         .await;
     assert_eq!(st, 201, "{v}");
 
@@ -369,10 +452,22 @@ async fn hostile_text_and_addresses_are_refused_or_normalised(db: TestDb) {
     let key = r["agent_key"].as_str().unwrap().to_string();
     let id = r["vps"]["id"].as_str().unwrap().to_string();
     for (body, f) in [
-        (json!({"system_info": {"os": "Debian\u{0}"}}), "system_info.os"),
-        (json!({"system_info": {"kernel": "6.1\n"}}), "system_info.kernel"),
-        (json!({"system_info": {"gpu": {"name": "x\u{0}"}}}), "system_info.gpu.name"),
-        (json!({"agent_state": {"future": ["ok", "\u{1b}]0;pwned\u{7}"]}}), "agent_state.future[1]"),
+        (
+            json!({"system_info": {"os": "Debian\u{0}"}}),
+            "system_info.os",
+        ),
+        (
+            json!({"system_info": {"kernel": "6.1\n"}}),
+            "system_info.kernel",
+        ),
+        (
+            json!({"system_info": {"gpu": {"name": "x\u{0}"}}}),
+            "system_info.gpu.name",
+        ),
+        (
+            json!({"agent_state": {"future": ["ok", "\u{1b}]0;pwned\u{7}"]}}),
+            "agent_state.future[1]",
+        ),
     ] {
         let mut b = body.clone();
         b["hostname"] = json!("edge-1.example.net");
@@ -381,7 +476,10 @@ async fn hostile_text_and_addresses_are_refused_or_normalised(db: TestDb) {
         field(&v, f);
     }
     let (_, got) = s.get(&format!("/api/vps/{id}"), ADMIN_KEY).await;
-    assert_eq!(got["system_info"]["os"], "Debian 12", "nothing of the refused reports stored");
+    assert_eq!(
+        got["system_info"]["os"], "Debian 12",
+        "nothing of the refused reports stored"
+    );
 
     // IPv4-mapped IPv6 is the IPv4 address: stored as such, and never twice.
     let (st, v) = s
@@ -393,7 +491,10 @@ async fn hostile_text_and_addresses_are_refused_or_normalised(db: TestDb) {
         .await;
     assert_eq!(st, 200, "{v}");
     let (_, got) = s.get(&format!("/api/vps/{id}"), ADMIN_KEY).await;
-    assert_eq!(got["ip_addresses"], json!([{"ip": "192.0.2.9", "label": "public"}]));
+    assert_eq!(
+        got["ip_addresses"],
+        json!([{"ip": "192.0.2.9", "label": "public"}])
+    );
     let twice = json!([{"ip": "192.0.2.9", "label": "public"}, {"ip": "::FFFF:c000:209", "label": "private"}]);
     let (st, v) = s
         .post(
@@ -408,7 +509,9 @@ async fn hostile_text_and_addresses_are_refused_or_normalised(db: TestDb) {
         .post(
             "/api/vps",
             ADMIN_KEY,
-            VpsBuilder::new("h2.example.net").set("ip_addresses", twice.clone()).build(),
+            VpsBuilder::new("h2.example.net")
+                .set("ip_addresses", twice.clone())
+                .build(),
         )
         .await;
     assert_eq!(st, 422, "{v}");
@@ -417,7 +520,9 @@ async fn hostile_text_and_addresses_are_refused_or_normalised(db: TestDb) {
         .post(
             "/api/vps",
             ADMIN_KEY,
-            VpsBuilder::new("h3.example.net").public_ip("::ffff:198.51.100.1").build(),
+            VpsBuilder::new("h3.example.net")
+                .public_ip("::ffff:198.51.100.1")
+                .build(),
         )
         .await;
     assert_eq!(st, 201, "{v}");
@@ -434,18 +539,24 @@ async fn hostile_text_and_addresses_are_refused_or_normalised(db: TestDb) {
 
     // Envoy route backends: a mapped address is the IPv4 one (a static cluster); an
     // all-digit last label is no DNS name.
-    let route = |host: &str| {
-        json!({"name": "r", "listen_port": 8443, "backend_host": host, "backend_port": 443})
-    };
+    let route = |host: &str| json!({"name": "r", "listen_port": 8443, "backend_host": host, "backend_port": 443});
     for host in ["256.1.1.1", "1.2.3.4.5", "example.123"] {
         let (st, v) = s
-            .post(&format!("/api/vps/{id}/envoy-routes"), ADMIN_KEY, route(host))
+            .post(
+                &format!("/api/vps/{id}/envoy-routes"),
+                ADMIN_KEY,
+                route(host),
+            )
             .await;
         assert_eq!(st, 422, "{host}: {v}");
         field(&v, "backend_host");
     }
     let (st, v) = s
-        .post(&format!("/api/vps/{id}/envoy-routes"), ADMIN_KEY, route("::ffff:192.0.2.77"))
+        .post(
+            &format!("/api/vps/{id}/envoy-routes"),
+            ADMIN_KEY,
+            route("::ffff:192.0.2.77"),
+        )
         .await;
     assert_eq!(st, 201, "{v}");
     assert_eq!(v["backend_host"], "192.0.2.77");

@@ -97,10 +97,13 @@ impl Store {
                         .await?;
                     return Err(e);
                 }
-                let revoked = self.revoke_agent_keys(&mut tx, &enroll_actor, bound, now).await?;
+                let revoked = self
+                    .revoke_agent_keys(&mut tx, &enroll_actor, bound, now)
+                    .await?;
                 self.record_contact(&mut tx, &enroll_actor, bound, req, now)
                     .await?;
-                self.activate_if_provisioning(&mut tx, &enroll_actor, &v).await?;
+                self.activate_if_provisioning(&mut tx, &enroll_actor, &v)
+                    .await?;
                 let after = self.vps_in(&mut *tx, bound).await?;
                 record(
                     &mut *tx,
@@ -158,7 +161,8 @@ impl Store {
                         // key an operator revoked. The token's holder claims it.
                         self.record_contact(&mut tx, &enroll_actor, id, req, now)
                             .await?;
-                        self.activate_if_provisioning(&mut tx, &enroll_actor, &v).await?;
+                        self.activate_if_provisioning(&mut tx, &enroll_actor, &v)
+                            .await?;
                         let after = self.vps_in(&mut *tx, id).await?;
                         record(
                             &mut *tx,
@@ -205,7 +209,12 @@ impl Store {
             .purpose
             .clone()
             .or_else(|| req.purpose.clone())
-            .ok_or_else(|| Error::invalid("purpose", "the enrollment token has no purpose preset, so the agent must send one"))?;
+            .ok_or_else(|| {
+                Error::invalid(
+                    "purpose",
+                    "the enrollment token has no purpose preset, so the agent must send one",
+                )
+            })?;
         let create = VpsCreate {
             hostname: req.hostname.clone(),
             alias: None,
@@ -221,7 +230,13 @@ impl Store {
             mesh_opt_out: false,
         };
         let id = self
-            .insert_vps(tx, &create, req.system_info.as_ref(), Some(now), refs.provider_id.clone())
+            .insert_vps(
+                tx,
+                &create,
+                req.system_info.as_ref(),
+                Some(now),
+                refs.provider_id.clone(),
+            )
             .await
             .map_err(|e| match e {
                 Error::Invalid(f) if refs.purpose.is_some() && f.0.contains_key("purpose") => {

@@ -178,7 +178,12 @@ pub(crate) struct TokenRefs {
 fn token_refs(row: &AnyRow, snapshot: &EnrollmentPresets) -> Result<TokenRefs> {
     let provider_id: Option<String> = row.try_get("provider_id")?;
     let purpose: Option<String> = row.try_get("purpose_ref")?;
-    let stale = match (&snapshot.provider, &provider_id, &snapshot.purpose, &purpose) {
+    let stale = match (
+        &snapshot.provider,
+        &provider_id,
+        &snapshot.purpose,
+        &purpose,
+    ) {
         (Some(p), None, _, _) => Some(format!("provider preset {p:?}")),
         (_, _, Some(p), None) => Some(format!("purpose preset {p:?}")),
         _ => None,
@@ -726,10 +731,10 @@ impl Store {
     pub async fn revoke_enrollment_token(&self, actor: &str, id: Uuid) -> Result<EnrollmentToken> {
         let mut tx = self.pools.write.begin().await?;
         let row = sqlx::query(dynsql!("{TOKEN_SELECT} WHERE t.id = $1"))
-        .bind(id.to_string())
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("no enrollment token with id {id}")))?;
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no enrollment token with id {id}")))?;
         let before = token_from_row(&row)?;
         if before.revoked_at.is_some() {
             return Ok(before);
@@ -820,10 +825,10 @@ impl Store {
     ) -> Result<(EnrollmentToken, TokenRefs)> {
         let prefix = secret::prefix_of(secret_text);
         let row = sqlx::query(dynsql!("{TOKEN_SELECT} WHERE t.prefix = $1"))
-        .bind(prefix.clone())
-        .fetch_optional(&mut **tx)
-        .await?
-        .ok_or_else(|| Error::Unauthorized("unknown enrollment token".into()))?;
+            .bind(prefix.clone())
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| Error::Unauthorized("unknown enrollment token".into()))?;
         let hash: String = row.try_get("token_hash")?;
         if !secret::matches(secret_text, &hash) {
             return Err(Error::Unauthorized("unknown enrollment token".into()));

@@ -80,15 +80,35 @@ async fn legacy_tokens_are_converted(postgres: bool) {
     let far = 4_000_000_000_000i64;
     for (id, presets, revoked) in [
         // Looked up case-insensitively when it was made: still designates Hetzner.
-        ("00000000-0000-4000-8000-000000000001", r#"{"purpose":"xrayr","provider":"hetzner","country":null,"tags":[]}"#, None),
+        (
+            "00000000-0000-4000-8000-000000000001",
+            r#"{"purpose":"xrayr","provider":"hetzner","country":null,"tags":[]}"#,
+            None,
+        ),
         // Its provider was renamed: stranded, so revoked now.
-        ("00000000-0000-4000-8000-000000000002", r#"{"purpose":null,"provider":"like-target","country":"DE","tags":["a"]}"#, None),
+        (
+            "00000000-0000-4000-8000-000000000002",
+            r#"{"purpose":null,"provider":"like-target","country":"DE","tags":["a"]}"#,
+            None,
+        ),
         // No provider preset.
-        ("00000000-0000-4000-8000-000000000003", r#"{"purpose":"monitor","provider":null,"country":null,"tags":[]}"#, None),
+        (
+            "00000000-0000-4000-8000-000000000003",
+            r#"{"purpose":"monitor","provider":null,"country":null,"tags":[]}"#,
+            None,
+        ),
         // Already revoked: left alone.
-        ("00000000-0000-4000-8000-000000000004", r#"{"purpose":null,"provider":"gone","country":null,"tags":[]}"#, Some(5i64)),
+        (
+            "00000000-0000-4000-8000-000000000004",
+            r#"{"purpose":null,"provider":"gone","country":null,"tags":[]}"#,
+            Some(5i64),
+        ),
         // An unknown purpose (deleted by the old name match): revoked.
-        ("00000000-0000-4000-8000-000000000005", r#"{"purpose":"deleted-one","provider":"like_target","country":null,"tags":[]}"#, None),
+        (
+            "00000000-0000-4000-8000-000000000005",
+            r#"{"purpose":"deleted-one","provider":"like_target","country":null,"tags":[]}"#,
+            None,
+        ),
     ] {
         sqlx::query(
             "INSERT INTO enrollment_tokens (id, prefix, token_hash, name, presets, max_uses, created_by, created_at, expires_at, revoked_at) \
@@ -125,11 +145,19 @@ async fn legacy_tokens_are_converted(postgres: bool) {
     };
     let t1 = get(1);
     assert_eq!(t1.revoked_at, None);
-    assert_eq!(t1.presets.provider.as_deref(), Some("Hetzner"), "now shown by its current name");
+    assert_eq!(
+        t1.presets.provider.as_deref(),
+        Some("Hetzner"),
+        "now shown by its current name"
+    );
     assert_eq!(t1.presets.purpose.as_deref(), Some("xrayr"));
     let t2 = get(2);
     assert!(t2.revoked_at.is_some(), "stranded token revoked");
-    assert_eq!(t2.presets.provider.as_deref(), Some("like-target"), "keeps the name it had");
+    assert_eq!(
+        t2.presets.provider.as_deref(),
+        Some("like-target"),
+        "keeps the name it had"
+    );
     assert_eq!(t2.presets.tags, vec!["a".to_string()]);
     assert_eq!(get(3).revoked_at, None);
     assert_eq!(get(3).presets.purpose.as_deref(), Some("monitor"));

@@ -195,11 +195,7 @@ fn check_object(value: &serde_json::Value, field: &str, e: &mut FieldErrors) {
 }
 
 /// Checks the free-form fields an agent sends beside the known ones (see [`v::json_strings`]).
-fn check_extra(
-    extra: &BTreeMap<String, serde_json::Value>,
-    field: &str,
-    e: &mut FieldErrors,
-) {
+fn check_extra(extra: &BTreeMap<String, serde_json::Value>, field: &str, e: &mut FieldErrors) {
     for (k, value) in extra {
         let mut one = serde_json::Map::new();
         one.insert(k.clone(), value.clone());
@@ -1248,7 +1244,10 @@ impl Normalize for EnrollmentTokenCreate {
                 e.add("tags", why);
             }
             if self.max_uses != 1 {
-                e.add("max_uses", "a token bound to a VPS (vps_id) serves one enrollment");
+                e.add(
+                    "max_uses",
+                    "a token bound to a VPS (vps_id) serves one enrollment",
+                );
             }
             if self.ttl_seconds > MAX_BOUND_TOKEN_TTL_SECONDS {
                 e.add(
@@ -1760,7 +1759,14 @@ mod tests {
         }))
         .unwrap();
         let e = t.normalize().unwrap_err();
-        for f in ["purpose", "provider", "country", "tags", "max_uses", "ttl_seconds"] {
+        for f in [
+            "purpose",
+            "provider",
+            "country",
+            "tags",
+            "max_uses",
+            "ttl_seconds",
+        ] {
             assert!(e.0.contains_key(f), "{f}: {e:?}");
         }
         let t: EnrollmentTokenCreate =

@@ -385,7 +385,14 @@ mod tests {
             let e = hostname(bad).unwrap_err();
             assert!(e.contains("all digits"), "{bad}: {e}");
         }
-        for good in ["example.com", "1.2.3.x4", "123.example", "a1", "1-2-3", "9gag.com"] {
+        for good in [
+            "example.com",
+            "1.2.3.x4",
+            "123.example",
+            "a1",
+            "1-2-3",
+            "9gag.com",
+        ] {
             assert!(hostname(good).is_ok(), "{good}");
         }
     }
