@@ -238,7 +238,7 @@ async fn vps_without_live_key_and_retired_vps(db: TestDb) {
         .as_array()
         .unwrap()
         .iter()
-        .find(|k| k["prefix"] == &key[..12])
+        .find(|k| k["prefix"] == key[..12])
         .unwrap()["id"]
         .as_str()
         .unwrap()
