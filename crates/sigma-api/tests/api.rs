@@ -839,9 +839,15 @@ async fn concurrent_registers_make_one_vps(db: TestDb) {
                 .as_u16()
         }));
     }
+    // One enrollment wins; once its VPS has a live agent key, the others are takeovers and
+    // are refused (docs/security.md, "Enrollment and reinstalls").
+    let mut codes = vec![];
     for t in tasks {
-        assert_eq!(t.await.unwrap(), 200);
+        codes.push(t.await.unwrap());
     }
+    codes.sort();
+    assert_eq!(codes[0], 200, "{codes:?}");
+    assert!(codes[1..].iter().all(|c| *c == 409), "{codes:?}");
     let (_, list) = s.get("/api/vps?hostname=race.example.com", ADMIN_KEY).await;
     assert_eq!(list["total"], 1, "{list}");
 }

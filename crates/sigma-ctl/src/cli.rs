@@ -249,6 +249,19 @@ pub enum VpsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Issues a single-use enrollment token bound to one VPS, for reinstalling its agent,
+    /// and prints the install command. Enrolling with it revokes the VPS's agent key and
+    /// issues a new one; no other token can enroll a VPS whose agent key is live
+    Reenroll {
+        /// Hostname or id
+        vps: String,
+        /// Lifetime of the token (600, 30m, 12h; at most 1d) [default: 1h]
+        #[arg(long, value_parser = input::duration_secs)]
+        ttl: Option<i64>,
+        /// sigma-api's URL as the VPS reach it, for the install command [default: the API URL in use]
+        #[arg(long, value_name = "URL")]
+        agent_api_url: Option<String>,
+    },
     /// Restores a deleted VPS to the status it had
     Restore {
         /// Hostname (of a deleted VPS) or id

@@ -1295,6 +1295,80 @@ fn enroll_agent(api: &Api, hostname: &str, purpose: &str, ip: &str) -> String {
     body["agent_key"].as_str().unwrap().to_string()
 }
 
+/// `register` with an enrollment token: the status and the answer.
+fn register_with(api: &Api, token: &str, hostname: &str) -> (u16, Value) {
+    runtime().block_on(async {
+        let r = reqwest::Client::new()
+            .post(format!("{}/api/agent/register", api.url))
+            .bearer_auth(token)
+            .json(&json!({"hostname": hostname}))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    })
+}
+
+#[test]
+fn vps_reenroll_prints_a_bound_token_and_install_command() {
+    let api = Api::start();
+    enroll_agent(&api, "edge-1.example.net", "xrayr", "192.0.2.1");
+    // A plain token cannot take the VPS over; the refusal points at `vps reenroll`.
+    let t = api.json(&["enroll", "create"]);
+    let (st, body) = register_with(&api, t["token"].as_str().unwrap(), "edge-1.example.net");
+    assert_eq!(st, 409, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("sigmactl vps reenroll")
+    );
+
+    let r = api.ctl().run(&[
+        "vps",
+        "reenroll",
+        "edge-1.example.net",
+        "--ttl",
+        "30m",
+        "--agent-api-url",
+        "https://sigma.example.net",
+    ]);
+    r.ok();
+    let token = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("sge_"))
+        .expect("the token is printed")
+        .trim()
+        .to_string();
+    assert!(
+        r.stdout.contains(&format!(
+            "curl -fsSL https://sigma.example.net/install.sh | SIGMA_API_URL=https://sigma.example.net SIGMA_ENROLLMENT_TOKEN={token} sh"
+        )),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("Bound to VPS"), "{}", r.stdout);
+    // Bound: another hostname is refused; its own VPS re-enrolls once.
+    let (st, body) = register_with(&api, &token, "other.example.net");
+    assert_eq!(st, 403, "{body}");
+    let (st, body) = register_with(&api, &token, "edge-1.example.net");
+    assert_eq!(st, 200, "{body}");
+    assert!(body["agent_key"].is_string());
+    let (st, _) = register_with(&api, &token, "edge-1.example.net");
+    assert_eq!(st, 401, "single use");
+    // JSON output is the API's object; an unknown VPS is a clear error.
+    let v = api.json(&["vps", "reenroll", "edge-1.example.net"]);
+    assert_eq!(v["enrollment_token"]["max_uses"], 1);
+    assert!(v["enrollment_token"]["vps_id"].is_string());
+    let r = api.ctl().run(&["vps", "reenroll", "nope.example.net"]);
+    assert!(
+        r.code != 0 && r.stderr.contains("no VPS has hostname"),
+        "{}",
+        r.stderr
+    );
+}
+
 /// One heartbeat with `agent_state`, as the agent of `hostname`.
 fn heartbeat(api: &Api, key: &str, hostname: &str, agent_state: Value) {
     let (status, body) = runtime().block_on(async {

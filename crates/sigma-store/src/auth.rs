@@ -136,24 +136,97 @@ fn api_key_from_row(row: &AnyRow) -> Result<ApiKey> {
     })
 }
 
-const TOKEN_COLS: &str = "id, prefix, token_hash, name, presets, max_uses, uses, created_by, \
-                          created_at, expires_at, revoked_at";
+/// An enrollment token with its provider reference resolved to the provider's current name.
+/// `presets` is the snapshot taken at creation; `provider_id`, `purpose` and `vps_id` are the
+/// live references enrollment uses.
+const TOKEN_SELECT: &str = "SELECT t.id, t.prefix, t.token_hash, t.name, t.presets, t.max_uses, \
+     t.uses, t.created_by, t.created_at, t.expires_at, t.revoked_at, t.provider_id, \
+     t.purpose AS purpose_ref, t.vps_id, pr.name AS provider_name \
+     FROM enrollment_tokens t LEFT JOIN providers pr ON pr.id = t.provider_id";
+
+/// A reference column of `enrollment_tokens` that a deletion clears.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum TokenRef {
+    /// `provider_id`.
+    Provider,
+    /// `purpose`.
+    Purpose,
+}
+
+impl TokenRef {
+    fn column(self) -> &'static str {
+        match self {
+            TokenRef::Provider => "provider_id",
+            TokenRef::Purpose => "purpose",
+        }
+    }
+}
+
+/// What enrollment needs of a token beyond what is listed.
+#[derive(Debug, Clone)]
+pub(crate) struct TokenRefs {
+    /// The provider preset, by id.
+    pub provider_id: Option<String>,
+    /// The purpose preset.
+    pub purpose: Option<String>,
+    /// The VPS a reinstall token is bound to.
+    pub vps_id: Option<Uuid>,
+    /// A preset whose target no longer exists (the name it had), if any.
+    pub stale: Option<String>,
+}
+
+fn token_refs(row: &AnyRow, snapshot: &EnrollmentPresets) -> Result<TokenRefs> {
+    let provider_id: Option<String> = row.try_get("provider_id")?;
+    let purpose: Option<String> = row.try_get("purpose_ref")?;
+    let stale = match (
+        &snapshot.provider,
+        &provider_id,
+        &snapshot.purpose,
+        &purpose,
+    ) {
+        (Some(p), None, _, _) => Some(format!("provider preset {p:?}")),
+        (_, _, Some(p), None) => Some(format!("purpose preset {p:?}")),
+        _ => None,
+    };
+    Ok(TokenRefs {
+        provider_id,
+        purpose,
+        vps_id: opt_uuid_col(row, "vps_id")?,
+        stale,
+    })
+}
 
 fn token_from_row(row: &AnyRow) -> Result<EnrollmentToken> {
+    Ok(token_and_refs(row)?.0)
+}
+
+fn token_and_refs(row: &AnyRow) -> Result<(EnrollmentToken, TokenRefs)> {
     let presets: String = row.try_get("presets")?;
-    Ok(EnrollmentToken {
+    let snapshot: EnrollmentPresets = serde_json::from_str(&presets)
+        .map_err(|e| Error::Corrupt(format!("token presets: {e}")))?;
+    let refs = token_refs(row, &snapshot)?;
+    // A live reference shows what it designates now (a renamed provider under its new name);
+    // a preset whose target was deleted keeps the name it had.
+    let current_provider: Option<String> = row.try_get("provider_name")?;
+    let presets = EnrollmentPresets {
+        provider: current_provider.or(snapshot.provider),
+        purpose: refs.purpose.clone().or(snapshot.purpose),
+        ..snapshot
+    };
+    let token = EnrollmentToken {
         id: uuid_col(row, "id")?,
         prefix: row.try_get("prefix")?,
         name: row.try_get("name")?,
-        presets: serde_json::from_str(&presets)
-            .map_err(|e| Error::Corrupt(format!("token presets: {e}")))?,
+        presets,
+        vps_id: refs.vps_id,
         max_uses: row.try_get("max_uses")?,
         uses: row.try_get("uses")?,
         created_by: row.try_get("created_by")?,
         created_at: from_ms(row.try_get("created_at")?),
         expires_at: from_ms(row.try_get("expires_at")?),
         revoked_at: row.try_get::<Option<i64>, _>("revoked_at")?.map(from_ms),
-    })
+    };
+    Ok((token, refs))
 }
 
 /// Whether the bootstrap admin key came from the environment or was generated now.
@@ -507,31 +580,60 @@ impl Store {
         Ok(after)
     }
 
-    /// Checks that enrollment presets name things that exist; returns the provider's id.
-    async fn check_presets<'c, E>(&self, exec: E, p: &EnrollmentPresets) -> Result<()>
-    where
-        E: sqlx::Executor<'c, Database = sqlx::Any> + Copy,
-    {
-        if let Some(purpose) = &p.purpose
-            && !self.purpose_exists(exec, purpose).await?
+    /// Resolves what an enrollment token's presets and binding name: the provider's id, the
+    /// purpose, the bound VPS (which must be live and not retired).
+    async fn resolve_token_refs(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        c: &EnrollmentTokenCreate,
+    ) -> Result<(Option<String>, Option<(Uuid, String)>)> {
+        if let Some(purpose) = &c.purpose
+            && !self.purpose_exists(&mut **tx, purpose).await?
         {
             return Err(Error::invalid(
                 "purpose",
                 format!("no purpose named {purpose:?}"),
             ));
         }
-        if let Some(provider) = &p.provider
-            && self.provider_id_by_name(exec, provider).await?.is_none()
-        {
-            return Err(Error::invalid(
-                "provider",
-                format!("no provider named {provider:?}"),
-            ));
-        }
-        Ok(())
+        let provider_id = match &c.provider {
+            None => None,
+            Some(provider) => Some(
+                self.provider_id_by_name(&mut **tx, provider)
+                    .await?
+                    .ok_or_else(|| {
+                        Error::invalid("provider", format!("no provider named {provider:?}"))
+                    })?,
+            ),
+        };
+        let bound = match c.vps_id {
+            None => None,
+            Some(id) => {
+                let row = sqlx::query("SELECT hostname, status, deleted_at FROM vps WHERE id = $1")
+                    .bind(id.to_string())
+                    .fetch_optional(&mut **tx)
+                    .await?
+                    .ok_or_else(|| Error::invalid("vps_id", format!("no VPS with id {id}")))?;
+                let hostname: String = row.try_get("hostname")?;
+                let status: String = row.try_get("status")?;
+                if row.try_get::<Option<i64>, _>("deleted_at")?.is_some() {
+                    return Err(Error::Conflict(format!(
+                        "VPS {hostname} ({id}) is deleted; restore it before re-enrolling it"
+                    )));
+                }
+                if status == sigma_types::VpsStatus::Retired.as_str() {
+                    return Err(Error::Conflict(format!(
+                        "VPS {hostname} ({id}) is retired; re-commission it (status provisioning) \
+                         before re-enrolling it"
+                    )));
+                }
+                Some((id, hostname))
+            }
+        };
+        Ok((provider_id, bound))
     }
 
-    /// Issues an enrollment token.
+    /// Issues an enrollment token. Presets are stored as references (a provider by id), so
+    /// renaming a provider keeps its tokens working.
     pub async fn create_enrollment_token(
         &self,
         actor: &str,
@@ -543,15 +645,22 @@ impl Store {
             country: c.country.clone(),
             tags: c.tags.clone(),
         };
-        self.check_presets(&self.pools.read, &presets).await?;
+        let mut tx = self.pools.write.begin().await?;
+        let (provider_id, bound) = self.resolve_token_refs(&mut tx, c).await?;
         let s = secret::generate(secret::ENROLLMENT_KIND)?;
         let id = Uuid::new_v4();
         let now = now_ms();
+        let name = match (&c.name, &bound) {
+            // A reinstall token says what it is for when listed.
+            (None, Some((_, host))) => format!("reinstall {host}"),
+            (n, _) => n.clone().unwrap_or_default(),
+        };
         let token = EnrollmentToken {
             id,
             prefix: s.prefix.clone(),
-            name: c.name.clone().unwrap_or_default(),
+            name,
             presets,
+            vps_id: c.vps_id,
             max_uses: c.max_uses,
             uses: 0,
             created_by: actor.to_string(),
@@ -559,10 +668,10 @@ impl Store {
             expires_at: from_ms(now + c.ttl_seconds * 1000),
             revoked_at: None,
         };
-        let mut tx = self.pools.write.begin().await?;
         sqlx::query(
-            "INSERT INTO enrollment_tokens (id, prefix, token_hash, name, presets, max_uses, created_by, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO enrollment_tokens (id, prefix, token_hash, name, presets, max_uses, created_by, \
+             created_at, expires_at, provider_id, purpose, vps_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(id.to_string())
         .bind(s.prefix)
@@ -573,6 +682,9 @@ impl Store {
         .bind(actor.to_string())
         .bind(now)
         .bind(now + c.ttl_seconds * 1000)
+        .bind(provider_id)
+        .bind(c.purpose.clone())
+        .bind(c.vps_id.map(|v| v.to_string()))
         .execute(&mut *tx)
         .await?;
         record(
@@ -605,7 +717,7 @@ impl Store {
             .await?
             .try_get("n")?;
         let rows = sqlx::query(dynsql!(
-            "SELECT {TOKEN_COLS} FROM enrollment_tokens ORDER BY created_at DESC, id LIMIT $1 OFFSET $2"
+            "{TOKEN_SELECT} ORDER BY t.created_at DESC, t.id LIMIT $1 OFFSET $2"
         ))
         .bind(limit)
         .bind(offset)
@@ -618,13 +730,11 @@ impl Store {
     /// Revokes an enrollment token (idempotent).
     pub async fn revoke_enrollment_token(&self, actor: &str, id: Uuid) -> Result<EnrollmentToken> {
         let mut tx = self.pools.write.begin().await?;
-        let row = sqlx::query(dynsql!(
-            "SELECT {TOKEN_COLS} FROM enrollment_tokens WHERE id = $1"
-        ))
-        .bind(id.to_string())
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("no enrollment token with id {id}")))?;
+        let row = sqlx::query(dynsql!("{TOKEN_SELECT} WHERE t.id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no enrollment token with id {id}")))?;
         let before = token_from_row(&row)?;
         if before.revoked_at.is_some() {
             return Ok(before);
@@ -655,25 +765,75 @@ impl Store {
         Ok(after)
     }
 
-    /// Takes one use of an enrollment token inside `tx`, returning the token.
+    /// Before a provider or purpose is deleted: revokes the live tokens whose preset refers to
+    /// it (matched exactly, by reference — the same on both databases) and drops the
+    /// reference, so the row can go. Their presets snapshot keeps the name it had.
+    pub(crate) async fn revoke_tokens_referring(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        actor: &str,
+        column: TokenRef,
+        value: &str,
+    ) -> Result<()> {
+        let col = column.column();
+        let rows = sqlx::query(dynsql!(
+            "{TOKEN_SELECT} WHERE t.{col} = $1 AND t.revoked_at IS NULL"
+        ))
+        .bind(value.to_string())
+        .fetch_all(&mut **tx)
+        .await?;
+        let now = now_ms();
+        for row in &rows {
+            let before = token_from_row(row)?;
+            sqlx::query("UPDATE enrollment_tokens SET revoked_at = $1 WHERE id = $2")
+                .bind(now)
+                .bind(before.id.to_string())
+                .execute(&mut **tx)
+                .await?;
+            let after = EnrollmentToken {
+                revoked_at: Some(from_ms(now)),
+                ..before.clone()
+            };
+            record(
+                &mut **tx,
+                Record {
+                    actor,
+                    action: "enrollment_token.revoke",
+                    resource_type: "enrollment_token",
+                    resource_id: before.id.to_string(),
+                },
+                Some(&before),
+                Some(&after),
+            )
+            .await?;
+        }
+        sqlx::query(dynsql!(
+            "UPDATE enrollment_tokens SET {col} = NULL WHERE {col} = $1"
+        ))
+        .bind(value.to_string())
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Takes one use of an enrollment token inside `tx`, returning the token and what its
+    /// presets refer to.
     pub(crate) async fn consume_enrollment_token(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         secret_text: &str,
-    ) -> Result<EnrollmentToken> {
+    ) -> Result<(EnrollmentToken, TokenRefs)> {
         let prefix = secret::prefix_of(secret_text);
-        let row = sqlx::query(dynsql!(
-            "SELECT {TOKEN_COLS} FROM enrollment_tokens WHERE prefix = $1"
-        ))
-        .bind(prefix.clone())
-        .fetch_optional(&mut **tx)
-        .await?
-        .ok_or_else(|| Error::Unauthorized("unknown enrollment token".into()))?;
+        let row = sqlx::query(dynsql!("{TOKEN_SELECT} WHERE t.prefix = $1"))
+            .bind(prefix.clone())
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| Error::Unauthorized("unknown enrollment token".into()))?;
         let hash: String = row.try_get("token_hash")?;
         if !secret::matches(secret_text, &hash) {
             return Err(Error::Unauthorized("unknown enrollment token".into()));
         }
-        let token = token_from_row(&row)?;
+        let (token, refs) = token_and_refs(&row)?;
         let now = now_ms();
         if token.revoked_at.is_some() {
             return Err(Error::Unauthorized(format!(
@@ -697,6 +857,13 @@ impl Store {
                 token.max_uses, token.max_uses
             )));
         }
-        Ok(token)
+        if let Some(stale) = &refs.stale {
+            // The token's own preset is at fault, not anything the agent sent.
+            return Err(Error::Conflict(format!(
+                "enrollment token {prefix}'s {stale} designates nothing any more (deleted); \
+                 an operator must issue a new token"
+            )));
+        }
+        Ok((token, refs))
     }
 }

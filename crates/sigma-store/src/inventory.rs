@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::Store;
 use crate::audit::{Record, record};
+use crate::auth::TokenRef;
 use crate::db::{Sql, from_ms, now_ms};
 use crate::error::{Error, Result, is_unique_violation};
 
@@ -294,10 +295,7 @@ impl Store {
         .bind(before.id.to_string())
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE enrollment_tokens SET revoked_at = $1 WHERE revoked_at IS NULL AND presets LIKE $2")
-            .bind(now_ms())
-            .bind(format!("%\"provider\":{}%", serde_json::to_string(&before.name).unwrap_or_default()))
-            .execute(&mut *tx)
+        self.revoke_tokens_referring(&mut tx, actor, TokenRef::Provider, &before.id.to_string())
             .await?;
         sqlx::query("DELETE FROM providers WHERE id = $1")
             .bind(before.id.to_string())
@@ -485,10 +483,7 @@ impl Store {
                 before.vps_count
             )));
         }
-        sqlx::query("UPDATE enrollment_tokens SET revoked_at = $1 WHERE revoked_at IS NULL AND presets LIKE $2")
-            .bind(now_ms())
-            .bind(format!("%\"purpose\":{}%", serde_json::to_string(name).unwrap_or_default()))
-            .execute(&mut *tx)
+        self.revoke_tokens_referring(&mut tx, actor, TokenRef::Purpose, name)
             .await?;
         sqlx::query("DELETE FROM purposes WHERE name = $1")
             .bind(name.to_string())
@@ -664,10 +659,13 @@ impl Store {
         c: &VpsCreate,
         system_info: Option<&SystemInfo>,
         heartbeat_at: Option<i64>,
+        provider_ref: Option<String>,
     ) -> Result<Uuid> {
+        // `provider_ref`: a provider by id (an enrollment token's preset), when `c` names none.
         let provider_id = self
             .resolve_refs(tx, Some(&c.purpose), c.provider.as_deref())
-            .await?;
+            .await?
+            .or(provider_ref);
         let id = Uuid::new_v4();
         let now = now_ms();
         let res = sqlx::query(
@@ -706,7 +704,7 @@ impl Store {
     /// Adds a VPS.
     pub async fn create_vps(&self, actor: &str, c: &VpsCreate) -> Result<Vps> {
         let mut tx = self.pools.write.begin().await?;
-        let id = self.insert_vps(&mut tx, c, None, None).await?;
+        let id = self.insert_vps(&mut tx, c, None, None, None).await?;
         let v = self.vps_in(&mut *tx, id).await?;
         record(
             &mut *tx,

@@ -148,7 +148,17 @@ fn normalize_ips(ips: Vec<IpAddress>, field: &str, e: &mut FieldErrors) -> Vec<I
         let label = e.check(&format!("{field}[{i}].label"), v::ip_label(&a.label));
         if let (Some(ip), Some(label)) = (ip, label) {
             if out.iter().any(|o| o.ip == ip) {
-                e.add(format!("{field}[{i}].ip"), format!("{ip} is listed twice"));
+                // `v::ip` has already turned `::ffff:a.b.c.d` into `a.b.c.d`, so both
+                // spellings of one address meet here and are refused, not stored twice.
+                let spelled = if a.ip.trim() == ip {
+                    String::new()
+                } else {
+                    format!(" ({:?} is the same address)", a.ip)
+                };
+                e.add(
+                    format!("{field}[{i}].ip"),
+                    format!("{ip} is listed twice{spelled}"),
+                );
             } else {
                 out.push(IpAddress { ip, label });
             }
@@ -179,7 +189,31 @@ fn check_object(value: &serde_json::Value, field: &str, e: &mut FieldErrors) {
         e.add(field, "must be a JSON object");
     } else if serde_json::to_vec(value).map_or(0, |b| b.len()) > MAX_OBJECT_BYTES {
         e.add(field, format!("larger than {MAX_OBJECT_BYTES} bytes"));
+    } else {
+        v::json_strings(value, field, e);
     }
+}
+
+/// Checks the free-form fields an agent sends beside the known ones (see [`v::json_strings`]).
+fn check_extra(extra: &BTreeMap<String, serde_json::Value>, field: &str, e: &mut FieldErrors) {
+    for (k, value) in extra {
+        let mut one = serde_json::Map::new();
+        one.insert(k.clone(), value.clone());
+        v::json_strings(&serde_json::Value::Object(one), field, e);
+    }
+}
+
+/// A provider's own name: a single-line name that does not parse as a UUID, since every
+/// endpoint that takes "a provider id or name" reads a UUID as an id (a provider named like
+/// one could not be reached by name).
+pub fn provider_name(s: &str) -> Result<String, String> {
+    let n = v::name(s, MAX_NAME_LEN)?;
+    if Uuid::parse_str(&n).is_ok() {
+        return Err(format!(
+            "{n:?} reads as a UUID, which the API takes as a provider id; choose another name"
+        ));
+    }
+    Ok(n)
 }
 
 fn opt<T>(
@@ -273,7 +307,7 @@ pub struct ProviderCreate {
 impl Normalize for ProviderCreate {
     fn normalize(self) -> Result<Self, FieldErrors> {
         let mut e = FieldErrors::new();
-        let name = e.check("name", v::name(&self.name, MAX_NAME_LEN));
+        let name = e.check("name", provider_name(&self.name));
         let country = opt(self.country, "country", &mut e, v::country);
         let website = opt(self.website, "website", &mut e, v::url);
         let notes = opt(self.notes, "notes", &mut e, |s| v::text(s, MAX_NOTES_LEN));
@@ -329,7 +363,7 @@ impl Normalize for ProviderPatch {
     fn normalize(self) -> Result<Self, FieldErrors> {
         let mut e = FieldErrors::new();
         let name = non_null(self.name, "name", &mut e)
-            .and_then(|s| e.check("name", v::name(&s, MAX_NAME_LEN)))
+            .and_then(|s| e.check("name", provider_name(&s)))
             .map(Some);
         let country = opt2(self.country, "country", &mut e, v::country);
         let website = opt2(self.website, "website", &mut e, v::url);
@@ -495,11 +529,12 @@ impl SystemInfo {
             ("agent_version", &self.agent_version),
         ] {
             if let Some(s) = s
-                && let Err(r) = v::text(s, 256)
+                && let Err(r) = v::line(s, 256)
             {
                 e.add(format!("{field}.{k}"), r);
             }
         }
+        check_extra(&self.extra, field, e);
         if let Some(l) = self.load_average
             && l.iter().any(|x| !x.is_finite() || *x < 0.0)
         {
@@ -1102,8 +1137,14 @@ pub struct EnrollmentToken {
     pub prefix: String,
     /// What it is for.
     pub name: String,
-    /// Presets applied to VPS that enroll with it.
+    /// Presets applied to VPS that enroll with it. A provider preset follows its provider
+    /// (shown under its current name); the names of a deleted provider or purpose stay as they
+    /// were, on tokens that deleting it revoked.
     pub presets: EnrollmentPresets,
+    /// The one VPS this token may re-enroll (a reinstall token; see `docs/security.md`).
+    /// Such a token has no presets, serves one enrollment, and enrolls no other hostname.
+    #[serde(default)]
+    pub vps_id: Option<Uuid>,
     /// How many enrollments it allows.
     pub max_uses: i64,
     /// How many it has served.
@@ -1160,7 +1201,15 @@ pub struct EnrollmentTokenCreate {
     /// Tags preset.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Binds the token to this VPS: it may only re-enroll that VPS (a reinstall of its
+    /// agent), which revokes the VPS's agent key. Single use (`max_uses` 1), at most
+    /// [`MAX_BOUND_TOKEN_TTL_SECONDS`], and without presets.
+    #[serde(default)]
+    pub vps_id: Option<Uuid>,
 }
+
+/// Longest lifetime of a token bound to a VPS: one day.
+pub const MAX_BOUND_TOKEN_TTL_SECONDS: i64 = 24 * 3600;
 
 impl Normalize for EnrollmentTokenCreate {
     fn normalize(self) -> Result<Self, FieldErrors> {
@@ -1178,6 +1227,37 @@ impl Normalize for EnrollmentTokenCreate {
         });
         let country = opt(self.country, "country", &mut e, v::country);
         let tags = normalize_tags(self.tags, "tags", &mut e);
+        if self.vps_id.is_some() {
+            // A bound token re-enrolls an existing VPS as it is: presets would not apply, and
+            // a reinstall credential must be single-use and short-lived.
+            let why = "a token bound to a VPS (vps_id) re-enrolls that VPS as it is; presets do not apply";
+            if purpose.is_some() {
+                e.add("purpose", why);
+            }
+            if provider.is_some() {
+                e.add("provider", why);
+            }
+            if country.is_some() {
+                e.add("country", why);
+            }
+            if !tags.is_empty() {
+                e.add("tags", why);
+            }
+            if self.max_uses != 1 {
+                e.add(
+                    "max_uses",
+                    "a token bound to a VPS (vps_id) serves one enrollment",
+                );
+            }
+            if self.ttl_seconds > MAX_BOUND_TOKEN_TTL_SECONDS {
+                e.add(
+                    "ttl_seconds",
+                    format!(
+                        "a token bound to a VPS (vps_id) lives at most {MAX_BOUND_TOKEN_TTL_SECONDS} seconds"
+                    ),
+                );
+            }
+        }
         e.into_result()?;
         Ok(EnrollmentTokenCreate {
             name: Some(name.unwrap_or_else(|| "enrollment".into())),
@@ -1314,16 +1394,21 @@ pub struct AgentState {
 impl AgentState {
     fn check(&self, field: &str, e: &mut FieldErrors) {
         if let Some(n) = &self.last_nack {
-            for (k, v, max) in [
-                ("version", &n.version, 256),
-                ("type_url", &n.type_url, 256),
-                ("detail", &n.detail, 4096),
+            for (k, v, max, lines) in [
+                ("version", &n.version, 256, v::Lines::Single),
+                ("type_url", &n.type_url, 256, v::Lines::Single),
+                ("detail", &n.detail, 4096, v::Lines::Multi),
             ] {
-                if let Err(r) = v::text(v, max) {
+                let r = match lines {
+                    v::Lines::Single => v::line(v, max),
+                    v::Lines::Multi => v::text(v, max),
+                };
+                if let Err(r) = r {
                     e.add(format!("{field}.last_nack.{k}"), r);
                 }
             }
         }
+        check_extra(&self.extra, field, e);
         if let Some(m) = &self.mesh_state {
             m.check(&format!("{field}.mesh_state"), e);
         }
@@ -1617,6 +1702,98 @@ mod tests {
         };
         let e = k.normalize().unwrap_err();
         assert!(e.0.contains_key("vps_id") && e.0.contains_key("ttl_seconds"));
+    }
+
+    #[test]
+    fn provider_names_that_read_as_ids_are_refused() {
+        for bad in [
+            "123e4567-e89b-12d3-a456-426614174000",
+            "123E4567E89B12D3A456426614174000",
+            "urn:uuid:123e4567-e89b-12d3-a456-426614174000",
+            "{123e4567-e89b-12d3-a456-426614174000}",
+        ] {
+            let e = ProviderCreate {
+                name: bad.into(),
+                ..Default::default()
+            }
+            .normalize()
+            .unwrap_err();
+            assert!(e.0.contains_key("name"), "{bad}");
+            let e = ProviderPatch {
+                name: Some(Some(bad.into())),
+                ..Default::default()
+            }
+            .normalize()
+            .unwrap_err();
+            assert!(e.0.contains_key("name"), "{bad}");
+        }
+        assert!(provider_name("hetzner-123e4567").is_ok());
+    }
+
+    #[test]
+    fn mapped_and_plain_ipv4_are_one_address() {
+        let mut e = FieldErrors::new();
+        let ips = normalize_ips(
+            vec![
+                IpAddress {
+                    ip: "::ffff:192.0.2.9".into(),
+                    label: "public".into(),
+                },
+                IpAddress {
+                    ip: "192.0.2.9".into(),
+                    label: "private".into(),
+                },
+            ],
+            "ip_addresses",
+            &mut e,
+        );
+        assert_eq!(ips[0].ip, "192.0.2.9");
+        assert!(e.0["ip_addresses[1].ip"].contains("listed twice"), "{e:?}");
+    }
+
+    #[test]
+    fn bound_tokens_have_no_presets_one_use_and_a_short_life() {
+        let t: EnrollmentTokenCreate = serde_json::from_value(serde_json::json!({
+            "vps_id": Uuid::nil(), "purpose": "xrayr", "provider": "p", "country": "DE",
+            "tags": ["a"], "max_uses": 2, "ttl_seconds": MAX_BOUND_TOKEN_TTL_SECONDS + 1,
+        }))
+        .unwrap();
+        let e = t.normalize().unwrap_err();
+        for f in [
+            "purpose",
+            "provider",
+            "country",
+            "tags",
+            "max_uses",
+            "ttl_seconds",
+        ] {
+            assert!(e.0.contains_key(f), "{f}: {e:?}");
+        }
+        let t: EnrollmentTokenCreate =
+            serde_json::from_value(serde_json::json!({"vps_id": Uuid::nil()})).unwrap();
+        let t = t.normalize().unwrap();
+        assert_eq!((t.max_uses, t.vps_id), (1, Some(Uuid::nil())));
+    }
+
+    #[test]
+    fn agent_reports_with_control_characters_are_refused() {
+        let h: HeartbeatRequest = serde_json::from_value(serde_json::json!({
+            "hostname": "a.example.net",
+            "system_info": {"os": "Debian\u{0}", "gpu": {"model": "\u{1b}[2J"}},
+            "agent_state": {"last_nack": {"version": "1\n", "type_url": "t", "detail": "line\nline",
+                            "at": "2026-01-01T00:00:00Z"}, "x": ["\u{0}"]},
+        }))
+        .unwrap();
+        let e = h.normalize().unwrap_err();
+        for f in [
+            "system_info.os",
+            "system_info.gpu.model",
+            "agent_state.last_nack.version",
+            "agent_state.x[0]",
+        ] {
+            assert!(e.0.contains_key(f), "{f}: {e:?}");
+        }
+        assert!(!e.0.contains_key("agent_state.last_nack.detail"));
     }
 
     #[test]

@@ -265,7 +265,7 @@ impl MeshAgentState {
             e.add(format!("{field}.reason"), m);
         }
         if let Some(b) = &self.bundle_version
-            && let Err(m) = v::text(b, 128)
+            && let Err(m) = v::line(b, 128)
         {
             e.add(format!("{field}.bundle_version"), m);
         }

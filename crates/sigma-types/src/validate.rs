@@ -68,7 +68,9 @@ pub fn hostname(s: &str) -> Result<String, String> {
     if s.len() > MAX_HOSTNAME_LEN {
         return Err(format!("longer than {MAX_HOSTNAME_LEN} characters"));
     }
+    let mut last = "";
     for label in s.split('.') {
+        last = label;
         if label.is_empty() {
             return Err("has an empty label (two dots in a row?)".into());
         }
@@ -86,6 +88,14 @@ pub fn hostname(s: &str) -> Result<String, String> {
         if label.starts_with('-') || label.ends_with('-') {
             return Err(format!("label {label:?} must not start or end with '-'"));
         }
+    }
+    // RFC 1123 2.1: the top-level label is never all digits, which is what tells a name from a
+    // dotted-decimal address. `256.1.1.1` or `1.2.3.4.5` would otherwise pass as names (and
+    // become DNS clusters that never resolve).
+    if last.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "{s:?} is not a DNS name: its last label {last:?} is all digits (and it is not an IP address)"
+        ));
     }
     Ok(s.to_ascii_lowercase())
 }
@@ -118,11 +128,23 @@ pub fn country(s: &str) -> Result<String, String> {
 }
 
 /// An IPv4 or IPv6 address, returned in canonical text form.
+///
+/// An IPv4-mapped IPv6 address (`::ffff:192.0.2.9`) is the IPv4 address seen through an IPv6
+/// socket: it is returned as that IPv4 address (`192.0.2.9`), so one host address has one
+/// spelling wherever addresses are stored or compared.
 pub fn ip(s: &str) -> Result<String, String> {
     s.trim()
         .parse::<IpAddr>()
-        .map(|a| a.to_string())
+        .map(|a| canonical_ip(a).to_string())
         .map_err(|_| format!("{s:?} is not an IPv4 or IPv6 address"))
+}
+
+/// The canonical form of an address: IPv4-mapped IPv6 addresses become IPv4.
+pub fn canonical_ip(a: IpAddr) -> IpAddr {
+    match a {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a, IpAddr::V4),
+        v4 => v4,
+    }
 }
 
 /// A TCP/UDP port, 1–65535.
@@ -162,27 +184,118 @@ pub fn tag(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
-/// Free text: at most `max` characters and no control characters except tab and newline.
+/// Whether text may span lines.
+///
+/// The rule for every text input of sigma (bodies, queries, agent reports): NUL and every other
+/// control character (Unicode category Cc: C0, DEL, C1) are refused, on both databases alike
+/// (PostgreSQL cannot store NUL in text; SQLite could, and would then disagree). Only
+/// [`Lines::Multi`] fields — free notes, error details reported by agents, and strings inside
+/// free-form JSON objects — may hold a line feed (`\n`) or a tab; a carriage return never.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lines {
+    /// Names, labels, hostnames, versions: one line, no tab.
+    Single,
+    /// Notes and reported details: `\n` and tab allowed.
+    Multi,
+}
+
+/// Checks `s` against the control-character rule of [`Lines`].
+pub fn no_control(s: &str, lines: Lines) -> Result<(), String> {
+    for c in s.chars() {
+        let allowed = lines == Lines::Multi && (c == '\n' || c == '\t');
+        if c.is_control() && !allowed {
+            return Err(match (c, lines) {
+                ('\0', _) => "must not contain NUL characters".into(),
+                ('\n' | '\r' | '\t', Lines::Single) => {
+                    "must be a single line (no line breaks or tabs)".into()
+                }
+                _ => format!(
+                    "must not contain control characters (found U+{:04X})",
+                    u32::from(c)
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Free text: at most `max` characters; line feeds and tabs allowed, no other control
+/// character (see [`Lines`]).
 pub fn text(s: &str, max: usize) -> Result<String, String> {
     if s.chars().count() > max {
         return Err(format!("longer than {max} characters"));
     }
-    if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-        return Err("must not contain control characters".into());
-    }
+    no_control(s, Lines::Multi)?;
     Ok(s.to_string())
 }
 
-/// A non-empty single-line name of at most `max` characters.
+/// A single line of at most `max` characters (may be empty); no control character at all.
+pub fn line(s: &str, max: usize) -> Result<String, String> {
+    if s.chars().count() > max {
+        return Err(format!("longer than {max} characters"));
+    }
+    no_control(s, Lines::Single)?;
+    Ok(s.to_string())
+}
+
+/// A non-empty single-line name of at most `max` characters, trimmed.
 pub fn name(s: &str, max: usize) -> Result<String, String> {
     let t = s.trim();
     if t.is_empty() {
         return Err("must not be empty".into());
     }
-    if t.contains(['\n', '\r']) {
-        return Err("must be a single line".into());
+    line(t, max)
+}
+
+/// Deepest nesting accepted in a free-form JSON object.
+pub const MAX_JSON_DEPTH: usize = 32;
+
+/// Checks every key and string inside a free-form JSON value (an agent's unknown report
+/// fields, a purpose's mesh object) against the [`Lines::Multi`] rule, naming the path of the
+/// first bad one under `field` (`system_info.gpu`, `mesh.labels.x`); nesting is capped at
+/// [`MAX_JSON_DEPTH`].
+pub fn json_strings(value: &serde_json::Value, field: &str, e: &mut FieldErrors) {
+    fn walk(v: &serde_json::Value, path: &str, depth: usize, e: &mut FieldErrors) -> bool {
+        if depth > MAX_JSON_DEPTH {
+            e.add(path, format!("nested deeper than {MAX_JSON_DEPTH} levels"));
+            return false;
+        }
+        match v {
+            serde_json::Value::String(s) => {
+                if let Err(r) = no_control(s, Lines::Multi) {
+                    e.add(path, r);
+                    return false;
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if !walk(item, &format!("{path}[{i}]"), depth + 1, e) {
+                        return false;
+                    }
+                }
+            }
+            serde_json::Value::Object(map) => {
+                for (k, item) in map {
+                    let p = format!("{path}.{}", printable_key(k));
+                    if let Err(r) = no_control(k, Lines::Single) {
+                        e.add(p, format!("field name {r}"));
+                        return false;
+                    }
+                    if !walk(item, &p, depth + 1, e) {
+                        return false;
+                    }
+                }
+            }
+            _ => {}
+        }
+        true
     }
-    text(t, max)
+    walk(value, field, 0, e);
+}
+
+/// A key as it can appear in a field path of an error (control characters escaped).
+fn printable_key(k: &str) -> String {
+    k.chars().flat_map(char::escape_debug).take(64).collect()
 }
 
 /// An http(s) URL of at most 2048 characters (a website field, not fetched by sigma).
@@ -264,6 +377,78 @@ mod tests {
         assert!(url("https://example.org/x").is_ok());
         assert!(url("ftp://x").is_err());
         assert!(url("https://").is_err());
+    }
+
+    #[test]
+    fn a_numeric_last_label_is_no_dns_name() {
+        for bad in ["256.1.1.1", "1.2.3.4.5", "1.2.3.4", "example.123", "123"] {
+            let e = hostname(bad).unwrap_err();
+            assert!(e.contains("all digits"), "{bad}: {e}");
+        }
+        for good in [
+            "example.com",
+            "1.2.3.x4",
+            "123.example",
+            "a1",
+            "1-2-3",
+            "9gag.com",
+        ] {
+            assert!(hostname(good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_ipv4() {
+        assert_eq!(ip("::ffff:192.0.2.9").unwrap(), "192.0.2.9");
+        assert_eq!(ip("::FFFF:c000:209").unwrap(), "192.0.2.9");
+        // Other IPv6 addresses, including the deprecated IPv4-compatible form, stay IPv6.
+        assert_eq!(ip("::192.0.2.9").unwrap(), "::c000:209");
+        assert_eq!(ip("2001:db8::ffff:1").unwrap(), "2001:db8::ffff:1");
+        assert_eq!(ip("::1").unwrap(), "::1");
+    }
+
+    #[test]
+    fn control_characters_by_kind_of_field() {
+        for c in ['\0', '\u{1b}', '\u{7f}', '\u{85}', '\r'] {
+            let s = format!("a{c}b");
+            assert!(text(&s, 10).is_err(), "{s:?}");
+            assert!(line(&s, 10).is_err(), "{s:?}");
+            assert!(name(&s, 10).is_err(), "{s:?}");
+        }
+        assert!(text("a\u{0}", 10).unwrap_err().contains("NUL"));
+        assert_eq!(text("l1\nl2\tx", 20).unwrap(), "l1\nl2\tx");
+        for s in ["l1\nl2", "a\tb"] {
+            assert!(line(s, 20).is_err(), "{s:?}");
+            assert!(name(s, 20).is_err(), "{s:?}");
+        }
+        assert_eq!(name("  Hetzner Online  ", 20).unwrap(), "Hetzner Online");
+        assert_eq!(line("", 5).unwrap(), "");
+        // Non-ASCII text is fine; only control characters are refused.
+        assert!(name("Zürich – Ost", 20).is_ok());
+    }
+
+    #[test]
+    fn json_strings_name_the_first_bad_path() {
+        let mut e = FieldErrors::new();
+        json_strings(
+            &serde_json::json!({"a": ["ok", {"b": "x\u{0}"}], "c": "multi\nline"}),
+            "system_info",
+            &mut e,
+        );
+        assert_eq!(e.0.keys().collect::<Vec<_>>(), ["system_info.a[1].b"]);
+        let mut e = FieldErrors::new();
+        json_strings(&serde_json::json!({"k\u{0}": 1}), "x", &mut e);
+        assert!(e.0.contains_key("x.k\\0"), "{e:?}");
+        let mut deep = serde_json::json!("leaf");
+        for _ in 0..40 {
+            deep = serde_json::json!([deep]);
+        }
+        let mut e = FieldErrors::new();
+        json_strings(&deep, "x", &mut e);
+        assert!(!e.is_empty());
+        let mut e = FieldErrors::new();
+        json_strings(&serde_json::json!({"fine": "Debian\tGNU\n"}), "x", &mut e);
+        assert!(e.is_empty(), "{e:?}");
     }
 
     #[test]

@@ -179,7 +179,8 @@ fn token_row(t: &EnrollmentToken, now: OffsetDateTime) -> Vec<Cell> {
     ]
 }
 
-fn token_details(t: &EnrollmentToken, now: OffsetDateTime) -> Details {
+/// The details of an enrollment token, as `enroll create` and `vps reenroll` print them.
+pub(crate) fn token_details(t: &EnrollmentToken, now: OffsetDateTime) -> Details {
     let mut d = Details::new();
     d.field("ID", t.id.to_string())
         .field("Prefix", t.prefix.clone())
@@ -189,8 +190,11 @@ fn token_details(t: &EnrollmentToken, now: OffsetDateTime) -> Details {
             state(t.revoked_at, Some(t.expires_at), t.uses >= t.max_uses, now),
         )
         .field("Uses", format!("{} of {}", t.uses, t.max_uses))
-        .field("Presets", presets(t))
-        .field("Created by", t.created_by.clone())
+        .field("Presets", presets(t));
+    if let Some(v) = t.vps_id {
+        d.field("Bound to VPS", v.to_string());
+    }
+    d.field("Created by", t.created_by.clone())
         .field("Created", output::time(t.created_at))
         .field("Expires", output::time_ago(t.expires_at, now));
     if let Some(r) = t.revoked_at {

@@ -40,8 +40,17 @@ fn describe_deleted(v: &[Vps]) -> String {
 }
 
 /// The id of a VPS named by id or hostname (`GET /api/vps?hostname=`).
+///
+/// A hostname may itself read as a UUID (some providers name hosts by one): such an argument
+/// is first looked up as a hostname, and taken as an id only when no VPS has that hostname,
+/// so every VPS can be named by its hostname.
 pub async fn vps(c: &Client, arg: &str, among: Among) -> Result<Uuid> {
     if let Ok(id) = Uuid::parse_str(arg) {
+        if sigma_types::validate::hostname(arg).is_ok()
+            && let [v] = by_hostname(c, arg, among).await?.as_slice()
+        {
+            return Ok(v.id);
+        }
         return Ok(id);
     }
     let found = by_hostname(c, arg, among).await?;

@@ -2,15 +2,18 @@
 
 use serde_json::json;
 use sigma_types::{
-    AgentMode, AgentState, SystemInfo, Vps, VpsCreate, VpsPatch, VpsPatchBody, VpsStatus,
+    AgentMode, AgentState, EnrollmentTokenCreate, EnrollmentTokenCreated, SystemInfo, Vps,
+    VpsCreate, VpsPatch, VpsPatchBody, VpsStatus,
 };
 use time::OffsetDateTime;
 
 use super::Ctx;
+use super::keys;
 use super::mesh;
 use super::resolve::{self, Among};
 use crate::cli::{VpsCommand, VpsCreateArgs, VpsEditArgs, VpsListArgs};
 use crate::error::{Error, Result};
+use crate::install;
 use crate::output::{self, Cell, Details, Paint};
 
 /// The paint of a status.
@@ -281,6 +284,62 @@ fn list_query(a: &VpsListArgs) -> Vec<(&'static str, String)> {
     q
 }
 
+/// Default lifetime of a reinstall token: long enough to reinstall a host, short enough that
+/// a forgotten one does not linger.
+pub const REENROLL_DEFAULT_TTL_SECONDS: i64 = 3600;
+
+/// The body of `vps reenroll`: a token bound to VPS `id`, single use, no presets.
+fn reenroll_body(id: uuid::Uuid, ttl: Option<i64>) -> Result<EnrollmentTokenCreate> {
+    serde_json::from_value(json!({
+        "vps_id": id,
+        "max_uses": 1,
+        "ttl_seconds": ttl.unwrap_or(REENROLL_DEFAULT_TTL_SECONDS),
+    }))
+    .map_err(|e| Error::Usage(e.to_string()))
+}
+
+/// `sigmactl vps reenroll HOST`: issues a token bound to the VPS and prints the install
+/// command, like `enroll create` does.
+async fn reenroll(
+    ctx: &mut Ctx<'_>,
+    vps: &str,
+    ttl: Option<i64>,
+    agent_api_url: Option<String>,
+) -> Result<()> {
+    let id = resolve::vps(&ctx.client, vps, Among::Live).await?;
+    let agent_url = agent_api_url.unwrap_or_else(|| ctx.settings.api_url.clone());
+    let body = reenroll_body(id, ttl)?;
+    let ans = ctx
+        .client
+        .post(&["api", "enrollment-tokens"], &body)
+        .await?;
+    if !ctx.out.human() {
+        return ctx.out.value(&ans.body);
+    }
+    let c: EnrollmentTokenCreated = ans.parse()?;
+    let head = ctx.out.paint(
+        "Reinstall token, bound to this VPS (shown once):",
+        Paint::Bold,
+    );
+    ctx.out.line(&head)?;
+    ctx.out.line(&c.token)?;
+    ctx.out.line("")?;
+    let head = ctx
+        .out
+        .paint(&format!("Reinstall sigma-agent on {vps}:"), Paint::Bold);
+    ctx.out.line(&head)?;
+    ctx.out
+        .line(&install::install_command(&agent_url, &c.token))?;
+    ctx.out.line("")?;
+    ctx.out.line(
+        "Enrolling with it revokes the VPS's current agent key and issues a new one. It enrolls \
+         this VPS only, once.",
+    )?;
+    ctx.out.line("")?;
+    let d = keys::token_details(&c.enrollment_token, ctx.now);
+    ctx.out.details(&d)
+}
+
 /// Runs `sigmactl vps …`.
 pub async fn run(ctx: &mut Ctx<'_>, cmd: VpsCommand) -> Result<()> {
     match cmd {
@@ -339,6 +398,11 @@ pub async fn run(ctx: &mut Ctx<'_>, cmd: VpsCommand) -> Result<()> {
                     .paint(v.status.as_str(), status_cell(v.status).paint)
             ))
         }
+        VpsCommand::Reenroll {
+            vps,
+            ttl,
+            agent_api_url,
+        } => reenroll(ctx, &vps, ttl, agent_api_url).await,
         VpsCommand::Restore { vps } => {
             let id = resolve::vps(&ctx.client, &vps, Among::Deleted).await?;
             let ans = ctx
@@ -374,6 +438,7 @@ pub async fn run(ctx: &mut Ctx<'_>, cmd: VpsCommand) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use clap::Parser;
+    use sigma_types::Normalize;
 
     use super::*;
     use crate::cli::{Cli, Command};
@@ -385,6 +450,27 @@ mod tests {
             panic!("not vps edit")
         };
         serde_json::to_value(patch_body(&a)).unwrap()
+    }
+
+    #[test]
+    fn reenroll_binds_a_single_use_short_lived_token() {
+        let Command::Vps(VpsCommand::Reenroll { vps, ttl, .. }) =
+            Cli::try_parse_from(["sigmactl", "vps", "reenroll", "edge-1", "--ttl", "30m"])
+                .unwrap()
+                .command
+        else {
+            panic!("not vps reenroll")
+        };
+        assert_eq!((vps.as_str(), ttl), ("edge-1", Some(1800)));
+        let id = uuid::Uuid::nil();
+        let b = reenroll_body(id, None).unwrap();
+        assert_eq!(
+            (b.vps_id, b.max_uses, b.ttl_seconds),
+            (Some(id), 1, REENROLL_DEFAULT_TTL_SECONDS)
+        );
+        assert!(b.purpose.is_none() && b.provider.is_none() && b.tags.is_empty());
+        // What the server checks, the body passes.
+        assert!(b.normalize().is_ok());
     }
 
     #[test]
