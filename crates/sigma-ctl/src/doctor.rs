@@ -1217,8 +1217,9 @@ mod tests {
         let l = kw(&report());
         assert_eq!(l.result, Outcome::Ok, "{l:?}");
         assert!(
-            l.reason
-                .contains("Kiali workload vps-edge-1-example-net: WorkloadGroup vps-edge-1-example-net"),
+            l.reason.contains(
+                "Kiali workload vps-edge-1-example-net: WorkloadGroup vps-edge-1-example-net"
+            ),
             "{l:?}"
         );
 
@@ -1231,7 +1232,8 @@ mod tests {
         }));
         assert_eq!(l.result, Outcome::Failed);
         assert!(
-            l.reason.contains("sigma.io/vps-id=6f1c1d0e-0000-4000-8000-000000000001"),
+            l.reason
+                .contains("sigma.io/vps-id=6f1c1d0e-0000-4000-8000-000000000001"),
             "{l:?}"
         );
         assert!(
@@ -1279,7 +1281,11 @@ mod tests {
         assert_eq!(l.result, Outcome::Warning);
         let l = kw(&MeshReport::Unsupported);
         assert_eq!(l.result, Outcome::Warning);
-        assert!(l.fix.unwrap().contains("get workloadgroup vps-edge-1-example-net"));
+        assert!(
+            l.fix
+                .unwrap()
+                .contains("get workloadgroup vps-edge-1-example-net")
+        );
     }
 
     #[test]

@@ -147,7 +147,10 @@ fn kiali_workloads(groups: &[Value], entries: &[Value]) -> BTreeMap<String, Vec<
                     .map(|e| e["metadata"]["name"].as_str().unwrap().to_string())
                     .collect()
             };
-            (g["metadata"]["name"].as_str().unwrap().to_string(), attached)
+            (
+                g["metadata"]["name"].as_str().unwrap().to_string(),
+                attached,
+            )
         })
         .collect()
 }
@@ -314,7 +317,11 @@ async fn every_vps_is_a_kiali_workload_named_as_its_proxy() {
                 "proxy label {k}: {conn:#}"
             );
         }
-        assert_eq!(conn["metadata"]["WORKLOAD_ENTRY"], name.as_str(), "{conn:#}");
+        assert_eq!(
+            conn["metadata"]["WORKLOAD_ENTRY"],
+            name.as_str(),
+            "{conn:#}"
+        );
         names.push((id, name));
     }
 
@@ -486,11 +493,8 @@ async fn figures_at_scale() {
     // address types.
     let vps: Vec<sigma_mesh::MeshVps> = (0..n)
         .map(|i| sigma_mesh::MeshVps {
-            id: serde_json::from_value(json!(format!(
-                "51570000-0000-4000-8000-{:012x}",
-                i
-            )))
-            .unwrap(),
+            id: serde_json::from_value(json!(format!("51570000-0000-4000-8000-{:012x}", i)))
+                .unwrap(),
             hostname: format!("edge-{i}.example.net"),
             status: serde_json::from_value(json!("active")).unwrap(),
             purpose: "xrayr".into(),
@@ -565,7 +569,11 @@ async fn figures_at_scale() {
 
     let etcd = cp.var("ETCD_URL").to_string();
     let (ng, gb) = etcd_bytes(&etcd, "/registry/networking.istio.io/workloadgroups/sigma/").await;
-    let (ne, eb) = etcd_bytes(&etcd, "/registry/networking.istio.io/workloadentries/sigma/").await;
+    let (ne, eb) = etcd_bytes(
+        &etcd,
+        "/registry/networking.istio.io/workloadentries/sigma/",
+    )
+    .await;
     assert_eq!((ng, ne), (n, n));
     println!(
         "real API server, {n} VPS: first pass wrote {written} objects ({n} WorkloadGroups, {n} WorkloadEntries, {} others) in {:.1} s ({:.0} objects/s)",

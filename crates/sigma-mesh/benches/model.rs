@@ -208,7 +208,10 @@ fn main() {
     println!("(a)+(b) median: {total:.2} ms (budget {BUDGET_MS} ms)");
 
     let scales = std::env::var("SIGMA_BENCH_SCALES").unwrap_or_else(|_| "10000,100000".into());
-    for n in scales.split(',').filter_map(|s| s.trim().parse::<usize>().ok()) {
+    for n in scales
+        .split(',')
+        .filter_map(|s| s.trim().parse::<usize>().ok())
+    {
         scale(&template, &purposes, n);
     }
     assert!(total < BUDGET_MS, "over budget: {total:.2} ms");

@@ -131,7 +131,13 @@ fn every_vps_workload_group_passes_istio_crd_schemas() {
             assert!(report.errors.is_empty(), "{:#?}\n{v:#}", report.errors);
             check_object(&o).unwrap_or_else(|e| panic!("{}: {e:?}", o.key()));
             let labels = &v["spec"]["metadata"]["labels"];
-            for k in ["app", "version", CANONICAL_NAME_LABEL, CANONICAL_REVISION_LABEL, VPS_ID_LABEL] {
+            for k in [
+                "app",
+                "version",
+                CANONICAL_NAME_LABEL,
+                CANONICAL_REVISION_LABEL,
+                VPS_ID_LABEL,
+            ] {
                 assert!(labels[k].is_string(), "{k} in {v:#}");
             }
         }

@@ -178,7 +178,12 @@ fn fleet() -> Vec<(&'static str, MeshVps)> {
         "vpn-relay",
         vec![ip("10.0.0.6", "private")],
     );
-    let mut retired = vps(7, "relay-old", "vpn-relay", vec![ip("203.0.113.17", "public")]);
+    let mut retired = vps(
+        7,
+        "relay-old",
+        "vpn-relay",
+        vec![ip("203.0.113.17", "public")],
+    );
     retired.status = sigma_types::VpsStatus::Retired;
     let no_address = vps(8, "relay-lo", "vpn-relay", vec![ip("127.0.0.1", "public")]);
     vec![

@@ -56,7 +56,10 @@ fn group_of(s: &DesiredState, n: u128) -> &Resource<WorkloadGroupSpec> {
         .iter()
         .find_map(|o| match o {
             MeshObject::WorkloadGroup(r)
-                if r.spec.metadata.as_ref().and_then(|m| m.labels.get(VPS_ID_LABEL))
+                if r.spec
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.labels.get(VPS_ID_LABEL))
                     == Some(&id(n).to_string()) =>
             {
                 Some(r)

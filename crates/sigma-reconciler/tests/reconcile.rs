@@ -308,7 +308,11 @@ async fn deletes_what_is_no_longer_desired_and_leaves_other_objects_alone() {
     let report = drive(&rec, &mut handle, &fake).await.unwrap();
     let calls = fake.calls();
     let gets: Vec<&Call> = calls.iter().filter(|c| c.verb() == "GET").collect();
-    assert_eq!(gets.len(), 7, "two pages of groups and of entries: {gets:#?}");
+    assert_eq!(
+        gets.len(),
+        7,
+        "two pages of groups and of entries: {gets:#?}"
+    );
     for second_page in [1, 3] {
         assert_eq!(
             params(&gets[second_page].query),
@@ -321,7 +325,10 @@ async fn deletes_what_is_no_longer_desired_and_leaves_other_objects_alone() {
         2,
         "only the retired VPS's group and entry are deleted: {writes:#?}"
     );
-    for (plural, listed) in [("workloadgroups", &edge3_group), ("workloadentries", &edge3)] {
+    for (plural, listed) in [
+        ("workloadgroups", &edge3_group),
+        ("workloadentries", &edge3),
+    ] {
         let path = format!("{}/{}", list_path(plural), entry("edge-3.example.com"));
         let d = writes
             .iter()
