@@ -220,10 +220,9 @@ fn check_fleet(t: &MeshTemplate) {
             // Not meshed: no proxy, so no entry and no workload of its own in Kiali.
             assert!(entry.is_none(), "{what}: an entry without a bundle");
             assert!(
-                workloads.values().all(|w| !w
-                    .labels
-                    .get(VPS_ID_LABEL)
-                    .is_some_and(|i| *i == v.id.to_string())),
+                workloads
+                    .values()
+                    .all(|w| w.labels.get(VPS_ID_LABEL) != Some(&v.id.to_string())),
                 "{what}: a workload for a VPS without a proxy"
             );
             continue;
