@@ -63,6 +63,8 @@ pub enum LinkKind {
     MeshEnabled,
     /// Its WorkloadEntry is in the cluster as sigma wants it.
     WorkloadEntry,
+    /// Its WorkloadGroup makes it a workload of its own in Kiali.
+    KialiWorkload,
     /// Its agent heartbeats.
     AgentHeartbeat,
     /// Its agent runs in mesh mode.
@@ -88,6 +90,7 @@ impl LinkKind {
             LinkKind::VpsActive => "vps-active",
             LinkKind::MeshEnabled => "mesh-enabled",
             LinkKind::WorkloadEntry => "workload-entry",
+            LinkKind::KialiWorkload => "kiali-workload",
             LinkKind::AgentHeartbeat => "agent-heartbeat",
             LinkKind::AgentMeshMode => "agent-mesh-mode",
             LinkKind::Proxy => "proxy",
@@ -105,6 +108,7 @@ impl LinkKind {
             LinkKind::VpsActive => "VPS active",
             LinkKind::MeshEnabled => "mesh enabled",
             LinkKind::WorkloadEntry => "WorkloadEntry",
+            LinkKind::KialiWorkload => "Kiali workload",
             LinkKind::AgentHeartbeat => "agent heartbeat",
             LinkKind::AgentMeshMode => "agent in mesh mode",
             LinkKind::Proxy => "pilot-agent and Envoy",
@@ -508,6 +512,144 @@ fn workload_entry(i: &Inputs<'_>) -> Link {
     }
 }
 
+/// The labels a VPS's WorkloadGroup selects its entry by (`spec.metadata.labels`), with the
+/// values the entry must carry: the purpose as `app` and canonical service, the version as
+/// canonical revision, and the VPS's id. Kiali attaches an entry to a group when the entry's
+/// `spec.labels` hold all of them.
+fn group_labels(vps: &Vps, entry_labels: &Value) -> Vec<(&'static str, Option<String>)> {
+    let version = entry_labels.get("version").and_then(Value::as_str);
+    vec![
+        ("app", Some(vps.purpose.clone())),
+        ("version", version.map(str::to_string)),
+        ("service.istio.io/canonical-name", Some(vps.purpose.clone())),
+        (
+            "service.istio.io/canonical-revision",
+            version.map(str::to_string),
+        ),
+        ("sigma.io/vps-id", Some(vps.id.to_string())),
+    ]
+}
+
+fn kubectl_group(ns: Option<&str>, name: &str) -> String {
+    format!(
+        "kubectl -n {} get workloadgroup {name} -o yaml",
+        ns.unwrap_or("sigma")
+    )
+}
+
+/// Whether Kiali lists the VPS as a workload of its own: its WorkloadGroup, named like its
+/// WorkloadEntry (and like the workload its proxy reports, `ISTIO_META_WORKLOAD_NAME`), selects
+/// exactly that entry. Judged from the entry's labels (what the group selects by) and from the
+/// reconciler's record, which is `synced` only when the group was applied too.
+fn kiali_workload(i: &Inputs<'_>) -> Link {
+    let k = LinkKind::KialiWorkload;
+    let r = match i.report {
+        MeshReport::Unsupported => {
+            return warning(
+                k,
+                "unknown: sigma-api too old to report the WorkloadEntry its WorkloadGroup selects",
+                match &i.vps.mesh.workload_entry {
+                    Some(n) => format!("look yourself: `{}`", kubectl_group(None, n)),
+                    None => "upgrade sigma-api (GET /api/vps/{id}/mesh)".to_string(),
+                },
+            );
+        }
+        MeshReport::Reported(r) => r,
+    };
+    if !r.meshed {
+        return warning(
+            k,
+            "not checked: the VPS has no place in the mesh",
+            "fix the links above first",
+        );
+    }
+    let ns = workload_entry_namespace(i.report);
+    let Some(entry) = r.actual.as_ref().or(r.desired.as_ref()) else {
+        return warning(
+            k,
+            "not checked: no WorkloadEntry reported",
+            "see the WorkloadEntry link",
+        );
+    };
+    let name = entry
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("(unnamed)");
+    let labels = entry.pointer("/spec/labels").unwrap_or(&Value::Null);
+    let wrong: Vec<String> = group_labels(i.vps, labels)
+        .into_iter()
+        .filter(|(key, want)| {
+            let have = labels.get(*key).and_then(Value::as_str);
+            have.is_none() || want.as_deref().is_some_and(|w| have != Some(w))
+        })
+        .map(|(key, want)| match want {
+            Some(w) => format!("{key}={w}"),
+            None => key.to_string(),
+        })
+        .collect();
+    if !wrong.is_empty() {
+        let which = if r.actual.is_some() {
+            "the cluster's"
+        } else {
+            "sigma's"
+        };
+        return failed(
+            k,
+            format!(
+                "{which} WorkloadEntry {name} lacks {}: Kiali would not attach it to its workload (WorkloadGroup {name})",
+                wrong.join(", ")
+            ),
+            format!(
+                "the reconciler restores sigma's labels at its next pass; compare `{}` with `{}`",
+                kubectl_get(ns.as_deref(), name),
+                kubectl_group(ns.as_deref(), name)
+            ),
+        );
+    }
+    let what = format!(
+        "Kiali workload {name}: WorkloadGroup {name} (app {}, sigma.io/vps-id {}) holding WorkloadEntry {name}, the name its proxy reports",
+        i.vps.purpose, i.vps.id
+    );
+    match r.mode.as_str() {
+        "off" => {
+            return warning(
+                k,
+                format!("{what}; but sigma-api runs with --mesh off and applies neither"),
+                "see the WorkloadEntry link",
+            );
+        }
+        "export" => {
+            return warning(
+                k,
+                format!("{what}, applied by your GitOps pipeline, which sigma-api cannot see"),
+                format!("check: `{}`", kubectl_group(ns.as_deref(), name)),
+            );
+        }
+        _ => {}
+    }
+    let group_problem = r
+        .sync
+        .message
+        .as_deref()
+        .filter(|m| m.contains("WorkloadGroup"));
+    match (r.sync.status, group_problem) {
+        (MeshSyncStatus::Error, Some(m)) => failed(
+            k,
+            format!("WorkloadGroup {name}: {m}"),
+            format!(
+                "fix the cause; the reconciler retries at its next pass. Look: `{}`",
+                kubectl_group(ns.as_deref(), name)
+            ),
+        ),
+        (MeshSyncStatus::Synced, _) => ok(k, format!("{what}; applied at the last pass")),
+        _ => warning(
+            k,
+            format!("{what}; {}", sync_text(&r.sync, i.now)),
+            "see the WorkloadEntry link",
+        ),
+    }
+}
+
 fn heartbeat_stale(i: &Inputs<'_>) -> Option<String> {
     match i.vps.last_heartbeat_at {
         Some(t) if i.now - t > i.stale_after => Some(output::ago(t, i.now)),
@@ -810,6 +952,7 @@ pub fn evaluate(i: &Inputs<'_>) -> Vec<Link> {
         vps_active(i.vps),
         mesh_enabled(i),
         workload_entry(i),
+        kiali_workload(i),
         agent_heartbeat(i),
         agent_mesh_mode(i),
         proxy(i),
@@ -878,7 +1021,13 @@ mod tests {
     }
 
     fn entry() -> Value {
-        json!({"metadata": {"name": "vps-edge-1-example-net", "namespace": "sigma"}, "spec": {}})
+        json!({"metadata": {"name": "vps-edge-1-example-net", "namespace": "sigma"},
+               "spec": {"labels": {
+                   "app": "xrayr", "version": "v1",
+                   "service.istio.io/canonical-name": "xrayr",
+                   "service.istio.io/canonical-revision": "v1",
+                   "sigma.io/vps-id": "6f1c1d0e-0000-4000-8000-000000000001",
+                   "app.kubernetes.io/managed-by": "sigma"}}})
     }
 
     fn report() -> MeshReport {
@@ -942,14 +1091,14 @@ mod tests {
             xboard_rate: Some(Ok(0.5)),
         };
         let links = run(&healthy_vps(), &mesh_on(), &report(), Some(&prom));
-        assert_eq!(links.len(), 11);
+        assert_eq!(links.len(), 12);
         for l in &links {
             assert_eq!(l.result, Outcome::Ok, "{l:?}");
             assert!(l.fix.is_none());
         }
-        assert_eq!(tally(&links), (11, 0, 0));
+        assert_eq!(tally(&links), (12, 0, 0));
         let links = run(&healthy_vps(), &mesh_on(), &report(), None);
-        assert_eq!(links.len(), 9, "Prometheus links only with --prometheus");
+        assert_eq!(links.len(), 10, "Prometheus links only with --prometheus");
     }
 
     #[test]
@@ -1057,6 +1206,86 @@ mod tests {
             r.sync.status = MeshSyncStatus::Pending;
         }));
         assert_eq!(l.result, Outcome::Warning, "a change not yet applied");
+    }
+
+    #[test]
+    fn kiali_workload_verdicts() {
+        let v = healthy_vps();
+        let kw =
+            |r: &MeshReport| get(&run(&v, &mesh_on(), r, None), LinkKind::KialiWorkload).clone();
+
+        let l = kw(&report());
+        assert_eq!(l.result, Outcome::Ok, "{l:?}");
+        assert!(
+            l.reason.contains(
+                "Kiali workload vps-edge-1-example-net: WorkloadGroup vps-edge-1-example-net"
+            ),
+            "{l:?}"
+        );
+
+        // The entry lost the id its group selects by: Kiali would not attach it.
+        let l = kw(&edit_report(|r| {
+            r.actual.as_mut().unwrap()["spec"]["labels"]
+                .as_object_mut()
+                .unwrap()
+                .remove("sigma.io/vps-id");
+        }));
+        assert_eq!(l.result, Outcome::Failed);
+        assert!(
+            l.reason
+                .contains("sigma.io/vps-id=6f1c1d0e-0000-4000-8000-000000000001"),
+            "{l:?}"
+        );
+        assert!(
+            l.fix
+                .unwrap()
+                .contains("kubectl -n sigma get workloadgroup vps-edge-1-example-net")
+        );
+        // A canonical revision that differs from the version.
+        let l = kw(&edit_report(|r| {
+            r.actual.as_mut().unwrap()["spec"]["labels"]["service.istio.io/canonical-revision"] =
+                json!("v2");
+        }));
+        assert_eq!(l.result, Outcome::Failed);
+        assert!(
+            l.reason.contains("service.istio.io/canonical-revision=v1"),
+            "{l:?}"
+        );
+        // Another purpose's labels.
+        let l = kw(&edit_report(|r| {
+            r.actual.as_mut().unwrap()["spec"]["labels"]["app"] = json!("vpn-exit");
+        }));
+        assert_eq!(l.result, Outcome::Failed);
+
+        // The reconciler could not apply the group.
+        let l = kw(&edit_report(|r| {
+            r.sync.status = MeshSyncStatus::Error;
+            r.sync.message = Some(
+                "a WorkloadGroup named vps-edge-1-example-net exists in namespace sigma and is not managed by sigma; sigma leaves it alone".into(),
+            );
+        }));
+        assert_eq!(l.result, Outcome::Failed);
+        assert!(l.reason.contains("not managed by sigma"), "{l:?}");
+
+        let l = kw(&edit_report(|r| r.sync.status = MeshSyncStatus::Pending));
+        assert_eq!(l.result, Outcome::Warning);
+        let l = kw(&edit_report(|r| r.mode = "export".into()));
+        assert_eq!(l.result, Outcome::Warning);
+        assert!(l.fix.unwrap().contains("get workloadgroup"));
+        let l = kw(&edit_report(|r| r.mode = "off".into()));
+        assert_eq!(l.result, Outcome::Warning);
+        let l = kw(&edit_report(|r| {
+            r.meshed = false;
+            r.reason = Some("opted out of the mesh".into());
+        }));
+        assert_eq!(l.result, Outcome::Warning);
+        let l = kw(&MeshReport::Unsupported);
+        assert_eq!(l.result, Outcome::Warning);
+        assert!(
+            l.fix
+                .unwrap()
+                .contains("get workloadgroup vps-edge-1-example-net")
+        );
     }
 
     #[test]

@@ -4,6 +4,11 @@
 //! (a) computing the desired state, (b) diffing it against an identical actual set (must be
 //! zero writes) and (c) diffing against an actual set where 1,000 WorkloadEntries differ, and
 //! fails when computation plus steady-state diff exceed the 50 ms budget at the median.
+//!
+//! Then, at 10,000 and 100,000 VPS (`SIGMA_BENCH_SCALES`, comma-separated), what each VPS's
+//! objects cost: objects by kind (a WorkloadGroup and a WorkloadEntry per meshed VPS), the
+//! JSON bytes of each (the body of its server-side apply, the part of its etcd value sigma
+//! writes), and the times of the desired state and of the steady-state diff.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -55,6 +60,10 @@ fn purposes() -> Vec<MeshPurpose> {
 }
 
 fn fleet() -> Vec<MeshVps> {
+    fleet_of(VPS)
+}
+
+fn fleet_of(n: usize) -> Vec<MeshVps> {
     let purposes = ["xrayr", "vpn-exit", "scraper", "relay", "cache"];
     let providers = [
         "hetzner",
@@ -72,7 +81,7 @@ fn fleet() -> Vec<MeshVps> {
         ("JP", "東京"),
         ("SG", "Singapore"),
     ];
-    (0..VPS)
+    (0..n)
         .map(|i| {
             let (country, city) = places[i % places.len()];
             let provider = providers[i % providers.len()];
@@ -197,5 +206,53 @@ fn main() {
     report("(c) diff, 1,000 changed (1,000 writes)", &t_changed);
     let total = a + b;
     println!("(a)+(b) median: {total:.2} ms (budget {BUDGET_MS} ms)");
+
+    let scales = std::env::var("SIGMA_BENCH_SCALES").unwrap_or_else(|_| "10000,100000".into());
+    for n in scales
+        .split(',')
+        .filter_map(|s| s.trim().parse::<usize>().ok())
+    {
+        scale(&template, &purposes, n);
+    }
     assert!(total < BUDGET_MS, "over budget: {total:.2} ms");
+}
+
+/// Objects and bytes per VPS at `n` VPS, and the time of a desired state and a steady diff.
+fn scale(template: &MeshTemplate, purposes: &[MeshPurpose], n: usize) {
+    let vps = fleet_of(n);
+    let start = Instant::now();
+    let state = desired_state(template, purposes, &vps).expect("desired state");
+    let t_compute = start.elapsed();
+    let actual = state.objects.clone();
+    let start = Instant::now();
+    let plan = diff(&state.objects, &actual);
+    let t_diff = start.elapsed();
+    assert_eq!(plan.writes(), 0);
+    let mut by_kind: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+    for o in &state.objects {
+        let bytes = serde_json::to_vec(o).expect("json").len();
+        let e = by_kind.entry(o.kind().as_str()).or_default();
+        e.0 += 1;
+        e.1 += bytes;
+    }
+    let (groups, group_bytes) = by_kind["WorkloadGroup"];
+    let (entries, entry_bytes) = by_kind["WorkloadEntry"];
+    assert_eq!(groups, entries, "one group per entry");
+    println!(
+        "scale {n} VPS: {} objects ({entries} WorkloadEntries, {groups} WorkloadGroups, {} others); \
+         first pass writes {} objects, {:.2} per meshed VPS",
+        state.objects.len(),
+        state.objects.len() - groups - entries,
+        state.objects.len(),
+        state.objects.len() as f64 / entries as f64,
+    );
+    println!(
+        "scale {n} VPS: JSON bytes per VPS: WorkloadEntry {:.0}, WorkloadGroup {:.0} (+{:.0} %); \
+         desired state {:.1} ms, steady-state diff {:.1} ms (one run)",
+        entry_bytes as f64 / entries as f64,
+        group_bytes as f64 / groups as f64,
+        100.0 * group_bytes as f64 / entry_bytes as f64,
+        ms(t_compute),
+        ms(t_diff),
+    );
 }

@@ -6,10 +6,12 @@
 //! The keys and their meaning follow istioctl, so that pilot-agent on a VPS sees what it would
 //! see after a manual install. sigma departs from istioctl on purpose where a fleet needs it:
 //!
-//! * `ISTIO_META_WORKLOAD_NAME` is the VPS's WorkloadEntry name, not the group's name (istioctl
-//!   gives every VM of a group the same workload name, so Kiali cannot tell them apart), and
-//!   `ISTIO_META_WORKLOAD_ENTRY` names that entry, which is what Istio attaches the proxy's
-//!   health status to.
+//! * Every VPS has a WorkloadGroup of its own (istioctl shares one among the VMs of a service
+//!   and gives them all its name as workload name, so Kiali cannot tell them apart).
+//!   `ISTIO_META_WORKLOAD_NAME` is the name that group and the VPS's WorkloadEntry share, so
+//!   the proxy's telemetry (`source_workload`) names the workload Kiali lists, and
+//!   `ISTIO_META_WORKLOAD_ENTRY` names the entry, which is what Istio attaches the proxy's
+//!   health status to. `ISTIO_META_AUTO_REGISTER_GROUP` is never set: sigma creates the entry.
 //! * No traffic interception by default (`ISTIO_META_INTERCEPTION_MODE=NONE`,
 //!   `ISTIO_CUSTOM_IP_TABLES=true`, `ISTIO_INBOUND_PORTS=''`, `ISTIO_META_DNS_CAPTURE=false`):
 //!   applications reach mesh services through the Sidecar's loopback listeners, which the
@@ -248,9 +250,9 @@ pub fn parse_mesh_config(text: &str, what: &str) -> Result<MeshConfig> {
 pub struct BundleWorkload {
     /// The VPS's WorkloadEntry.
     pub entry: Resource<WorkloadEntrySpec>,
-    /// The purpose's WorkloadGroup probe.
+    /// The readiness probe of the VPS's WorkloadGroup (its purpose's probe).
     pub probe: Option<ReadinessProbe>,
-    /// The purpose (the WorkloadGroup's name).
+    /// The purpose (the `app` and canonical service).
     pub purpose: String,
     /// The purpose's settings, normalized.
     pub settings: MeshSettings,

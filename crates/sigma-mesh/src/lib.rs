@@ -6,8 +6,9 @@
 //! its rows onto [`MeshPurpose`] and [`MeshVps`]; a reconciler reads the cluster, decodes with
 //! [`MeshObject::from_json`], and applies the [`Plan`] returned by [`diff`].
 //!
-//! * [`desired_state`] — WorkloadGroup, ServiceEntry and Sidecar per mesh-enabled purpose,
-//!   DestinationRule (ISTIO_MUTUAL) per called service, WorkloadEntry per meshed VPS.
+//! * [`desired_state`] — ServiceEntry and Sidecar per mesh-enabled purpose, DestinationRule
+//!   (ISTIO_MUTUAL) per called service, and per meshed VPS a WorkloadEntry and a WorkloadGroup
+//!   of the same name (the workload Kiali lists, holding exactly that entry).
 //! * [`diff`] — apply/delete plan, zero writes in steady state, never touching objects sigma
 //!   does not manage.
 //! * [`to_yaml`] — deterministic multi-document YAML for GitOps.

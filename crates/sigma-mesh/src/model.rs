@@ -328,6 +328,8 @@ struct Prepared<'a> {
     name: &'a str,
     settings: MeshSettings,
     service_account: String,
+    /// The purpose's part of each of its VPS's WorkloadGroups: template and probe.
+    group: WorkloadGroupSpec,
 }
 
 /// Computes every object the mesh should hold.
@@ -337,11 +339,12 @@ struct Prepared<'a> {
 /// rather than delete the objects of a purpose it can no longer read. Problems of single VPS
 /// never fail the whole computation; they are listed in [`DesiredState::skipped`].
 ///
-/// A WorkloadGroup and a Sidecar are generated for each enabled purpose, a ServiceEntry for
-/// each enabled purpose that serves ports (Istio requires ports on a ServiceEntry; a purpose
-/// that only calls other services is a client and has nothing to publish), a DestinationRule
-/// per distinct called host and a WorkloadEntry per VPS that is active, not opted out and of
-/// an enabled purpose.
+/// A Sidecar is generated for each enabled purpose, a ServiceEntry for each enabled purpose
+/// that serves ports (Istio requires ports on a ServiceEntry; a purpose that only calls other
+/// services is a client and has nothing to publish), a DestinationRule per distinct called
+/// host, and a WorkloadGroup and a WorkloadEntry of the same name per VPS that is active, not
+/// opted out and of an enabled purpose (one group per VPS: Kiali lists each WorkloadGroup as a
+/// workload, and each VPS is a workload of its own).
 pub fn desired_state(
     template: &MeshTemplate,
     purposes: &[MeshPurpose],
@@ -379,17 +382,19 @@ pub fn desired_state(
             .service_account
             .clone()
             .unwrap_or_else(|| template.service_account.clone());
+        let group = group_template(template, &settings, &service_account);
         prepared.insert(
             &p.name,
             Prepared {
                 name: &p.name,
                 settings,
                 service_account,
+                group,
             },
         );
     }
 
-    let mut objects = Vec::with_capacity(vps.len() + purposes.len() * 3);
+    let mut objects = Vec::with_capacity(2 * vps.len() + purposes.len() * 3);
     let mut called_hosts = BTreeSet::new();
     for p in prepared.values() {
         purpose_objects(template, p, &mut objects, &mut called_hosts);
@@ -440,16 +445,19 @@ pub fn desired_state(
             continue;
         };
         let entry = workload_entry(template, p, v, address, &mut cache);
-        if let Err(r) = check_object(&entry) {
+        let group = workload_group(template, p, v);
+        if let Err(r) = check_object(&entry).and_then(|()| check_object(&group)) {
             skipped.push(skip(v, SkipReason::Invalid(r.join("; "))));
             continue;
         }
         owner.push(Some(v));
+        objects.push(group);
+        owner.push(Some(v));
         objects.push(entry);
     }
 
-    for o in &objects {
-        if o.kind() != Kind::WorkloadEntry
+    for (o, v) in objects.iter().zip(&owner) {
+        if v.is_none()
             && let Err(r) = check_object(o)
         {
             return Err(Error::Internal(format!("{}: {}", o.key(), r.join("; "))));
@@ -471,11 +479,16 @@ pub fn desired_state(
             && last.sort_key() == o.sort_key()
             && let Some(with) = kept
         {
-            let reason = SkipReason::NameCollision {
-                name: o.name().to_string(),
-                with,
-            };
-            skipped.push(skip(v, reason));
+            // A VPS's group and entry share their name, so two VPS that collide do so in
+            // both kinds, and the same VPS (the smaller id) keeps both: the loser is
+            // reported once, at its entry.
+            if o.kind() == Kind::WorkloadEntry {
+                let reason = SkipReason::NameCollision {
+                    name: o.name().to_string(),
+                    with,
+                };
+                skipped.push(skip(v, reason));
+            }
             continue;
         }
         kept = owner[i].map(|v| v.id);
@@ -508,13 +521,13 @@ fn skip(v: &MeshVps, reason: SkipReason) -> SkippedVps {
     }
 }
 
-fn purpose_objects(
+/// The purpose's part of the WorkloadGroup of each of its VPS: the template (the network all
+/// of them share, if any, and the service account) and the readiness probe pilot-agent runs.
+fn group_template(
     template: &MeshTemplate,
-    p: &Prepared<'_>,
-    objects: &mut Vec<MeshObject>,
-    called_hosts: &mut BTreeSet<String>,
-) {
-    let s = &p.settings;
+    s: &MeshSettings,
+    service_account: &str,
+) -> WorkloadGroupSpec {
     // Only a network shared by every VPS of the purpose belongs in the template.
     let shared_network = s.network.clone().or_else(|| match &template.network {
         NetworkMode::Fixed(n) => Some(n.clone()),
@@ -542,25 +555,66 @@ fn purpose_objects(
             }),
         },
     };
-    objects.push(MeshObject::WorkloadGroup(resource(
-        Kind::WorkloadGroup,
-        managed_meta(p.name.to_string(), template, app_labels(p.name, template)),
-        WorkloadGroupSpec {
-            metadata: Some(WorkloadGroupMetadata {
-                labels: app_labels(p.name, template),
-                annotations: BTreeMap::new(),
-            }),
-            template: WorkloadEntrySpec {
-                address: String::new(),
-                labels: BTreeMap::new(),
-                network: shared_network,
-                locality: None,
-                service_account: Some(p.service_account.clone()),
-            },
-            probe: Some(probe),
+    WorkloadGroupSpec {
+        metadata: None,
+        template: WorkloadEntrySpec {
+            address: String::new(),
+            labels: BTreeMap::new(),
+            network: shared_network,
+            locality: None,
+            service_account: Some(service_account.to_string()),
         },
-    )));
+        probe: Some(probe),
+    }
+}
 
+/// The labels a VPS's WorkloadGroup gives its workload (`spec.metadata.labels`): the purpose as
+/// `app` and canonical service, the version as `version` and canonical revision, and the VPS's
+/// id. Every one of them is on the VPS's WorkloadEntry with the same value, and the id is on
+/// no other entry, so under Kiali's rule (a group's workload is every entry of its namespace
+/// whose `spec.labels` hold all of the group's labels) the group's workload is exactly the
+/// VPS's entry.
+pub fn workload_group_labels(
+    purpose: &str,
+    template: &MeshTemplate,
+    vps_id: Uuid,
+) -> BTreeMap<String, String> {
+    let mut labels = app_labels(purpose, template);
+    labels.insert(CANONICAL_NAME_LABEL.into(), purpose.to_string());
+    labels.insert(CANONICAL_REVISION_LABEL.into(), template.version.clone());
+    labels.insert(VPS_ID_LABEL.into(), vps_id.to_string());
+    labels
+}
+
+/// The WorkloadGroup of one VPS: named like its WorkloadEntry (which is also the workload name
+/// its proxy reports, `ISTIO_META_WORKLOAD_NAME`), so that Kiali lists the VPS as a workload of
+/// that name and the graph's per-VPS node links to it; its template and probe are the
+/// purpose's.
+///
+/// Istio reads a WorkloadGroup only when a proxy asks to register itself into it
+/// (`ISTIO_META_AUTO_REGISTER_GROUP`, which sigma never sets: it creates every entry itself),
+/// and the bootstrap bundle takes its readiness probe from it; nothing selects by its labels.
+fn workload_group(template: &MeshTemplate, p: &Prepared<'_>, v: &MeshVps) -> MeshObject {
+    let mut labels = app_labels(p.name, template);
+    labels.insert(VPS_ID_LABEL.into(), v.id.to_string());
+    let mut meta = managed_meta(workload_entry_name(&v.hostname), template, labels);
+    meta.annotations
+        .insert(HOSTNAME_ANNOTATION.into(), v.hostname.clone());
+    let mut spec = p.group.clone();
+    spec.metadata = Some(WorkloadGroupMetadata {
+        labels: workload_group_labels(p.name, template, v.id),
+        annotations: BTreeMap::new(),
+    });
+    MeshObject::WorkloadGroup(resource(Kind::WorkloadGroup, meta, spec))
+}
+
+fn purpose_objects(
+    template: &MeshTemplate,
+    p: &Prepared<'_>,
+    objects: &mut Vec<MeshObject>,
+    called_hosts: &mut BTreeSet<String>,
+) {
+    let s = &p.settings;
     if !s.ports.is_empty() {
         let mut ports: Vec<ServiceEntryPort> = s
             .ports
@@ -636,10 +690,8 @@ fn workload_entry<'a>(
     address: IpAddr,
     cache: &mut Cache<'a>,
 ) -> MeshObject {
-    let mut labels = app_labels(p.name, template);
-    labels.insert(CANONICAL_NAME_LABEL.into(), p.name.to_string());
-    labels.insert(CANONICAL_REVISION_LABEL.into(), template.version.clone());
-    labels.insert(VPS_ID_LABEL.into(), v.id.to_string());
+    // The group's labels first: the entry must carry every one of them (Kiali's rule).
+    let mut labels = workload_group_labels(p.name, template, v.id);
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
     let mut locality = None;
     if let Some(c) = v

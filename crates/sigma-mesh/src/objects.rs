@@ -63,7 +63,7 @@ pub const OWNED_ANNOTATIONS: [&str; 3] = [
 /// The kinds sigma generates, in the order they are exported and applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Kind {
-    /// One per mesh-enabled purpose.
+    /// One per meshed VPS, named like its WorkloadEntry (Kiali's workload).
     WorkloadGroup,
     /// One per meshed VPS.
     WorkloadEntry,

@@ -25,10 +25,20 @@ fn generated() -> Vec<MeshObject> {
     state.objects
 }
 
+/// The first object of `kind`; for WorkloadGroups the first with an HTTP probe, which the
+/// probe breakages need.
 fn of_kind(objects: &[MeshObject], kind: Kind) -> Value {
     let o = objects
         .iter()
-        .find(|o| o.kind() == kind)
+        .find(|o| {
+            o.kind() == kind
+                && match o {
+                    MeshObject::WorkloadGroup(g) => {
+                        g.spec.probe.as_ref().is_some_and(|p| p.http_get.is_some())
+                    }
+                    _ => true,
+                }
+        })
         .unwrap_or_else(|| panic!("no {kind}"));
     serde_json::to_value(o).unwrap()
 }
@@ -81,6 +91,57 @@ fn generated_objects_pass_istio_crd_schemas() {
         rules_met.len() >= 8,
         "suspiciously few CEL rules met: {rules_met:#?}"
     );
+}
+
+/// The WorkloadGroup of every kind of VPS (hashed and truncated names, IPv6 and private
+/// addresses, no provider or country, each probe kind, a fixed network) passes the schema and
+/// the model's checks, with its workload labels present.
+#[test]
+fn every_vps_workload_group_passes_istio_crd_schemas() {
+    let crds = load_crds();
+    for template in [
+        MeshTemplate::default(),
+        MeshTemplate {
+            network: sigma_mesh::NetworkMode::Fixed("fleet".into()),
+            version: "2026.12".into(),
+            ..MeshTemplate::default()
+        },
+    ] {
+        let state =
+            desired_state(&template, &fixtures::rich_purposes(), &fixtures::rich_vps()).unwrap();
+        let groups: Vec<&Resource<WorkloadGroupSpec>> = state
+            .objects
+            .iter()
+            .filter_map(|o| match o {
+                MeshObject::WorkloadGroup(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        let entries = state
+            .objects
+            .iter()
+            .filter(|o| o.kind() == Kind::WorkloadEntry)
+            .count();
+        assert_eq!(groups.len(), entries, "one group per entry");
+        assert!(groups.len() >= 4);
+        for g in groups {
+            let o = MeshObject::WorkloadGroup(g.clone());
+            let v = serde_json::to_value(&o).unwrap();
+            let report = crds.validate(&v);
+            assert!(report.errors.is_empty(), "{:#?}\n{v:#}", report.errors);
+            check_object(&o).unwrap_or_else(|e| panic!("{}: {e:?}", o.key()));
+            let labels = &v["spec"]["metadata"]["labels"];
+            for k in [
+                "app",
+                "version",
+                CANONICAL_NAME_LABEL,
+                CANONICAL_REVISION_LABEL,
+                VPS_ID_LABEL,
+            ] {
+                assert!(labels[k].is_string(), "{k} in {v:#}");
+            }
+        }
+    }
 }
 
 #[test]
@@ -169,6 +230,12 @@ fn validator_rejects_broken_objects() {
             what: "unserved version",
             apply: |v| v["apiVersion"] = json!("networking.istio.io/v2"),
             expect: "not served",
+        },
+        Breakage {
+            kind: Kind::WorkloadGroup,
+            what: "workload label value not a string",
+            apply: |v| v["spec"]["metadata"]["labels"]["sigma.io/vps-id"] = json!(7),
+            expect: ".spec.metadata.labels.sigma.io/vps-id: string expected",
         },
         Breakage {
             kind: Kind::WorkloadGroup,

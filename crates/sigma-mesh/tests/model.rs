@@ -50,6 +50,25 @@ fn web() -> MeshPurpose {
     )
 }
 
+/// The WorkloadGroup of VPS `n` (the one whose workload labels carry its id).
+fn group_of(s: &DesiredState, n: u128) -> &Resource<WorkloadGroupSpec> {
+    s.objects
+        .iter()
+        .find_map(|o| match o {
+            MeshObject::WorkloadGroup(r)
+                if r.spec
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.labels.get(VPS_ID_LABEL))
+                    == Some(&id(n).to_string()) =>
+            {
+                Some(r)
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no group for VPS {n}: {:?}", keys(s)))
+}
+
 fn entry_of(s: &DesiredState, n: u128) -> &Resource<WorkloadEntrySpec> {
     entries(s)
         .into_iter()
@@ -409,9 +428,7 @@ fn networks_follow_override_then_template_then_provider() {
     assert_eq!(entry_of(&s, 2).spec.locality, None);
     assert!(!entry_of(&s, 2).spec.labels.contains_key("provider"));
     assert!(!entry_of(&s, 2).spec.labels.contains_key("country"));
-    let MeshObject::WorkloadGroup(wg) = find(&s, Kind::WorkloadGroup, "web") else {
-        unreachable!()
-    };
+    let wg = group_of(&s, 1);
     assert_eq!(
         wg.spec.template.network, None,
         "per-provider networks differ per VPS"
@@ -424,9 +441,7 @@ fn networks_follow_override_then_template_then_provider() {
     let s = desired_state(&fixed, &[web()], &[a.clone(), b.clone()]).unwrap();
     assert_eq!(entry_of(&s, 1).spec.network.as_deref(), Some("fleet"));
     assert_eq!(entry_of(&s, 2).spec.network.as_deref(), Some("fleet"));
-    let MeshObject::WorkloadGroup(wg) = find(&s, Kind::WorkloadGroup, "web") else {
-        unreachable!()
-    };
+    let wg = group_of(&s, 2);
     assert_eq!(wg.spec.template.network.as_deref(), Some("fleet"));
 
     let over = purpose("web", json!({"enabled": true, "network": "overlay"}));
@@ -437,21 +452,44 @@ fn networks_follow_override_then_template_then_provider() {
 #[test]
 fn workload_group_contents() {
     let s = state(&rich_purposes(), &rich_vps());
-    let MeshObject::WorkloadGroup(wg) = find(&s, Kind::WorkloadGroup, "xrayr") else {
-        unreachable!()
-    };
+    // One group per VPS, named like its entry; none for the purposes themselves.
+    let groups: Vec<&str> = s
+        .objects
+        .iter()
+        .filter(|o| o.kind() == Kind::WorkloadGroup)
+        .map(MeshObject::name)
+        .collect();
+    let mut names: Vec<&str> = entries(&s)
+        .iter()
+        .map(|e| e.metadata.name.as_str())
+        .collect();
+    names.sort();
+    assert_eq!(groups, names);
+    let wg = group_of(&s, 1);
+    assert_eq!(wg.metadata.name, entry_of(&s, 1).metadata.name);
     assert_eq!(wg.metadata.labels["app"], "xrayr");
     assert_eq!(wg.metadata.labels["version"], "v1");
+    assert_eq!(wg.metadata.labels[VPS_ID_LABEL], id(1).to_string());
     assert_eq!(wg.metadata.labels[MANAGED_BY_LABEL], "sigma");
     assert_eq!(wg.metadata.annotations[MANAGED_ANNOTATION], "true");
+    assert_eq!(
+        wg.metadata.annotations[HOSTNAME_ANNOTATION],
+        "node-1.example.com"
+    );
     let md = wg.spec.metadata.as_ref().unwrap();
     assert_eq!(
         md.labels,
         BTreeMap::from([
             ("app".into(), "xrayr".into()),
-            ("version".into(), "v1".into())
+            ("version".into(), "v1".into()),
+            (CANONICAL_NAME_LABEL.into(), "xrayr".into()),
+            (CANONICAL_REVISION_LABEL.into(), "v1".into()),
+            (VPS_ID_LABEL.into(), id(1).to_string()),
         ])
     );
+    // The template is the purpose's: the same for every VPS of it.
+    assert_eq!(wg.spec.template, group_of(&s, 2).spec.template);
+    assert_eq!(wg.spec.probe, group_of(&s, 2).spec.probe);
     assert_eq!(
         wg.spec.template.service_account.as_deref(),
         Some("sigma-vm")
@@ -468,9 +506,7 @@ fn workload_group_contents() {
     );
     assert_eq!(probe.tcp_socket, None);
 
-    let MeshObject::WorkloadGroup(wg) = find(&s, Kind::WorkloadGroup, "vpn-exit") else {
-        unreachable!()
-    };
+    let wg = group_of(&s, 3);
     assert_eq!(
         wg.spec.template.service_account.as_deref(),
         Some("vpn.exit")
@@ -480,9 +516,7 @@ fn workload_group_contents() {
     assert_eq!(probe.tcp_socket, Some(TcpSocketAction { port: 7443 }));
     assert_eq!(probe.http_get, None);
 
-    let MeshObject::WorkloadGroup(wg) = find(&s, Kind::WorkloadGroup, "scraper") else {
-        unreachable!()
-    };
+    let wg = group_of(&s, 4);
     assert_eq!(
         wg.spec.probe.as_ref().unwrap().http_get,
         Some(HttpGetAction {
@@ -505,9 +539,7 @@ fn workload_group_contents() {
         &[vps(1, "a", "web", vec![ip("192.0.2.1", "public")])],
     )
     .unwrap();
-    let MeshObject::WorkloadGroup(wg) = find(&s, Kind::WorkloadGroup, "web") else {
-        unreachable!()
-    };
+    let wg = group_of(&s, 1);
     assert_eq!(
         wg.spec.probe.as_ref().unwrap().http_get,
         Some(HttpGetAction {
@@ -807,11 +839,29 @@ fn changes_and_removals_are_planned() {
     v.remove(4);
     let after = state(&p, &v).objects;
     let plan = diff(&after, &before);
-    let applied: Vec<&str> = plan.apply.iter().map(MeshObject::name).collect();
-    assert_eq!(applied, vec!["vps-n1", "vps-n2"]);
-    let deleted: Vec<&str> = plan.delete.iter().map(|k| k.name.as_str()).collect();
-    assert_eq!(deleted, vec!["vps-n5"]);
-    assert_eq!(plan.delete[0].kind, Kind::WorkloadEntry);
+    // An address or provider change rewrites the entry only: the group holds the purpose's
+    // template and labels that never change for a VPS.
+    let applied: Vec<(Kind, &str)> = plan.apply.iter().map(|o| (o.kind(), o.name())).collect();
+    assert_eq!(
+        applied,
+        vec![
+            (Kind::WorkloadEntry, "vps-n1"),
+            (Kind::WorkloadEntry, "vps-n2")
+        ]
+    );
+    // A VPS leaving takes its group with its entry.
+    let deleted: Vec<(Kind, &str)> = plan
+        .delete
+        .iter()
+        .map(|k| (k.kind, k.name.as_str()))
+        .collect();
+    assert_eq!(
+        deleted,
+        vec![
+            (Kind::WorkloadGroup, "vps-n5"),
+            (Kind::WorkloadEntry, "vps-n5")
+        ]
+    );
     // Applying the plan converges.
     let mut actual: Vec<MeshObject> = before
         .into_iter()

@@ -8,7 +8,10 @@
 //!
 //! 1. 1,000 VPS registered one after another while the reconciler runs: time until every
 //!    WorkloadEntry is applied (from the first registration), and the calls made.
-//! 2. A resync of 10,000 unchanged VPS: calls by verb (no writes expected) and its time.
+//! 2. A full first pass over 10,000 VPS (`SIGMA_BENCH_VPS`) into an empty cluster: objects
+//!    written by kind (a WorkloadGroup and a WorkloadEntry per VPS, plus the purpose's
+//!    objects) and its time; then a resync of the unchanged fleet: calls by verb (no writes
+//!    expected) and its time.
 
 #[path = "../tests/support/fake_api.rs"]
 mod fake_api;
@@ -105,8 +108,8 @@ async fn converge_new(latency: Duration, qps: u64, burst: u32) {
     let (_tx, leader) = tokio::sync::watch::channel(true);
     let stop = CancellationToken::new();
     let task = tokio::spawn(rec.run(leader, stop.clone()));
-    // Start from a converged, empty fleet.
-    while fake.count("workloadgroups") == 0 {
+    // Start from a converged, empty fleet (the purpose's Sidecar is in the cluster).
+    while fake.count("sidecars") == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     fake.clear_calls();
@@ -132,22 +135,36 @@ async fn converge_new(latency: Duration, qps: u64, burst: u32) {
     task.await.unwrap();
 }
 
-async fn resync_unchanged(latency: Duration) {
-    const N: usize = 10_000;
+async fn resync_unchanged(latency: Duration, n: usize) {
     let store = store("resync").await;
     let started = Instant::now();
-    for i in 0..N {
+    for i in 0..n {
         store.create_vps("bench", &vps(i)).await.unwrap();
     }
     println!(
-        "resync: {N} VPS stored in {:.1} s",
+        "resync: {n} VPS stored in {:.1} s",
         started.elapsed().as_secs_f64()
     );
     let fake = FakeApi::new(latency);
-    // Fill the cluster without rate limit, then measure one pass over the unchanged fleet.
+    // Fill the cluster without rate limit (the first pass), then measure one pass over the
+    // unchanged fleet.
     let rec = reconciler(&store, &fake, 1e6, 1_000_000);
+    let started = Instant::now();
     let fill = rec.pass().await.unwrap();
-    assert_eq!(fill.applied, N + 4, "{fill:?}");
+    let first = started.elapsed();
+    // A group and an entry per VPS, and the purpose's ServiceEntry, Sidecar and rule.
+    assert_eq!(fill.applied, 2 * n + 3, "{fill:?}");
+    println!(
+        "first pass: {n} VPS, {} objects written (WorkloadGroup {}, WorkloadEntry {}, others {}) in {:.1} s \
+         (latency {} ms/call, no rate limit, concurrency {})",
+        fill.applied,
+        fake.count("workloadgroups"),
+        fake.count("workloadentries"),
+        fill.applied - fake.count("workloadgroups") - fake.count("workloadentries"),
+        first.as_secs_f64(),
+        latency.as_millis(),
+        ReconcilerSettings::default().concurrency,
+    );
     let rec = reconciler(&store, &fake, 50.0, 100);
     fake.clear_calls();
     let started = Instant::now();
@@ -155,7 +172,7 @@ async fn resync_unchanged(latency: Duration) {
     let elapsed = started.elapsed();
     let (get, patch, delete) = fake.counts();
     println!(
-        "resync: {N} unchanged VPS ({} objects) in {:.0} ms (latency {} ms/call); calls by verb: GET {get} (list pages), \
+        "resync: {n} unchanged VPS ({} objects) in {:.0} ms (latency {} ms/call); calls by verb: GET {get} (list pages), \
          PATCH {patch}, DELETE {delete}; applied {}, deleted {}, statuses written {}",
         report.desired,
         elapsed.as_secs_f64() * 1000.0,
@@ -179,6 +196,6 @@ fn main() {
     rt.block_on(async {
         converge_new(latency, qps, burst).await;
         converge_new(latency, 500, 500).await;
-        resync_unchanged(latency).await;
+        resync_unchanged(latency, env("SIGMA_BENCH_VPS", 10_000) as usize).await;
     });
 }

@@ -72,8 +72,9 @@ pub struct Actual {
     pub undecodable_managed: Vec<ObjectKey>,
     /// Other tools' objects that do not decode: a desired object of the same key is a conflict.
     pub undecodable_foreign: HashSet<ObjectKey>,
-    /// VPS id label of each listed WorkloadEntry, to report a failed delete on its VPS.
-    pub entry_owner: HashMap<String, String>,
+    /// VPS id label of each listed WorkloadEntry and WorkloadGroup, to report a failed delete
+    /// on its VPS.
+    pub entry_owner: HashMap<ObjectKey, String>,
 }
 
 /// The API server, as the reconciler uses it.
@@ -197,10 +198,10 @@ impl Cluster {
         if let Some(uid) = &obj.metadata.uid {
             actual.uids.insert(key.clone(), uid.clone());
         }
-        if kind == Kind::WorkloadEntry
+        if matches!(kind, Kind::WorkloadEntry | Kind::WorkloadGroup)
             && let Some(id) = labels.get(sigma_mesh::objects::VPS_ID_LABEL)
         {
-            actual.entry_owner.insert(name.clone(), id.clone());
+            actual.entry_owner.insert(key.clone(), id.clone());
         }
         let mut value = match serde_json::to_value(&obj) {
             Ok(v) => v,

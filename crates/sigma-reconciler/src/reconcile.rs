@@ -127,9 +127,9 @@ impl Backoff {
 struct Outcome {
     /// Failed applies by object key.
     apply_failed: HashMap<ObjectKey, String>,
-    /// Failed deletes of WorkloadEntries, by VPS id.
-    delete_failed: HashMap<String, (String, String)>,
-    /// Desired WorkloadEntries held by another tool's object.
+    /// Failed deletes of a VPS's WorkloadEntry or WorkloadGroup, by VPS id: the key and why.
+    delete_failed: HashMap<String, (ObjectKey, String)>,
+    /// Desired objects whose name another tool's object holds.
     conflicts: HashSet<ObjectKey>,
 }
 
@@ -208,7 +208,7 @@ impl Reconciler {
             conflicts: plan.conflicts.len(),
             ..PassReport::default()
         };
-        // Applies in the model's order (groups before entries), a few at a time. The futures
+        // Applies in the model's order (a VPS's group before its entry), a few at a time. The futures
         // own what they use, so the pass stays `Send` for any lifetime.
         let n = self.settings.concurrency.max(1);
         let applies: Vec<BoxFuture<'static, (ObjectKey, Result<()>)>> = plan
@@ -255,12 +255,19 @@ impl Reconciler {
                 Ok(()) => report.deleted += 1,
                 Err(e) => {
                     tracing::warn!(object = %key, error = %e, "delete failed");
-                    if key.kind == Kind::WorkloadEntry
-                        && let Some(owner) = actual.entry_owner.get(&key.name)
+                    if matches!(key.kind, Kind::WorkloadEntry | Kind::WorkloadGroup)
+                        && let Some(owner) = actual.entry_owner.get(&key)
                     {
-                        outcome
+                        // The entry's failure wins: it is what takes the VPS out of the mesh.
+                        let keep = outcome
                             .delete_failed
-                            .insert(owner.clone(), (key.name.clone(), e.to_string()));
+                            .get(owner)
+                            .is_some_and(|(k, _)| k.kind == Kind::WorkloadEntry);
+                        if !keep {
+                            outcome
+                                .delete_failed
+                                .insert(owner.clone(), (key.clone(), e.to_string()));
+                        }
                     }
                     report.failures.push((key, e.to_string()));
                 }
@@ -332,13 +339,17 @@ impl Reconciler {
         state: &sigma_mesh::DesiredState,
         outcome: &Outcome,
     ) -> Vec<MeshStatusUpdate> {
-        // Each desired WorkloadEntry, by the VPS it stands for.
+        // Each desired WorkloadEntry and WorkloadGroup, by the VPS it stands for.
         let mut entries: HashMap<&str, &MeshObject> = HashMap::new();
+        let mut groups: HashMap<&str, &MeshObject> = HashMap::new();
         for o in &state.objects {
-            if o.kind() == Kind::WorkloadEntry
-                && let Some(id) = o.metadata().labels.get(VPS_ID_LABEL)
-            {
-                entries.insert(id.as_str(), o);
+            let by = match o.kind() {
+                Kind::WorkloadEntry => &mut entries,
+                Kind::WorkloadGroup => &mut groups,
+                _ => continue,
+            };
+            if let Some(id) = o.metadata().labels.get(VPS_ID_LABEL) {
+                by.insert(id.as_str(), o);
             }
         }
         let skipped: HashMap<Uuid, &SkipReason> =
@@ -354,29 +365,41 @@ impl Reconciler {
             let id = row.vps.id.to_string();
             let (status, message, entry) = if let Some(o) = entries.get(id.as_str()) {
                 let key = o.key();
-                if let Some(err) = outcome.apply_failed.get(&key) {
+                // The entry puts the VPS in the mesh, its group makes it Kiali's workload:
+                // synced means both are in the cluster as desired. The group is applied
+                // first, so its failure is reported before the entry's.
+                let group = groups.get(id.as_str()).map(|g| g.key());
+                let failed = group
+                    .iter()
+                    .chain([&key])
+                    .find_map(|k| outcome.apply_failed.get(k).map(|e| (k, e)));
+                let conflict = group
+                    .iter()
+                    .chain([&key])
+                    .find(|k| outcome.conflicts.contains(*k));
+                if let Some((k, err)) = failed {
                     (
                         MeshSyncStatus::Error,
-                        Some(format!("applying WorkloadEntry {} failed: {err}", key.name)),
+                        Some(format!("applying {} {} failed: {err}", k.kind, k.name)),
                         row.status.workload_entry.clone(),
                     )
-                } else if outcome.conflicts.contains(&key) {
+                } else if let Some(k) = conflict {
                     (
                         MeshSyncStatus::Error,
                         Some(format!(
-                            "a WorkloadEntry named {} exists in namespace {} and is not managed by sigma; sigma leaves it alone",
-                            key.name, key.namespace
+                            "a {} named {} exists in namespace {} and is not managed by sigma; sigma leaves it alone",
+                            k.kind, k.name, k.namespace
                         )),
-                        None,
+                        (k.kind != Kind::WorkloadEntry).then(|| key.name.clone()),
                     )
                 } else {
                     (MeshSyncStatus::Synced, None, Some(key.name))
                 }
-            } else if let Some((name, err)) = outcome.delete_failed.get(&id) {
+            } else if let Some((k, err)) = outcome.delete_failed.get(&id) {
                 (
                     MeshSyncStatus::Error,
-                    Some(format!("removing WorkloadEntry {name} failed: {err}")),
-                    Some(name.clone()),
+                    Some(format!("removing {} {} failed: {err}", k.kind, k.name)),
+                    Some(k.name.clone()),
                 )
             } else if let Some(reason) = skipped.get(&row.vps.id) {
                 (MeshSyncStatus::Error, Some(reason.to_string()), None)

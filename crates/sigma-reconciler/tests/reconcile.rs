@@ -178,6 +178,14 @@ async fn first_pass_applies_everything_then_steady_state_only_lists() {
     assert_lists(&calls);
     let want = desired_objects(&store).await;
     assert_eq!(want.len(), 5, "group, entry, service entry, sidecar, rule");
+    // The VPS's group is its Kiali workload: named like its entry, applied before it.
+    assert_eq!(want[0]["kind"], "WorkloadGroup");
+    assert_eq!(want[1]["kind"], "WorkloadEntry");
+    assert_eq!(want[0]["metadata"]["name"], want[1]["metadata"]["name"]);
+    assert_eq!(
+        want[0]["spec"]["metadata"]["labels"]["sigma.io/vps-id"],
+        id.to_string()
+    );
     let applies: Vec<&Call> = calls.iter().filter(|c| c.verb() == "PATCH").collect();
     assert_eq!(applies.len(), 5, "{calls:#?}");
     assert_eq!(calls.len(), 10, "lists, then applies, nothing else");
@@ -250,6 +258,9 @@ async fn deletes_what_is_no_longer_desired_and_leaves_other_objects_alone() {
     let edge3 = fake
         .object(NS, "workloadentries", &entry("edge-3.example.com"))
         .expect("applied");
+    let edge3_group = fake
+        .object(NS, "workloadgroups", &entry("edge-3.example.com"))
+        .expect("applied");
     store.retire_vps("test", retired, true).await.unwrap();
 
     // Objects of other tools: one holds the name edge-2's entry wants, one the service entry's.
@@ -297,32 +308,39 @@ async fn deletes_what_is_no_longer_desired_and_leaves_other_objects_alone() {
     let report = drive(&rec, &mut handle, &fake).await.unwrap();
     let calls = fake.calls();
     let gets: Vec<&Call> = calls.iter().filter(|c| c.verb() == "GET").collect();
-    assert_eq!(gets.len(), 6, "two pages of entries: {gets:#?}");
     assert_eq!(
-        params(&gets[2].query),
-        q(&[("limit", "2"), ("continue", "2")])
+        gets.len(),
+        7,
+        "two pages of groups and of entries: {gets:#?}"
     );
+    for second_page in [1, 3] {
+        assert_eq!(
+            params(&gets[second_page].query),
+            q(&[("limit", "2"), ("continue", "2")])
+        );
+    }
     let writes: Vec<&Call> = calls.iter().filter(|c| c.verb() != "GET").collect();
     assert_eq!(
         writes.len(),
-        1,
-        "only the retired VPS's entry is deleted: {writes:#?}"
+        2,
+        "only the retired VPS's group and entry are deleted: {writes:#?}"
     );
-    let d = writes[0];
-    assert_eq!(d.verb(), "DELETE");
-    assert_eq!(
-        d.path,
-        format!(
-            "{}/{}",
-            list_path("workloadentries"),
-            entry("edge-3.example.com")
-        )
-    );
-    assert_eq!(
-        d.body["preconditions"]["uid"], edge3["metadata"]["uid"],
-        "deletes only the object it listed"
-    );
-    assert_eq!(report.deleted, 1);
+    for (plural, listed) in [
+        ("workloadgroups", &edge3_group),
+        ("workloadentries", &edge3),
+    ] {
+        let path = format!("{}/{}", list_path(plural), entry("edge-3.example.com"));
+        let d = writes
+            .iter()
+            .find(|c| c.path == path)
+            .unwrap_or_else(|| panic!("no delete of {path}: {writes:#?}"));
+        assert_eq!(d.verb(), "DELETE");
+        assert_eq!(
+            d.body["preconditions"]["uid"], listed["metadata"]["uid"],
+            "deletes only the object it listed"
+        );
+    }
+    assert_eq!(report.deleted, 2);
     assert_eq!(report.conflicts, 2, "{report:?}");
     let after = fake.state.lock().unwrap().objects.clone();
     let e2 = entry("edge-2.example.com");
@@ -351,6 +369,66 @@ async fn deletes_what_is_no_longer_desired_and_leaves_other_objects_alone() {
     assert_eq!(v.mesh.status, MeshSyncStatus::NotMeshed);
     assert_eq!(v.mesh.workload_entry, None);
     assert!(v.mesh.message.as_deref().unwrap().contains("retired"));
+}
+
+#[tokio::test]
+async fn a_group_name_held_by_another_tool_is_reported_on_the_vps() {
+    let store = store().await;
+    let id = add_vps(&store, "edge-1.example.com", "203.0.113.7").await;
+    let fake = FakeApi::default();
+    // Another tool's WorkloadGroup holds the name the VPS's group (its Kiali workload) wants.
+    fake.insert(
+        NS,
+        "workloadgroups",
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "WorkloadGroup",
+               "metadata": {"name": entry("edge-1.example.com"), "labels": {"team": "payments"}},
+               "spec": {"template": {"serviceAccount": "payments"}}}),
+    );
+    let before = fake.object(NS, "workloadgroups", &entry("edge-1.example.com"));
+    let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let rec = Reconciler::new(
+        store.clone(),
+        cluster(kube::Client::new(svc, "default"), 500),
+        settings(),
+    );
+    let report = drive(&rec, &mut handle, &fake).await.unwrap();
+    assert_eq!(report.conflicts, 1, "{report:?}");
+    assert_eq!(report.applied, 4, "everything but the group: {report:?}");
+    assert_eq!(
+        fake.object(NS, "workloadgroups", &entry("edge-1.example.com")),
+        before,
+        "left alone"
+    );
+    assert!(
+        fake.object(NS, "workloadentries", &entry("edge-1.example.com"))
+            .is_some()
+    );
+    let v = store.get_vps(id).await.unwrap();
+    assert_eq!(v.mesh.status, MeshSyncStatus::Error);
+    let m = v.mesh.message.as_deref().unwrap();
+    assert!(
+        m.starts_with(&format!(
+            "a WorkloadGroup named {} exists in namespace sigma and is not managed by sigma",
+            entry("edge-1.example.com")
+        )),
+        "{m}"
+    );
+    // The entry itself is in the cluster.
+    assert_eq!(
+        v.mesh.workload_entry.as_deref(),
+        Some(entry("edge-1.example.com").as_str())
+    );
+
+    // The other tool's group goes: the next pass applies sigma's, and the VPS is synced.
+    fake.state.lock().unwrap().objects.remove(&(
+        NS.into(),
+        "workloadgroups".into(),
+        entry("edge-1.example.com"),
+    ));
+    let report = drive(&rec, &mut handle, &fake).await.unwrap();
+    assert_eq!((report.applied, report.conflicts), (1, 0), "{report:?}");
+    let v = store.get_vps(id).await.unwrap();
+    assert_eq!(v.mesh.status, MeshSyncStatus::Synced, "{:?}", v.mesh);
 }
 
 async fn wait_for<F, Fut>(what: &str, mut f: F)

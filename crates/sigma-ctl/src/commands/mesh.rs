@@ -185,6 +185,7 @@ fn status_details(v: &Vps, now: OffsetDateTime) -> Details {
             Cell::opt(v.mesh.last_attempt_at.map(|t| output::time_ago(t, now))),
         )
         .field("WorkloadEntry", Cell::opt(v.mesh.workload_entry.clone()))
+        .field("Kiali workload", kiali_workload_cell(v))
         .field(
             "Last heartbeat",
             match v.last_heartbeat_at {
@@ -223,6 +224,22 @@ fn status_details(v: &Vps, now: OffsetDateTime) -> Details {
         }
     }
     d
+}
+
+/// The workload Kiali lists the VPS as: its WorkloadGroup, which the reconciler applies with
+/// its entry under the same name (the name its proxy reports as `ISTIO_META_WORKLOAD_NAME`),
+/// so it is known once the entry is; in the cluster as desired when the sync is `synced`.
+fn kiali_workload_cell(v: &Vps) -> Cell {
+    match &v.mesh.workload_entry {
+        None => Cell::opt(None::<String>),
+        Some(n) => {
+            let t = format!("{n} (WorkloadGroup {n}, app {})", v.purpose);
+            match v.mesh.status {
+                MeshSyncStatus::Synced => Cell::new(t),
+                s => Cell::painted(format!("{t}; sync {}", s.as_str()), sync_cell(s).paint),
+            }
+        }
+    }
 }
 
 fn keep(v: &Vps, a: &MeshStatusArgs) -> bool {
@@ -935,6 +952,35 @@ metadata:
 spec:
   address: \"203.0.113.7\"
 ";
+
+    #[test]
+    fn the_kiali_workload_is_the_group_named_like_the_entry() {
+        let mut v: Vps = serde_json::from_value(json!({
+            "id": "6f1c1d0e-0000-4000-8000-000000000001",
+            "hostname": "edge-1.example.net",
+            "alias": null, "provider": null, "country": null, "city": null,
+            "ip_addresses": [], "purpose": "xrayr", "status": "active", "tags": [],
+            "monitoring": true, "node_exporter_port": 9100, "system_info": null,
+            "agent_state": null, "last_heartbeat_at": null,
+            "desired_version": 1, "envoy_version": 0,
+            "created_at": "2027-01-01T00:00:00Z", "updated_at": "2027-01-01T00:00:00Z",
+            "deleted_at": null, "mesh_opt_out": false,
+            "mesh": {"status": "synced", "message": null, "last_attempt_at": null,
+                     "workload_entry": "vps-edge-1-example-net"}
+        }))
+        .unwrap();
+        let c = kiali_workload_cell(&v);
+        assert_eq!(
+            c.text,
+            "vps-edge-1-example-net (WorkloadGroup vps-edge-1-example-net, app xrayr)"
+        );
+        v.mesh.status = MeshSyncStatus::Error;
+        let c = kiali_workload_cell(&v);
+        assert!(c.text.ends_with("; sync error"), "{}", c.text);
+        assert_eq!(c.paint, Paint::Red);
+        v.mesh.workload_entry = None;
+        assert_eq!(kiali_workload_cell(&v), Cell::opt(None::<String>));
+    }
 
     fn tmp(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!(
