@@ -80,12 +80,34 @@ async fn browser(webdriver: &str, chromium: &Path) -> Client {
 }
 
 async fn text_of(c: &Client, css: &str) -> String {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .text()
-        .await
-        .unwrap()
+    wait_text(c, css, |_| true).await
+}
+
+/// Waits (up to 10 s) until the element `css` exists and its text satisfies `want`: a form
+/// submission returns before the next page has loaded.
+async fn wait_text(c: &Client, css: &str, want: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = String::from("(no such element)");
+    loop {
+        if let Ok(e) = c.find(Locator::Css(css)).await
+            && let Ok(t) = e.text().await
+        {
+            if want(&t) {
+                return t;
+            }
+            last = t;
+        }
+        assert!(Instant::now() < deadline, "{css}: last text {last:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_path(c: &Client, path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.current_url().await.unwrap().path() != path {
+        assert!(Instant::now() < deadline, "never reached {path}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn exists(c: &Client, css: &str) -> bool {
@@ -208,19 +230,19 @@ async fn console_in_a_real_browser() {
 
     // Signed out, every page leads to the sign-in form; a wrong key is refused there.
     c.goto(&format!("{}/vps", api.url)).await.unwrap();
-    assert!(c.current_url().await.unwrap().path() == "/login");
+    wait_path(&c, "/login").await;
     sign_in(&c, &api, "sgm_00000000_not-a-real-key-000000000000000000000000").await;
-    assert!(text_of(&c, ".error-message").await.contains("not accepted"));
+    wait_text(&c, ".error-message", |t| t.contains("not accepted")).await;
 
     // Sign in as admin: the overview counts the fleet.
     sign_in(&c, &api, ADMIN_KEY).await;
-    assert_eq!(text_of(&c, "h1").await, "Overview");
+    wait_text(&c, "h1", |t| t == "Overview").await;
     let overview = text_of(&c, "main").await;
     assert!(overview.contains("31 VPS"), "{overview}");
     shot(&c, &shots, "overview").await;
     let cookie = c.get_named_cookie("sigma_session").await.unwrap();
     assert_eq!(cookie.http_only(), Some(true));
-    assert_eq!(cookie.same_site(), Some(fantoccini::cookies::SameSite::Strict));
+    assert_eq!(format!("{:?}", cookie.same_site()), "Some(Strict)");
     let from_js = c.execute("return document.cookie", vec![]).await.unwrap();
     assert_eq!(from_js, json!(""), "page script must not see the session");
     let admin_cookie = session_cookie(&c).await;
@@ -245,6 +267,7 @@ async fn console_in_a_real_browser() {
     f.set_by_name("country", "fi").await.unwrap();
     f.set_by_name("q", "web-1").await.unwrap();
     f.submit().await.unwrap();
+    wait_text(&c, ".summary", |t| t.contains("of 3 ")).await;
     let rows = c.find_all(Locator::Css("table.vps-list tbody tr")).await.unwrap();
     // web-10 … web-19 with country FI: 12, 15, 18.
     assert_eq!(rows.len(), 3, "{}", text_of(&c, "main").await);
@@ -278,7 +301,7 @@ async fn console_in_a_real_browser() {
     f.set_by_name("country", "Narnia").await.unwrap();
     f.set_by_name("alias", "front <b>door</b>").await.unwrap();
     f.submit().await.unwrap();
-    let err = text_of(&c, "#err-country").await;
+    let err = wait_text(&c, "#err-country", |t| !t.is_empty()).await;
     assert!(!err.is_empty(), "field error shown");
     let kept = c
         .find(Locator::Id("e-country"))
@@ -292,7 +315,7 @@ async fn console_in_a_real_browser() {
     let f = c.form(Locator::Css("form.edit")).await.unwrap();
     f.set_by_name("country", "se").await.unwrap();
     f.submit().await.unwrap();
-    assert!(text_of(&c, ".notice").await.contains("Saved"));
+    wait_text(&c, ".notice", |t| t.contains("Saved")).await;
     let (_, v) = api.call("GET", &format!("/api/vps/{target}"), None).await;
     assert_eq!(v["country"], "SE");
     assert_eq!(v["alias"], "front <b>door</b>");
@@ -305,7 +328,7 @@ async fn console_in_a_real_browser() {
     f.set_by_name("max_uses", "5").await.unwrap();
     f.submit().await.unwrap();
     let cmd = c
-        .find(Locator::Id("install-command"))
+        .wait_for_find(Locator::Id("install-command"))
         .await
         .unwrap()
         .prop("value")
@@ -333,9 +356,9 @@ async fn console_in_a_real_browser() {
     let retired = &ids[2];
     c.goto(&format!("{}/vps/{retired}", api.url)).await.unwrap();
     c.find(Locator::Css("a[href$='/retire']")).await.unwrap().click().await.unwrap();
-    assert!(text_of(&c, "h1").await.starts_with("Retire"));
+    wait_text(&c, "h1", |t| t.starts_with("Retire")).await;
     c.find(Locator::Css("main form button[type=submit]")).await.unwrap().click().await.unwrap();
-    assert!(text_of(&c, "h1").await.contains("retiring"));
+    wait_text(&c, "h1", |t| t.contains("retiring")).await;
     assert_eq!(vps_status(&api, retired).await, "retiring");
 
     // Cross-site posts are refused: a foreign page's form, a foreign Origin, a missing token.
@@ -382,7 +405,7 @@ async fn console_in_a_real_browser() {
     // Sign out: the session is gone on the server, not just in the browser.
     c.goto(&format!("{}/", api.url)).await.unwrap();
     c.find(Locator::Css("form.signout button")).await.unwrap().click().await.unwrap();
-    assert_eq!(c.current_url().await.unwrap().path(), "/login");
+    wait_path(&c, "/login").await;
     let r = http
         .get(format!("{}/", api.url))
         .header("cookie", &admin_cookie)
@@ -405,7 +428,7 @@ async fn console_in_a_real_browser() {
         .await;
     assert_eq!(s, 201, "{k}");
     sign_in(&c, &api, k["key"].as_str().unwrap()).await;
-    assert_eq!(text_of(&c, "h1").await, "Overview");
+    wait_text(&c, "h1", |t| t == "Overview").await;
     c.goto(&format!("{}/vps/{victim}", api.url)).await.unwrap();
     assert!(!exists(&c, "form.edit").await && !exists(&c, "a[href$='/retire']").await);
     c.goto(&format!("{}/enrollment", api.url)).await.unwrap();
