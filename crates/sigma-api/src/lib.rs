@@ -134,7 +134,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let installer = cfg
         .installer_defaults()
         .context("agent installer settings")?;
-    let web = cfg.web_settings(&installer).context("web console settings")?;
+    let web = cfg
+        .web_settings(&installer)
+        .context("web console settings")?;
     // Read the Kubernetes configuration before anything else, so a broken kubeconfig stops the
     // start instead of a reconciler that can never run. The API server is not contacted here.
     let kube_client = match mesh_mode {

@@ -71,7 +71,11 @@ async fn main() {
                     city: None,
                     purpose: "xrayr".into(),
                     status: None,
-                    tags: if i % 10 == 0 { vec!["edge".into()] } else { vec![] },
+                    tags: if i % 10 == 0 {
+                        vec!["edge".into()]
+                    } else {
+                        vec![]
+                    },
                     monitoring: true,
                     node_exporter_port: 9100,
                     mesh_opt_out: false,

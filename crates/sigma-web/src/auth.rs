@@ -54,7 +54,8 @@ pub fn own_origin(trust_forwarded_proto: bool, headers: &HeaderMap) -> Option<St
 /// (every current browser sends it on a form POST) or else the `Referer` must be this origin.
 /// A request with neither is refused too: the console's own forms always have one.
 pub fn check_origin(trust_forwarded_proto: bool, headers: &HeaderMap) -> WebResult<()> {
-    let own = own_origin(trust_forwarded_proto, headers).ok_or(WebError::CrossSite("no usable Host header"))?;
+    let own = own_origin(trust_forwarded_proto, headers)
+        .ok_or(WebError::CrossSite("no usable Host header"))?;
     if let Some(o) = headers.get(header::ORIGIN) {
         return if o.to_str().ok() == Some(own.as_str()) {
             Ok(())
@@ -169,7 +170,9 @@ impl Form {
         if s.csrf_matches(self.get("csrf").unwrap_or("")) {
             Ok(())
         } else {
-            Err(WebError::CrossSite("the form's CSRF token is missing or wrong"))
+            Err(WebError::CrossSite(
+                "the form's CSRF token is missing or wrong",
+            ))
         }
     }
 }
@@ -285,27 +288,53 @@ mod tests {
     #[test]
     fn mutations_must_come_from_this_origin() {
         let host = ("host", "sigma.test:3000");
-        assert!(check_origin(false, &headers(&[host, ("origin", "http://sigma.test:3000")])).is_ok());
+        assert!(
+            check_origin(
+                false,
+                &headers(&[host, ("origin", "http://sigma.test:3000")])
+            )
+            .is_ok()
+        );
         assert!(check_origin(false, &headers(&[host, ("origin", "https://evil.test")])).is_err());
         assert!(check_origin(false, &headers(&[host, ("origin", "null")])).is_err());
         // Origin wins over a matching Referer.
         assert!(
             check_origin(
                 false,
-                &headers(&[host, ("origin", "http://evil.test"), ("referer", "http://sigma.test:3000/vps")])
+                &headers(&[
+                    host,
+                    ("origin", "http://evil.test"),
+                    ("referer", "http://sigma.test:3000/vps")
+                ])
             )
             .is_err()
         );
-        assert!(check_origin(false, &headers(&[host, ("referer", "http://sigma.test:3000/vps")])).is_ok());
+        assert!(
+            check_origin(
+                false,
+                &headers(&[host, ("referer", "http://sigma.test:3000/vps")])
+            )
+            .is_ok()
+        );
         // A look-alike host in the Referer is not this origin.
-        assert!(check_origin(false, &headers(&[host, ("referer", "http://sigma.test:3000.evil.test/")])).is_err());
+        assert!(
+            check_origin(
+                false,
+                &headers(&[host, ("referer", "http://sigma.test:3000.evil.test/")])
+            )
+            .is_err()
+        );
         assert!(check_origin(false, &headers(&[host])).is_err());
         assert!(check_origin(false, &headers(&[("origin", "http://sigma.test:3000")])).is_err());
     }
 
     #[test]
     fn forwarded_proto_counts_only_when_trusted() {
-        let h = headers(&[("host", "sigma.test"), ("x-forwarded-proto", "https"), ("origin", "https://sigma.test")]);
+        let h = headers(&[
+            ("host", "sigma.test"),
+            ("x-forwarded-proto", "https"),
+            ("origin", "https://sigma.test"),
+        ]);
         assert!(check_origin(true, &h).is_ok());
         assert!(check_origin(false, &h).is_err());
         assert!(is_https(true, &h));

@@ -88,7 +88,15 @@ impl IntoResponse for WebError {
             },
         };
         let message = match &self {
-            WebError::Store(e) if matches!(e, sigma_store::Error::Db(_) | sigma_store::Error::Corrupt(_) | sigma_store::Error::Migrate(_) | sigma_store::Error::Config(_)) => {
+            WebError::Store(e)
+                if matches!(
+                    e,
+                    sigma_store::Error::Db(_)
+                        | sigma_store::Error::Corrupt(_)
+                        | sigma_store::Error::Migrate(_)
+                        | sigma_store::Error::Config(_)
+                ) =>
+            {
                 String::new()
             }
             other => other.to_string(),

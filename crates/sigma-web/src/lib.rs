@@ -135,11 +135,7 @@ async fn security_headers(mut r: Response) -> Response {
     let set = |h: &mut axum::http::HeaderMap, k: HeaderName, v: &'static str| {
         h.insert(k, HeaderValue::from_static(v));
     };
-    set(
-        h,
-        header::CONTENT_SECURITY_POLICY,
-        CONTENT_SECURITY_POLICY,
-    );
+    set(h, header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY);
     set(h, header::X_FRAME_OPTIONS, "DENY");
     set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(h, header::REFERRER_POLICY, "same-origin");

@@ -136,7 +136,10 @@ async fn sign_in(c: &Client, api: &SigmaApi, key: &str) {
 /// The session cookie the browser holds (WebDriver can read HttpOnly cookies; page script
 /// cannot, which the test checks separately).
 async fn session_cookie(c: &Client) -> String {
-    let k = c.get_named_cookie("sigma_session").await.expect("session cookie");
+    let k = c
+        .get_named_cookie("sigma_session")
+        .await
+        .expect("session cookie");
     format!("sigma_session={}", k.value())
 }
 
@@ -145,9 +148,11 @@ async fn create_vps(api: &SigmaApi, hostname: &str, country: &str, tags: &[&str]
         .call(
             "POST",
             "/api/vps",
-            Some(json!({"hostname": hostname, "purpose": "xrayr", "country": country, "tags": tags,
+            Some(
+                json!({"hostname": hostname, "purpose": "xrayr", "country": country, "tags": tags,
                         "status": "active",
-                        "ip_addresses": [{"ip": "203.0.113.7", "label": "public"}]})),
+                        "ip_addresses": [{"ip": "203.0.113.7", "label": "public"}]}),
+            ),
         )
         .await;
     assert_eq!(s, 201, "{v}");
@@ -203,7 +208,9 @@ async fn console_in_a_real_browser() {
         which(&["chromedriver"]),
     ) else {
         if std::env::var("SIGMA_TEST_REQUIRE_BROWSER").as_deref() == Ok("1") {
-            panic!("chromium and chromedriver are required (apt-get install chromium chromium-driver)");
+            panic!(
+                "chromium and chromedriver are required (apt-get install chromium chromium-driver)"
+            );
         }
         eprintln!("SKIPPED: console_in_a_real_browser needs chromium and chromium-driver");
         return;
@@ -231,7 +238,12 @@ async fn console_in_a_real_browser() {
     // Signed out, every page leads to the sign-in form; a wrong key is refused there.
     c.goto(&format!("{}/vps", api.url)).await.unwrap();
     wait_path(&c, "/login").await;
-    sign_in(&c, &api, "sgm_00000000_not-a-real-key-000000000000000000000000").await;
+    sign_in(
+        &c,
+        &api,
+        "sgm_00000000_not-a-real-key-000000000000000000000000",
+    )
+    .await;
     wait_text(&c, ".error-message", |t| t.contains("not accepted")).await;
 
     // Sign in as admin: the overview counts the fleet.
@@ -255,7 +267,10 @@ async fn console_in_a_real_browser() {
         .await
         .unwrap();
     let csp = r.headers()["content-security-policy"].to_str().unwrap();
-    assert!(csp.contains("default-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    assert!(
+        csp.contains("default-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
     assert_eq!(r.headers()["x-frame-options"], "DENY");
     assert_eq!(r.headers()["x-content-type-options"], "nosniff");
 
@@ -268,21 +283,44 @@ async fn console_in_a_real_browser() {
     f.set_by_name("q", "web-1").await.unwrap();
     f.submit().await.unwrap();
     wait_text(&c, ".summary", |t| t.contains("of 3 ")).await;
-    let rows = c.find_all(Locator::Css("table.vps-list tbody tr")).await.unwrap();
+    let rows = c
+        .find_all(Locator::Css("table.vps-list tbody tr"))
+        .await
+        .unwrap();
     // web-10 … web-19 with country FI: 12, 15, 18.
     assert_eq!(rows.len(), 3, "{}", text_of(&c, "main").await);
-    assert!(text_of(&c, "table.vps-list").await.contains("web-12.example.net"));
-    c.goto(&format!("{}/vps?tag=edge&per_page=25", api.url)).await.unwrap();
-    assert_eq!(c.find_all(Locator::Css("table.vps-list tbody tr")).await.unwrap().len(), 6);
-    c.goto(&format!("{}/vps?country=Narnia", api.url)).await.unwrap();
-    assert!(exists(&c, "#err-country").await, "a bad filter is named at its field");
+    assert!(
+        text_of(&c, "table.vps-list")
+            .await
+            .contains("web-12.example.net")
+    );
+    c.goto(&format!("{}/vps?tag=edge&per_page=25", api.url))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.find_all(Locator::Css("table.vps-list tbody tr"))
+            .await
+            .unwrap()
+            .len(),
+        6
+    );
+    c.goto(&format!("{}/vps?country=Narnia", api.url))
+        .await
+        .unwrap();
+    assert!(
+        exists(&c, "#err-country").await,
+        "a bad filter is named at its field"
+    );
 
     // Hostile system info renders as text and runs nothing.
     c.goto(&format!("{}/vps/{hostile}", api.url)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     no_dialog(&c).await;
     let info = text_of(&c, "#system-info").await;
-    assert!(info.contains(HOSTILE_IMG) && info.contains(HOSTILE_SCRIPT), "{info}");
+    assert!(
+        info.contains(HOSTILE_IMG) && info.contains(HOSTILE_SCRIPT),
+        "{info}"
+    );
     assert!(info.contains("\"><svg onload=alert(3)>"), "{info}");
     let injected = c
         .execute(
@@ -341,7 +379,11 @@ async fn console_in_a_real_browser() {
     );
     assert!(cmd.starts_with(&prefix) && cmd.ends_with("' sh"), "{cmd}");
     shot(&c, &shots, "enrollment").await;
-    let token = cmd.split("SIGMA_ENROLLMENT_TOKEN='").nth(1).unwrap().trim_end_matches("' sh");
+    let token = cmd
+        .split("SIGMA_ENROLLMENT_TOKEN='")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches("' sh");
     let (_, tokens) = api.call("GET", "/api/enrollment-tokens", None).await;
     let listed = tokens["items"]
         .as_array()
@@ -355,9 +397,19 @@ async fn console_in_a_real_browser() {
     // Retire with confirmation.
     let retired = &ids[2];
     c.goto(&format!("{}/vps/{retired}", api.url)).await.unwrap();
-    c.find(Locator::Css("a[href$='/retire']")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Css("a[href$='/retire']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     wait_text(&c, "h1", |t| t.starts_with("Retire")).await;
-    c.find(Locator::Css("main form button[type=submit]")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Css("main form button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     wait_text(&c, "h1", |t| t.contains("retiring")).await;
     assert_eq!(vps_status(&api, retired).await, "retiring");
 
@@ -370,7 +422,10 @@ async fn console_in_a_real_browser() {
     );
     c.goto(&page).await.unwrap();
     SigmaApi::eventually(Duration::from_secs(10), || async {
-        c.source().await.ok().filter(|s| s.contains("Request refused"))
+        c.source()
+            .await
+            .ok()
+            .filter(|s| s.contains("Request refused"))
     })
     .await
     .expect("the cross-site form post is refused");
@@ -404,7 +459,12 @@ async fn console_in_a_real_browser() {
 
     // Sign out: the session is gone on the server, not just in the browser.
     c.goto(&format!("{}/", api.url)).await.unwrap();
-    c.find(Locator::Css("form.signout button")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Css("form.signout button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     wait_path(&c, "/login").await;
     let r = http
         .get(format!("{}/", api.url))
@@ -413,18 +473,27 @@ async fn console_in_a_real_browser() {
         .await
         .unwrap();
     assert_eq!(r.status(), 303, "the old cookie no longer signs in");
-    let (_, audit) = api.call("GET", "/api/audit?resource_type=session", None).await;
+    let (_, audit) = api
+        .call("GET", "/api/audit?resource_type=session", None)
+        .await;
     let actions: Vec<&str> = audit["items"]
         .as_array()
         .unwrap()
         .iter()
         .map(|a| a["action"].as_str().unwrap())
         .collect();
-    assert!(actions.contains(&"session.create") && actions.contains(&"session.delete"), "{actions:?}");
+    assert!(
+        actions.contains(&"session.create") && actions.contains(&"session.delete"),
+        "{actions:?}"
+    );
 
     // A readonly key sees no mutation controls, and a forged POST is refused anyway.
     let (s, k) = api
-        .call("POST", "/api/api-keys", Some(json!({"name": "viewer", "role": "readonly"})))
+        .call(
+            "POST",
+            "/api/api-keys",
+            Some(json!({"name": "viewer", "role": "readonly"})),
+        )
         .await;
     assert_eq!(s, 201, "{k}");
     sign_in(&c, &api, k["key"].as_str().unwrap()).await;

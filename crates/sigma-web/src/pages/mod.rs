@@ -7,5 +7,9 @@ pub mod vps;
 /// `?key=value` query text with every value form-encoded.
 pub fn query(pairs: &[(&str, &str)]) -> String {
     let q = serde_urlencoded::to_string(pairs).unwrap_or_default();
-    if q.is_empty() { String::new() } else { format!("?{q}") }
+    if q.is_empty() {
+        String::new()
+    } else {
+        format!("?{q}")
+    }
 }

@@ -40,7 +40,11 @@ fn breakdown(title: &str, filter: &str, rows: &[(Option<String>, i64)]) -> Marku
 /// `GET /`.
 pub async fn page(State(web): State<Web>, Signed(s): Signed) -> WebResult<Markup> {
     let f = web.store.fleet_summary(web.settings.silent_after).await?;
-    let purposes: Vec<_> = f.by_purpose.iter().map(|(p, n)| (Some(p.clone()), *n)).collect();
+    let purposes: Vec<_> = f
+        .by_purpose
+        .iter()
+        .map(|(p, n)| (Some(p.clone()), *n))
+        .collect();
     let body = html! {
         h1 { "Overview" }
         @if f.total == 0 {

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use sigma_store::sessions::Session;
 use sigma_types::{
-    AuditFilter, FieldErrors, Normalize, Purpose, Provider, Vps, VpsPatchBody, VpsQuery, VpsStatus,
+    AuditFilter, FieldErrors, Normalize, Provider, Purpose, Vps, VpsPatchBody, VpsQuery, VpsStatus,
 };
 use uuid::Uuid;
 
@@ -49,10 +49,14 @@ impl Filters {
         let mut e = FieldErrors::new();
         let page = match get("page").as_str() {
             "" => 1,
-            p => p.parse::<i64>().ok().filter(|p| *p >= 1).unwrap_or_else(|| {
-                e.add("page", "must be a whole number from 1");
-                1
-            }),
+            p => p
+                .parse::<i64>()
+                .ok()
+                .filter(|p| *p >= 1)
+                .unwrap_or_else(|| {
+                    e.add("page", "must be a whole number from 1");
+                    1
+                }),
         };
         let per_page = match get("per_page").as_str() {
             "" => DEFAULT_PAGE_SIZE,
@@ -675,7 +679,10 @@ mod tests {
 
         let (f, mut e) = Filters::parse(Some("status=bogus&country=Germany1&page=0"));
         assert!(f.query(&mut e).is_none());
-        assert!(e.0.contains_key("status") && e.0.contains_key("country") && e.0.contains_key("page"), "{e:?}");
+        assert!(
+            e.0.contains_key("status") && e.0.contains_key("country") && e.0.contains_key("page"),
+            "{e:?}"
+        );
     }
 
     #[test]
