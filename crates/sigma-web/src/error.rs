@@ -87,18 +87,14 @@ impl IntoResponse for WebError {
                 }
             },
         };
+        // Internal failures are logged above; their text (SQL, paths) is not shown.
         let message = match &self {
-            WebError::Store(e)
-                if matches!(
-                    e,
-                    sigma_store::Error::Db(_)
-                        | sigma_store::Error::Corrupt(_)
-                        | sigma_store::Error::Migrate(_)
-                        | sigma_store::Error::Config(_)
-                ) =>
-            {
-                String::new()
-            }
+            WebError::Store(
+                sigma_store::Error::Db(_)
+                | sigma_store::Error::Corrupt(_)
+                | sigma_store::Error::Migrate(_)
+                | sigma_store::Error::Config(_),
+            ) => String::new(),
             other => other.to_string(),
         };
         let body = html! {

@@ -366,7 +366,8 @@ async fn console_in_a_real_browser() {
     f.set_by_name("max_uses", "5").await.unwrap();
     f.submit().await.unwrap();
     let cmd = c
-        .wait_for_find(Locator::Id("install-command"))
+        .wait()
+        .for_element(Locator::Id("install-command"))
         .await
         .unwrap()
         .prop("value")
