@@ -102,7 +102,7 @@ async fn main() {
     let pages = [
         ("list, first page", "/vps".to_string()),
         ("list, last page", format!("/vps?page={deep}")),
-        ("list, country+tag", "/vps?country=FI&tag=edge".to_string()),
+        ("list, country+tag", "/vps?country=DE&tag=edge".to_string()),
         ("list, search", "/vps?q=node-0421".to_string()),
         ("detail", detail),
         ("overview", "/".to_string()),
