@@ -206,6 +206,27 @@ pub struct Config {
     /// URL; without it the request's Host header is used when it is a plain host[:port].
     #[arg(long, env = "SIGMA_PUBLIC_URL")]
     pub public_url: Option<String>,
+
+    /// Kiali's base URL, linked from the web console's overview.
+    #[arg(long, env = "SIGMA_KIALI_URL")]
+    pub kiali_url: Option<String>,
+
+    /// Grafana's base URL, linked from the web console's overview.
+    #[arg(long, env = "SIGMA_GRAFANA_URL")]
+    pub grafana_url: Option<String>,
+
+    /// Believe `X-Forwarded-Proto` (only behind a proxy that sets it): the web console then
+    /// marks its session cookie `Secure` and checks form origins as https.
+    #[arg(long, env = "SIGMA_TRUST_FORWARDED_PROTO")]
+    pub trust_forwarded_proto: bool,
+
+    /// A web console session unused this long ends.
+    #[arg(long, env = "SIGMA_CONSOLE_SESSION_IDLE", default_value = "30m", value_parser = duration)]
+    pub console_session_idle: Duration,
+
+    /// A web console session ends this long after sign-in, used or not.
+    #[arg(long, env = "SIGMA_CONSOLE_SESSION_MAX", default_value = "12h", value_parser = duration)]
+    pub console_session_max: Duration,
 }
 
 /// What sigma-api does with the mesh.
@@ -481,6 +502,40 @@ impl Config {
             context: self.kube_context.clone(),
             timeout: self.kube_timeout,
         }
+    }
+
+    /// The web console's settings, checked.
+    pub fn web_settings(
+        &self,
+        installer: &crate::routes::install::InstallerDefaults,
+    ) -> anyhow::Result<sigma_web::WebSettings> {
+        let mut problems = Vec::new();
+        let mut url = |flag: &str, v: &Option<String>| {
+            let v = v.as_deref().map(str::trim).filter(|s| !s.is_empty())?;
+            if http_url_host(v).is_none() {
+                problems.push(format!("{flag}: must be an http(s) URL with a host"));
+            }
+            Some(v.to_string())
+        };
+        let kiali_url = url("--kiali-url", &self.kiali_url);
+        let grafana_url = url("--grafana-url", &self.grafana_url);
+        if self.console_session_max < self.console_session_idle {
+            problems.push("--console-session-max: must be at least --console-session-idle".into());
+        }
+        if !problems.is_empty() {
+            anyhow::bail!("{}", problems.join("; "));
+        }
+        Ok(sigma_web::WebSettings {
+            kiali_url,
+            grafana_url,
+            public_url: installer.public_url.clone(),
+            trust_forwarded_proto: self.trust_forwarded_proto,
+            sessions: sigma_store::sessions::SessionLimits {
+                idle: self.console_session_idle,
+                absolute: self.console_session_max,
+            },
+            ..sigma_web::WebSettings::default()
+        })
     }
 
     /// The admin key, from its file if one is given.

@@ -135,6 +135,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let installer = cfg
         .installer_defaults()
         .context("agent installer settings")?;
+    let web = cfg
+        .web_settings(&installer)
+        .context("web console settings")?;
     // Read the Kubernetes configuration before anything else, so a broken kubeconfig stops the
     // start instead of a reconciler that can never run. The API server is not contacted here.
     let kube_client = match mesh_mode {
@@ -224,7 +227,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         cfg.max_body_bytes as usize,
         Arc::new(mesh),
         Arc::new(installer),
-    );
+    )
+    .merge(sigma_web::router(store.clone(), web));
     let grace = cfg.shutdown_grace;
     let stop = shutdown.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {

@@ -24,6 +24,7 @@ pub mod inventory;
 pub mod mesh;
 pub mod routes;
 pub mod secret;
+pub mod sessions;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,147 @@
+//! sigma-web: the operator's web console, served by sigma-api on its own port under `/`.
+//!
+//! Pages are HTML rendered on the server with [`maud`], whose templates escape every value
+//! they interpolate, so a hostname, tag or system-info string an agent reported is text on the
+//! page and never markup. The browser gets one hand-written CSS file and one small JS file from
+//! this crate (compiled into the binary); a strict Content-Security-Policy forbids everything
+//! else, inline script and style included.
+//!
+//! Sign-in exchanges an API key for a server-side session ([`sigma_store::sessions`]): the
+//! browser keeps only a random id in an HttpOnly, `SameSite=Strict` cookie. Every mutation is a
+//! form POST checked twice against cross-site requests: its `Origin` (or `Referer`) must be this
+//! server, and it must carry the session's CSRF token.
+
+mod auth;
+mod error;
+mod layout;
+mod pages;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use sigma_store::Store;
+use sigma_store::sessions::SessionLimits;
+
+pub use error::WebError;
+
+/// How the console is set up (from sigma-api's flags).
+#[derive(Debug, Clone)]
+pub struct WebSettings {
+    /// Kiali's base URL, linked from the overview.
+    pub kiali_url: Option<String>,
+    /// Grafana's base URL, linked from the overview.
+    pub grafana_url: Option<String>,
+    /// sigma-api's URL as VPS reach it (`--public-url`), for the install command; without it
+    /// the request's own origin is used.
+    pub public_url: Option<String>,
+    /// Believe `X-Forwarded-Proto` (set only behind a proxy that overwrites it): it decides
+    /// whether the session cookie is `Secure` and what this server's origin is.
+    pub trust_forwarded_proto: bool,
+    /// Session lifetimes.
+    pub sessions: SessionLimits,
+    /// An active VPS whose agent has been quiet this long counts as silent (three of the
+    /// agent's default 30 s heartbeat intervals).
+    pub silent_after: Duration,
+}
+
+impl Default for WebSettings {
+    fn default() -> Self {
+        WebSettings {
+            kiali_url: None,
+            grafana_url: None,
+            public_url: None,
+            trust_forwarded_proto: false,
+            sessions: SessionLimits::default(),
+            silent_after: Duration::from_secs(90),
+        }
+    }
+}
+
+/// What every console handler shares.
+#[derive(Clone)]
+pub(crate) struct Web {
+    pub store: Store,
+    pub settings: Arc<WebSettings>,
+}
+
+/// Forms are small; anything larger is not from the console.
+const MAX_FORM_BYTES: usize = 64 * 1024;
+
+const CSS: &str = include_str!("../assets/console.css");
+const JS: &str = include_str!("../assets/console.js");
+
+/// The policy of every console response: only this origin's script, style and images; no
+/// inline code, no framing, forms post only here.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+     style-src 'self'; img-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; \
+     form-action 'self'; frame-ancestors 'none'";
+
+/// The console's routes, to be merged into sigma-api's router (they use no path under `/api`).
+pub fn router(store: Store, settings: WebSettings) -> Router {
+    let state = Web {
+        store,
+        settings: Arc::new(settings),
+    };
+    Router::new()
+        .route("/", get(pages::overview::page))
+        .route("/login", get(auth::login_page).post(auth::login))
+        .route("/logout", post(auth::logout))
+        .route("/vps", get(pages::vps::list))
+        .route("/vps/{id}", get(pages::vps::detail).post(pages::vps::edit))
+        .route(
+            "/vps/{id}/retire",
+            get(pages::vps::retire_confirm).post(pages::vps::retire),
+        )
+        .route(
+            "/enrollment",
+            get(pages::enroll::page).post(pages::enroll::create),
+        )
+        .route("/enrollment/{id}/revoke", post(pages::enroll::revoke))
+        .route("/assets/console.css", get(css))
+        .route("/assets/console.js", get(js))
+        .layer(axum::middleware::map_response(security_headers))
+        .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
+        .with_state(state)
+}
+
+async fn css() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        CSS,
+    )
+}
+
+async fn js() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        JS,
+    )
+}
+
+/// Headers every console response carries.
+async fn security_headers(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    let set = |h: &mut axum::http::HeaderMap, k: HeaderName, v: &'static str| {
+        h.insert(k, HeaderValue::from_static(v));
+    };
+    set(h, header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY);
+    set(h, header::X_FRAME_OPTIONS, "DENY");
+    set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(h, header::REFERRER_POLICY, "same-origin");
+    if !h.contains_key(header::CACHE_CONTROL) {
+        // Pages show inventory and secrets (a new token); no cache keeps them.
+        set(h, header::CACHE_CONTROL, "no-store");
+    }
+    r
+}
