@@ -349,6 +349,8 @@ impl FromRequestParts<AppState> for Registrant {
             if sigma_store::secret::prefix_of(&secret).starts_with("ext_") {
                 return Err(ApiError::unauthorized("unknown enrollment token"));
             }
+            // Checked (read-only) before the body is read; the use is taken with the request.
+            state.store.check_enrollment_token(&secret).await?;
             return Ok(Registrant::Token(secret));
         }
         let p = state.store.authenticate(&secret).await?;

@@ -25,12 +25,22 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FieldErrors> {
     serde_path_to_error::deserialize(Strict(&mut de)).map_err(|e| {
         let inner = e.inner();
         let path = e.path().to_string();
-        let field = if inner.is_syntax() || inner.is_eof() || path == "." || path.is_empty() {
+        let field = if path == "." || path.is_empty() {
             "body".to_string()
         } else {
             path
         };
-        one(field, inner.to_string())
+        // The first pass proved the document well-formed, so a "syntax" error here is serde_json
+        // meeting a value of the wrong kind where an enum was expected (`"status": true`): it
+        // belongs to that field, and its "expected value at line 1 column 32" says nothing.
+        if inner.is_syntax() || inner.is_eof() {
+            one(
+                field,
+                "has the wrong type: expected one of its documented string values",
+            )
+        } else {
+            one(field, inner.to_string())
+        }
     })
 }
 

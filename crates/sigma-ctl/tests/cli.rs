@@ -1620,7 +1620,9 @@ fn mesh_export_to_stdout_and_a_directory() {
     let r = api.ctl().run(&["mesh", "export", "-o", dir_s]);
     r.ok();
     assert!(
-        r.stdout.contains(&format!("removed ({entry_file})")),
+        r.stdout.contains(&format!(
+            "removed ({entry_file}, workloadgroup-{entry_name}.yaml)"
+        )),
         "{}",
         r.stdout
     );

@@ -816,6 +816,23 @@ impl Store {
         Ok(())
     }
 
+    /// Checks, without taking a use, that `secret_text` is a live enrollment token with a use
+    /// left. `POST /api/agent/register` calls it before reading the body, so a caller without a
+    /// usable token learns nothing about the body's schema (a 401 whatever it sent). The use
+    /// itself is taken, and every check repeated, inside the enrollment's transaction.
+    pub async fn check_enrollment_token(&self, secret_text: &str) -> Result<()> {
+        let prefix = secret::prefix_of(secret_text);
+        let row = sqlx::query(dynsql!("{TOKEN_SELECT} WHERE t.prefix = $1"))
+            .bind(prefix)
+            .fetch_optional(&self.pools.read)
+            .await?;
+        let (token, _) = usable_token(row, secret_text)?;
+        if token.uses >= token.max_uses {
+            return Err(used_up(&token));
+        }
+        Ok(())
+    }
+
     /// Takes one use of an enrollment token inside `tx`, returning the token and what its
     /// presets refer to.
     pub(crate) async fn consume_enrollment_token(
@@ -827,24 +844,8 @@ impl Store {
         let row = sqlx::query(dynsql!("{TOKEN_SELECT} WHERE t.prefix = $1"))
             .bind(prefix.clone())
             .fetch_optional(&mut **tx)
-            .await?
-            .ok_or_else(|| Error::Unauthorized("unknown enrollment token".into()))?;
-        let hash: String = row.try_get("token_hash")?;
-        if !secret::matches(secret_text, &hash) {
-            return Err(Error::Unauthorized("unknown enrollment token".into()));
-        }
-        let (token, refs) = token_and_refs(&row)?;
-        let now = now_ms();
-        if token.revoked_at.is_some() {
-            return Err(Error::Unauthorized(format!(
-                "enrollment token {prefix} was revoked"
-            )));
-        }
-        if crate::db::to_ms(token.expires_at) <= now {
-            return Err(Error::Unauthorized(format!(
-                "enrollment token {prefix} has expired"
-            )));
-        }
+            .await?;
+        let (token, refs) = usable_token(row, secret_text)?;
         let taken = sqlx::query(
             "UPDATE enrollment_tokens SET uses = uses + 1 WHERE id = $1 AND uses < max_uses AND revoked_at IS NULL",
         )
@@ -852,10 +853,7 @@ impl Store {
         .execute(&mut **tx)
         .await?;
         if taken.rows_affected() != 1 {
-            return Err(Error::Unauthorized(format!(
-                "enrollment token {prefix} has been used {} of {} times",
-                token.max_uses, token.max_uses
-            )));
+            return Err(used_up(&token));
         }
         if let Some(stale) = &refs.stale {
             // The token's own preset is at fault, not anything the agent sent.
@@ -866,4 +864,35 @@ impl Store {
         }
         Ok((token, refs))
     }
+}
+
+/// The token a row holds, if `secret_text` matches it and it is neither revoked nor expired.
+fn usable_token(row: Option<AnyRow>, secret_text: &str) -> Result<(EnrollmentToken, TokenRefs)> {
+    let row = row.ok_or_else(|| Error::Unauthorized("unknown enrollment token".into()))?;
+    let hash: String = row.try_get("token_hash")?;
+    if !secret::matches(secret_text, &hash) {
+        return Err(Error::Unauthorized("unknown enrollment token".into()));
+    }
+    let (token, refs) = token_and_refs(&row)?;
+    if token.revoked_at.is_some() {
+        return Err(Error::Unauthorized(format!(
+            "enrollment token {} was revoked",
+            token.prefix
+        )));
+    }
+    if crate::db::to_ms(token.expires_at) <= now_ms() {
+        return Err(Error::Unauthorized(format!(
+            "enrollment token {} has expired",
+            token.prefix
+        )));
+    }
+    Ok((token, refs))
+}
+
+/// The refusal of a token with no use left.
+fn used_up(token: &EnrollmentToken) -> Error {
+    Error::Unauthorized(format!(
+        "enrollment token {} has been used {} of {} times",
+        token.prefix, token.max_uses, token.max_uses
+    ))
 }

@@ -187,7 +187,8 @@ pub fn tag(s: &str) -> Result<String, String> {
 /// Whether text may span lines.
 ///
 /// The rule for every text input of sigma (bodies, queries, agent reports): NUL and every other
-/// control character (Unicode category Cc: C0, DEL, C1) are refused, on both databases alike
+/// control character (Unicode category Cc: C0, DEL, C1) and the bidirectional and line-separator
+/// format characters are refused, on both databases alike
 /// (PostgreSQL cannot store NUL in text; SQLite could, and would then disagree). Only
 /// [`Lines::Multi`] fields — free notes, error details reported by agents, and strings inside
 /// free-form JSON objects — may hold a line feed (`\n`) or a tab; a carriage return never.
@@ -203,6 +204,12 @@ pub enum Lines {
 pub fn no_control(s: &str, lines: Lines) -> Result<(), String> {
     for c in s.chars() {
         let allowed = lines == Lines::Multi && (c == '\n' || c == '\t');
+        if is_bidi_control(c) {
+            return Err(format!(
+                "must not contain bidirectional or line-separator controls (found U+{:04X})",
+                u32::from(c)
+            ));
+        }
         if c.is_control() && !allowed {
             return Err(match (c, lines) {
                 ('\0', _) => "must not contain NUL characters".into(),
@@ -217,6 +224,15 @@ pub fn no_control(s: &str, lines: Lines) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The format characters that reorder or break displayed text without being Cc controls: the
+/// bidirectional embeddings, overrides and isolates ("Trojan Source", CVE-2021-42574), which let
+/// a hostname or an agent's report show as something else in a console or a terminal, and the
+/// Unicode line and paragraph separators. Left-to-right and right-to-left marks stay allowed
+/// (ordinary right-to-left text uses them).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}')
 }
 
 /// Free text: at most `max` characters; line feeds and tabs allowed, no other control
@@ -308,7 +324,10 @@ pub fn url(s: &str) -> Result<String, String> {
     if rest.is_empty() || rest.starts_with('/') {
         return Err("has no host".into());
     }
-    if t.len() > 2048 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if t.len() > 2048
+        || t.chars()
+            .any(|c| c.is_whitespace() || c.is_control() || is_bidi_control(c))
+    {
         return Err("is not a valid URL".into());
     }
     Ok(t.to_string())
@@ -409,7 +428,9 @@ mod tests {
 
     #[test]
     fn control_characters_by_kind_of_field() {
-        for c in ['\0', '\u{1b}', '\u{7f}', '\u{85}', '\r'] {
+        for c in [
+            '\0', '\u{1b}', '\u{7f}', '\u{85}', '\r', '\u{202E}', '\u{2066}', '\u{2028}',
+        ] {
             let s = format!("a{c}b");
             assert!(text(&s, 10).is_err(), "{s:?}");
             assert!(line(&s, 10).is_err(), "{s:?}");
@@ -425,6 +446,7 @@ mod tests {
         assert_eq!(line("", 5).unwrap(), "");
         // Non-ASCII text is fine; only control characters are refused.
         assert!(name("Zürich – Ost", 20).is_ok());
+        assert!(name("\u{200F}שלום", 20).is_ok());
     }
 
     #[test]

@@ -46,6 +46,9 @@ impl TargetKind {
 #[into_params(parameter_in = Query)]
 pub struct TargetsQuery {
     /// Only this kind (default: all).
+    // Inlined: a query parameter's enum is not registered among the document's components, so
+    // a `$ref` to it would dangle.
+    #[param(inline)]
     pub kind: Option<TargetKind>,
 }
 

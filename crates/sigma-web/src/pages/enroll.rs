@@ -211,6 +211,8 @@ fn token_request(f: &Form) -> Result<EnrollmentTokenCreate, FieldErrors> {
             .filter(|t| !t.is_empty())
             .map(str::to_string)
             .collect(),
+        // Reinstall tokens bound to one VPS are issued from the VPS (`sigmactl vps reenroll`).
+        vps_id: None,
     };
     let checked = c.normalize();
     match checked {
