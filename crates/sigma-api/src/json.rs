@@ -22,26 +22,35 @@ use sigma_types::FieldErrors;
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FieldErrors> {
     check_shape(bytes)?;
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(Strict(&mut de)).map_err(|e| {
-        let inner = e.inner();
-        let path = e.path().to_string();
-        let field = if path == "." || path.is_empty() {
-            "body".to_string()
-        } else {
-            path
-        };
-        // The first pass proved the document well-formed, so a "syntax" error here is serde_json
-        // meeting a value of the wrong kind where an enum was expected (`"status": true`): it
-        // belongs to that field, and its "expected value at line 1 column 32" says nothing.
-        if inner.is_syntax() || inner.is_eof() {
-            one(
-                field,
-                "has the wrong type: expected one of its documented string values",
-            )
-        } else {
-            one(field, inner.to_string())
-        }
-    })
+    serde_path_to_error::deserialize(Strict(&mut de)).map_err(named)
+}
+
+/// The second pass alone, over a body already decoded (and shape-checked) as a JSON value:
+/// for bodies a handler takes apart before typing them (`PATCH /api/vps/{id}`).
+pub fn decode_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, FieldErrors> {
+    serde_path_to_error::deserialize(Strict(value)).map_err(named)
+}
+
+/// A decoding error as the field it concerns and a reason.
+fn named(e: serde_path_to_error::Error<serde_json::Error>) -> FieldErrors {
+    let inner = e.inner();
+    let path = e.path().to_string();
+    let field = if path == "." || path.is_empty() {
+        "body".to_string()
+    } else {
+        path
+    };
+    // The first pass proved the document well-formed, so a "syntax" error here is serde_json
+    // meeting a value of the wrong kind where an enum was expected (`"status": true`): it
+    // belongs to that field, and its "expected value at line 1 column 32" says nothing.
+    if inner.is_syntax() || inner.is_eof() {
+        one(
+            field,
+            "has the wrong type: expected one of its documented string values",
+        )
+    } else {
+        one(field, inner.to_string())
+    }
 }
 
 fn one(field: impl Into<String>, reason: impl Into<String>) -> FieldErrors {

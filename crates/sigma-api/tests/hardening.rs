@@ -225,6 +225,16 @@ async fn bodies_are_exactly_one_json_object(db: TestDb) {
     )
     .await;
     assert_field(&got, "ip_addresses[0]", "nested positional struct");
+    // Also in the one body a handler takes apart before typing it.
+    let got = json_body(
+        &s,
+        "PATCH",
+        &vps_path,
+        k,
+        r#"{"ip_addresses":[["192.0.2.7","public"]]}"#,
+    )
+    .await;
+    assert_field(&got, "ip_addresses[0]", "nested positional struct in PATCH");
     assert_eq!(snapshot(&s).await, before, "a refused body changed data");
 
     // Whitespace around the one object is fine.

@@ -234,7 +234,8 @@ async fn every_vps_is_a_kiali_workload_named_as_its_proxy() {
         .await;
         let id = vps["id"].as_str().unwrap().to_string();
         let entry = wait_for("its WorkloadEntry", Duration::from_secs(60), || async {
-            cp.workload_entry_of(&id).await
+            // A failed read is "not yet" here: only a read that finds the entry ends the wait.
+            cp.workload_entry_of(&id).await.ok().flatten()
         })
         .await;
         let name = entry["metadata"]["name"].as_str().unwrap().to_string();
@@ -291,7 +292,7 @@ async fn every_vps_is_a_kiali_workload_named_as_its_proxy() {
             "the WorkloadEntry Healthy",
             Duration::from_secs(180),
             || async {
-                let e = cp.workload_entry_of(&id).await?;
+                let e = cp.workload_entry_of(&id).await.ok()??;
                 (healthy(&e) == Some(true)).then_some(())
             },
         )
@@ -384,7 +385,11 @@ async fn every_vps_is_a_kiali_workload_named_as_its_proxy() {
         || async {
             let g = list(&cp, "WorkloadGroup").await;
             let gone = !g.iter().any(|x| x["metadata"]["name"] == name.as_str())
-                && cp.workload_entry_of(id).await.is_none();
+                && cp
+                    .workload_entry_of(id)
+                    .await
+                    .expect("reading the WorkloadEntry (a failed read is not an absence)")
+                    .is_none();
             gone.then_some(g)
         },
     )

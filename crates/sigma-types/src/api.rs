@@ -913,7 +913,29 @@ pub struct VpsPatchBody {
 
 impl VpsPatchBody {
     /// Decodes a request body, naming the field of every mistake like the other bodies do.
-    pub fn from_json(mut body: serde_json::Value) -> Result<VpsPatchBody, FieldErrors> {
+    pub fn from_json(body: serde_json::Value) -> Result<VpsPatchBody, FieldErrors> {
+        Self::from_json_with(body, |v| {
+            serde_path_to_error::deserialize(v).map_err(|err| {
+                let path = err.path().to_string();
+                let field = if path == "." || path.is_empty() {
+                    "body".to_string()
+                } else {
+                    path
+                };
+                let mut e = FieldErrors::new();
+                e.add(field, err.into_inner().to_string());
+                e
+            })
+        })
+    }
+
+    /// [`Self::from_json`] with the caller's decoder for the patch itself: sigma-api passes its
+    /// strict one (no struct in serde's positional array form), so this body follows the same
+    /// rules as every other.
+    pub fn from_json_with(
+        mut body: serde_json::Value,
+        decode: impl FnOnce(serde_json::Value) -> Result<VpsPatch, FieldErrors>,
+    ) -> Result<VpsPatchBody, FieldErrors> {
         let mut e = FieldErrors::new();
         let mut mesh_opt_out = None;
         match body.as_object_mut() {
@@ -929,17 +951,7 @@ impl VpsPatchBody {
             None => e.add("body", "expected a JSON object"),
         }
         e.into_result()?;
-        let patch: VpsPatch = serde_path_to_error::deserialize(body).map_err(|err| {
-            let path = err.path().to_string();
-            let field = if path == "." || path.is_empty() {
-                "body".to_string()
-            } else {
-                path
-            };
-            let mut e = FieldErrors::new();
-            e.add(field, err.into_inner().to_string());
-            e
-        })?;
+        let patch = decode(body)?;
         Ok(VpsPatchBody {
             patch: patch.normalize()?,
             mesh_opt_out,

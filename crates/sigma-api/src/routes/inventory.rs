@@ -225,7 +225,7 @@ pub async fn update_vps(
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> ApiResult<Json<Vps>> {
     let id = uuid_param(&id)?;
-    let body = VpsPatchBody::from_json(body)?;
+    let body = VpsPatchBody::from_json_with(body, crate::json::decode_value)?;
     Ok(Json(
         s.store
             .update_vps(&p.actor(), id, &body.patch, body.mesh_opt_out)
