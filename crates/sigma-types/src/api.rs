@@ -505,6 +505,7 @@ pub struct SystemInfo {
     pub uptime_seconds: Option<u64>,
     /// 1, 5 and 15 minute load averages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_items = 3, max_items = 3)]
     pub load_average: Option<[f64; 3]>,
     /// Operating system (e.g. `Debian GNU/Linux 12`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1086,6 +1087,7 @@ pub struct ApiKeyCreate {
     pub vps_id: Option<Uuid>,
     /// Lifetime in seconds; none means it does not expire.
     #[serde(default)]
+    #[schema(minimum = 60, maximum = 316_224_000)]
     pub ttl_seconds: Option<i64>,
 }
 
@@ -1195,8 +1197,9 @@ pub struct EnrollmentTokenCreate {
     /// What it is for.
     #[serde(default)]
     pub name: Option<String>,
-    /// Lifetime in seconds (default one day).
+    /// Lifetime in seconds (default one day; a token bound to a VPS lives at most one day).
     #[serde(default = "default_token_ttl")]
+    #[schema(minimum = 60, maximum = 316_224_000)]
     pub ttl_seconds: i64,
     /// How many VPS may enroll with it (default 1).
     #[serde(default = "default_max_uses")]

@@ -126,6 +126,7 @@ pub struct ConfigQuery {
     /// The version the agent has: the answer waits until the version differs (long poll).
     pub known_version: Option<i64>,
     /// How long to wait at most, in seconds (1-60, default 25).
+    #[param(minimum = 1, maximum = 60)]
     pub wait_seconds: Option<u64>,
 }
 
