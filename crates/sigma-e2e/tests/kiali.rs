@@ -20,46 +20,13 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
-use sigma_e2e::cluster::repo_root;
+use sigma_e2e::mesh::{MeshCluster, env_path, healthy};
 use sigma_e2e::{ControlPlane, Netns, Proc, wait_for, work_dir};
-use sigma_testkit::{ApiOptions, SigmaApi};
-
-/// Where VPS reach istiod (an address on the host's loopback), as in `tests/mesh.rs`.
-const GATEWAY_IP: &str = "10.77.0.1";
-
-/// [`GATEWAY_IP`] on the host's `lo`, removed on drop.
-struct GatewayAddress;
-
-impl GatewayAddress {
-    fn add() -> GatewayAddress {
-        let _ = Command::new("ip")
-            .args(["addr", "del", "10.77.0.1/32", "dev", "lo"])
-            .output();
-        let st = Command::new("ip")
-            .args(["addr", "add", "10.77.0.1/32", "dev", "lo"])
-            .status()
-            .unwrap();
-        assert!(st.success(), "ip addr add 10.77.0.1/32 dev lo");
-        GatewayAddress
-    }
-}
-
-impl Drop for GatewayAddress {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["addr", "del", "10.77.0.1/32", "dev", "lo"])
-            .output();
-    }
-}
-
-fn env_path(k: &str) -> String {
-    std::env::var(k).unwrap_or_else(|_| panic!("{k} not set: run the test command (scripts/test)"))
-}
+use sigma_testkit::SigmaApi;
 
 /// A simulated VPS running sigma-agent in mesh mode.
 struct Vps {
@@ -155,14 +122,6 @@ fn kiali_workloads(groups: &[Value], entries: &[Value]) -> BTreeMap<String, Vec<
         .collect()
 }
 
-fn healthy(entry: &Value) -> Option<bool> {
-    entry["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == "Healthy")
-        .map(|c| c["status"] == "True")
-}
-
 /// istiod's connected proxies (`/debug/connections`: `{"clients": [{connectionId, labels,
 /// metadata}]}`).
 async fn connections(cp: &ControlPlane) -> Value {
@@ -179,49 +138,16 @@ async fn every_vps_is_a_kiali_workload_named_as_its_proxy() {
         return;
     }
     let dir = work_dir("kiali");
-    let _gateway = GatewayAddress::add();
-    let cp = ControlPlane::up(
-        &dir.join("cp"),
-        &[("E2E_ISTIOD_BIND", "0.0.0.0"), ("E2E_UPSTREAM_ENVOY", "1")],
-    )
-    .await;
-    for f in [
-        "k8s/base/rbac.yaml",
-        "k8s/base/rbac-bootstrap.yaml",
-        "k8s/base/serviceaccount-vm.yaml",
-    ] {
-        cp.apply(&repo_root().join(f));
-    }
-    cp.apply_object(
-        &cp.core("Service", "istio-system"),
-        json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "istio-eastwestgateway", "namespace": "istio-system"},
-            "spec": {"type": "ClusterIP", "externalIPs": [GATEWAY_IP],
-                     "ports": [{"name": "tls-istiod", "port": 15012, "targetPort": 15012}]}
-        }),
-    )
-    .await;
-    let kubeconfig = cp.service_account_kubeconfig("sigma", "sigma-api").await;
-    let api = SigmaApi::start_with(
-        ApiOptions::default()
-            .listen_ip("0.0.0.0")
-            .env("SIGMA_MESH_MODE", "kubernetes")
-            .env("SIGMA_KUBECONFIG", kubeconfig.to_str().unwrap())
-            .env("SIGMA_MESH_RESYNC_INTERVAL", "2s")
-            .env("SIGMA_ISTIO_CLUSTER_ID", "Kubernetes")
-            .env("SIGMA_ISTIO_BOOTSTRAP_CACHE", "0s")
-            .env("SIGMA_LOG", "info"),
-    );
-    sigma_e2e::mesh_fleet_setup(&api, 8001).await;
+    let cluster = MeshCluster::up(&dir).await;
+    let (cp, api) = (&cluster.cp, &cluster.api);
     let token = api
         .token(json!({"purpose": "xrayr", "provider": "hetzner", "country": "DE", "max_uses": 10, "ttl_seconds": 3600}))
         .await;
 
     // One hostname used verbatim as the object name, one that is cleaned and hashed.
     let mut fleet = vec![
-        new_vps(&dir, 31, "kiali-31", &api, &token).await,
-        new_vps(&dir, 32, "kiali-32.e2e.sigma", &api, &token).await,
+        new_vps(&dir, 31, "kiali-31", api, &token).await,
+        new_vps(&dir, 32, "kiali-32.e2e.sigma", api, &token).await,
     ];
 
     let mut names = Vec::new();
@@ -242,7 +168,7 @@ async fn every_vps_is_a_kiali_workload_named_as_its_proxy() {
 
         // Its group: same name, the purpose as app and canonical service, one version, its id.
         let group = wait_for("its WorkloadGroup", Duration::from_secs(60), || async {
-            list(&cp, "WorkloadGroup")
+            list(cp, "WorkloadGroup")
                 .await
                 .into_iter()
                 .find(|g| g["metadata"]["name"] == name.as_str())
@@ -305,7 +231,7 @@ async fn every_vps_is_a_kiali_workload_named_as_its_proxy() {
             "istiod to list the proxy under its workload name",
             Duration::from_secs(120),
             || async {
-                let c = connections(&cp).await;
+                let c = connections(cp).await;
                 // `{"totalClients": n, "clients": [...]}`, or a bare list in older istiods.
                 c.get("clients")
                     .unwrap_or(&c)
@@ -339,8 +265,8 @@ async fn every_vps_is_a_kiali_workload_named_as_its_proxy() {
 
     // Kiali's rule over everything the namespace holds: one workload per VPS, each holding
     // exactly its own entry; no group that collects several.
-    let groups = list(&cp, "WorkloadGroup").await;
-    let entries = list(&cp, "WorkloadEntry").await;
+    let groups = list(cp, "WorkloadGroup").await;
+    let entries = list(cp, "WorkloadEntry").await;
     let workloads = kiali_workloads(&groups, &entries);
     assert_eq!(workloads.len(), fleet.len(), "{workloads:?}");
     for (_, name) in &names {
@@ -364,7 +290,7 @@ async fn every_vps_is_a_kiali_workload_named_as_its_proxy() {
     let before = versions(&groups);
     tokio::time::sleep(Duration::from_secs(7)).await;
     assert_eq!(
-        versions(&list(&cp, "WorkloadGroup").await),
+        versions(&list(cp, "WorkloadGroup").await),
         before,
         "a resync rewrote a group"
     );
@@ -383,7 +309,7 @@ async fn every_vps_is_a_kiali_workload_named_as_its_proxy() {
         "the retired VPS's group and entry deleted",
         Duration::from_secs(60),
         || async {
-            let g = list(&cp, "WorkloadGroup").await;
+            let g = list(cp, "WorkloadGroup").await;
             let gone = !g.iter().any(|x| x["metadata"]["name"] == name.as_str())
                 && cp
                     .workload_entry_of(id)
@@ -394,7 +320,7 @@ async fn every_vps_is_a_kiali_workload_named_as_its_proxy() {
         },
     )
     .await;
-    let left: Vec<String> = list(&cp, "WorkloadGroup")
+    let left: Vec<String> = list(cp, "WorkloadGroup")
         .await
         .iter()
         .map(|g| g["metadata"]["name"].as_str().unwrap().to_string())

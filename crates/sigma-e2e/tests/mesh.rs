@@ -23,42 +23,9 @@ use std::time::Duration;
 use kube::api::{Api, DynamicObject};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
-use sigma_e2e::cluster::repo_root;
+use sigma_e2e::mesh::{GATEWAY_IP, MeshCluster, env_path, healthy};
 use sigma_e2e::{ControlPlane, Netns, Proc, Prometheus, wait_for, work_dir};
-use sigma_testkit::{ADMIN_KEY, ApiOptions, SigmaApi};
-
-/// Where VPS reach istiod: the "east-west gateway" address, an extra address on the host's
-/// loopback interface, so every namespace reaches it through its default route.
-const GATEWAY_IP: &str = "10.77.0.1";
-
-/// [`GATEWAY_IP`] on the host's `lo`, removed on drop.
-struct GatewayAddress;
-
-impl GatewayAddress {
-    fn add() -> GatewayAddress {
-        let _ = Command::new("ip")
-            .args(["addr", "del", "10.77.0.1/32", "dev", "lo"])
-            .output();
-        let st = Command::new("ip")
-            .args(["addr", "add", "10.77.0.1/32", "dev", "lo"])
-            .status()
-            .unwrap();
-        assert!(st.success(), "ip addr add 10.77.0.1/32 dev lo");
-        GatewayAddress
-    }
-}
-
-impl Drop for GatewayAddress {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["addr", "del", "10.77.0.1/32", "dev", "lo"])
-            .output();
-    }
-}
-
-fn env_path(k: &str) -> String {
-    std::env::var(k).unwrap_or_else(|_| panic!("{k} not set: run the test command (scripts/test)"))
-}
+use sigma_testkit::{ADMIN_KEY, SigmaApi};
 
 /// A simulated VPS: its namespace, install root, agent, and a TCP service standing for the
 /// end-user traffic it carries.
@@ -359,14 +326,6 @@ async fn wait_acked(cp: &ControlPlane, we_name: &str, timeout: Duration) {
     }
 }
 
-fn healthy(entry: &Value) -> Option<bool> {
-    entry["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == "Healthy")
-        .map(|c| c["status"] == "True")
-}
-
 /// The service range the captured purpose's VPS send through Envoy (iptables interception).
 const SERVICE_CIDR: &str = "10.96.0.0/12";
 
@@ -420,42 +379,8 @@ async fn a_vps_joins_the_mesh_with_its_own_identity_and_no_interception() {
         return;
     }
     let dir = work_dir("mesh");
-    let _gateway = GatewayAddress::add();
-    let cp = ControlPlane::up(
-        &dir.join("cp"),
-        &[("E2E_ISTIOD_BIND", "0.0.0.0"), ("E2E_UPSTREAM_ENVOY", "1")],
-    )
-    .await;
-    for f in [
-        "k8s/base/rbac.yaml",
-        "k8s/base/rbac-bootstrap.yaml",
-        "k8s/base/serviceaccount-vm.yaml",
-    ] {
-        cp.apply(&repo_root().join(f));
-    }
-    // The east-west gateway's Service: sigma-api reads the address VPS reach istiod at from it.
-    cp.apply_object(
-        &cp.core("Service", "istio-system"),
-        json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "istio-eastwestgateway", "namespace": "istio-system"},
-            "spec": {"type": "ClusterIP", "externalIPs": [GATEWAY_IP],
-                     "ports": [{"name": "tls-istiod", "port": 15012, "targetPort": 15012}]}
-        }),
-    )
-    .await;
-    let kubeconfig = cp.service_account_kubeconfig("sigma", "sigma-api").await;
-    let api = SigmaApi::start_with(
-        ApiOptions::default()
-            .listen_ip("0.0.0.0")
-            .env("SIGMA_MESH_MODE", "kubernetes")
-            .env("SIGMA_KUBECONFIG", kubeconfig.to_str().unwrap())
-            .env("SIGMA_MESH_RESYNC_INTERVAL", "2s")
-            .env("SIGMA_ISTIO_CLUSTER_ID", "Kubernetes")
-            .env("SIGMA_ISTIO_BOOTSTRAP_CACHE", "0s")
-            .env("SIGMA_LOG", "info"),
-    );
-    sigma_e2e::mesh_fleet_setup(&api, 8001).await;
+    let cluster = MeshCluster::up(&dir).await;
+    let (cp, api) = (&cluster.cp, &cluster.api);
     let token = api
         .token(json!({"purpose": "xrayr", "provider": "hetzner", "country": "DE", "max_uses": 10, "ttl_seconds": 3600}))
         .await;
@@ -480,9 +405,9 @@ async fn a_vps_joins_the_mesh_with_its_own_identity_and_no_interception() {
     // enrolls.
     let mut fleet = Vec::new();
     for i in 1..=2u8 {
-        fleet.push(new_vps(&dir, i, &api, &token, false).await);
+        fleet.push(new_vps(&dir, i, api, &token, false).await);
     }
-    fleet.push(new_vps(&dir, 3, &api, &captured_token, true).await);
+    fleet.push(new_vps(&dir, 3, api, &captured_token, true).await);
 
     let mut we_names = Vec::new();
     for v in &fleet {
@@ -495,7 +420,7 @@ async fn a_vps_joins_the_mesh_with_its_own_identity_and_no_interception() {
         .await;
         let id = vps["id"].as_str().unwrap().to_string();
         let entry = wait_for("its WorkloadEntry", Duration::from_secs(60), || async {
-            entry_of(&cp, &id).await
+            entry_of(cp, &id).await
         })
         .await;
         assert_eq!(entry["spec"]["address"], v.ns.ip.as_str(), "{entry}");
@@ -518,19 +443,19 @@ async fn a_vps_joins_the_mesh_with_its_own_identity_and_no_interception() {
         // istiod lists the proxy as connected under the VPS's own workload name, and the
         // proxy ACKed every type of configuration istiod sent it (no NACK).
         wait_connected(
-            &cp,
+            cp,
             &we_name,
             "istiod to list the proxy",
             Duration::from_secs(60),
         )
         .await;
-        wait_acked(&cp, &we_name, Duration::from_secs(60)).await;
+        wait_acked(cp, &we_name, Duration::from_secs(60)).await;
         // The agent reports Envoy ready, in mesh mode.
         wait_for(
             "the agent to report the proxy ready",
             Duration::from_secs(90),
             || async {
-                let s = agent_state(&api, &v.hostname).await;
+                let s = agent_state(api, &v.hostname).await;
                 (s["mode"] == "mesh" && s["mesh_state"]["state"] == "ready").then_some(())
             },
         )
@@ -543,7 +468,7 @@ async fn a_vps_joins_the_mesh_with_its_own_identity_and_no_interception() {
             "the WorkloadEntry Healthy",
             Duration::from_secs(90),
             || async {
-                let e = entry_of(&cp, &id).await?;
+                let e = entry_of(cp, &id).await?;
                 (healthy(&e) == Some(true)).then_some(())
             },
         )
@@ -605,7 +530,7 @@ async fn a_vps_joins_the_mesh_with_its_own_identity_and_no_interception() {
         "the planted NACK in syncz",
         Duration::from_secs(60),
         || async {
-            let p = not_acked(&syncz_entry(&cp, &we_names[0]).await?);
+            let p = not_acked(&syncz_entry(cp, &we_names[0]).await?);
             p.iter().any(|x| x.contains("NACK")).then_some(p)
         },
     )
@@ -616,7 +541,7 @@ async fn a_vps_joins_the_mesh_with_its_own_identity_and_no_interception() {
         .await
         .expect("delete the EnvoyFilter");
     for we_name in &we_names {
-        wait_acked(&cp, we_name, Duration::from_secs(60)).await;
+        wait_acked(cp, we_name, Duration::from_secs(60)).await;
     }
 
     // Prometheus discovers the agent and Envoy targets through sigma-api and scrapes them.
@@ -699,7 +624,7 @@ async fn a_vps_joins_the_mesh_with_its_own_identity_and_no_interception() {
         "the WorkloadEntry unhealthy",
         Duration::from_secs(90),
         || async {
-            let e = entry_of(&cp, &id).await?;
+            let e = entry_of(cp, &id).await?;
             (healthy(&e) == Some(false)).then_some(())
         },
     )
@@ -709,13 +634,13 @@ async fn a_vps_joins_the_mesh_with_its_own_identity_and_no_interception() {
         .status()
         .unwrap();
     wait_for("Healthy again", Duration::from_secs(90), || async {
-        let e = entry_of(&cp, &id).await?;
+        let e = entry_of(cp, &id).await?;
         (healthy(&e) == Some(true)).then_some(())
     })
     .await;
 
     // istiod restarts: the proxy reconnects by itself.
-    let we_name = entry_of(&cp, &id).await.unwrap()["metadata"]["name"]
+    let we_name = entry_of(cp, &id).await.unwrap()["metadata"]["name"]
         .as_str()
         .unwrap()
         .to_string();
@@ -723,7 +648,7 @@ async fn a_vps_joins_the_mesh_with_its_own_identity_and_no_interception() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     restart.start();
     wait_connected(
-        &cp,
+        cp,
         &we_name,
         "the proxy reconnected to the restarted istiod",
         Duration::from_secs(120),
@@ -742,7 +667,7 @@ async fn a_vps_joins_the_mesh_with_its_own_identity_and_no_interception() {
     wait_for(
         "the WorkloadEntry deleted",
         Duration::from_secs(60),
-        || async { entry_of(&cp, &id).await.is_none().then_some(()) },
+        || async { entry_of(cp, &id).await.is_none().then_some(()) },
     )
     .await;
     wait_for(
