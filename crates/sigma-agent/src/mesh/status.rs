@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sigma_types::mesh::{MeshAgentState, MeshPhase};
+use sigma_types::mesh::{MeshAgentState, MeshDataPlane, MeshPhase};
 use time::OffsetDateTime;
 
 use crate::metrics::Metrics;
@@ -44,6 +44,8 @@ pub struct Status {
     down: Option<String>,
     /// A problem that does not stop the proxy (refresh failed, new bundle refused).
     pub problem: Option<String>,
+    /// The last data-plane reading, while pilot-agent is supervised.
+    pub dataplane: Option<MeshDataPlane>,
 }
 
 impl Default for Status {
@@ -59,6 +61,7 @@ impl Default for Status {
             ready: false,
             down: None,
             problem: None,
+            dataplane: None,
         }
     }
 }
@@ -219,6 +222,11 @@ impl Shared {
             token_expires_at: s.token_expires_at,
             cert_expires_at: s.cert_expires_at,
             restarts: s.restarts,
+            // A reading is about the running proxy; none once the manager stopped it.
+            dataplane: match s.stage {
+                Stage::Running => s.dataplane.clone(),
+                _ => None,
+            },
         }
     }
 }
