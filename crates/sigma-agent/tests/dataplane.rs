@@ -162,12 +162,10 @@ async fn poll(
 async fn reads_listeners_endpoints_and_counters_of_a_real_envoy() {
     let Some(bin) = envoy_bin() else { return };
     // The reachable endpoint: 200 on /ok, 503 on /fail, 404 elsewhere.
-    let app = Router::new()
-        .route("/ok", get(|| async { "ok" }))
-        .route(
-            "/fail",
-            get(|| async { (StatusCode::SERVICE_UNAVAILABLE, "down") }),
-        );
+    let app = Router::new().route("/ok", get(|| async { "ok" })).route(
+        "/fail",
+        get(|| async { (StatusCode::SERVICE_UNAVAILABLE, "down") }),
+    );
     let backend = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .await
         .unwrap();
@@ -330,7 +328,12 @@ async fn reads_listeners_endpoints_and_counters_of_a_real_envoy() {
     // Envoy gone: every fact is unknown with the reason, no zero anywhere.
     let gone = Admin::new(http, format!("http://127.0.0.1:{}", dead_port()));
     let d = dataplane::read(&gone, &dir.join("no-such-hosts"), &egress).await;
-    let reason = |s: &str| assert!(s.contains("unreachable") || s.contains("No such file"), "{s}");
+    let reason = |s: &str| {
+        assert!(
+            s.contains("unreachable") || s.contains("No such file"),
+            "{s}"
+        )
+    };
     match &d.xds {
         XdsConnection::Unknown { reason: r } => reason(r),
         o => panic!("{o:?}"),

@@ -71,19 +71,23 @@ async fn dataplane_reports_are_stored_checked_and_documented(db: TestDb) {
 
     // Hostile or impossible values: 422 naming the field, and the stored report is kept.
     let bad: [(&str, fn(&mut Value)); 9] = [
-        ("agent_state.mesh_state.dataplane.egress[0].endpoints.healthy", |d| {
-            d["egress"][0]["endpoints"]["healthy"] = json!(3)
-        }),
-        ("agent_state.mesh_state.dataplane.egress[0].responses.rq_5xx", |d| {
-            d["egress"][0]["responses"]["rq_5xx"] = json!(9_007_199_254_740_992u64)
-        }),
+        (
+            "agent_state.mesh_state.dataplane.egress[0].endpoints.healthy",
+            |d| d["egress"][0]["endpoints"]["healthy"] = json!(3),
+        ),
+        (
+            "agent_state.mesh_state.dataplane.egress[0].responses.rq_5xx",
+            |d| d["egress"][0]["responses"]["rq_5xx"] = json!(9_007_199_254_740_992u64),
+        ),
         // A tagged fact is decoded as a whole: the 422 names the fact and says why.
-        ("agent_state.mesh_state.dataplane.egress[0].responses", |d| {
-            d["egress"][0]["responses"]["rq_2xx"] = json!(-1)
-        }),
-        ("agent_state.mesh_state.dataplane.egress[1].listener.reason", |d| {
-            d["egress"][1]["listener"]["reason"] = json!("refused\u{1b}[31m")
-        }),
+        (
+            "agent_state.mesh_state.dataplane.egress[0].responses",
+            |d| d["egress"][0]["responses"]["rq_2xx"] = json!(-1),
+        ),
+        (
+            "agent_state.mesh_state.dataplane.egress[1].listener.reason",
+            |d| d["egress"][1]["listener"]["reason"] = json!("refused\u{1b}[31m"),
+        ),
         ("agent_state.mesh_state.dataplane.xds.reason", |d| {
             d["xds"] = json!({"state": "unknown", "reason": "x".repeat(161)})
         }),
@@ -127,8 +131,12 @@ async fn dataplane_reports_are_stored_checked_and_documented(db: TestDb) {
 
     // An agent older than the data-plane report: accepted, and the VPS shows no reading.
     let (st, v) = s
-        .post("/api/agent/heartbeat", &agent, json!({"hostname": "dp-1.example.net", "agent_state": {
-            "mode": "mesh", "mesh_state": {"state": "ready", "restarts": 1}}}))
+        .post(
+            "/api/agent/heartbeat",
+            &agent,
+            json!({"hostname": "dp-1.example.net", "agent_state": {
+            "mode": "mesh", "mesh_state": {"state": "ready", "restarts": 1}}}),
+        )
         .await;
     assert_eq!(st, 200, "{v}");
     let (_, vps) = s.get(&format!("/api/vps/{id}"), ADMIN_KEY).await;

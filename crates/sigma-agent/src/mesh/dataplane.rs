@@ -310,7 +310,8 @@ pub struct Readings {
     pub hosts: Result<String, Error>,
 }
 
-const MATCHER_HINT: &str = "add it to the mesh's defaultConfig.proxyStatsMatcher.inclusionPrefixes";
+/// Where the stats matcher is configured (the mesh config sigma copies into each VPS's bundle).
+const MATCHER_HINT: &str = "defaultConfig.proxyStatsMatcher.inclusionPrefixes";
 
 fn egress_facts(e: &BundleEgress, r: &Readings) -> EgressDataPlane {
     let bind: IpAddr = e
@@ -359,7 +360,7 @@ fn egress_facts(e: &BundleEgress, r: &Readings) -> EgressDataPlane {
                 },
                 None => EgressResponses::Unknown {
                     reason: reason_text(&format!(
-                        "Envoy keeps no stats of cluster.outbound| (Istio's stats matcher): {MATCHER_HINT}"
+                        "Envoy keeps no cluster.outbound| stats (Istio's stats matcher drops them): add \"cluster.outbound|\" to {MATCHER_HINT}"
                     )),
                 },
             }
@@ -394,7 +395,7 @@ pub fn assemble(egress: &[BundleEgress], r: &Readings, now: OffsetDateTime) -> M
             Some(_) => XdsConnection::Connected,
             None => XdsConnection::Unknown {
                 reason: reason_text(&format!(
-                    "Envoy keeps no control_plane stats (Istio's stats matcher): {MATCHER_HINT}"
+                    "Envoy keeps no control_plane stats (Istio's stats matcher drops them): add \"control_plane\" to {MATCHER_HINT}"
                 )),
             },
         },
@@ -533,7 +534,9 @@ mod tests {
         let d = assemble(&egress(), &r, OffsetDateTime::UNIX_EPOCH);
         let x = &d.egress[0];
         match &x.endpoints {
-            EgressEndpoints::Unknown { reason } => assert!(reason.contains("/clusters"), "{reason}"),
+            EgressEndpoints::Unknown { reason } => {
+                assert!(reason.contains("/clusters"), "{reason}")
+            }
             o => panic!("{o:?}"),
         }
         match &x.responses {
@@ -560,10 +563,17 @@ mod tests {
             }
         );
         assert_eq!(
-            hosts_entry(&format!("# 10.0.0.9 {h}\nbad {h}\n127.0.0.2 a XBOARD.sigma.svc.cluster.local\n"), h, bind),
+            hosts_entry(
+                &format!("# 10.0.0.9 {h}\nbad {h}\n127.0.0.2 a XBOARD.sigma.svc.cluster.local\n"),
+                h,
+                bind
+            ),
             HostsEntry::Present
         );
-        assert_eq!(hosts_entry("127.0.0.2 xboard\n", h, bind), HostsEntry::Missing);
+        assert_eq!(
+            hosts_entry("127.0.0.2 xboard\n", h, bind),
+            HostsEntry::Missing
+        );
     }
 
     #[test]

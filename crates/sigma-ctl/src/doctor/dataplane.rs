@@ -157,9 +157,12 @@ impl Ctx<'_> {
             k,
             format!("unknown {what}: {}{}", joined(unknown), self.age),
             if stats {
-                "add the prefix the reason names to the mesh config's defaultConfig.proxyStatsMatcher.inclusionPrefixes (Istio's stats matcher drops it by default) and restart sigma-agent on the VPS so pilot-agent regenerates Envoy's bootstrap".to_string()
+                "add the prefix the reason names to defaultConfig.proxyStatsMatcher.inclusionPrefixes of the mesh config (Istio's bootstrap drops those stats by default), then restart sigma-agent on the VPS so pilot-agent regenerates Envoy's bootstrap".to_string()
             } else {
-                format!("{fix} (sigma-agent on {} reads Envoy's admin API on 127.0.0.1:15000 and /etc/hosts)", self.hostname)
+                format!(
+                    "{fix} (sigma-agent on {} reads Envoy's admin API on 127.0.0.1:15000 and /etc/hosts)",
+                    self.hostname
+                )
             },
         )
     }
@@ -252,12 +255,9 @@ impl Ctx<'_> {
         for e in &self.d.egress {
             match &e.listener {
                 ListenerState::Bound => {}
-                ListenerState::NotBound => bad.push(format!(
-                    "no listener {}_{} for {}",
-                    e.bind,
-                    e.port,
-                    name(e)
-                )),
+                ListenerState::NotBound => {
+                    bad.push(format!("no listener {}_{} for {}", e.bind, e.port, name(e)))
+                }
                 ListenerState::Unknown { reason } => unknown.push(format!("{}: {reason}", name(e))),
             }
         }
@@ -364,7 +364,12 @@ impl Ctx<'_> {
         }
         ok(
             k,
-            format!("Envoy holds {}{}{}", joined(&good), self.omitted(), self.age),
+            format!(
+                "Envoy holds {}{}{}",
+                joined(&good),
+                self.omitted(),
+                self.age
+            ),
         )
     }
 
@@ -413,11 +418,7 @@ impl Ctx<'_> {
         if !high.is_empty() {
             return warning(
                 k,
-                format!(
-                    "since Envoy started: {}{}",
-                    joined(&high),
-                    self.age
-                ),
+                format!("since Envoy started: {}{}", joined(&high), self.age),
                 format!(
                     "above {:.0} %: 5xx come from the target service or, with no upstream answering, from Envoy (503 UH/UF); failed connections mean the gateway (15443) or the endpoints are unreachable. See the egress-endpoints link, and on {}: `curl -sv http://HOST:PORT/` through the listener",
                     FAILURE_WARN_SHARE * 100.0,
@@ -543,8 +544,14 @@ pub(crate) mod tests {
         let l = one(&m, LinkKind::XdsConnected);
         assert_eq!(l.result, Outcome::Failed);
         let fix = l.fix.unwrap();
-        assert!(fix.contains("istio-eastwestgateway") && fix.contains("15012"), "{fix}");
-        assert!(fix.contains("sigmactl mesh bootstrap edge-1.example.net"), "{fix}");
+        assert!(
+            fix.contains("istio-eastwestgateway") && fix.contains("15012"),
+            "{fix}"
+        );
+        assert!(
+            fix.contains("sigmactl mesh bootstrap edge-1.example.net"),
+            "{fix}"
+        );
     }
 
     #[test]
@@ -564,7 +571,10 @@ pub(crate) mod tests {
         });
         let l = one(&m, LinkKind::HostsBlock);
         assert_eq!(l.result, Outcome::Failed);
-        assert!(l.reason.contains("resolves to 10.0.0.9, not its listener's 127.0.0.2"));
+        assert!(
+            l.reason
+                .contains("resolves to 10.0.0.9, not its listener's 127.0.0.2")
+        );
     }
 
     #[test]
@@ -572,7 +582,11 @@ pub(crate) mod tests {
         let m = edit(|d| d.egress[0].listener = ListenerState::NotBound);
         let l = one(&m, LinkKind::EgressListener);
         assert_eq!(l.result, Outcome::Failed);
-        assert!(l.reason.contains("no listener 127.0.0.2_80"), "{}", l.reason);
+        assert!(
+            l.reason.contains("no listener 127.0.0.2_80"),
+            "{}",
+            l.reason
+        );
         assert!(l.fix.unwrap().contains("Sidecar"));
     }
 
@@ -593,7 +607,9 @@ pub(crate) mod tests {
         );
         let fix = l.fix.unwrap();
         assert!(
-            fix.contains("kubectl -n sigma get endpointslices -l kubernetes.io/service-name=xboard"),
+            fix.contains(
+                "kubectl -n sigma get endpointslices -l kubernetes.io/service-name=xboard"
+            ),
             "{fix}"
         );
         let m = edit(|d| d.egress[0].endpoints = EgressEndpoints::NoCluster);
@@ -640,7 +656,7 @@ pub(crate) mod tests {
     fn unknown_facts_warn_with_the_agents_reason() {
         let m = edit(|d| {
             d.xds = XdsConnection::Unknown {
-                reason: "Envoy keeps no control_plane stats (Istio's stats matcher): add it to the mesh's defaultConfig.proxyStatsMatcher.inclusionPrefixes".into(),
+                reason: "Envoy keeps no control_plane stats (Istio's stats matcher drops them): add \"control_plane\" to defaultConfig.proxyStatsMatcher.inclusionPrefixes".into(),
             };
             d.egress[0].listener = ListenerState::Unknown {
                 reason: "Envoy admin /listeners unreachable: connection refused".into(),
@@ -648,7 +664,11 @@ pub(crate) mod tests {
         });
         let l = one(&m, LinkKind::XdsConnected);
         assert_eq!(l.result, Outcome::Warning);
-        assert!(l.fix.unwrap().contains("proxyStatsMatcher.inclusionPrefixes"));
+        assert!(
+            l.fix
+                .unwrap()
+                .contains("proxyStatsMatcher.inclusionPrefixes")
+        );
         let l = one(&m, LinkKind::EgressListener);
         assert_eq!(l.result, Outcome::Warning);
         assert!(l.reason.contains("connection refused"));
@@ -671,6 +691,10 @@ pub(crate) mod tests {
         assert!(l.iter().all(|l| l.result == Outcome::Ok), "{l:?}");
         assert!(l[1].reason.contains("declares no egress host"));
         let m = edit(|d| d.read_at = now() - Duration::minutes(10));
-        assert!(one(&m, LinkKind::HostsBlock).reason.contains("may be out of date"));
+        assert!(
+            one(&m, LinkKind::HostsBlock)
+                .reason
+                .contains("may be out of date")
+        );
     }
 }
