@@ -16,6 +16,9 @@ fn field<'a>(v: &'a Value, f: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no field {f} in {v}"))
 }
 
+/// A change to a good report.
+type Edit = fn(&mut Value);
+
 fn dataplane() -> Value {
     json!({
         "read_at": "2026-12-04T22:00:00Z",
@@ -70,7 +73,7 @@ async fn dataplane_reports_are_stored_checked_and_documented(db: TestDb) {
     );
 
     // Hostile or impossible values: 422 naming the field, and the stored report is kept.
-    let bad: [(&str, fn(&mut Value)); 9] = [
+    let bad: [(&str, Edit); 9] = [
         (
             "agent_state.mesh_state.dataplane.egress[0].endpoints.healthy",
             |d| d["egress"][0]["endpoints"]["healthy"] = json!(3),

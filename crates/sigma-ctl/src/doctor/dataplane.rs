@@ -157,7 +157,7 @@ impl Ctx<'_> {
             k,
             format!("unknown {what}: {}{}", joined(unknown), self.age),
             if stats {
-                "add the prefix the reason names to defaultConfig.proxyStatsMatcher.inclusionPrefixes of the mesh config (Istio's bootstrap drops those stats by default), then restart sigma-agent on the VPS so pilot-agent regenerates Envoy's bootstrap".to_string()
+                "add the prefix the reason names to defaultConfig.proxyStatsMatcher.inclusionPrefixes of Istio's mesh config (Istio's bootstrap drops those stats by default): sigma-api copies defaultConfig into each VPS's bundle (mesh.yaml), and the agent restarts pilot-agent on the new bundle version".to_string()
             } else {
                 format!(
                     "{fix} (sigma-agent on {} reads Envoy's admin API on 127.0.0.1:15000 and /etc/hosts)",
@@ -191,7 +191,7 @@ impl Ctx<'_> {
             XdsConnection::Unknown { reason } => self.unknown(
                 k,
                 "xDS state",
-                &[reason.clone()],
+                std::slice::from_ref(reason),
                 "see the pilot-agent link",
             ),
         }
