@@ -313,11 +313,7 @@ pub struct Readings {
 /// Where the stats matcher is configured (the mesh config sigma copies into each VPS's bundle).
 const MATCHER_HINT: &str = "defaultConfig.proxyStatsMatcher.inclusionPrefixes";
 
-fn egress_facts(e: &BundleEgress, r: &Readings) -> EgressDataPlane {
-    let bind: IpAddr = e
-        .bind
-        .parse()
-        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+fn egress_facts(e: &BundleEgress, bind: IpAddr, r: &Readings) -> EgressDataPlane {
     let cluster = cluster_name(e);
     let listener = match &r.listeners {
         Ok(set) if set.contains(&SocketAddr::new(bind, e.port)) => ListenerState::Bound,
@@ -403,10 +399,12 @@ pub fn assemble(egress: &[BundleEgress], r: &Readings, now: OffsetDateTime) -> M
     let mut report = MeshDataPlane {
         read_at: now,
         xds,
+        // The bundle was checked (every bind is a loopback address); an entry whose bind
+        // does not parse all the same is left out and counted in `omitted`.
         egress: egress
             .iter()
+            .filter_map(|e| Some(egress_facts(e, e.bind.parse().ok()?, r)))
             .take(MAX_EGRESS_REPORTED)
-            .map(|e| egress_facts(e, r))
             .collect(),
         omitted: 0,
     };

@@ -260,4 +260,22 @@ mod tests {
         s.stage = Stage::Stopped("VPS retired".into());
         assert_eq!(s.phase().0, MeshPhase::Stopped);
     }
+
+    #[test]
+    fn the_report_carries_the_data_plane_only_while_running() {
+        let shared = Shared::new(Arc::new(Metrics::with_mesh()));
+        let reading = sigma_types::mesh::MeshDataPlane {
+            read_at: OffsetDateTime::UNIX_EPOCH,
+            xds: sigma_types::mesh::dataplane::XdsConnection::Disconnected,
+            egress: Vec::new(),
+            omitted: 0,
+        };
+        shared.update(|s| {
+            s.stage = Stage::Running;
+            s.dataplane = Some(reading.clone());
+        });
+        assert_eq!(shared.report().dataplane, Some(reading));
+        shared.update(|s| s.stage = Stage::Stopped("VPS retired".into()));
+        assert_eq!(shared.report().dataplane, None);
+    }
 }
