@@ -95,7 +95,7 @@ async fn dataplane_reports_are_stored_checked_and_documented(db: TestDb) {
             d["xds"] = json!({"state": "unknown", "reason": "x".repeat(161)})
         }),
         ("agent_state.mesh_state.dataplane.egress[0].bind", |d| {
-            d["egress"][0]["bind"] = json!("203.0.113.1")
+            d["egress"][0]["bind"] = json!("not-an-address")
         }),
         ("agent_state.mesh_state.dataplane.egress[0].host", |d| {
             d["egress"][0]["host"] = json!("bad host")

@@ -16,7 +16,7 @@
 //! `defaultConfig.proxyStatsMatcher.inclusionPrefixes` those facts are `unknown` and say so.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -313,10 +313,10 @@ pub struct Readings {
 /// Where the stats matcher is configured (the mesh config sigma copies into each VPS's bundle).
 const MATCHER_HINT: &str = "defaultConfig.proxyStatsMatcher.inclusionPrefixes";
 
-fn egress_facts(e: &BundleEgress, bind: IpAddr, r: &Readings) -> EgressDataPlane {
+fn egress_facts(e: &BundleEgress, bind: Ipv4Addr, r: &Readings) -> EgressDataPlane {
     let cluster = cluster_name(e);
     let listener = match &r.listeners {
-        Ok(set) if set.contains(&SocketAddr::new(bind, e.port)) => ListenerState::Bound,
+        Ok(set) if set.contains(&SocketAddr::new(IpAddr::V4(bind), e.port)) => ListenerState::Bound,
         Ok(_) => ListenerState::NotBound,
         Err(err) => ListenerState::Unknown {
             reason: unknown_reason(err),
@@ -363,7 +363,7 @@ fn egress_facts(e: &BundleEgress, bind: IpAddr, r: &Readings) -> EgressDataPlane
         }
     };
     let hosts_entry = match &r.hosts {
-        Ok(text) => hosts_entry(text, &e.host, bind),
+        Ok(text) => hosts_entry(text, &e.host, IpAddr::V4(bind)),
         Err(err) => HostsEntry::Unknown {
             reason: unknown_reason(err),
         },
@@ -399,8 +399,9 @@ pub fn assemble(egress: &[BundleEgress], r: &Readings, now: OffsetDateTime) -> M
     let mut report = MeshDataPlane {
         read_at: now,
         xds,
-        // The bundle was checked (every bind is a loopback address); an entry whose bind
-        // does not parse all the same is left out and counted in `omitted`.
+        // The bundle was checked (every bind is a loopback address, and sigma allocates them
+        // in 127.0.0.0/8); an entry whose bind is no IPv4 address is left out and counted in
+        // `omitted`.
         egress: egress
             .iter()
             .filter_map(|e| Some(egress_facts(e, e.bind.parse().ok()?, r)))

@@ -6,7 +6,7 @@
 //! `agent_state` (see [`crate::api::MAX_OBJECT_BYTES`]): at most [`MAX_EGRESS_REPORTED`]
 //! hosts (the rest counted in `omitted`), reasons of at most [`MAX_REASON_CHARS`] characters.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -133,9 +133,10 @@ pub struct EgressDataPlane {
     pub host: String,
     /// Its port (the listener's and the cluster's).
     pub port: u16,
-    /// The loopback address the listener binds and the hosts block maps the host to.
-    #[schema(value_type = String)]
-    pub bind: IpAddr,
+    /// The address the listener binds and the hosts block maps the host to, as the bundle
+    /// gives it (a loopback address: sigma allocates them in 127.0.0.0/8).
+    #[schema(value_type = String, format = Ipv4)]
+    pub bind: Ipv4Addr,
     /// The loopback listener.
     pub listener: ListenerState,
     /// The endpoints Envoy holds for it.
@@ -203,9 +204,6 @@ impl MeshDataPlane {
             }
             if eg.port == 0 {
                 e.add(format!("{f}.port"), "must be 1 to 65535");
-            }
-            if !eg.bind.is_loopback() {
-                e.add(format!("{f}.bind"), "must be a loopback address");
             }
             if let ListenerState::Unknown { reason: r } = &eg.listener {
                 reason(r, format!("{f}.listener.reason"), e);
@@ -352,7 +350,6 @@ mod tests {
             reason: "a\u{202E}b".into(),
         };
         let eg = &mut d.egress[0];
-        eg.bind = "10.0.0.2".parse().unwrap();
         eg.port = 0;
         eg.host = "bad_host".into();
         eg.endpoints = EgressEndpoints::Held {
@@ -376,7 +373,6 @@ mod tests {
         let s = errors(&d);
         for f in [
             "dp.xds.reason",
-            "dp.egress[0].bind",
             "dp.egress[0].port",
             "dp.egress[0].host",
             "dp.egress[0].endpoints.healthy",
