@@ -15,7 +15,7 @@ use sigma_types::FieldErrors;
 use crate::objects::{CaptureMode, IngressListener, SidecarPort};
 use crate::settings::{
     AGENT_PORTS, DEFAULT_MESH_PORTS, ISTIO_GATEWAY_PORT, MAX_EGRESS, MAX_PORTS, MeshSettings,
-    Probe, Protocol, ServicePort,
+    Protocol, ServicePort, probe_port,
 };
 
 /// A served port with its mesh-facing listener resolved: what the Sidecar's ingress listener,
@@ -70,12 +70,7 @@ pub fn ingress_bindings(
     taken.insert(ISTIO_GATEWAY_PORT);
     taken.extend(AGENT_PORTS);
     taken.extend(settings.egress.iter().map(|g| g.port));
-    if let Some(p) = &settings.probe {
-        taken.insert(match p {
-            Probe::HttpGet(h) => h.port,
-            Probe::TcpSocket(t) => t.port,
-        });
-    }
+    taken.extend(probe_port(settings.probe.as_ref()));
     for (i, p) in settings.ports.iter().enumerate() {
         taken.insert(p.number);
         taken.extend(p.target_port);

@@ -485,7 +485,7 @@ pub fn check_mesh_port(port: u16) -> Result<u16, String> {
 }
 
 /// The port a purpose's probe connects to on the VPS.
-fn probe_port(probe: Option<&Probe>) -> Option<u16> {
+pub(crate) fn probe_port(probe: Option<&Probe>) -> Option<u16> {
     probe.map(|p| match p {
         Probe::HttpGet(h) => h.port,
         Probe::TcpSocket(t) => t.port,
