@@ -241,6 +241,14 @@ mod tests {
     }
 
     #[test]
+    fn the_guides_example_port() {
+        // docs/operator-guide.md ("Serve a port to the mesh") quotes this default.
+        let s =
+            settings(json!({"ports": [{"name": "tcp-vpn", "number": 8443, "protocol": "TCP"}]}));
+        assert_eq!(ingress_bindings(&s, 9102).unwrap()[0].mesh_port, 15130);
+    }
+
+    #[test]
     fn a_taken_default_moves_to_the_next_free_port() {
         let vless = DEFAULT_MESH_PORTS.start() + mesh_port_slot("vless") as u16;
         // Its hashed port is the application's port of another entry, the target port of a
