@@ -474,14 +474,20 @@ struct PodPort<'a> {
 }
 
 /// The purpose's ports as `ISTIO_META_POD_PORTS` JSON (sorted by name, like istioctl), which
-/// lets istiod resolve named target ports; `None` without ports.
-fn pod_ports(settings: &MeshSettings) -> Option<String> {
+/// lets istiod resolve named target ports; `None` without ports. A port's container port is
+/// where the workload serves it to the mesh: its ingress listener (the WorkloadEntry's
+/// `ports`), as for the ServiceEntry's `targetPort`; only a UDP port, which has no listener,
+/// names the application's port.
+fn pod_ports(settings: &MeshSettings, entry_ports: &BTreeMap<String, u32>) -> Option<String> {
     let mut ports: Vec<PodPort<'_>> = settings
         .ports
         .iter()
         .map(|p| PodPort {
             name: &p.name,
-            container_port: p.target_port.unwrap_or(p.number),
+            container_port: entry_ports
+                .get(&p.name)
+                .and_then(|m| u16::try_from(*m).ok())
+                .unwrap_or_else(|| p.app_port()),
             protocol: if p.protocol == Protocol::Udp {
                 "UDP"
             } else {
@@ -584,7 +590,7 @@ fn variables(cp: &ControlPlane, w: &BundleWorkload, mesh: &MeshConfig) -> Variab
         "ISTIO_META_NETWORK",
         w.entry.spec.network.clone().unwrap_or_default(),
     );
-    if let Some(p) = pod_ports(&w.settings) {
+    if let Some(p) = pod_ports(&w.settings, &w.entry.spec.ports) {
         set("ISTIO_META_POD_PORTS", p);
     }
     set("ISTIO_META_WORKLOAD_NAME", name.clone());

@@ -70,7 +70,7 @@ fn xrayr() -> MeshPurpose {
             "enabled": true,
             "ports": [
                 {"name": "vless", "number": 443, "protocol": "TCP"},
-                {"name": "metrics", "number": 9100, "protocol": "HTTP", "target_port": 19100},
+                {"name": "metrics", "number": 9100, "protocol": "HTTP", "target_port": 19100, "mesh_port": 19101},
                 {"name": "dns", "number": 5353, "protocol": "UDP"}
             ],
             "egress": [
@@ -247,9 +247,11 @@ fn cluster_env_has_istioctls_keys_sorted_with_sigmas_defaults() {
     assert_eq!(
         serde_json::from_str::<Value>(&env["ISTIO_META_POD_PORTS"]).unwrap(),
         json!([
+            // Where the workload serves each port to the mesh: its ingress listener (explicit
+            // for metrics, sigma's default for vless); UDP has none and names the app's port.
             {"name": "dns", "containerPort": 5353, "protocol": "UDP"},
-            {"name": "metrics", "containerPort": 19100, "protocol": "TCP"},
-            {"name": "vless", "containerPort": 443, "protocol": "TCP"}
+            {"name": "metrics", "containerPort": 19101, "protocol": "TCP"},
+            {"name": "vless", "containerPort": 15379, "protocol": "TCP"}
         ])
     );
     assert_eq!(b.interception, InterceptionMode::None);
