@@ -660,9 +660,36 @@ fn render_mesh_yaml(
         "proxyMetadata".into(),
         serde_json::to_value(proxy_metadata).map_err(|e| Error::Internal(e.to_string()))?,
     );
+    keep_stats(&mut dc);
     let mut top = Map::new();
     top.insert("defaultConfig".into(), Value::Object(dc));
     crate::yaml::value_to_yaml(&Value::Object(top))
+}
+
+/// Envoy stats a VPS's proxy keeps beyond Istio's default set (which drops all but a few):
+/// per-upstream request, response-class and connection counts of its egress clusters (the
+/// per-VPS edge series Prometheus scrapes and the agent's data-plane report reads) and the
+/// state of its xDS stream (`mesh doctor`'s `xds-connected`). Only a VPS's own proxy gets
+/// them, through its `mesh.yaml`: pods keep the cluster's default.
+pub const STATS_INCLUSION_PREFIXES: [&str; 2] = ["cluster.outbound|", "control_plane"];
+
+/// Adds [`STATS_INCLUSION_PREFIXES`] to `proxyStatsMatcher.inclusionPrefixes`, keeping what the
+/// cluster's default already lists. A matcher the cluster defines in another form (regexps,
+/// suffixes only) is left as it is: the operator chose it.
+fn keep_stats(dc: &mut Map<String, Value>) {
+    let matcher = dc
+        .entry("proxyStatsMatcher")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Value::Object(m) = matcher else { return };
+    let prefixes = m
+        .entry("inclusionPrefixes")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    let Value::Array(list) = prefixes else { return };
+    for p in STATS_INCLUSION_PREFIXES {
+        if !list.iter().any(|v| v.as_str() == Some(p)) {
+            list.push(Value::String(p.into()));
+        }
+    }
 }
 
 /// The DER of the first `CERTIFICATE` block of a PEM bundle.

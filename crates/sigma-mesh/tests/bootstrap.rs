@@ -748,3 +748,26 @@ fn mesh_config_parsing() {
     let nulls = parse_mesh_config("defaultConfig:\ntrustDomain:\n", "cm").unwrap();
     assert_eq!(nulls.trust_domain, DEFAULT_TRUST_DOMAIN);
 }
+
+#[test]
+fn mesh_yaml_keeps_the_stats_the_agent_and_prometheus_read() {
+    // The cluster's default keeps none: the VPS's proxy gets sigma's prefixes.
+    let b = render(&xrayr());
+    let m = yaml(&b.files.mesh_yaml);
+    assert_eq!(
+        m["defaultConfig"]["proxyStatsMatcher"],
+        json!({"inclusionPrefixes": ["cluster.outbound|", "control_plane"]})
+    );
+    // A cluster default that lists prefixes keeps them, without duplicates, and its other
+    // matcher fields.
+    let mesh = "defaultConfig:\n  proxyStatsMatcher:\n    inclusionPrefixes: [\"reporter=\", \"control_plane\"]\n    inclusionRegexps: [\".*circuit_breakers.*\"]\n";
+    let b = render_with(&ControlPlane::default(), &xrayr(), &node(), mesh, ROOT_CERT).unwrap();
+    let m = yaml(&b.files.mesh_yaml);
+    assert_eq!(
+        m["defaultConfig"]["proxyStatsMatcher"],
+        json!({
+            "inclusionPrefixes": ["reporter=", "control_plane", "cluster.outbound|"],
+            "inclusionRegexps": [".*circuit_breakers.*"]
+        })
+    );
+}
