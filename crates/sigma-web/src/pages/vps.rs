@@ -6,9 +6,11 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
+use sigma_store::console::VpsSort;
 use sigma_store::sessions::Session;
 use sigma_types::{
-    AuditFilter, FieldErrors, Normalize, Provider, Purpose, Vps, VpsPatchBody, VpsQuery, VpsStatus,
+    AuditFilter, FieldErrors, MeshSyncStatus, Normalize, Provider, Purpose, Vps, VpsPatchBody,
+    VpsQuery, VpsStatus,
 };
 use uuid::Uuid;
 
@@ -31,6 +33,9 @@ struct Filters {
     provider: String,
     tag: String,
     q: String,
+    mesh: String,
+    sort: VpsSort,
+    desc: bool,
     page: i64,
     per_page: i64,
 }
@@ -69,6 +74,21 @@ impl Filters {
                     DEFAULT_PAGE_SIZE
                 }),
         };
+        let sort = match get("sort").as_str() {
+            "" => VpsSort::Hostname,
+            v => VpsSort::parse(v).unwrap_or_else(|| {
+                e.add("sort", "must be hostname, status, country or heartbeat");
+                VpsSort::Hostname
+            }),
+        };
+        let desc = match get("dir").as_str() {
+            "" | "asc" => false,
+            "desc" => true,
+            _ => {
+                e.add("dir", "must be asc or desc");
+                false
+            }
+        };
         (
             Filters {
                 status: get("status"),
@@ -77,11 +97,25 @@ impl Filters {
                 provider: get("provider"),
                 tag: get("tag"),
                 q: get("q"),
+                mesh: get("mesh"),
+                sort,
+                desc,
                 page,
                 per_page,
             },
             e,
         )
+    }
+
+    /// The mesh-state filter, checked.
+    fn mesh(&self, e: &mut FieldErrors) -> Option<MeshSyncStatus> {
+        match self.mesh.as_str() {
+            "" => None,
+            m => MeshSyncStatus::parse(m).or_else(|| {
+                e.add("mesh", format!("{m:?} is not a mesh state"));
+                None
+            }),
+        }
     }
 
     /// The store query, checked by the same rules as `GET /api/vps`.
@@ -120,7 +154,13 @@ impl Filters {
         }
     }
 
+    /// This list's URL on another page.
     fn link(&self, page: i64) -> String {
+        self.link_sorted(page, self.sort, self.desc)
+    }
+
+    /// This list's URL sorted another way, on `page`.
+    fn link_sorted(&self, page: i64, sort: VpsSort, desc: bool) -> String {
         let page = page.to_string();
         let per_page = self.per_page.to_string();
         let mut pairs: Vec<(&str, &str)> = [
@@ -129,6 +169,7 @@ impl Filters {
             ("country", &self.country),
             ("provider", &self.provider),
             ("tag", &self.tag),
+            ("mesh", &self.mesh),
             ("q", &self.q),
         ]
         .into_iter()
@@ -137,8 +178,33 @@ impl Filters {
         if self.per_page != DEFAULT_PAGE_SIZE {
             pairs.push(("per_page", &per_page));
         }
+        if sort != VpsSort::Hostname || desc {
+            pairs.push(("sort", sort.as_str()));
+            pairs.push(("dir", if desc { "desc" } else { "asc" }));
+        }
         pairs.push(("page", &page));
         format!("/vps{}", query(&pairs))
+    }
+
+    /// A sortable column header: a link that sorts by the column (ascending first, then
+    /// toggling), with `aria-sort` on the column the list is sorted by.
+    fn sort_header(&self, sort: VpsSort, label: &str) -> Markup {
+        let current = self.sort == sort;
+        let next_desc = current && !self.desc;
+        let aria = current.then_some(if self.desc { "descending" } else { "ascending" });
+        let arrow = match (current, self.desc) {
+            (false, _) => "",
+            (true, false) => " ▲",
+            (true, true) => " ▼",
+        };
+        let hint = if next_desc { "descending" } else { "ascending" };
+        html! {
+            th scope="col" aria-sort=[aria] {
+                a.sort href=(self.link_sorted(1, sort, next_desc)) title={ "Sort by " (label) ", " (hint) } {
+                    (label) (arrow)
+                }
+            }
+        }
     }
 }
 
@@ -184,6 +250,19 @@ fn provider_options(p: &[Provider]) -> Vec<(String, String)> {
     p.iter().map(|p| (p.name.clone(), p.name.clone())).collect()
 }
 
+fn mesh_options() -> Vec<(String, String)> {
+    MeshSyncStatus::ALL
+        .iter()
+        .map(|m| {
+            let label = match m {
+                MeshSyncStatus::NotMeshed => "off (not meshed)",
+                other => other.as_str(),
+            };
+            (m.as_str().to_string(), label.to_string())
+        })
+        .collect()
+}
+
 fn status_options() -> Vec<(String, String)> {
     VpsStatus::ALL
         .iter()
@@ -198,11 +277,14 @@ pub async fn list(
     RawQuery(raw): RawQuery,
 ) -> WebResult<Response> {
     let (f, mut errors) = Filters::parse(raw.as_deref());
+    let mesh = f.mesh(&mut errors);
     let q = f.query(&mut errors);
     let (purposes, providers) = choices(&web).await?;
     let result = match &q {
-        Some(q) => Some(web.store.list_vps(q).await?),
-        None => None,
+        Some(q) if errors.is_empty() => {
+            Some(web.store.list_vps_sorted(q, mesh, f.sort, f.desc).await?)
+        }
+        _ => None,
     };
     let body = html! {
         h1 { "VPS" }
@@ -215,6 +297,7 @@ pub async fn list(
                 input #f-country type="text" name="country" value=(f.country) placeholder="DE" size="4";
                 (field_error(&errors, "country"))
             }
+            div.field { (select("mesh", "Mesh", &f.mesh, Some("any"), &mesh_options())) (field_error(&errors, "mesh")) }
             div.field {
                 label for="f-tag" { "Tag" }
                 input #f-tag type="text" name="tag" value=(f.tag) size="10";
@@ -232,12 +315,18 @@ pub async fn list(
                 }
                 (field_error(&errors, "per_page"))
             }
+            @if f.sort != VpsSort::Hostname || f.desc {
+                input type="hidden" name="sort" value=(f.sort.as_str());
+                input type="hidden" name="dir" value=(if f.desc { "desc" } else { "asc" });
+            }
             div.field.actions {
                 button type="submit" { "Filter" }
                 a href="/vps" { "Clear" }
             }
             (field_error(&errors, "page"))
             (field_error(&errors, "offset"))
+            (field_error(&errors, "sort"))
+            (field_error(&errors, "dir"))
         }
         @match &result {
             None => p.error-message role="alert" { "Fix the filters marked above." },
@@ -255,13 +344,13 @@ pub async fn list(
             Some(list) => {
                 @let first = (f.page - 1) * f.per_page + 1;
                 @let last = first + list.items.len() as i64 - 1;
-                p.summary { "VPS " (first) "–" (last) " of " (list.total) " (sorted by hostname)" }
+                p.summary { "VPS " (first) "–" (last) " of " (list.total) " (sorted by " (f.sort.as_str()) @if f.desc { ", descending" } ")" }
                 div.table-wrap {
                     table.vps-list {
                         thead { tr {
-                            th scope="col" { "Hostname" } th scope="col" { "Alias" } th scope="col" { "Status" }
-                            th scope="col" { "Purpose" } th scope="col" { "Country" } th scope="col" { "Provider" }
-                            th scope="col" { "Public IP" } th scope="col" { "Last heartbeat" } th scope="col" { "Mesh" }
+                            (f.sort_header(VpsSort::Hostname, "Hostname")) th scope="col" { "Alias" } (f.sort_header(VpsSort::Status, "Status"))
+                            th scope="col" { "Purpose" } (f.sort_header(VpsSort::Country, "Country")) th scope="col" { "Provider" }
+                            th scope="col" { "Public IP" } (f.sort_header(VpsSort::Heartbeat, "Last heartbeat")) th scope="col" { "Mesh" }
                         } }
                         tbody {
                             @for v in &list.items {
@@ -681,6 +770,42 @@ mod tests {
         assert!(f.query(&mut e).is_none());
         assert!(
             e.0.contains_key("status") && e.0.contains_key("country") && e.0.contains_key("page"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn sorting_and_the_mesh_filter_survive_every_link() {
+        let (f, mut e) = Filters::parse(Some("mesh=error&sort=heartbeat&dir=desc&page=3"));
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(f.mesh(&mut e), Some(MeshSyncStatus::Error));
+        assert_eq!((f.sort, f.desc), (VpsSort::Heartbeat, true));
+        let next = f.link(4);
+        assert!(
+            next.contains("mesh=error")
+                && next.contains("sort=heartbeat")
+                && next.contains("dir=desc"),
+            "{next}"
+        );
+        // The current column's header toggles the direction and starts again at page 1;
+        // another column starts ascending.
+        let h = f
+            .sort_header(VpsSort::Heartbeat, "Last heartbeat")
+            .into_string();
+        assert!(
+            h.contains("aria-sort=\"descending\"") && h.contains("dir=asc") && h.contains("page=1"),
+            "{h}"
+        );
+        let h = f.sort_header(VpsSort::Country, "Country").into_string();
+        assert!(
+            !h.contains("aria-sort") && h.contains("sort=country&amp;dir=asc"),
+            "{h}"
+        );
+
+        let (f, mut e) = Filters::parse(Some("mesh=sideways&sort=ip&dir=up"));
+        assert_eq!(f.mesh(&mut e), None);
+        assert!(
+            e.0.contains_key("mesh") && e.0.contains_key("sort") && e.0.contains_key("dir"),
             "{e:?}"
         );
     }

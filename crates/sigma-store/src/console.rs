@@ -1,0 +1,195 @@
+//! Queries only the web console (sigma-web) asks: the VPS list with sorting and the mesh-state
+//! filter. The JSON API's `list_vps` keeps its contract (hostname order); the console's list
+//! applies the same filters with the same meaning and adds what a person scanning a fleet
+//! needs.
+
+use sigma_types::{List, MeshSyncStatus, Vps, VpsQuery, VpsStatus};
+use sqlx::Row;
+
+use crate::Store;
+use crate::db::Sql;
+use crate::error::Result;
+use crate::inventory::VPS_SELECT;
+
+/// A column the console's VPS list can be sorted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VpsSort {
+    /// Hostname (the default).
+    #[default]
+    Hostname,
+    /// Lifecycle status, alphabetically by its name.
+    Status,
+    /// Country code; VPS without one come first ascending, last descending.
+    Country,
+    /// Last heartbeat; VPS never heard from come first ascending (the stalest first).
+    Heartbeat,
+}
+
+impl VpsSort {
+    /// Every sort column.
+    pub const ALL: [VpsSort; 4] = [
+        VpsSort::Hostname,
+        VpsSort::Status,
+        VpsSort::Country,
+        VpsSort::Heartbeat,
+    ];
+
+    /// The spelling in the console's URLs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VpsSort::Hostname => "hostname",
+            VpsSort::Status => "status",
+            VpsSort::Country => "country",
+            VpsSort::Heartbeat => "heartbeat",
+        }
+    }
+
+    /// Parses the URL spelling.
+    pub fn parse(s: &str) -> Option<VpsSort> {
+        VpsSort::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// The leading sort column, or `None` when hostname alone decides.
+    fn column(self) -> Option<&'static str> {
+        match self {
+            VpsSort::Hostname => None,
+            VpsSort::Status => Some("v.status"),
+            VpsSort::Country => Some("v.country"),
+            VpsSort::Heartbeat => Some("v.last_heartbeat_at"),
+        }
+    }
+}
+
+/// The ORDER BY of a sorted list: the column, then hostname and id, so equal values keep one
+/// order from page to page. Every key runs the same direction, which lets both databases read
+/// the `vps_live_by_*` index of migration 0008 forwards or backwards instead of sorting.
+/// Unset values come first ascending and last descending on both backends (SQLite's default;
+/// PostgreSQL is told, and its indexes are built the same way).
+fn order_by(sort: VpsSort, desc: bool) -> String {
+    let (dir, nulls) = if desc {
+        ("DESC", "NULLS LAST")
+    } else {
+        ("ASC", "NULLS FIRST")
+    };
+    let mut s = String::from(" ORDER BY ");
+    if let Some(col) = sort.column() {
+        s.push_str(&format!("{col} {dir} {nulls}, "));
+    }
+    s.push_str(&format!("v.hostname {dir}, v.id {dir}"));
+    s
+}
+
+/// The WHERE clause of [`VpsQuery`]'s filters, meaning what they mean for `GET /api/vps`, plus
+/// the mesh state. Provider names are matched through the `pr` join.
+fn filters(q: &VpsQuery, mesh: Option<MeshSyncStatus>) -> Sql {
+    let mut w = Sql::new(" WHERE ");
+    match q.status {
+        Some(VpsStatus::Deleted) => w.push("v.deleted_at IS NOT NULL"),
+        Some(s) => w
+            .push("v.deleted_at IS NULL AND v.status = ")
+            .bind(s.as_str()),
+        None => w.push("v.deleted_at IS NULL"),
+    };
+    if let Some(m) = mesh {
+        w.push(" AND v.mesh_status = ").bind(m.as_str());
+    }
+    if let Some(p) = &q.purpose {
+        w.push(" AND v.purpose = ").bind(p.as_str());
+    }
+    if let Some(c) = &q.country {
+        w.push(" AND v.country = ").bind(c.as_str());
+    }
+    if let Some(p) = &q.provider {
+        w.push(" AND pr.name_key = ").bind(p.to_lowercase());
+    }
+    if let Some(t) = &q.tag {
+        w.push(" AND EXISTS (SELECT 1 FROM vps_tags t WHERE t.vps_id = v.id AND t.tag = ")
+            .bind(t.as_str())
+            .push(")");
+    }
+    if let Some(h) = &q.hostname {
+        w.push(" AND v.hostname = ").bind(h.as_str());
+    }
+    if let Some(text) = &q.q {
+        let escaped = text
+            .to_lowercase()
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        let pat = format!("%{escaped}%");
+        w.push(" AND (v.hostname LIKE ")
+            .bind(pat.clone())
+            .push(" ESCAPE '\\'");
+        for col in ["v.alias", "v.city", "v.ip_addresses"] {
+            w.push(&format!(" OR LOWER(COALESCE({col}, '')) LIKE "))
+                .bind(pat.clone())
+                .push(" ESCAPE '\\'");
+        }
+        w.push(")");
+    }
+    w
+}
+
+impl Store {
+    /// The console's VPS list: `q`'s filters (its limit and offset are the page), only VPS in
+    /// mesh state `mesh` when given, sorted by `sort` (descending when `desc`), ties by hostname
+    /// then id.
+    pub async fn list_vps_sorted(
+        &self,
+        q: &VpsQuery,
+        mesh: Option<MeshSyncStatus>,
+        sort: VpsSort,
+        desc: bool,
+    ) -> Result<List<Vps>> {
+        let w = filters(q, mesh);
+        // The provider join is needed only to match a provider's name; without it the count
+        // is read from an index alone.
+        let mut count = Sql::new(if q.provider.is_some() {
+            "SELECT COUNT(*) AS n FROM vps v LEFT JOIN providers pr ON pr.id = v.provider_id"
+        } else {
+            "SELECT COUNT(*) AS n FROM vps v"
+        });
+        count.push_sql(&w);
+        let total: i64 = count
+            .query()
+            .fetch_one(&self.pools.read)
+            .await?
+            .try_get("n")?;
+        let mut sel = Sql::new(VPS_SELECT);
+        sel.push_sql(&w);
+        sel.push(&order_by(sort, desc))
+            .push(" LIMIT ")
+            .bind(q.limit.unwrap_or(sigma_types::DEFAULT_LIMIT))
+            .push(" OFFSET ")
+            .bind(q.offset.unwrap_or(0));
+        let rows = sel.query().fetch_all(&self.pools.read).await?;
+        Ok(List {
+            items: rows
+                .iter()
+                .map(|r| self.vps_from_row(r))
+                .collect::<Result<_>>()?,
+            total,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorts_are_stable_and_run_one_direction() {
+        assert_eq!(
+            order_by(VpsSort::Hostname, false),
+            " ORDER BY v.hostname ASC, v.id ASC"
+        );
+        assert_eq!(
+            order_by(VpsSort::Country, true),
+            " ORDER BY v.country DESC NULLS LAST, v.hostname DESC, v.id DESC"
+        );
+        for s in VpsSort::ALL {
+            assert_eq!(VpsSort::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(VpsSort::parse("id; DROP TABLE vps"), None);
+    }
+}
