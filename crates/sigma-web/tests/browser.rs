@@ -414,6 +414,173 @@ async fn console_in_a_real_browser() {
     wait_text(&c, "h1", |t| t.contains("retiring")).await;
     assert_eq!(vps_status(&api, retired).await, "retiring");
 
+    // Routes on the VPS page: add one (a bad port comes back at its field), see it, edit it,
+    // disable it, delete it with confirmation; the JSON API sees each step.
+    let routed = &ids[4];
+    c.goto(&format!("{}/vps/{routed}", api.url)).await.unwrap();
+    assert!(text_of(&c, "#routes").await.contains("No Envoy routes"));
+    c.find(Locator::Css("#routes a[href$='/routes/new']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&c, "h1", |t| t.starts_with("New route")).await;
+    let f = c.form(Locator::Css("form.route")).await.unwrap();
+    f.set_by_name("name", "xray-in").await.unwrap();
+    f.set_by_name("listen_port", "99999").await.unwrap();
+    f.set_by_name("backend_host", "<b>bad host</b>")
+        .await
+        .unwrap();
+    f.set_by_name("backend_port", "443").await.unwrap();
+    f.submit().await.unwrap();
+    wait_text(&c, "#err-listen_port", |t| !t.is_empty()).await;
+    assert!(
+        exists(&c, "#err-backend_host").await,
+        "both bad fields named"
+    );
+    assert_eq!(
+        c.find(Locator::Id("r-backend_host"))
+            .await
+            .unwrap()
+            .prop("value")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("<b>bad host</b>"),
+        "the typed value is kept, as text"
+    );
+    shot(&c, &shots, "route-error").await;
+    let f = c.form(Locator::Css("form.route")).await.unwrap();
+    f.set_by_name("listen_port", "8443").await.unwrap();
+    f.set_by_name("backend_host", "10.20.0.5").await.unwrap();
+    f.submit().await.unwrap();
+    wait_text(&c, ".notice", |t| t.contains("Route added")).await;
+    let routes_text = text_of(&c, "#routes").await;
+    assert!(
+        routes_text.contains("xray-in") && routes_text.contains("10.20.0.5:443"),
+        "{routes_text}"
+    );
+    shot(&c, &shots, "vps-detail-routes").await;
+    let (_, listed) = api
+        .call("GET", &format!("/api/vps/{routed}/envoy-routes"), None)
+        .await;
+    assert_eq!(listed[0]["listen_port"], 8443, "{listed}");
+    assert_eq!(listed[0]["cluster_type"], "static");
+    // A second route on the same port is refused at the port field.
+    c.goto(&format!("{}/vps/{routed}/routes/new", api.url))
+        .await
+        .unwrap();
+    let f = c.form(Locator::Css("form.route")).await.unwrap();
+    f.set_by_name("name", "other").await.unwrap();
+    f.set_by_name("listen_port", "8443").await.unwrap();
+    f.set_by_name("backend_host", "backend.example.net")
+        .await
+        .unwrap();
+    f.set_by_name("backend_port", "80").await.unwrap();
+    f.submit().await.unwrap();
+    let taken = wait_text(&c, "#err-listen_port", |t| !t.is_empty()).await;
+    assert!(taken.contains("8443"), "{taken}");
+    // Edit: a new backend port.
+    c.goto(&format!("{}/vps/{routed}", api.url)).await.unwrap();
+    c.find(Locator::Css("#routes a[aria-label='Edit route xray-in']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&c, "h1", |t| t.starts_with("Route xray-in")).await;
+    let f = c.form(Locator::Css("form.route")).await.unwrap();
+    f.set_by_name("backend_port", "8080").await.unwrap();
+    f.submit().await.unwrap();
+    wait_text(&c, ".notice", |t| t.contains("Route saved")).await;
+    assert!(text_of(&c, "#routes").await.contains("10.20.0.5:8080"));
+    // Disable, then delete with confirmation.
+    c.find(Locator::Css(
+        "#routes button[aria-label='Disable route xray-in']",
+    ))
+    .await
+    .unwrap()
+    .click()
+    .await
+    .unwrap();
+    wait_text(&c, ".notice", |t| t.contains("Route disabled")).await;
+    let (_, listed) = api
+        .call("GET", &format!("/api/vps/{routed}/envoy-routes"), None)
+        .await;
+    assert_eq!(listed[0]["status"], "disabled", "{listed}");
+    c.find(Locator::Css("#routes a[aria-label='Delete route xray-in']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&c, "h1", |t| t.starts_with("Delete route")).await;
+    c.find(Locator::Css("main form button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&c, ".notice", |t| t.contains("Route deleted")).await;
+    let (_, listed) = api
+        .call("GET", &format!("/api/vps/{routed}/envoy-routes"), None)
+        .await;
+    assert_eq!(listed, json!([]));
+
+    // The mesh section: the doctor's links, and sigma-api's report (mode off here).
+    let mesh_text = text_of(&c, "#mesh").await;
+    assert!(
+        mesh_text.contains("Mesh chain") && mesh_text.contains("VPS active"),
+        "{mesh_text}"
+    );
+    assert!(
+        mesh_text.contains("Mesh mode"),
+        "the API's report: {mesh_text}"
+    );
+    assert!(exists(&c, "#mesh table.doctor tbody tr").await);
+
+    // Delete a VPS with confirmation, then restore it; the history shows both.
+    c.find(Locator::Css("main a[href$='/delete']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&c, "h1", |t| t.starts_with("Delete")).await;
+    c.find(Locator::Css("main form button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&c, "h1", |t| t.contains("deleted")).await;
+    assert_eq!(vps_status(&api, routed).await, "deleted");
+    assert!(
+        !exists(&c, "form.edit").await,
+        "a deleted VPS is not edited, only restored"
+    );
+    c.find(Locator::Css("main a[href$='/restore']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&c, "h1", |t| t.starts_with("Restore")).await;
+    c.find(Locator::Css("main form button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&c, ".notice", |t| t.contains("Restored")).await;
+    assert_eq!(vps_status(&api, routed).await, "active");
+    let history = text_of(&c, "#history").await;
+    assert!(
+        history.contains("vps.delete") && history.contains("vps.restore"),
+        "{history}"
+    );
+
     // Cross-site posts are refused: a foreign page's form, a foreign Origin, a missing token.
     let victim = &ids[3];
     let page = format!(
@@ -501,6 +668,10 @@ async fn console_in_a_real_browser() {
     wait_text(&c, "h1", |t| t == "Overview").await;
     c.goto(&format!("{}/vps/{victim}", api.url)).await.unwrap();
     assert!(!exists(&c, "form.edit").await && !exists(&c, "a[href$='/retire']").await);
+    assert!(
+        !exists(&c, "a[href$='/routes/new']").await && !exists(&c, "a[href$='/delete']").await,
+        "no route or delete controls for a readonly key"
+    );
     c.goto(&format!("{}/enrollment", api.url)).await.unwrap();
     assert!(!exists(&c, "form.edit").await);
     let ro_cookie = session_cookie(&c).await;
@@ -512,7 +683,12 @@ async fn console_in_a_real_browser() {
         .await
         .unwrap()
         .unwrap();
-    for path in [format!("/vps/{victim}/retire"), "/enrollment".to_string()] {
+    for path in [
+        format!("/vps/{victim}/retire"),
+        format!("/vps/{victim}/delete"),
+        format!("/vps/{victim}/routes"),
+        "/enrollment".to_string(),
+    ] {
         let r = http
             .post(format!("{}{path}", api.url))
             .header("cookie", &ro_cookie)

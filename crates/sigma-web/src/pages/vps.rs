@@ -14,7 +14,7 @@ use sigma_types::{
 };
 use uuid::Uuid;
 
-use super::query;
+use super::{field_error, lifecycle, mesh, query, routes};
 use crate::Web;
 use crate::auth::{Form, Roles, Signed};
 use crate::error::{WebError, WebResult};
@@ -204,14 +204,6 @@ impl Filters {
                     (label) (arrow)
                 }
             }
-        }
-    }
-}
-
-fn field_error(e: &FieldErrors, name: &str) -> Markup {
-    html! {
-        @if let Some(m) = e.0.get(name) {
-            span.field-error id={ "err-" (name) } role="alert" { (m) }
         }
     }
 }
@@ -545,6 +537,7 @@ async fn detail_page(
     } else {
         Default::default()
     };
+    let mesh_section = mesh::section(web, s, v).await;
     let stored = draft_of(v);
     let no_errors = FieldErrors::new();
     let edit = edit.unwrap_or(EditState {
@@ -556,9 +549,7 @@ async fn detail_page(
         p.crumbs { a href="/vps" { "VPS" } " / " }
         h1 { (v.hostname) " " span class={ "badge " (v.status.as_str()) } { (v.status.as_str()) } }
         @if let Some(n) = notice { p.notice role="status" { (n) } }
-        @if operate && matches!(v.status, VpsStatus::Provisioning | VpsStatus::Active | VpsStatus::Retiring) {
-            p.actions { a.button.danger href={ "/vps/" (v.id) "/retire" } { "Retire…" } }
-        }
+        @if s.may_operate() { (lifecycle::actions(v)) }
         div.grid {
             section.card {
                 h2 { "Inventory" }
@@ -609,29 +600,11 @@ async fn detail_page(
                     },
                 }
             }
-            section.card {
-                h2 { "Mesh" }
-                dl {
-                    dt { "State" } dd { span class={ "badge mesh-" (v.mesh.status.as_str()) } { (v.mesh.status.as_str()) } @if v.mesh_opt_out { " (kept out of the mesh)" } }
-                    @if let Some(m) = &v.mesh.message { dt { "Why" } dd { (m) } }
-                    dt { "WorkloadEntry" } dd.mono { (v.mesh.workload_entry.as_deref().unwrap_or("—")) }
-                    @if let Some(t) = v.mesh.last_attempt_at { dt { "Last reconciled" } dd { (layout::time(t)) } }
-                }
-            }
         }
-        section.card {
-            h2 { "Routes" }
-            @if routes.is_empty() {
-                p.empty { "No Envoy routes on this VPS." }
-            } @else {
-                table { thead { tr { th scope="col" { "Name" } th scope="col" { "Listen" } th scope="col" { "Backend" } th scope="col" { "Status" } } }
-                    tbody { @for r in &routes { tr {
-                        td { (r.name) } td.num { (r.listen_port) } td.mono { (r.backend_host) ":" (r.backend_port) } td { (r.status.as_str()) }
-                    } } } }
-            }
-        }
+        (mesh_section)
+        (routes::section(s, v, &routes))
         @if operate { (edit_form(s, v, &edit, &purposes, &providers)) }
-        section.card {
+        section.card #history {
             h2 { "History" }
             @if audit.items.is_empty() {
                 p.empty { "No recorded changes." }
@@ -653,11 +626,22 @@ pub async fn detail(
     RawQuery(raw): RawQuery,
 ) -> WebResult<Markup> {
     let v = web.store.get_vps(parse_id(&id)?).await?;
-    let notice = match raw.as_deref() {
-        Some("saved=1") => Some("Saved."),
-        Some("retired=1") => Some("Retirement started."),
-        _ => None,
-    };
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(raw.as_deref().unwrap_or("")).unwrap_or_default();
+    let notice = pairs
+        .iter()
+        .find_map(|(k, v)| match (k.as_str(), v.as_str()) {
+            ("saved", "1") => Some("Saved."),
+            ("done", "retire") => Some("Retirement started."),
+            ("done", "delete") => Some("Deleted. It can be restored from here."),
+            ("done", "restore") => Some("Restored."),
+            ("route", "added") => Some("Route added."),
+            ("route", "saved") => Some("Route saved."),
+            ("route", "active") => Some("Route enabled."),
+            ("route", "disabled") => Some("Route disabled."),
+            ("route", "deleted") => Some("Route deleted."),
+            _ => None,
+        });
     detail_page(&web, &s, &v, None, notice).await
 }
 
@@ -705,51 +689,6 @@ pub async fn edit(
         StatusCode::UNPROCESSABLE_ENTITY
     };
     Ok((status, page).into_response())
-}
-
-/// `GET /vps/{id}/retire`: asks for confirmation.
-pub async fn retire_confirm(
-    State(web): State<Web>,
-    Signed(s): Signed,
-    Path(id): Path<String>,
-) -> WebResult<Markup> {
-    s.require_operator()?;
-    let v = web.store.get_vps(parse_id(&id)?).await?;
-    let body = html! {
-        p.crumbs { a href="/vps" { "VPS" } " / " a href={ "/vps/" (v.id) } { (v.hostname) } " / " }
-        h1 { "Retire " (v.hostname) "?" }
-        section.card {
-            p { "Its agent stops the services it manages and the VPS leaves the mesh. A retired VPS can be brought back by setting its status to provisioning." }
-            form method="post" action={ "/vps/" (v.id) "/retire" } {
-                (layout::csrf(&s))
-                div.field.check {
-                    input #force type="checkbox" name="force";
-                    label for="force" { "Mark it retired at once (its agent is gone and will not confirm)" }
-                }
-                button.danger type="submit" { "Retire " (v.hostname) }
-                " "
-                a href={ "/vps/" (v.id) } { "Cancel" }
-            }
-        }
-    };
-    Ok(layout::page("Retire", Section::Vps, &s, body))
-}
-
-/// `POST /vps/{id}/retire`.
-pub async fn retire(
-    State(web): State<Web>,
-    Signed(s): Signed,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> WebResult<Response> {
-    let form = Form::parse(&body)?;
-    form.csrf(&s)?;
-    s.require_operator()?;
-    let id = parse_id(&id)?;
-    web.store
-        .retire_vps(&s.principal.actor(), id, form.get("force").is_some())
-        .await?;
-    Ok(Redirect::to(&format!("/vps/{id}?retired=1")).into_response())
 }
 
 #[cfg(test)]
