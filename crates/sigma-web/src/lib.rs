@@ -149,6 +149,32 @@ pub fn router_with_mesh(
             get(pages::enroll::page).post(pages::enroll::create),
         )
         .route("/enrollment/{id}/revoke", post(pages::enroll::revoke))
+        .route(
+            "/purposes",
+            get(pages::purposes::list).post(pages::purposes::create),
+        )
+        .route(
+            "/purposes/{name}",
+            get(pages::purposes::show).post(pages::purposes::update),
+        )
+        .route(
+            "/providers",
+            get(pages::admin::providers).post(pages::admin::create_provider),
+        )
+        .route(
+            "/providers/{id}",
+            get(pages::admin::provider).post(pages::admin::update_provider),
+        )
+        .route(
+            "/providers/{id}/delete",
+            post(pages::admin::delete_provider),
+        )
+        .route(
+            "/api-keys",
+            get(pages::admin::keys).post(pages::admin::create_key),
+        )
+        .route("/api-keys/{id}/revoke", post(pages::admin::revoke_key))
+        .route("/audit", get(pages::admin::audit))
         .route("/assets/console.css", get(css))
         .route("/assets/console.js", get(js))
         .layer(axum::middleware::map_response(security_headers))

@@ -395,6 +395,93 @@ async fn console_in_a_real_browser() {
     assert_eq!(listed["presets"]["country"], "NL");
     assert_eq!(listed["max_uses"], 5);
 
+    // Purposes: the mesh settings form names a bad port at its row; a good one is saved and
+    // the JSON API sees the settings.
+    c.goto(&format!("{}/purposes", api.url)).await.unwrap();
+    assert!(text_of(&c, "main table").await.contains("vpn-exit"));
+    c.goto(&format!("{}/purposes/vpn-exit", api.url))
+        .await
+        .unwrap();
+    c.find(Locator::Id("m-enabled"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let f = c.form(Locator::Css("form.purpose")).await.unwrap();
+    f.set_by_name("ports[0].name", "wireguard").await.unwrap();
+    f.set_by_name("ports[0].number", "15006").await.unwrap();
+    f.set_by_name("ports[0].protocol", "TCP").await.unwrap();
+    f.submit().await.unwrap();
+    let err = wait_text(&c, "[id='err-ports[0].number']", |t| !t.is_empty()).await;
+    assert!(err.contains("reserved"), "{err}");
+    shot(&c, &shots, "purpose-mesh-error").await;
+    let f = c.form(Locator::Css("form.purpose")).await.unwrap();
+    f.set_by_name("ports[0].number", "51820").await.unwrap();
+    f.submit().await.unwrap();
+    wait_text(&c, ".notice", |t| t.contains("Saved")).await;
+    let (_, p) = api.call("GET", "/api/purposes/vpn-exit", None).await;
+    assert_eq!(p["mesh"]["enabled"], true, "{p}");
+    assert_eq!(p["mesh"]["ports"][0]["number"], 51820, "{p}");
+    assert_eq!(p["mesh"]["ports"][0]["name"], "wireguard", "{p}");
+
+    // Providers: a bad country at its field; hostile notes shown as text.
+    c.goto(&format!("{}/providers", api.url)).await.unwrap();
+    let f = c.form(Locator::Css("form.provider")).await.unwrap();
+    f.set_by_name("name", "hetzner").await.unwrap();
+    f.set_by_name("country", "Narnia").await.unwrap();
+    f.set_by_name("notes", HOSTILE_IMG).await.unwrap();
+    f.submit().await.unwrap();
+    wait_text(&c, "#err-country", |t| !t.is_empty()).await;
+    let f = c.form(Locator::Css("form.provider")).await.unwrap();
+    f.set_by_name("country", "de").await.unwrap();
+    f.submit().await.unwrap();
+    wait_text(&c, ".notice", |t| t.contains("Provider added")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    no_dialog(&c).await;
+    assert!(text_of(&c, "main table").await.contains(HOSTILE_IMG));
+    shot(&c, &shots, "providers").await;
+
+    // API keys (admin): a new key is shown once.
+    c.goto(&format!("{}/api-keys", api.url)).await.unwrap();
+    let f = c.form(Locator::Css("form.api-key")).await.unwrap();
+    f.set_by_name("name", "ci pipeline").await.unwrap();
+    f.set_by_name("role", "operator").await.unwrap();
+    f.submit().await.unwrap();
+    let new_key = c
+        .wait()
+        .for_element(Locator::Id("created-key"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(new_key.starts_with("sgm_"), "{new_key}");
+    let r = http
+        .get(format!("{}/api/vps?limit=1", api.url))
+        .bearer_auth(&new_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the new key works");
+    shot(&c, &shots, "api-keys").await;
+
+    // Audit log: filtered by action; a malformed time is named at its field.
+    c.goto(&format!("{}/audit?action=purpose.update", api.url))
+        .await
+        .unwrap();
+    let audit_text = text_of(&c, "table.audit").await;
+    assert!(
+        audit_text.contains("purpose.update") && !audit_text.contains("vps.create"),
+        "{audit_text}"
+    );
+    shot(&c, &shots, "audit").await;
+    c.goto(&format!("{}/audit?since=yesterday", api.url))
+        .await
+        .unwrap();
+    assert!(exists(&c, "#err-since").await);
+
     // Retire with confirmation.
     let retired = &ids[2];
     c.goto(&format!("{}/vps/{retired}", api.url)).await.unwrap();
@@ -674,6 +761,16 @@ async fn console_in_a_real_browser() {
     );
     c.goto(&format!("{}/enrollment", api.url)).await.unwrap();
     assert!(!exists(&c, "form.edit").await);
+    assert!(
+        !exists(&c, "nav a[href='/api-keys']").await && !exists(&c, "nav a[href='/audit']").await,
+        "admin pages are not offered to a readonly key"
+    );
+    c.goto(&format!("{}/purposes/vpn-exit", api.url))
+        .await
+        .unwrap();
+    assert!(!exists(&c, "form.purpose button[type=submit]").await);
+    c.goto(&format!("{}/providers", api.url)).await.unwrap();
+    assert!(!exists(&c, "form.provider").await);
     let ro_cookie = session_cookie(&c).await;
     let ro_csrf = c
         .find(Locator::Css("input[name=csrf]"))
@@ -688,6 +785,9 @@ async fn console_in_a_real_browser() {
         format!("/vps/{victim}/delete"),
         format!("/vps/{victim}/routes"),
         "/enrollment".to_string(),
+        "/purposes/vpn-exit".to_string(),
+        "/providers".to_string(),
+        "/api-keys".to_string(),
     ] {
         let r = http
             .post(format!("{}{path}", api.url))
@@ -701,6 +801,15 @@ async fn console_in_a_real_browser() {
         assert_eq!(r.status(), 403, "{path}");
     }
     assert_eq!(vps_status(&api, victim).await, "active");
+    for path in ["/api-keys", "/audit"] {
+        let r = http
+            .get(format!("{}{path}", api.url))
+            .header("cookie", &ro_cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{path}");
+    }
 
     c.close().await.unwrap();
     println!("console screenshots: {}", shots.display());

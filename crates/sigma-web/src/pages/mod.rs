@@ -1,9 +1,11 @@
 //! The console's pages, one module per section.
 
+pub mod admin;
 pub mod enroll;
 pub mod lifecycle;
 pub mod mesh;
 pub mod overview;
+pub mod purposes;
 pub mod routes;
 pub mod vps;
 
