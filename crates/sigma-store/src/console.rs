@@ -1,15 +1,17 @@
 //! Queries only the web console (sigma-web) asks: the VPS list with sorting and the mesh-state
-//! filter. The JSON API's `list_vps` keeps its contract (hostname order); the console's list
+//! filter, and the routes that make up relay chains. The JSON API's `list_vps` keeps its contract (hostname order); the console's list
 //! applies the same filters with the same meaning and adds what a person scanning a fleet
 //! needs.
 
-use sigma_types::{List, MeshSyncStatus, Vps, VpsQuery, VpsStatus};
+use sigma_types::{EnvoyRoute, IpAddress, List, MeshSyncStatus, Vps, VpsQuery, VpsStatus};
 use sqlx::Row;
+use uuid::Uuid;
 
 use crate::Store;
 use crate::db::Sql;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::inventory::VPS_SELECT;
+use crate::routes::{ROUTE_COLS, route_from_row};
 
 /// A column the console's VPS list can be sorted by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -179,6 +181,161 @@ impl Store {
                 .map(|r| self.vps_from_row(r))
                 .collect::<Result<_>>()?,
             total,
+        })
+    }
+}
+
+/// A live VPS as the chains page sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChainVps {
+    /// Id.
+    pub id: Uuid,
+    /// Hostname (lower case).
+    pub hostname: String,
+    /// Purpose.
+    pub purpose: String,
+    /// Country, when set.
+    pub country: Option<String>,
+    /// Lifecycle status.
+    pub status: VpsStatus,
+    /// Last heartbeat (Unix ms), if any.
+    pub last_heartbeat_ms: Option<i64>,
+    /// Its addresses.
+    pub ips: Vec<String>,
+}
+
+/// Every Envoy route of a live VPS with the VPS it runs on (the edges of the relay chains).
+#[derive(Debug, Clone)]
+pub struct ChainRoutes {
+    /// The routes, by VPS hostname then route name.
+    pub routes: Vec<EnvoyRoute>,
+    /// The VPS the routes run on, and the live VPS their backends name (by hostname or one of
+    /// their addresses).
+    pub vps: Vec<ChainVps>,
+    /// Whether the route list was cut at [`MAX_CHAIN_ROUTES`].
+    pub truncated: bool,
+}
+
+/// Most routes the chains page reads.
+pub const MAX_CHAIN_ROUTES: i64 = 20_000;
+
+/// Addresses looked up per query.
+const IP_BATCH: usize = 100;
+
+fn chain_vps_from_row(r: &sqlx::any::AnyRow) -> Result<ChainVps> {
+    let id: String = r.try_get("id")?;
+    let status: String = r.try_get("status")?;
+    let ips: String = r.try_get("ip_addresses")?;
+    let ips: Vec<IpAddress> =
+        serde_json::from_str(&ips).map_err(|e| Error::Corrupt(format!("vps ip_addresses: {e}")))?;
+    Ok(ChainVps {
+        id: Uuid::parse_str(&id).map_err(|_| Error::Corrupt(format!("vps id {id:?}")))?,
+        hostname: r.try_get("hostname")?,
+        purpose: r.try_get("purpose")?,
+        country: r.try_get("country")?,
+        status: VpsStatus::parse(&status)
+            .ok_or_else(|| Error::Corrupt(format!("vps status {status:?}")))?,
+        last_heartbeat_ms: r.try_get("last_heartbeat_at")?,
+        ips: ips.into_iter().map(|a| a.ip).collect(),
+    })
+}
+
+const CHAIN_VPS_COLS: &str =
+    "v.id, v.hostname, v.purpose, v.country, v.status, v.last_heartbeat_at, v.ip_addresses";
+
+impl Store {
+    /// The routes of live VPS and the VPS at both ends of each (see [`ChainRoutes`]).
+    ///
+    /// Backends named by an address are found with `LIKE` on the stored address list (written
+    /// by sigma itself as compact JSON of canonical addresses, so `"ip":"<addr>"` matches
+    /// exactly one entry): a scan of the table in the database, returning only the matches.
+    pub async fn chain_routes(&self) -> Result<ChainRoutes> {
+        let read = &self.pools.read;
+        // Route columns qualified by the table: both tables have id, status and timestamps.
+        let cols: Vec<String> = ROUTE_COLS.split(", ").map(|c| format!("r.{c}")).collect();
+        let rows = sqlx::query(dynsql!(
+            "SELECT {} FROM envoy_routes r JOIN vps v ON v.id = r.vps_id \
+             WHERE v.deleted_at IS NULL ORDER BY v.hostname, r.name LIMIT $1",
+            cols.join(", ")
+        ))
+        .bind(MAX_CHAIN_ROUTES + 1)
+        .fetch_all(read)
+        .await?;
+        let truncated = rows.len() as i64 > MAX_CHAIN_ROUTES;
+        let routes: Vec<EnvoyRoute> = rows
+            .iter()
+            .take(MAX_CHAIN_ROUTES as usize)
+            .map(route_from_row)
+            .collect::<Result<_>>()?;
+        let owners: std::collections::BTreeSet<String> =
+            routes.iter().map(|r| r.vps_id.to_string()).collect();
+        let mut vps: Vec<ChainVps> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let owner_ids: Vec<String> = owners.into_iter().collect();
+        for chunk in owner_ids.chunks(IP_BATCH) {
+            let mut sql = Sql::new(&format!(
+                "SELECT {CHAIN_VPS_COLS} FROM vps v WHERE v.id IN ("
+            ));
+            for (i, id) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.bind(id.as_str());
+            }
+            sql.push(")");
+            for r in sql.query().fetch_all(read).await? {
+                let v = chain_vps_from_row(&r)?;
+                if seen.insert(v.id) {
+                    vps.push(v);
+                }
+            }
+        }
+        let hosts: std::collections::BTreeSet<&str> =
+            routes.iter().map(|r| r.backend_host.as_str()).collect();
+        let (ips, names): (Vec<&str>, Vec<&str>) = hosts
+            .into_iter()
+            .partition(|h| h.parse::<std::net::IpAddr>().is_ok());
+        for chunk in names.chunks(IP_BATCH) {
+            let mut sql = Sql::new(&format!(
+                "SELECT {CHAIN_VPS_COLS} FROM vps v WHERE v.deleted_at IS NULL AND v.hostname IN ("
+            ));
+            for (i, h) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.bind(*h);
+            }
+            sql.push(")");
+            for r in sql.query().fetch_all(read).await? {
+                let v = chain_vps_from_row(&r)?;
+                if seen.insert(v.id) {
+                    vps.push(v);
+                }
+            }
+        }
+        for chunk in ips.chunks(IP_BATCH) {
+            let mut sql = Sql::new(&format!(
+                "SELECT {CHAIN_VPS_COLS} FROM vps v WHERE v.deleted_at IS NULL AND ("
+            ));
+            for (i, ip) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push(" OR ");
+                }
+                sql.push("v.ip_addresses LIKE ")
+                    .bind(format!("%\"ip\":\"{ip}\"%"));
+            }
+            sql.push(")");
+            for r in sql.query().fetch_all(read).await? {
+                let v = chain_vps_from_row(&r)?;
+                if seen.insert(v.id) {
+                    vps.push(v);
+                }
+            }
+        }
+        Ok(ChainRoutes {
+            routes,
+            vps,
+            truncated,
         })
     }
 }

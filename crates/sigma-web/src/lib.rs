@@ -175,6 +175,7 @@ pub fn router_with_mesh(
         )
         .route("/api-keys/{id}/revoke", post(pages::admin::revoke_key))
         .route("/audit", get(pages::admin::audit))
+        .route("/chains", get(pages::chains::page))
         .route("/assets/console.css", get(css))
         .route("/assets/console.js", get(js))
         .layer(axum::middleware::map_response(security_headers))

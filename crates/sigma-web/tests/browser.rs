@@ -482,6 +482,47 @@ async fn console_in_a_real_browser() {
         .unwrap();
     assert!(exists(&c, "#err-since").await);
 
+    // Chains: web-05 → web-06 (by hostname) → web-07 → its own service; web-08 → the
+    // hostile VPS by address. Each hop says whether its route is live and its target healthy.
+    c.goto(&format!("{}/chains", api.url)).await.unwrap();
+    assert!(text_of(&c, "main").await.contains("No routes yet"));
+    for (on, backend) in [
+        (&ids[5], "web-06.example.net"),
+        (&ids[6], "web-07.example.net"),
+        (&ids[7], "127.0.0.1"),
+        (&ids[8], "198.51.100.9"),
+    ] {
+        let (st, r) = api
+            .call(
+                "POST",
+                &format!("/api/vps/{on}/envoy-routes"),
+                Some(json!({"name": "hop", "listen_port": 443, "backend_host": backend, "backend_port": 443})),
+            )
+            .await;
+        assert_eq!(st, 201, "{r}");
+    }
+    c.goto(&format!("{}/chains", api.url)).await.unwrap();
+    let chains = text_of(&c, "main").await;
+    let first = chains
+        .lines()
+        .find(|l| l.contains("web-05.example.net"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        first.contains("web-06.example.net")
+            && first.contains("web-07.example.net")
+            && first.contains("127.0.0.1:443")
+            && first.contains("live")
+            && first.contains("never heard from"),
+        "{chains}"
+    );
+    assert!(chains.contains("xrayr → DE"), "{chains}");
+    assert!(
+        chains.contains("hostile.example.net"),
+        "a backend named by address is found: {chains}"
+    );
+    shot(&c, &shots, "chains").await;
+
     // Retire with confirmation.
     let retired = &ids[2];
     c.goto(&format!("{}/vps/{retired}", api.url)).await.unwrap();

@@ -256,8 +256,62 @@ async fn console_queries(url: &str) {
         .await
         .unwrap();
     assert_eq!((l.total, l.items.len()), (0, 0));
+
+    // Chains: the routes of live VPS, with the VPS their backends name by hostname or by one
+    // of their addresses (found in the stored address list on both backends).
+    let mut relay = vps("relay.example.net", Some("NL"), VpsStatus::Active);
+    relay.ip_addresses = vec![sigma_types::IpAddress {
+        ip: "192.0.2.10".into(),
+        label: "public".into(),
+    }];
+    let relay = store.create_vps("test", &relay).await.unwrap();
+    let mut decoy = vps("decoy.example.net", None, VpsStatus::Active);
+    decoy.ip_addresses = vec![sigma_types::IpAddress {
+        ip: "192.0.2.100".into(),
+        label: "public".into(),
+    }];
+    store.create_vps("test", &decoy).await.unwrap();
+    let entry = l_id(&store, "a.example.net").await;
+    let exit = l_id(&store, "d.example.net").await;
+    let spec = |name: &str, host: &str| sigma_types::RouteSpec {
+        name: name.into(),
+        listen_port: 443,
+        backend_host: host.into(),
+        backend_port: 443,
+        cluster_type: sigma_types::ClusterType::StrictDns,
+        connect_timeout_ms: 5000,
+        proxy_protocol: sigma_types::ProxyProtocol::None,
+        status: sigma_types::RouteStatus::Active,
+    };
+    store
+        .create_route("test", entry, &spec("in", "192.0.2.10"))
+        .await
+        .unwrap();
+    store
+        .create_route("test", relay.id, &spec("via", "d.example.net"))
+        .await
+        .unwrap();
+    let c = store.chain_routes().await.unwrap();
+    assert_eq!(c.routes.len(), 2);
+    assert!(!c.truncated);
+    let mut found: Vec<&str> = c.vps.iter().map(|v| v.hostname.as_str()).collect();
+    found.sort();
+    assert_eq!(
+        found,
+        ["a.example.net", "d.example.net", "relay.example.net"],
+        "owners and targets; 192.0.2.100 is not 192.0.2.10"
+    );
+    assert!(c.vps.iter().any(|v| v.id == exit));
     db.close().await;
     store.close().await;
+}
+
+async fn l_id(store: &Store, hostname: &str) -> uuid::Uuid {
+    let q = VpsQuery {
+        hostname: Some(hostname.into()),
+        ..VpsQuery::default()
+    };
+    store.list_vps(&q).await.unwrap().items[0].id
 }
 
 #[tokio::test]

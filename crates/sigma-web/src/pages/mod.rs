@@ -1,6 +1,7 @@
 //! The console's pages, one module per section.
 
 pub mod admin;
+pub mod chains;
 pub mod enroll;
 pub mod lifecycle;
 pub mod mesh;
