@@ -139,7 +139,7 @@ fn walk<'a>(
 /// A VPS's health as a chain's target: what is wrong, or `None` when it is healthy.
 fn unhealthy(v: &ChainVps, silent_after: Duration, now_ms: i64) -> Option<String> {
     if v.status != VpsStatus::Active {
-        return Some(format!("{}", v.status.as_str()));
+        return Some(v.status.as_str().to_string());
     }
     let limit = i64::try_from(silent_after.as_millis()).unwrap_or(i64::MAX);
     match v.last_heartbeat_ms {
