@@ -120,7 +120,10 @@ pub fn router_with_mesh(
         .route("/login", get(auth::login_page).post(auth::login))
         .route("/logout", post(auth::logout))
         .route("/vps", get(pages::vps::list))
-        .route("/vps/{id}", get(pages::vps::detail).post(pages::vps::edit))
+        .route(
+            "/vps/{id}",
+            get(pages::vps_detail::detail).post(pages::vps_detail::edit),
+        )
         .route(
             "/vps/{id}/retire",
             get(pages::lifecycle::retire_confirm).post(pages::lifecycle::retire),

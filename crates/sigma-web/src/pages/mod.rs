@@ -9,6 +9,7 @@ pub mod overview;
 pub mod purposes;
 pub mod routes;
 pub mod vps;
+pub mod vps_detail;
 
 use maud::{Markup, html};
 use sigma_types::FieldErrors;
