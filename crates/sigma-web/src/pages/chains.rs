@@ -204,7 +204,7 @@ pub async fn page(State(web): State<Web>, Signed(s): Signed) -> WebResult<maud::
                             span.hop {
                                 @if let Some(r) = r {
                                     @let live = r.status == RouteStatus::Active && vps.get(&h.vps).is_some_and(|v| v.status == VpsStatus::Active);
-                                    " —" span.mono { (r.name) ":" (r.listen_port) }
+                                    " — " span.mono { (r.name) ":" (r.listen_port) }
                                     @if live { span.badge.doctor-ok title="route active on an active VPS" { "live" } }
                                     @else if r.status != RouteStatus::Active { span.badge.doctor-failed { "route disabled" } }
                                     @else { span.badge.doctor-failed { "VPS not active" } }
