@@ -169,10 +169,12 @@ fn number_or_text(s: &str) -> Value {
         .unwrap_or_else(|_| Value::String(s.to_string()))
 }
 
-/// How many rows of `table` the form has (its highest index + 1).
+/// How many rows of `table` the form fills (its highest index with a value + 1), so blank
+/// rows sent back do not pile up on every save.
 fn rows(f: &Form, table: &str) -> usize {
     let prefix = format!("{table}[");
     f.pairs()
+        .filter(|(_, v)| !v.trim().is_empty())
         .filter_map(|(k, _)| {
             k.strip_prefix(&prefix)?
                 .split_once(']')?
