@@ -60,7 +60,7 @@ impl Step {
                 html! { p { "Its agent stops the services it manages and the VPS leaves the mesh. A retired VPS can be brought back by setting its status to provisioning." } }
             }
             Step::Delete => {
-                html! { p { "The VPS leaves the inventory and the mesh, its agent key stops working, and its hostname " span.mono { (v.hostname) } " becomes free. Its routes and history are kept: it can be restored from the VPS list (status: deleted)." } }
+                html! { p { "The VPS leaves the inventory and the mesh, its agent's heartbeats are refused until it is restored, and its hostname " span.mono { (v.hostname) } " becomes free. Its routes and history are kept: it can be restored from the VPS list (status: deleted)." } }
             }
             Step::Restore => {
                 html! { p { "The VPS comes back with the status it had before it was deleted. This fails if another VPS has taken its hostname " span.mono { (v.hostname) } " since." } }
