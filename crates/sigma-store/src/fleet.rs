@@ -506,7 +506,8 @@ impl Store {
     /// agent may be quiet before it counts as silent.
     ///
     /// One pass over the partial covering index `vps_live_summary` (migration 0008): the live
-    /// rows grouped by every breakdown at once, folded here. Grouping by the index's own column
+    /// rows grouped by every breakdown at once, folded here; the silent count comes from the
+    /// heartbeat index. Grouping by the index's own column
     /// order lets both databases stream the groups without sorting and without touching the
     /// table's wide rows (system info, agent state). The number of groups is the number of
     /// distinct (status, mesh state, purpose, country, provider) combinations in use, a few
@@ -515,15 +516,25 @@ impl Store {
         let cutoff =
             now_ms().saturating_sub(i64::try_from(silent_after.as_millis()).unwrap_or(i64::MAX));
         let rows = sqlx::query(
-            "SELECT status, mesh_status, purpose, country, provider_id, COUNT(*) AS n, \
-             SUM(CASE WHEN status = 'active' AND (last_heartbeat_at IS NULL OR last_heartbeat_at < $1) \
-             THEN 1 ELSE 0 END) AS silent \
+            "SELECT status, mesh_status, purpose, country, provider_id, COUNT(*) AS n \
              FROM vps WHERE deleted_at IS NULL \
              GROUP BY status, mesh_status, purpose, country, provider_id",
         )
-        .bind(cutoff)
         .fetch_all(&self.pools.read)
         .await?;
+        // Silent: counted from `vps_live_by_heartbeat` (which holds the status): the never-heard
+        // and the too-quiet, each a range of that index, so a healthy fleet costs next to
+        // nothing. `status || ''` keeps the planner off the status index, which would visit
+        // every active row.
+        let silent: i64 = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM vps WHERE deleted_at IS NULL AND status || '' = 'active' \
+             AND last_heartbeat_at IS NULL) + (SELECT COUNT(*) FROM vps WHERE deleted_at IS NULL \
+             AND status || '' = 'active' AND last_heartbeat_at < $1) AS n",
+        )
+        .bind(cutoff)
+        .fetch_one(&self.pools.read)
+        .await?
+        .try_get("n")?;
         let providers: HashMap<String, String> = sqlx::query("SELECT id, name FROM providers")
             .fetch_all(&self.pools.read)
             .await?
@@ -537,6 +548,7 @@ impl Store {
                 .map(|st| (*st, 0))
                 .collect(),
             by_mesh: MeshSyncStatus::ALL.iter().map(|st| (*st, 0)).collect(),
+            silent,
             ..FleetSummary::default()
         };
         let mut purposes: HashMap<String, i64> = HashMap::new();
@@ -548,7 +560,6 @@ impl Store {
             let mesh: String = r.try_get("mesh_status")?;
             let provider: Option<String> = r.try_get("provider_id")?;
             s.total += n;
-            s.silent += r.try_get::<i64, _>("silent")?;
             if let Some(slot) = s.by_status.iter_mut().find(|(x, _)| x.as_str() == status) {
                 slot.1 += n;
             }
