@@ -253,6 +253,10 @@ async fn detail_page(
                     tbody { @for a in &audit.items { tr { td { (layout::time(a.at)) } td { (a.actor) } td { (a.action) } } } } }
                 @if audit.total > audit.items.len() as i64 { p.muted { "Showing the latest " (audit.items.len()) " of " (audit.total) " changes." } }
             }
+            @if s.principal.role == sigma_types::Role::Admin {
+                p { a href={ "/audit?resource_type=vps&resource_id=" (v.id) } { "All of this VPS's entries in the audit log" }
+                    " (route changes are under resource type " span.mono { "envoy_route" } ")" }
+            }
         }
     };
     Ok(layout::page(&v.hostname, Section::Vps, s, body))
