@@ -222,13 +222,26 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     tracing::info!(%addr, "listening");
     println!("sigma-api listening on http://{addr}");
 
+    let mesh = Arc::new(mesh);
+    let console_mesh = ConsoleMeshReports(AppState {
+        store: store.clone(),
+        metrics: Arc::default(),
+        openapi: Arc::default(),
+        mesh: mesh.clone(),
+        targets: Arc::default(),
+        installer: Arc::default(),
+    });
     let app = router_with(
         store.clone(),
         cfg.max_body_bytes as usize,
-        Arc::new(mesh),
+        mesh,
         Arc::new(installer),
     )
-    .merge(sigma_web::router(store.clone(), web));
+    .merge(sigma_web::router_with_mesh(
+        store.clone(),
+        web,
+        Some(Arc::new(console_mesh)),
+    ));
     let grace = cfg.shutdown_grace;
     let stop = shutdown.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -249,6 +262,29 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     store.close().await;
     tracing::info!("stopped");
     served
+}
+
+/// The console's mesh reports: the handler of `GET /api/vps/{id}/mesh` itself, called with the
+/// console user's principal (only the store and the mesh state of `AppState` are read).
+struct ConsoleMeshReports(AppState);
+
+impl sigma_web::MeshReports for ConsoleMeshReports {
+    fn report<'a>(
+        &'a self,
+        who: &'a sigma_store::Principal,
+        id: uuid::Uuid,
+    ) -> sigma_web::BoxFuture<'a, Result<sigma_types::mesh::VpsMeshReport, String>> {
+        Box::pin(async move {
+            routes::mesh::vps_mesh(
+                axum::extract::State(self.0.clone()),
+                extract::Reader(who.clone()),
+                extract::ApiPath(id.to_string()),
+            )
+            .await
+            .map(|axum::Json(r)| r)
+            .map_err(|e| e.message)
+        })
+    }
 }
 
 /// Starts the mesh reconciler and, unless disabled, the leader election that decides whether

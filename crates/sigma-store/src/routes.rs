@@ -19,10 +19,10 @@ use crate::auth::Principal;
 use crate::db::{from_ms, now_ms};
 use crate::error::{Error, Result, is_unique_violation};
 
-const ROUTE_COLS: &str = "id, vps_id, name, listen_port, backend_host, backend_port, cluster_type, \
+pub(crate) const ROUTE_COLS: &str = "id, vps_id, name, listen_port, backend_host, backend_port, cluster_type, \
                           connect_timeout_ms, proxy_protocol, status, created_at, updated_at";
 
-fn route_from_row(r: &AnyRow) -> Result<EnvoyRoute> {
+pub(crate) fn route_from_row(r: &AnyRow) -> Result<EnvoyRoute> {
     let corrupt =
         |what: &str, v: &dyn std::fmt::Debug| Error::Corrupt(format!("route {what} {v:?}"));
     let id: String = r.try_get("id")?;

@@ -1,5 +1,4 @@
-//! Console sessions: an API key exchanged for a server-side session (sigma-web's sign-in), and
-//! the fleet summary the console's overview shows.
+//! Console sessions: an API key exchanged for a server-side session (sigma-web's sign-in).
 //!
 //! The browser holds only a random session id in an HttpOnly cookie; the database holds its
 //! SHA-256, the key it was opened with, a per-session CSRF token, and the idle and absolute
@@ -9,7 +8,7 @@
 
 use std::time::Duration;
 
-use sigma_types::{MeshSyncStatus, Role, VpsStatus};
+use sigma_types::Role;
 use sqlx::Row;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
@@ -84,29 +83,6 @@ fn audit_id(id_hash: &str) -> String {
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
-
-/// The fleet at a glance, for the console's overview.
-#[derive(Debug, Clone, Default)]
-pub struct FleetSummary {
-    /// Live VPS (not deleted).
-    pub total: i64,
-    /// Live VPS by status, every status present.
-    pub by_status: Vec<(VpsStatus, i64)>,
-    /// Live VPS by purpose, largest first.
-    pub by_purpose: Vec<(String, i64)>,
-    /// Live VPS by country (`None`: unset), largest first.
-    pub by_country: Vec<(Option<String>, i64)>,
-    /// Live VPS by provider name (`None`: unset), largest first.
-    pub by_provider: Vec<(Option<String>, i64)>,
-    /// Live VPS by mesh state, every state present.
-    pub by_mesh: Vec<(MeshSyncStatus, i64)>,
-    /// Active VPS whose agent was last heard before the silence threshold (or never).
-    pub silent: i64,
-}
-
-/// How many rows of each breakdown the summary keeps (the rest are summed as "other" by the
-/// page).
-const SUMMARY_GROUPS: i64 = 50;
 
 impl Store {
     /// Opens a session for an API key. Agent keys cannot sign in to the console.
@@ -259,85 +235,5 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(())
-    }
-
-    /// The fleet summary of the console's overview. `silent_after` is how long an active VPS's
-    /// agent may be quiet before it counts as silent.
-    pub async fn fleet_summary(&self, silent_after: Duration) -> Result<FleetSummary> {
-        let read = &self.pools.read;
-        let mut s = FleetSummary {
-            by_status: VpsStatus::ALL
-                .iter()
-                .filter(|st| **st != VpsStatus::Deleted)
-                .map(|st| (*st, 0))
-                .collect(),
-            by_mesh: MeshSyncStatus::ALL.iter().map(|st| (*st, 0)).collect(),
-            ..FleetSummary::default()
-        };
-        for r in sqlx::query(
-            "SELECT status, COUNT(*) AS n FROM vps WHERE deleted_at IS NULL GROUP BY status",
-        )
-        .fetch_all(read)
-        .await?
-        {
-            let st: String = r.try_get("status")?;
-            let n: i64 = r.try_get("n")?;
-            s.total += n;
-            if let Some(slot) = s.by_status.iter_mut().find(|(x, _)| x.as_str() == st) {
-                slot.1 = n;
-            }
-        }
-        for r in sqlx::query(
-            "SELECT mesh_status, COUNT(*) AS n FROM vps WHERE deleted_at IS NULL GROUP BY mesh_status",
-        )
-        .fetch_all(read)
-        .await?
-        {
-            let st: String = r.try_get("mesh_status")?;
-            let n: i64 = r.try_get("n")?;
-            if let Some(slot) = s.by_mesh.iter_mut().find(|(x, _)| x.as_str() == st) {
-                slot.1 = n;
-            }
-        }
-        for r in sqlx::query(
-            "SELECT purpose AS g, COUNT(*) AS n FROM vps WHERE deleted_at IS NULL \
-             GROUP BY purpose ORDER BY n DESC, g LIMIT $1",
-        )
-        .bind(SUMMARY_GROUPS)
-        .fetch_all(read)
-        .await?
-        {
-            s.by_purpose.push((r.try_get("g")?, r.try_get("n")?));
-        }
-        for r in sqlx::query(
-            "SELECT country AS g, COUNT(*) AS n FROM vps WHERE deleted_at IS NULL \
-             GROUP BY country ORDER BY n DESC, g LIMIT $1",
-        )
-        .bind(SUMMARY_GROUPS)
-        .fetch_all(read)
-        .await?
-        {
-            s.by_country.push((r.try_get("g")?, r.try_get("n")?));
-        }
-        for r in sqlx::query(
-            "SELECT pr.name AS g, COUNT(*) AS n FROM vps v LEFT JOIN providers pr ON pr.id = v.provider_id \
-             WHERE v.deleted_at IS NULL GROUP BY pr.name ORDER BY n DESC, g LIMIT $1",
-        )
-        .bind(SUMMARY_GROUPS)
-        .fetch_all(read)
-        .await?
-        {
-            s.by_provider.push((r.try_get("g")?, r.try_get("n")?));
-        }
-        let cutoff = now_ms().saturating_sub(ms(silent_after));
-        s.silent = sqlx::query(
-            "SELECT COUNT(*) AS n FROM vps WHERE deleted_at IS NULL AND status = 'active' \
-             AND (last_heartbeat_at IS NULL OR last_heartbeat_at < $1)",
-        )
-        .bind(cutoff)
-        .fetch_one(read)
-        .await?
-        .try_get("n")?;
-        Ok(s)
     }
 }

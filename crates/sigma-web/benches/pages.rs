@@ -8,7 +8,9 @@
 //! ```
 //!
 //! Prints p50/p99/max server time and bytes per page for: the first list page, a deep page
-//! (offset near the end), a filtered list (country + tag), a text search, and a VPS detail.
+//! (offset near the end), a filtered list (country + tag), a text search, deep pages sorted by
+//! last heartbeat (descending) and by status, the first page sorted by country, the mesh-state
+//! filter (an empty match), a VPS detail and the overview.
 
 use std::time::{Duration, Instant};
 
@@ -104,6 +106,13 @@ async fn main() {
         ("list, last page", format!("/vps?page={deep}")),
         ("list, country+tag", "/vps?country=DE&tag=edge".to_string()),
         ("list, search", "/vps?q=node-0421".to_string()),
+        (
+            "list, by heartbeat",
+            format!("/vps?sort=heartbeat&dir=desc&page={deep}"),
+        ),
+        ("list, by country", "/vps?sort=country&dir=asc".to_string()),
+        ("list, by status", format!("/vps?sort=status&page={deep}")),
+        ("list, mesh=error", "/vps?mesh=error".to_string()),
         ("detail", detail),
         ("overview", "/".to_string()),
     ];

@@ -9,7 +9,12 @@ use time::OffsetDateTime;
 pub enum Section {
     Overview,
     Vps,
+    Chains,
     Enrollment,
+    Purposes,
+    Providers,
+    Keys,
+    Audit,
 }
 
 fn head(title: &str) -> Markup {
@@ -26,10 +31,17 @@ fn head(title: &str) -> Markup {
 
 /// A page for a signed-in operator: navigation, who is signed in, the sign-out form.
 pub fn page(title: &str, section: Section, s: &Session, body: Markup) -> Markup {
+    let admin = s.principal.role == sigma_types::Role::Admin;
+    // Pages a role may not open are not offered (the server refuses them anyway).
     let nav = [
-        (Section::Overview, "/", "Overview"),
-        (Section::Vps, "/vps", "VPS"),
-        (Section::Enrollment, "/enrollment", "Enrollment"),
+        (Section::Overview, "/", "Overview", true),
+        (Section::Vps, "/vps", "VPS", true),
+        (Section::Chains, "/chains", "Chains", true),
+        (Section::Enrollment, "/enrollment", "Enrollment", true),
+        (Section::Purposes, "/purposes", "Purposes", true),
+        (Section::Providers, "/providers", "Providers", true),
+        (Section::Keys, "/api-keys", "API keys", admin),
+        (Section::Audit, "/audit", "Audit log", admin),
     ];
     html! {
         (DOCTYPE)
@@ -39,8 +51,9 @@ pub fn page(title: &str, section: Section, s: &Session, body: Markup) -> Markup 
                 header.top {
                     a.brand href="/" { "sigma" }
                     nav aria-label="Main" {
-                        @for (sec, href, label) in nav {
-                            @if sec == section {
+                        @for (sec, href, label, shown) in nav {
+                            @if !shown {
+                            } @else if sec == section {
                                 a href=(href) aria-current="page" { (label) }
                             } @else {
                                 a href=(href) { (label) }

@@ -62,11 +62,28 @@ impl Default for WebSettings {
     }
 }
 
+/// A boxed future, as [`MeshReports`] returns it.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Where the console gets one VPS's mesh report: sigma-api implements it with the code of
+/// `GET /api/vps/{id}/mesh` (the desired WorkloadEntry, the cluster's, istiod's verdict), which
+/// needs the mesh template and cluster client this crate does not have.
+pub trait MeshReports: Send + Sync + 'static {
+    /// The report for VPS `id`, asked by `who`; `Err` says why there is none.
+    fn report<'a>(
+        &'a self,
+        who: &'a sigma_store::Principal,
+        id: uuid::Uuid,
+    ) -> BoxFuture<'a, Result<sigma_types::mesh::VpsMeshReport, String>>;
+}
+
 /// What every console handler shares.
 #[derive(Clone)]
 pub(crate) struct Web {
     pub store: Store,
     pub settings: Arc<WebSettings>,
+    /// `None` outside sigma-api (tests, benches): the mesh section then shows the stored facts.
+    pub mesh: Option<Arc<dyn MeshReports>>,
 }
 
 /// Forms are small; anything larger is not from the console.
@@ -81,27 +98,87 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'
      style-src 'self'; img-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; \
      form-action 'self'; frame-ancestors 'none'";
 
-/// The console's routes, to be merged into sigma-api's router (they use no path under `/api`).
+/// The console's routes, to be merged into sigma-api's router (they use no path under `/api`),
+/// without a mesh report source.
 pub fn router(store: Store, settings: WebSettings) -> Router {
+    router_with_mesh(store, settings, None)
+}
+
+/// The console's routes with sigma-api's mesh reports on the VPS page.
+pub fn router_with_mesh(
+    store: Store,
+    settings: WebSettings,
+    mesh: Option<Arc<dyn MeshReports>>,
+) -> Router {
     let state = Web {
         store,
         settings: Arc::new(settings),
+        mesh,
     };
     Router::new()
         .route("/", get(pages::overview::page))
         .route("/login", get(auth::login_page).post(auth::login))
         .route("/logout", post(auth::logout))
         .route("/vps", get(pages::vps::list))
-        .route("/vps/{id}", get(pages::vps::detail).post(pages::vps::edit))
+        .route(
+            "/vps/{id}",
+            get(pages::vps_detail::detail).post(pages::vps_detail::edit),
+        )
         .route(
             "/vps/{id}/retire",
-            get(pages::vps::retire_confirm).post(pages::vps::retire),
+            get(pages::lifecycle::retire_confirm).post(pages::lifecycle::retire),
+        )
+        .route(
+            "/vps/{id}/delete",
+            get(pages::lifecycle::delete_confirm).post(pages::lifecycle::delete),
+        )
+        .route(
+            "/vps/{id}/restore",
+            get(pages::lifecycle::restore_confirm).post(pages::lifecycle::restore),
+        )
+        .route("/vps/{id}/routes", post(pages::routes::create))
+        .route("/vps/{id}/routes/new", get(pages::routes::new_form))
+        .route(
+            "/vps/{id}/routes/{rid}",
+            get(pages::routes::edit_form).post(pages::routes::update),
+        )
+        .route("/vps/{id}/routes/{rid}/toggle", post(pages::routes::toggle))
+        .route(
+            "/vps/{id}/routes/{rid}/delete",
+            get(pages::routes::delete_confirm).post(pages::routes::delete),
         )
         .route(
             "/enrollment",
             get(pages::enroll::page).post(pages::enroll::create),
         )
         .route("/enrollment/{id}/revoke", post(pages::enroll::revoke))
+        .route(
+            "/purposes",
+            get(pages::purposes::list).post(pages::purposes::create),
+        )
+        .route(
+            "/purposes/{name}",
+            get(pages::purposes::show).post(pages::purposes::update),
+        )
+        .route(
+            "/providers",
+            get(pages::admin::providers).post(pages::admin::create_provider),
+        )
+        .route(
+            "/providers/{id}",
+            get(pages::admin::provider).post(pages::admin::update_provider),
+        )
+        .route(
+            "/providers/{id}/delete",
+            post(pages::admin::delete_provider),
+        )
+        .route(
+            "/api-keys",
+            get(pages::admin::keys).post(pages::admin::create_key),
+        )
+        .route("/api-keys/{id}/revoke", post(pages::admin::revoke_key))
+        .route("/audit", get(pages::admin::audit))
+        .route("/chains", get(pages::chains::page))
         .route("/assets/console.css", get(css))
         .route("/assets/console.js", get(js))
         .layer(axum::middleware::map_response(security_headers))

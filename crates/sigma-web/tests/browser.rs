@@ -395,6 +395,134 @@ async fn console_in_a_real_browser() {
     assert_eq!(listed["presets"]["country"], "NL");
     assert_eq!(listed["max_uses"], 5);
 
+    // Purposes: the mesh settings form names a bad port at its row; a good one is saved and
+    // the JSON API sees the settings.
+    c.goto(&format!("{}/purposes", api.url)).await.unwrap();
+    assert!(text_of(&c, "main table").await.contains("vpn-exit"));
+    c.goto(&format!("{}/purposes/vpn-exit", api.url))
+        .await
+        .unwrap();
+    c.find(Locator::Id("m-enabled"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let f = c.form(Locator::Css("form.purpose")).await.unwrap();
+    f.set_by_name("ports[0].name", "wireguard").await.unwrap();
+    f.set_by_name("ports[0].number", "15006").await.unwrap();
+    f.set_by_name("ports[0].protocol", "TCP").await.unwrap();
+    f.submit().await.unwrap();
+    let err = wait_text(&c, "[id='err-ports[0].number']", |t| !t.is_empty()).await;
+    assert!(err.contains("reserved"), "{err}");
+    shot(&c, &shots, "purpose-mesh-error").await;
+    let f = c.form(Locator::Css("form.purpose")).await.unwrap();
+    f.set_by_name("ports[0].number", "51820").await.unwrap();
+    f.submit().await.unwrap();
+    wait_text(&c, ".notice", |t| t.contains("Saved")).await;
+    let (_, p) = api.call("GET", "/api/purposes/vpn-exit", None).await;
+    assert_eq!(p["mesh"]["enabled"], true, "{p}");
+    assert_eq!(p["mesh"]["ports"][0]["number"], 51820, "{p}");
+    assert_eq!(p["mesh"]["ports"][0]["name"], "wireguard", "{p}");
+
+    // Providers: a bad country at its field; hostile notes shown as text.
+    c.goto(&format!("{}/providers", api.url)).await.unwrap();
+    let f = c.form(Locator::Css("form.provider")).await.unwrap();
+    f.set_by_name("name", "hetzner").await.unwrap();
+    f.set_by_name("country", "Narnia").await.unwrap();
+    f.set_by_name("notes", HOSTILE_IMG).await.unwrap();
+    f.submit().await.unwrap();
+    wait_text(&c, "#err-country", |t| !t.is_empty()).await;
+    let f = c.form(Locator::Css("form.provider")).await.unwrap();
+    f.set_by_name("country", "de").await.unwrap();
+    f.submit().await.unwrap();
+    wait_text(&c, ".notice", |t| t.contains("Provider added")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    no_dialog(&c).await;
+    assert!(text_of(&c, "main table").await.contains(HOSTILE_IMG));
+    shot(&c, &shots, "providers").await;
+
+    // API keys (admin): a new key is shown once.
+    c.goto(&format!("{}/api-keys", api.url)).await.unwrap();
+    let f = c.form(Locator::Css("form.api-key")).await.unwrap();
+    f.set_by_name("name", "ci pipeline").await.unwrap();
+    f.set_by_name("role", "operator").await.unwrap();
+    f.submit().await.unwrap();
+    let new_key = c
+        .wait()
+        .for_element(Locator::Id("created-key"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(new_key.starts_with("sgm_"), "{new_key}");
+    let r = http
+        .get(format!("{}/api/vps?limit=1", api.url))
+        .bearer_auth(&new_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the new key works");
+    shot(&c, &shots, "api-keys").await;
+
+    // Audit log: filtered by action; a malformed time is named at its field.
+    c.goto(&format!("{}/audit?action=purpose.update", api.url))
+        .await
+        .unwrap();
+    let audit_text = text_of(&c, "table.audit").await;
+    assert!(
+        audit_text.contains("purpose.update") && !audit_text.contains("vps.create"),
+        "{audit_text}"
+    );
+    shot(&c, &shots, "audit").await;
+    c.goto(&format!("{}/audit?since=yesterday", api.url))
+        .await
+        .unwrap();
+    assert!(exists(&c, "#err-since").await);
+
+    // Chains: web-05 → web-06 (by hostname) → web-07 → its own service; web-08 → the
+    // hostile VPS by address. Each hop says whether its route is live and its target healthy.
+    c.goto(&format!("{}/chains", api.url)).await.unwrap();
+    assert!(text_of(&c, "main").await.contains("No routes yet"));
+    for (on, backend) in [
+        (&ids[5], "web-06.example.net"),
+        (&ids[6], "web-07.example.net"),
+        (&ids[7], "127.0.0.1"),
+        (&ids[8], "198.51.100.9"),
+    ] {
+        let (st, r) = api
+            .call(
+                "POST",
+                &format!("/api/vps/{on}/envoy-routes"),
+                Some(json!({"name": "hop", "listen_port": 443, "backend_host": backend, "backend_port": 443})),
+            )
+            .await;
+        assert_eq!(st, 201, "{r}");
+    }
+    c.goto(&format!("{}/chains", api.url)).await.unwrap();
+    let chains = text_of(&c, "main").await;
+    let first = chains
+        .lines()
+        .find(|l| l.contains("web-05.example.net"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        first.contains("web-06.example.net")
+            && first.contains("web-07.example.net")
+            && first.contains("127.0.0.1:443")
+            && first.contains("live")
+            && first.contains("never heard from"),
+        "{chains}"
+    );
+    assert!(chains.contains("xrayr → DE"), "{chains}");
+    assert!(
+        chains.contains("hostile.example.net"),
+        "a backend named by address is found: {chains}"
+    );
+    shot(&c, &shots, "chains").await;
+
     // Retire with confirmation.
     let retired = &ids[2];
     c.goto(&format!("{}/vps/{retired}", api.url)).await.unwrap();
@@ -413,6 +541,173 @@ async fn console_in_a_real_browser() {
         .unwrap();
     wait_text(&c, "h1", |t| t.contains("retiring")).await;
     assert_eq!(vps_status(&api, retired).await, "retiring");
+
+    // Routes on the VPS page: add one (a bad port comes back at its field), see it, edit it,
+    // disable it, delete it with confirmation; the JSON API sees each step.
+    let routed = &ids[4];
+    c.goto(&format!("{}/vps/{routed}", api.url)).await.unwrap();
+    assert!(text_of(&c, "#routes").await.contains("No Envoy routes"));
+    c.find(Locator::Css("#routes a[href$='/routes/new']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&c, "h1", |t| t.starts_with("New route")).await;
+    let f = c.form(Locator::Css("form.route")).await.unwrap();
+    f.set_by_name("name", "xray-in").await.unwrap();
+    f.set_by_name("listen_port", "99999").await.unwrap();
+    f.set_by_name("backend_host", "<b>bad host</b>")
+        .await
+        .unwrap();
+    f.set_by_name("backend_port", "443").await.unwrap();
+    f.submit().await.unwrap();
+    wait_text(&c, "#err-listen_port", |t| !t.is_empty()).await;
+    assert!(
+        exists(&c, "#err-backend_host").await,
+        "both bad fields named"
+    );
+    assert_eq!(
+        c.find(Locator::Id("r-backend_host"))
+            .await
+            .unwrap()
+            .prop("value")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("<b>bad host</b>"),
+        "the typed value is kept, as text"
+    );
+    shot(&c, &shots, "route-error").await;
+    let f = c.form(Locator::Css("form.route")).await.unwrap();
+    f.set_by_name("listen_port", "8443").await.unwrap();
+    f.set_by_name("backend_host", "10.20.0.5").await.unwrap();
+    f.submit().await.unwrap();
+    wait_text(&c, ".notice", |t| t.contains("Route added")).await;
+    let routes_text = text_of(&c, "#routes").await;
+    assert!(
+        routes_text.contains("xray-in") && routes_text.contains("10.20.0.5:443"),
+        "{routes_text}"
+    );
+    shot(&c, &shots, "vps-detail-routes").await;
+    let (_, listed) = api
+        .call("GET", &format!("/api/vps/{routed}/envoy-routes"), None)
+        .await;
+    assert_eq!(listed[0]["listen_port"], 8443, "{listed}");
+    assert_eq!(listed[0]["cluster_type"], "static");
+    // A second route on the same port is refused at the port field.
+    c.goto(&format!("{}/vps/{routed}/routes/new", api.url))
+        .await
+        .unwrap();
+    let f = c.form(Locator::Css("form.route")).await.unwrap();
+    f.set_by_name("name", "other").await.unwrap();
+    f.set_by_name("listen_port", "8443").await.unwrap();
+    f.set_by_name("backend_host", "backend.example.net")
+        .await
+        .unwrap();
+    f.set_by_name("backend_port", "80").await.unwrap();
+    f.submit().await.unwrap();
+    let taken = wait_text(&c, "#err-listen_port", |t| !t.is_empty()).await;
+    assert!(taken.contains("8443"), "{taken}");
+    // Edit: a new backend port.
+    c.goto(&format!("{}/vps/{routed}", api.url)).await.unwrap();
+    c.find(Locator::Css("#routes a[aria-label='Edit route xray-in']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&c, "h1", |t| t.starts_with("Route xray-in")).await;
+    let f = c.form(Locator::Css("form.route")).await.unwrap();
+    f.set_by_name("backend_port", "8080").await.unwrap();
+    f.submit().await.unwrap();
+    wait_text(&c, ".notice", |t| t.contains("Route saved")).await;
+    assert!(text_of(&c, "#routes").await.contains("10.20.0.5:8080"));
+    // Disable, then delete with confirmation.
+    c.find(Locator::Css(
+        "#routes button[aria-label='Disable route xray-in']",
+    ))
+    .await
+    .unwrap()
+    .click()
+    .await
+    .unwrap();
+    wait_text(&c, ".notice", |t| t.contains("Route disabled")).await;
+    let (_, listed) = api
+        .call("GET", &format!("/api/vps/{routed}/envoy-routes"), None)
+        .await;
+    assert_eq!(listed[0]["status"], "disabled", "{listed}");
+    c.find(Locator::Css("#routes a[aria-label='Delete route xray-in']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&c, "h1", |t| t.starts_with("Delete route")).await;
+    c.find(Locator::Css("main form button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&c, ".notice", |t| t.contains("Route deleted")).await;
+    let (_, listed) = api
+        .call("GET", &format!("/api/vps/{routed}/envoy-routes"), None)
+        .await;
+    assert_eq!(listed, json!([]));
+
+    // The mesh section: the doctor's links, and sigma-api's report (mode off here).
+    let mesh_text = text_of(&c, "#mesh").await;
+    assert!(
+        mesh_text.contains("Mesh chain") && mesh_text.contains("VPS active"),
+        "{mesh_text}"
+    );
+    assert!(
+        mesh_text.contains("Mesh mode"),
+        "the API's report: {mesh_text}"
+    );
+    assert!(exists(&c, "#mesh table.doctor tbody tr").await);
+
+    // Delete a VPS with confirmation, then restore it; the history shows both.
+    c.find(Locator::Css("main a[href$='/delete']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&c, "h1", |t| t.starts_with("Delete")).await;
+    c.find(Locator::Css("main form button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&c, "h1", |t| t.contains("deleted")).await;
+    assert_eq!(vps_status(&api, routed).await, "deleted");
+    assert!(
+        !exists(&c, "form.edit").await,
+        "a deleted VPS is not edited, only restored"
+    );
+    c.find(Locator::Css("main a[href$='/restore']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&c, "h1", |t| t.starts_with("Restore")).await;
+    c.find(Locator::Css("main form button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&c, ".notice", |t| t.contains("Restored")).await;
+    assert_eq!(vps_status(&api, routed).await, "active");
+    let history = text_of(&c, "#history").await;
+    assert!(
+        history.contains("vps.delete") && history.contains("vps.restore"),
+        "{history}"
+    );
 
     // Cross-site posts are refused: a foreign page's form, a foreign Origin, a missing token.
     let victim = &ids[3];
@@ -501,8 +796,22 @@ async fn console_in_a_real_browser() {
     wait_text(&c, "h1", |t| t == "Overview").await;
     c.goto(&format!("{}/vps/{victim}", api.url)).await.unwrap();
     assert!(!exists(&c, "form.edit").await && !exists(&c, "a[href$='/retire']").await);
+    assert!(
+        !exists(&c, "a[href$='/routes/new']").await && !exists(&c, "a[href$='/delete']").await,
+        "no route or delete controls for a readonly key"
+    );
     c.goto(&format!("{}/enrollment", api.url)).await.unwrap();
     assert!(!exists(&c, "form.edit").await);
+    assert!(
+        !exists(&c, "nav a[href='/api-keys']").await && !exists(&c, "nav a[href='/audit']").await,
+        "admin pages are not offered to a readonly key"
+    );
+    c.goto(&format!("{}/purposes/vpn-exit", api.url))
+        .await
+        .unwrap();
+    assert!(!exists(&c, "form.purpose button[type=submit]").await);
+    c.goto(&format!("{}/providers", api.url)).await.unwrap();
+    assert!(!exists(&c, "form.provider").await);
     let ro_cookie = session_cookie(&c).await;
     let ro_csrf = c
         .find(Locator::Css("input[name=csrf]"))
@@ -512,7 +821,15 @@ async fn console_in_a_real_browser() {
         .await
         .unwrap()
         .unwrap();
-    for path in [format!("/vps/{victim}/retire"), "/enrollment".to_string()] {
+    for path in [
+        format!("/vps/{victim}/retire"),
+        format!("/vps/{victim}/delete"),
+        format!("/vps/{victim}/routes"),
+        "/enrollment".to_string(),
+        "/purposes/vpn-exit".to_string(),
+        "/providers".to_string(),
+        "/api-keys".to_string(),
+    ] {
         let r = http
             .post(format!("{}{path}", api.url))
             .header("cookie", &ro_cookie)
@@ -525,6 +842,15 @@ async fn console_in_a_real_browser() {
         assert_eq!(r.status(), 403, "{path}");
     }
     assert_eq!(vps_status(&api, victim).await, "active");
+    for path in ["/api-keys", "/audit"] {
+        let r = http
+            .get(format!("{}{path}", api.url))
+            .header("cookie", &ro_cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{path}");
+    }
 
     c.close().await.unwrap();
     println!("console screenshots: {}", shots.display());
