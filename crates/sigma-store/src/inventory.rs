@@ -2,7 +2,7 @@
 
 use sigma_types::{
     IpAddress, List, Provider, ProviderCreate, ProviderPatch, Purpose, PurposeCreate, PurposePatch,
-    SystemInfo, Vps, VpsCreate, VpsPatch, VpsQuery, VpsStatus,
+    SystemInfo, Vps, ContractFilter, VpsContract, VpsContractPatch, VpsCreate, VpsPatch, VpsQuery, VpsStatus,
 };
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
@@ -23,7 +23,9 @@ const PURPOSE_COLS: &str = "pu.name, pu.display_name, pu.mesh, pu.created_at, pu
 pub(crate) const VPS_SELECT: &str = "SELECT v.id, v.hostname, v.alias, pr.name AS provider, \
      v.ip_addresses, v.country, v.city, v.purpose, v.status, v.tags, v.monitoring, \
      v.node_exporter_port, v.system_info, v.agent_state, v.last_heartbeat_at, v.desired_version, v.envoy_version, v.created_at, \
-     v.updated_at, v.deleted_at, v.mesh_opt_out, v.mesh_status, v.mesh_message, v.mesh_attempt_at, v.mesh_entry \
+     v.updated_at, v.deleted_at, v.mesh_opt_out, v.mesh_status, v.mesh_message, v.mesh_attempt_at, v.mesh_entry, \
+     v.cost_e4, v.currency, v.billing_cycle, v.purchased_on, v.expires_on, v.auto_renew, v.cpu_cores, \
+     v.ram_mb, v.disk_gb, v.traffic_gb, v.ssh_port, v.data_center \
      FROM vps v LEFT JOIN providers pr ON pr.id = v.provider_id";
 
 fn provider_from_row(r: &AnyRow) -> Result<Provider> {
@@ -118,6 +120,7 @@ impl Store {
             deleted_at: r.try_get::<Option<i64>, _>("deleted_at")?.map(from_ms),
             mesh_opt_out: r.try_get::<i64, _>("mesh_opt_out")? != 0,
             mesh: crate::mesh::mesh_status_from_row(r)?,
+            contract: crate::contracts::contract_from_row(r)?,
         })
     }
 
@@ -528,6 +531,11 @@ impl Store {
 
     /// VPS matching a query, by hostname.
     pub async fn list_vps(&self, q: &VpsQuery) -> Result<List<Vps>> {
+        self.list_vps_filtered(q, &ContractFilter::default()).await
+    }
+
+    /// VPS matching a query and contract filters, by hostname.
+    pub async fn list_vps_filtered(&self, q: &VpsQuery, f: &ContractFilter) -> Result<List<Vps>> {
         let mut w = Sql::new(" WHERE ");
         match q.status {
             Some(VpsStatus::Deleted) => w.push("v.deleted_at IS NOT NULL"),
@@ -570,6 +578,7 @@ impl Store {
             }
             w.push(")");
         }
+        crate::contracts::filter(&mut w, f);
         let mut count = Sql::new(
             "SELECT COUNT(*) AS n FROM vps v LEFT JOIN providers pr ON pr.id = v.provider_id",
         );
@@ -703,8 +712,21 @@ impl Store {
 
     /// Adds a VPS.
     pub async fn create_vps(&self, actor: &str, c: &VpsCreate) -> Result<Vps> {
+        self.create_vps_with(actor, c, &VpsContract::default()).await
+    }
+
+    /// Adds a VPS with its contract terms (checked by the caller).
+    pub async fn create_vps_with(
+        &self,
+        actor: &str,
+        c: &VpsCreate,
+        contract: &VpsContract,
+    ) -> Result<Vps> {
         let mut tx = self.pools.write.begin().await?;
         let id = self.insert_vps(&mut tx, c, None, None, None).await?;
+        if *contract != VpsContract::default() {
+            crate::contracts::write_contract(&mut tx, id, contract).await?;
+        }
         let v = self.vps_in(&mut *tx, id).await?;
         record(
             &mut *tx,
@@ -731,6 +753,19 @@ impl Store {
         id: Uuid,
         p: &VpsPatch,
         mesh_opt_out: Option<bool>,
+    ) -> Result<Vps> {
+        self.update_vps_with(actor, id, p, mesh_opt_out, None).await
+    }
+
+    /// [`Store::update_vps`] that also changes contract fields: the patch is applied to the
+    /// stored contract and the result checked as a whole (422 naming `contract.<field>`).
+    pub async fn update_vps_with(
+        &self,
+        actor: &str,
+        id: Uuid,
+        p: &VpsPatch,
+        mesh_opt_out: Option<bool>,
+        contract: Option<&VpsContractPatch>,
     ) -> Result<Vps> {
         let mut tx = self.pools.write.begin().await?;
         let before = self.vps_in(&mut *tx, id).await?;
@@ -834,6 +869,10 @@ impl Store {
         };
         if tags != before.tags {
             Self::write_tags(&mut tx, id, &tags).await?;
+        }
+        if let Some(cp) = contract.filter(|c| !c.is_empty()) {
+            let c = cp.apply_checked(&before.contract)?;
+            crate::contracts::write_contract(&mut tx, id, &c).await?;
         }
         let after = self.vps_in(&mut *tx, id).await?;
         record(

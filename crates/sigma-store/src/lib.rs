@@ -17,6 +17,7 @@ macro_rules! dynsql {
 pub mod agent;
 pub mod audit;
 pub mod auth;
+pub(crate) mod contracts;
 pub mod db;
 pub mod error;
 pub mod fleet;

@@ -5,12 +5,18 @@
 //! CLI agree on one definition of "a valid hostname" or "a valid country".
 
 pub mod api;
+pub mod contract;
 pub mod country;
 pub mod envoy;
 pub mod mesh;
+pub mod money;
 pub mod patch;
 pub mod validate;
 
 pub use api::*;
+pub use contract::{
+    BillingCycle, ContractFilter, Day, VpsContract, VpsContractPatch, VpsListQuery,
+};
+pub use money::{Amount, Rate};
 pub use envoy::*;
 pub use validate::{FieldErrors, Normalize};
