@@ -33,7 +33,9 @@ async fn contract_fields_round_trip_filter_and_are_checked(db: TestDb) {
         .post(
             "/api/vps",
             k,
-            VpsBuilder::new("a1").set("contract", contract.clone()).build(),
+            VpsBuilder::new("a1")
+                .set("contract", contract.clone())
+                .build(),
         )
         .await;
     assert_eq!(st, 201, "{a}");
@@ -121,7 +123,9 @@ async fn contract_fields_round_trip_filter_and_are_checked(db: TestDb) {
             .post(
                 "/api/vps",
                 k,
-                VpsBuilder::new("bad2").set("contract", body.clone()).build(),
+                VpsBuilder::new("bad2")
+                    .set("contract", body.clone())
+                    .build(),
             )
             .await;
         assert_eq!(st, 422, "{body} → {v}");
@@ -166,7 +170,10 @@ async fn contract_fields_round_trip_filter_and_are_checked(db: TestDb) {
     assert_eq!(st, 422, "{v}");
     field(&v, "contract.ssh_port");
     let (_, v) = s.get(&format!("/api/vps/{id}"), k).await;
-    assert_eq!(v["contract"]["currency"], "EUR", "a refused patch changes nothing");
+    assert_eq!(
+        v["contract"]["currency"], "EUR",
+        "a refused patch changes nothing"
+    );
 
     // Filters.
     let names = |v: &Value| -> Vec<String> {
@@ -203,15 +210,16 @@ async fn contract_fields_round_trip_filter_and_are_checked(db: TestDb) {
     let (_, audit) = s
         .get(&format!("/api/audit?resource_id={id}&action=vps.update"), k)
         .await;
-    assert!(
-        audit.to_string().contains("\"auto_renew\":true"),
-        "{audit}"
-    );
+    assert!(audit.to_string().contains("\"auto_renew\":true"), "{audit}");
 
     // The OpenAPI document describes the contract and the filters.
     let (_, doc) = s.get("/api/openapi.json", k).await;
     let schemas = &doc["components"]["schemas"];
-    assert!(schemas["VpsContract"]["properties"]["cost"].is_object(), "{}", schemas["VpsContract"]);
+    assert!(
+        schemas["VpsContract"]["properties"]["cost"].is_object(),
+        "{}",
+        schemas["VpsContract"]
+    );
     let params = doc["paths"]["/api/vps"]["get"]["parameters"].to_string();
     for p in ["expires_within_days", "currency", "cost_min", "cost_max"] {
         assert!(params.contains(p), "{p} not documented");

@@ -273,6 +273,12 @@ pub enum VpsCommand {
         /// Hostname or id
         vps: String,
     },
+    /// VPS whose paid period ends within N days (expired ones too), soonest first
+    Expiring {
+        /// Days from today
+        #[arg(long, default_value_t = 30)]
+        days: i64,
+    },
 }
 
 /// Filters of `vps list`.
@@ -299,6 +305,18 @@ pub struct VpsListArgs {
     /// Text search in hostname, alias, city and addresses
     #[arg(short = 'q', long = "search", value_name = "TEXT")]
     pub q: Option<String>,
+    /// Only VPS paid until at most N days from today (expired ones included)
+    #[arg(long, value_name = "N")]
+    pub expires_within_days: Option<i64>,
+    /// Only VPS priced in this currency
+    #[arg(long)]
+    pub currency: Option<String>,
+    /// Only VPS costing at least this per billing cycle
+    #[arg(long, value_name = "DECIMAL")]
+    pub cost_min: Option<String>,
+    /// Only VPS costing at most this per billing cycle
+    #[arg(long, value_name = "DECIMAL")]
+    pub cost_max: Option<String>,
     /// Page
     #[command(flatten)]
     pub page: Page,
@@ -351,6 +369,8 @@ pub struct VpsCreateArgs {
     "hostname", "alias", "clear_alias", "provider", "clear_provider", "ips", "clear_ips",
     "country", "clear_country", "city", "clear_city", "purpose", "status", "tags", "clear_tags",
     "monitoring", "node_exporter_port", "mesh_opt_out",
+    "cost", "currency", "billing_cycle", "purchased_on", "expires_on", "auto_renew", "cpu_cores",
+    "ram_mb", "disk_gb", "traffic_gb", "ssh_port", "data_center", "clear_contract",
 ])))]
 pub struct VpsEditArgs {
     /// Hostname or id of the VPS to change
@@ -409,6 +429,54 @@ pub struct VpsEditArgs {
     /// Keep it out of the mesh (`true`), or let it join as its purpose says (`false`)
     #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
     pub mesh_opt_out: Option<bool>,
+    /// Contract terms and specs
+    #[command(flatten)]
+    pub contract: ContractEditArgs,
+}
+
+/// Contract fields of `vps edit` (checked by sigma-api, which names a bad one).
+#[derive(Debug, Clone, Default, Args)]
+pub struct ContractEditArgs {
+    /// Price of one billing cycle, a decimal (`4.99`)
+    #[arg(long, value_name = "DECIMAL", help_heading = "Contract")]
+    pub cost: Option<String>,
+    /// ISO 4217 currency of the cost (EUR, USD, …)
+    #[arg(long, help_heading = "Contract")]
+    pub currency: Option<String>,
+    /// monthly, quarterly, yearly or other
+    #[arg(long, value_name = "CYCLE", help_heading = "Contract")]
+    pub billing_cycle: Option<String>,
+    /// Purchase date, YYYY-MM-DD
+    #[arg(long, value_name = "DATE", help_heading = "Contract")]
+    pub purchased_on: Option<String>,
+    /// Paid until, YYYY-MM-DD
+    #[arg(long, value_name = "DATE", help_heading = "Contract")]
+    pub expires_on: Option<String>,
+    /// Whether the provider renews it by itself
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set, help_heading = "Contract")]
+    pub auto_renew: Option<bool>,
+    /// CPU cores
+    #[arg(long, value_name = "N", help_heading = "Contract")]
+    pub cpu_cores: Option<i64>,
+    /// RAM in MiB
+    #[arg(long, value_name = "MIB", help_heading = "Contract")]
+    pub ram_mb: Option<i64>,
+    /// Disk in GB
+    #[arg(long, value_name = "GB", help_heading = "Contract")]
+    pub disk_gb: Option<i64>,
+    /// Monthly traffic allowance in GB
+    #[arg(long, value_name = "GB", help_heading = "Contract")]
+    pub traffic_gb: Option<i64>,
+    /// SSH port
+    #[arg(long, value_name = "PORT", help_heading = "Contract")]
+    pub ssh_port: Option<i64>,
+    /// Data-centre name
+    #[arg(long, value_name = "NAME", help_heading = "Contract")]
+    pub data_center: Option<String>,
+    /// Clear a contract field (cost, currency, billing-cycle, purchased-on, expires-on,
+    /// auto-renew, cpu-cores, ram-mb, disk-gb, traffic-gb, ssh-port, data-center); repeat
+    #[arg(long, value_name = "FIELD", help_heading = "Contract")]
+    pub clear_contract: Vec<String>,
 }
 
 /// `sigmactl providers …`

@@ -1084,6 +1084,8 @@ fn tables_align_and_pages_are_noted() {
             "COUNTRY",
             "PUBLIC IP",
             "TAGS",
+            "COST",
+            "EXPIRES",
             "LAST SEEN"
         ]
     );
@@ -1101,6 +1103,8 @@ fn tables_align_and_pages_are_noted() {
             "FR",
             "192.0.2.1",
             "t",
+            "-",
+            "-",
             "never"
         ]
     );
@@ -2016,4 +2020,112 @@ fn mesh_doctor_walks_the_chain() {
     api.ctl()
         .run(&["mesh", "doctor", "nowhere.example.net"])
         .fails(1, &["no VPS has hostname"]);
+}
+
+/// A date `days` from today, as the API writes dates.
+fn day(days: i64) -> String {
+    let d = time::OffsetDateTime::now_utc().date() + time::Duration::days(days);
+    format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
+}
+
+#[test]
+fn contract_edit_list_and_expiring() {
+    let api = Api::start();
+    for h in ["soon.example", "later.example", "none.example"] {
+        api.ctl()
+            .run(&["vps", "create", h, "--purpose", "xrayr"])
+            .ok();
+    }
+    let soon = day(3);
+    let v = api.json(&[
+        "vps",
+        "edit",
+        "soon.example",
+        "--cost",
+        "4.99",
+        "--currency",
+        "eur",
+        "--billing-cycle",
+        "monthly",
+        "--expires-on",
+        &soon,
+        "--ssh-port",
+        "2222",
+        "--data-center",
+        "FSN1",
+    ]);
+    assert_eq!(v["contract"]["cost"], "4.99");
+    assert_eq!(v["contract"]["currency"], "EUR");
+    assert_eq!(v["contract"]["ssh_port"], 2222);
+    let later = day(20);
+    api.ctl()
+        .run(&[
+            "vps",
+            "edit",
+            "later.example",
+            "--cost",
+            "120",
+            "--currency",
+            "USD",
+            "--billing-cycle",
+            "yearly",
+            "--expires-on",
+            &later,
+            "--auto-renew",
+            "true",
+        ])
+        .ok();
+    // Clearing, and sigma-api's field names on a bad value.
+    let v = api.json(&[
+        "vps",
+        "edit",
+        "soon.example",
+        "--clear-contract",
+        "data-center",
+    ]);
+    assert_eq!(v["contract"]["data_center"], Value::Null);
+    assert_eq!(v["contract"]["ssh_port"], 2222, "untouched");
+    api.ctl()
+        .run(&["vps", "edit", "soon.example", "--ssh-port", "0"])
+        .fails(1, &["contract.ssh_port"]);
+    api.ctl()
+        .run(&["vps", "edit", "soon.example", "--clear-contract", "colour"])
+        .fails(2, &["not a contract field"]);
+
+    // vps list: columns and filters.
+    let t = api.ctl().run(&["vps", "list", "--currency", "eur"]);
+    t.ok();
+    let rows = assert_aligned(&t.stdout);
+    assert_eq!(rows.len(), 2, "{}", t.stdout);
+    assert_eq!(rows[1][0], "soon.example");
+    assert!(t.stdout.contains("4.99 EUR/mo"), "{}", t.stdout);
+    let v = api.json(&["vps", "list", "--expires-within-days", "10"]);
+    assert_eq!(ids(&v), ["soon.example"]);
+    let v = api.json(&["vps", "list", "--cost-min", "100"]);
+    assert_eq!(ids(&v), ["later.example"]);
+
+    // vps expiring: soonest first, the undated left out.
+    let t = api.ctl().run(&["vps", "expiring", "--days", "30"]);
+    t.ok();
+    let rows = assert_aligned(&t.stdout);
+    assert_eq!(
+        rows[0],
+        [
+            "HOSTNAME",
+            "STATUS",
+            "PROVIDER",
+            "EXPIRES",
+            "AUTO-RENEW",
+            "COST"
+        ]
+    );
+    let hosts: Vec<&str> = rows[1..].iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(hosts, ["soon.example", "later.example"]);
+    assert!(
+        t.stdout.contains(&format!("{soon} (in 3d)")),
+        "{}",
+        t.stdout
+    );
+    let v = api.json(&["vps", "expiring", "--days", "5"]);
+    assert_eq!(ids(&v), ["soon.example"]);
 }

@@ -18,12 +18,15 @@ fn day(r: &AnyRow, col: &str) -> Result<Option<Day>> {
 pub(crate) fn contract_from_row(r: &AnyRow) -> Result<VpsContract> {
     let cost = r
         .try_get::<Option<i64>, _>("cost_e4")?
-        .map(|raw| Amount::from_raw(raw).ok_or_else(|| Error::Corrupt(format!("vps cost_e4 {raw}"))))
+        .map(|raw| {
+            Amount::from_raw(raw).ok_or_else(|| Error::Corrupt(format!("vps cost_e4 {raw}")))
+        })
         .transpose()?;
     let billing_cycle = r
         .try_get::<Option<String>, _>("billing_cycle")?
         .map(|s| {
-            BillingCycle::parse(&s).ok_or_else(|| Error::Corrupt(format!("vps billing_cycle {s:?}")))
+            BillingCycle::parse(&s)
+                .ok_or_else(|| Error::Corrupt(format!("vps billing_cycle {s:?}")))
         })
         .transpose()?;
     Ok(VpsContract {

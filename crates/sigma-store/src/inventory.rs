@@ -1,8 +1,9 @@
 //! Providers, purposes and VPS.
 
 use sigma_types::{
-    IpAddress, List, Provider, ProviderCreate, ProviderPatch, Purpose, PurposeCreate, PurposePatch,
-    SystemInfo, Vps, ContractFilter, VpsContract, VpsContractPatch, VpsCreate, VpsPatch, VpsQuery, VpsStatus,
+    ContractFilter, IpAddress, List, Provider, ProviderCreate, ProviderPatch, Purpose,
+    PurposeCreate, PurposePatch, SystemInfo, Vps, VpsContract, VpsContractPatch, VpsCreate,
+    VpsPatch, VpsQuery, VpsStatus,
 };
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
@@ -712,7 +713,8 @@ impl Store {
 
     /// Adds a VPS.
     pub async fn create_vps(&self, actor: &str, c: &VpsCreate) -> Result<Vps> {
-        self.create_vps_with(actor, c, &VpsContract::default()).await
+        self.create_vps_with(actor, c, &VpsContract::default())
+            .await
     }
 
     /// Adds a VPS with its contract terms (checked by the caller).

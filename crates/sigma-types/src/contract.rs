@@ -82,7 +82,13 @@ impl Day {
 impl fmt::Display for Day {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let d = self.0;
-        write!(f, "{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
+        write!(
+            f,
+            "{:04}-{:02}-{:02}",
+            d.year(),
+            u8::from(d.month()),
+            d.day()
+        )
     }
 }
 
@@ -450,7 +456,13 @@ mod tests {
     #[test]
     fn dates_are_iso_calendar_days() {
         assert_eq!(Day::parse("2026-02-28").unwrap().to_string(), "2026-02-28");
-        for bad in ["2026-02-30", "26-02-01", "2026-2-1", "1999-12-31", "2026-02-01T00:00"] {
+        for bad in [
+            "2026-02-30",
+            "26-02-01",
+            "2026-2-1",
+            "1999-12-31",
+            "2026-02-01T00:00",
+        ] {
             assert!(Day::parse(bad).is_err(), "{bad}");
         }
     }

@@ -17,6 +17,6 @@ pub use api::*;
 pub use contract::{
     BillingCycle, ContractFilter, Day, VpsContract, VpsContractPatch, VpsListQuery,
 };
-pub use money::{Amount, Rate};
 pub use envoy::*;
+pub use money::{Amount, Rate};
 pub use validate::{FieldErrors, Normalize};

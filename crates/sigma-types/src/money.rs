@@ -35,7 +35,9 @@ impl<const S: u32> Fixed<S> {
 
     /// From the stored integer (count of `10^-S`).
     pub fn from_raw(raw: i64) -> Option<Self> {
-        (0..=MAX_UNITS * Self::ONE).contains(&raw).then_some(Fixed(raw))
+        (0..=MAX_UNITS * Self::ONE)
+            .contains(&raw)
+            .then_some(Fixed(raw))
     }
 
     /// The stored integer (count of `10^-S`).
@@ -179,7 +181,17 @@ mod tests {
             assert_eq!(a.to_string(), back);
         }
         for bad in [
-            "", ".5", "5.", "-1", "+1", "1e3", "1,5", "0.00001", "1000000000.01", " 1", "NaN",
+            "",
+            ".5",
+            "5.",
+            "-1",
+            "+1",
+            "1e3",
+            "1,5",
+            "0.00001",
+            "1000000000.01",
+            " 1",
+            "NaN",
             "99999999999999999999",
         ] {
             assert!(Amount::parse(bad).is_err(), "{bad:?} accepted");

@@ -193,11 +193,8 @@ pub async fn create_vps(
     Operator(p): Operator,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> ApiResult<(StatusCode, Json<Vps>)> {
-    let body = VpsCreateBody::from_json_with(
-        body,
-        crate::json::decode_value,
-        crate::json::decode_value,
-    )?;
+    let body =
+        VpsCreateBody::from_json_with(body, crate::json::decode_value, crate::json::decode_value)?;
     let contract = body.contract.unwrap_or_default();
     Ok((
         StatusCode::CREATED,

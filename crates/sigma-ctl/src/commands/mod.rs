@@ -1,6 +1,7 @@
 //! The commands: each turns its arguments into API calls and prints the answers.
 
 mod audit;
+mod contract;
 mod keys;
 pub mod mesh;
 mod purposes;
