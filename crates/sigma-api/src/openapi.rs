@@ -7,7 +7,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::routes::{admin, agent, bootstrap, envoy, install, inventory, mesh, prometheus, system};
+use crate::routes::{
+    admin, agent, bootstrap, envoy, install, inventory, mesh, prometheus, renewals, system,
+};
 
 struct BearerAuth;
 
@@ -46,6 +48,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(system::openapi))
         .routes(routes!(install::install_script))
         .routes(routes!(prometheus::targets))
+        .routes(routes!(renewals::contracts))
         .routes(routes!(
             inventory::list_providers,
             inventory::create_provider

@@ -6,7 +6,10 @@ mod common;
 use common::{ADMIN_KEY, Server, TestDb, VpsBuilder};
 use serde_json::{Value, json};
 
-both_backends!(contract_fields_round_trip_filter_and_are_checked,);
+both_backends!(
+    contract_fields_round_trip_filter_and_are_checked,
+    expiry_series_for_prometheus,
+);
 
 fn field<'a>(v: &'a Value, f: &str) -> &'a str {
     v["fields"][f]
@@ -224,4 +227,57 @@ async fn contract_fields_round_trip_filter_and_are_checked(db: TestDb) {
     for p in ["expires_within_days", "currency", "cost_min", "cost_max"] {
         assert!(params.contains(p), "{p} not documented");
     }
+}
+
+async fn expiry_series_for_prometheus(db: TestDb) {
+    let s = Server::start(&db);
+    let k = ADMIN_KEY;
+    for (h, c) in [
+        (
+            "dated",
+            json!({"expires_on": "2027-01-15", "auto_renew": true}),
+        ),
+        ("undated", json!({"cost": "1", "currency": "EUR"})),
+    ] {
+        let (st, v) = s
+            .post(
+                "/api/vps",
+                k,
+                VpsBuilder::new(h)
+                    .set("status", json!("active"))
+                    .set("contract", c)
+                    .build(),
+            )
+            .await;
+        assert_eq!(st, 201, "{v}");
+    }
+    let reader = s.key("readonly").await;
+    let resp = reqwest::Client::new()
+        .get(s.url("/api/prometheus/contracts"))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"),
+    );
+    let text = resp.text().await.unwrap();
+    let series: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(series.len(), 1, "only the dated VPS: {text}");
+    // The end of 2027-01-15, UTC.
+    assert!(series[0].ends_with("} 1800057600"), "{text}");
+    for l in [
+        r#"hostname="dated""#,
+        r#"status="active""#,
+        r#"auto_renew="true""#,
+        "vps_id=\"",
+    ] {
+        assert!(series[0].contains(l), "{l} missing: {text}");
+    }
+    let (st, _) = s.call("GET", "/api/prometheus/contracts", None, None).await;
+    assert_eq!(st, 401, "credentials required");
 }

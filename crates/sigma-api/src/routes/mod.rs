@@ -8,4 +8,5 @@ pub mod install;
 pub mod inventory;
 pub mod mesh;
 pub mod prometheus;
+pub mod renewals;
 pub mod system;
