@@ -8,7 +8,7 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::routes::{
-    admin, agent, bootstrap, envoy, install, inventory, mesh, prometheus, renewals, system,
+    admin, agent, bootstrap, costs, envoy, install, inventory, mesh, prometheus, renewals, system,
 };
 
 struct BearerAuth;
@@ -34,7 +34,8 @@ impl Modify for BearerAuth {
         (name = "keys", description = "API keys and enrollment tokens"),
         (name = "audit"), (name = "system"),
         (name = "envoy", description = "Envoy routes of the classic mode"),
-        (name = "mesh", description = "The mesh registry")
+        (name = "mesh", description = "The mesh registry"),
+        (name = "costs", description = "Exchange rates and the fleet's monthly cost")
     )
 )]
 struct ApiDoc;
@@ -49,6 +50,9 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(install::install_script))
         .routes(routes!(prometheus::targets))
         .routes(routes!(renewals::contracts))
+        .routes(routes!(costs::list_rates))
+        .routes(routes!(costs::set_rate, costs::delete_rate))
+        .routes(routes!(costs::summary))
         .routes(routes!(
             inventory::list_providers,
             inventory::create_provider

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 both_backends!(
     contract_fields_round_trip_filter_and_are_checked,
     expiry_series_for_prometheus,
+    exchange_rates_and_cost_summary,
 );
 
 fn field<'a>(v: &'a Value, f: &str) -> &'a str {
@@ -280,4 +281,211 @@ async fn expiry_series_for_prometheus(db: TestDb) {
     }
     let (st, _) = s.call("GET", "/api/prometheus/contracts", None, None).await;
     assert_eq!(st, 401, "credentials required");
+}
+
+async fn exchange_rates_and_cost_summary(db: TestDb) {
+    let s = Server::start(&db);
+    let k = ADMIN_KEY;
+    s.post("/api/providers", k, json!({"name": "Hetzner"}))
+        .await;
+    s.post("/api/providers", k, json!({"name": "OVH"})).await;
+    for (h, provider, contract) in [
+        (
+            "y1",
+            "Hetzner",
+            json!({"cost": "10", "currency": "EUR", "billing_cycle": "yearly"}),
+        ),
+        (
+            "y2",
+            "Hetzner",
+            json!({"cost": "10", "currency": "EUR", "billing_cycle": "yearly"}),
+        ),
+        (
+            "y3",
+            "Hetzner",
+            json!({"cost": "10", "currency": "EUR", "billing_cycle": "yearly"}),
+        ),
+        (
+            "u1",
+            "OVH",
+            json!({"cost": "4.99", "currency": "USD", "billing_cycle": "monthly"}),
+        ),
+        (
+            "g1",
+            "OVH",
+            json!({"cost": "5", "currency": "GBP", "billing_cycle": "monthly"}),
+        ),
+        (
+            "o1",
+            "OVH",
+            json!({"cost": "5", "currency": "EUR", "billing_cycle": "other"}),
+        ),
+        ("n1", "OVH", json!({})),
+    ] {
+        let (st, v) = s
+            .post(
+                "/api/vps",
+                k,
+                VpsBuilder::new(h)
+                    .set("provider", json!(provider))
+                    .set("contract", contract)
+                    .build(),
+            )
+            .await;
+        assert_eq!(st, 201, "{v}");
+    }
+    // A deleted VPS is not paid for.
+    let (_, gone) = s
+        .post(
+            "/api/vps",
+            k,
+            VpsBuilder::new("gone")
+                .set(
+                    "contract",
+                    json!({"cost": "99", "currency": "EUR", "billing_cycle": "monthly"}),
+                )
+                .build(),
+        )
+        .await;
+    s.delete(&format!("/api/vps/{}", gone["id"].as_str().unwrap()), k)
+        .await;
+
+    // Rates: operators set them, readers read them, everything is checked and audited.
+    let operator = s.key("operator").await;
+    let reader = s.key("readonly").await;
+    let (st, r) = s
+        .call(
+            "PUT",
+            "/api/exchange-rates/usd/eur",
+            Some(&operator),
+            Some(json!({"rate": "0.9"})),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["from"], "USD");
+    assert_eq!(r["rate"], "0.9");
+    let (st, _) = s
+        .call(
+            "PUT",
+            "/api/exchange-rates/USD/EUR",
+            Some(&reader),
+            Some(json!({"rate": "1"})),
+        )
+        .await;
+    assert_eq!(st, 403, "readers do not set rates");
+    for (path, body, f) in [
+        ("/api/exchange-rates/USD/EUR", json!({"rate": 0.9}), "rate"),
+        ("/api/exchange-rates/USD/EUR", json!({"rate": "0"}), "rate"),
+        (
+            "/api/exchange-rates/USD/EUR",
+            json!({"rate": "0.123456789"}),
+            "rate",
+        ),
+        (
+            "/api/exchange-rates/USD/EUR",
+            json!({"rate": "1", "why": "x"}),
+            "why",
+        ),
+        (
+            "/api/exchange-rates/DOLLAR/EUR",
+            json!({"rate": "1"}),
+            "from",
+        ),
+        ("/api/exchange-rates/EUR/eur", json!({"rate": "1"}), "to"),
+    ] {
+        let (st, v) = s.call("PUT", path, Some(k), Some(body.clone())).await;
+        assert_eq!(st, 422, "{path} {body}: {v}");
+        field(&v, f);
+    }
+    let (st, list) = s.get("/api/exchange-rates", &reader).await;
+    assert_eq!(st, 200);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    s.call(
+        "PUT",
+        "/api/exchange-rates/CHF/EUR",
+        Some(k),
+        Some(json!({"rate": "1.05"})),
+    )
+    .await;
+    let (st, _) = s.delete("/api/exchange-rates/CHF/EUR", k).await;
+    assert_eq!(st, 204);
+    let (st, _) = s.delete("/api/exchange-rates/CHF/EUR", k).await;
+    assert_eq!(st, 404);
+    let (_, audit) = s.get("/api/audit?resource_type=exchange_rate", k).await;
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| **a == "exchange_rate.set")
+            .count(),
+        2,
+        "{audit}"
+    );
+    assert!(actions.contains(&"exchange_rate.delete"), "{audit}");
+
+    // The summary in EUR by provider: 3 × 10/12 = 2.5 exactly; 4.99 × 0.9 = 4.491;
+    // GBP has no rate and `other` cannot be normalised: listed, not guessed.
+    let (st, sum) = s
+        .get("/api/costs/summary?group_by=provider&currency=eur", &reader)
+        .await;
+    assert_eq!(st, 200, "{sum}");
+    assert_eq!(sum["currency"], "EUR");
+    assert_eq!(
+        sum["groups"],
+        json!([
+            {"key": "Hetzner", "vps_count": 3, "monthly": "2.5"},
+            {"key": "OVH", "vps_count": 1, "monthly": "4.491"}
+        ])
+    );
+    assert_eq!(sum["monthly_total"], "6.991");
+    assert_eq!(sum["vps_counted"], 4);
+    assert_eq!(sum["vps_without_cost"], 1);
+    let excluded: Vec<(String, String)> = sum["excluded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["hostname"].as_str().unwrap().to_string(),
+                e["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        excluded,
+        [
+            ("g1".to_string(), "no_rate".to_string()),
+            ("o1".to_string(), "other_billing_cycle".to_string())
+        ]
+    );
+    let (_, by_cur) = s
+        .get("/api/costs/summary?group_by=currency&currency=EUR", k)
+        .await;
+    assert_eq!(
+        by_cur["groups"],
+        json!([
+            {"key": "EUR", "vps_count": 3, "monthly": "2.5"},
+            {"key": "USD", "vps_count": 1, "monthly": "4.491"}
+        ])
+    );
+    // In USD: no EUR→USD rate was entered, and the inverse of USD→EUR is not derived.
+    let (_, usd) = s
+        .get("/api/costs/summary?group_by=purpose&currency=USD", k)
+        .await;
+    assert_eq!(usd["monthly_total"], "4.99");
+    assert_eq!(usd["excluded"].as_array().unwrap().len(), 5, "{usd}");
+    for (q, f) in [
+        ("group_by=colour&currency=EUR", "group_by"),
+        ("group_by=provider&currency=EURO", "currency"),
+        ("group_by=provider", "currency"),
+    ] {
+        let (st, v) = s.get(&format!("/api/costs/summary?{q}"), k).await;
+        assert_eq!(st, 422, "{q}: {v}");
+        assert!(v["fields"].to_string().contains(f), "{q}: {v}");
+    }
 }

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod contract;
+pub mod costs;
 pub mod country;
 pub mod envoy;
 pub mod mesh;

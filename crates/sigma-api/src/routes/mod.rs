@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod agent;
 pub mod bootstrap;
+pub mod costs;
 pub mod envoy;
 pub mod install;
 pub mod inventory;
