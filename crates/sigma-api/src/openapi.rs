@@ -8,7 +8,8 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::routes::{
-    admin, agent, bootstrap, costs, envoy, install, inventory, mesh, prometheus, renewals, system,
+    admin, agent, bootstrap, costs, envoy, export, install, inventory, mesh, prometheus, renewals,
+    system,
 };
 
 struct BearerAuth;
@@ -53,6 +54,8 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(costs::list_rates))
         .routes(routes!(costs::set_rate, costs::delete_rate))
         .routes(routes!(costs::summary))
+        .routes(routes!(export::export_vps))
+        .routes(routes!(export::import_vps))
         .routes(routes!(
             inventory::list_providers,
             inventory::create_provider

@@ -947,6 +947,8 @@ async fn openapi_documents_every_route(db: TestDb) {
         ("put", "/api/exchange-rates/{from}/{to}"),
         ("delete", "/api/exchange-rates/{from}/{to}"),
         ("get", "/api/costs/summary"),
+        ("get", "/api/vps/export"),
+        ("post", "/api/vps/import"),
         ("get", "/api/providers"),
         ("post", "/api/providers"),
         ("get", "/api/providers/{id}"),

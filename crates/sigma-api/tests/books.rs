@@ -10,6 +10,7 @@ both_backends!(
     contract_fields_round_trip_filter_and_are_checked,
     expiry_series_for_prometheus,
     exchange_rates_and_cost_summary,
+    export_and_import,
 );
 
 fn field<'a>(v: &'a Value, f: &str) -> &'a str {
@@ -488,4 +489,187 @@ async fn exchange_rates_and_cost_summary(db: TestDb) {
         assert_eq!(st, 422, "{q}: {v}");
         assert!(v["fields"].to_string().contains(f), "{q}: {v}");
     }
+}
+
+async fn import(s: &Server, key: &str, query: &str, ctype: &str, body: &str) -> (u16, Value) {
+    s.raw(
+        "POST",
+        &format!("/api/vps/import{query}"),
+        key,
+        ctype,
+        body.as_bytes().to_vec(),
+    )
+    .await
+}
+
+fn outcomes(report: &Value) -> Vec<String> {
+    report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn export_and_import(db: TestDb) {
+    let s = Server::start(&db);
+    let k = ADMIN_KEY;
+    s.post("/api/providers", k, json!({"name": "Hetzner"}))
+        .await;
+    let (st, a) = s
+        .post(
+            "/api/vps",
+            k,
+            VpsBuilder::new("a1")
+                .public_ip("203.0.113.7")
+                .set("provider", json!("hetzner"))
+                .set("alias", json!("=HYPERLINK(\"http://x\")"))
+                .set("tags", json!(["-x", "edge"]))
+                .set(
+                    "contract",
+                    json!({"cost": "4.99", "currency": "EUR", "billing_cycle": "monthly",
+                                         "expires_on": "2027-01-15", "ssh_port": 2222}),
+                )
+                .build(),
+        )
+        .await;
+    assert_eq!(st, 201, "{a}");
+    s.post("/api/vps", k, VpsBuilder::new("b1").build()).await;
+
+    // CSV export: header, one line per VPS, formula-like cells neutralised.
+    let reader = s.key("readonly").await;
+    let resp = reqwest::Client::new()
+        .get(s.url("/api/vps/export?format=csv"))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    let csv = resp.text().await.unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 3, "{csv}");
+    assert!(
+        lines[0].starts_with("hostname,alias,provider,purpose,status"),
+        "{csv}"
+    );
+    assert!(lines[1].starts_with("a1,"), "{csv}");
+    assert!(lines[1].contains("'=HYPERLINK"), "neutralised: {csv}");
+    assert!(lines[1].contains("'-x;edge"), "neutralised: {csv}");
+    assert!(lines[1].contains("public=203.0.113.7"), "{csv}");
+    assert!(lines[1].contains(",4.99,EUR,monthly,"), "{csv}");
+    // Filters apply; JSON is an array of records.
+    let (st, j) = s
+        .get("/api/vps/export?format=json&currency=EUR", &reader)
+        .await;
+    assert_eq!(st, 200, "{j}");
+    assert_eq!(j["items"].as_array().unwrap().len(), 1);
+    assert_eq!(j["items"][0]["contract"]["cost"], "4.99");
+    let (st, v) = s.get("/api/vps/export?format=xlsx", &reader).await;
+    assert_eq!(st, 422, "{v}");
+    field(&v, "format");
+
+    // The export re-imports unchanged: idempotent by hostname.
+    let (st, r) = import(&s, k, "", "text/csv", &csv).await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(outcomes(&r), ["unchanged", "unchanged"], "{r}");
+    let (st, r) = import(&s, k, "", "application/json", &j.to_string()).await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(outcomes(&r), ["unchanged"]);
+
+    // A sheet with a change, a new VPS and a bad row: mode=all refuses all of it (422, report).
+    let sheet = "hostname,purpose,provider,cost,currency,billing_cycle,expires_on,ssh_port,tags\n\
+                 a1,xrayr,Hetzner,5.49,EUR,monthly,2027-01-15,2222,edge\n\
+                 c1,xrayr,,10,USD,yearly,,,\n\
+                 d1,xrayr,Nope,1,EURO,,2026-02-30,,\n";
+    let (st, r) = import(&s, k, "?dry_run=true", "text/csv", sheet).await;
+    assert_eq!(st, 422, "{r}");
+    assert_eq!(
+        outcomes(&r["report"]),
+        ["updated", "created", "error"],
+        "{r}"
+    );
+    field(&r, "rows[3].contract.currency");
+    field(&r, "rows[3].contract.expires_on");
+    let (st, r) = import(&s, k, "", "text/csv", sheet).await;
+    assert_eq!(st, 422, "{r}");
+    assert_eq!(r["report"]["applied"], false);
+    let (_, v) = s.get("/api/vps?hostname=c1", k).await;
+    assert_eq!(v["total"], 0, "nothing written");
+    let (_, v) = s.get("/api/vps?hostname=a1", k).await;
+    assert_eq!(v["items"][0]["contract"]["cost"], "4.99", "nothing written");
+
+    // A dry run in partial mode reports, writes nothing.
+    let (st, r) = import(&s, k, "?mode=partial&dry_run=true", "text/csv", sheet).await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["applied"], false);
+    let (_, v) = s.get("/api/vps?hostname=c1", k).await;
+    assert_eq!(v["total"], 0, "a dry run writes nothing");
+
+    // mode=partial writes the good rows; the bad one is reported with its fields, including
+    // the provider only the database can check.
+    let sheet2 = sheet.replace(
+        "d1,xrayr,Nope,1,EURO,,2026-02-30,,",
+        "d1,xrayr,Nope,1,EUR,monthly,,,",
+    );
+    let (st, r) = import(&s, k, "?mode=partial", "text/csv", &sheet2).await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(outcomes(&r), ["updated", "created", "error"], "{r}");
+    assert!(r["rows"][2]["fields"]["provider"].is_string(), "{r}");
+    let (_, v) = s.get("/api/vps?hostname=a1", k).await;
+    assert_eq!(v["items"][0]["contract"]["cost"], "5.49");
+    assert_eq!(v["items"][0]["tags"], json!(["edge"]));
+    assert_eq!(
+        v["items"][0]["ip_addresses"],
+        json!([]),
+        "an empty cell clears"
+    );
+    let (_, v) = s.get("/api/vps?hostname=c1", k).await;
+    assert_eq!(v["items"][0]["contract"]["billing_cycle"], "yearly");
+    // Again: idempotent.
+    let (_, r) = import(&s, k, "?mode=partial", "text/csv", &sheet2).await;
+    assert_eq!(outcomes(&r), ["unchanged", "unchanged", "error"], "{r}");
+
+    // Audited: each applied import (the two re-imports and the two partial ones; refused and
+    // dry runs write nothing), and each create/update as usual.
+    let (_, audit) = s.get("/api/audit?action=vps.import", k).await;
+    assert_eq!(audit["items"].as_array().unwrap().len(), 4, "{audit}");
+    let (_, audit) = s.get("/api/audit?action=vps.update", k).await;
+    assert_eq!(audit["total"], 1, "a1 changed once: {audit}");
+
+    // Bad input is named; the import has its own size bound (413), above the general one.
+    let (st, v) = import(&s, k, "", "text/csv", "hostname,colour\nx,y\n").await;
+    assert_eq!(st, 422, "{v}");
+    field(&v, "columns.colour");
+    field(&v, "columns.purpose");
+    let (st, _) = import(&s, k, "", "text/plain", "x").await;
+    assert_eq!(st, 415);
+    let (st, _) = import(&s, &reader, "", "text/csv", &csv).await;
+    assert_eq!(st, 403, "readers do not import");
+    let (st, v) = import(&s, k, "?mode=some", "text/csv", &csv).await;
+    assert_eq!(st, 422, "{v}");
+    let mut big = String::from("hostname,purpose\n");
+    for i in 0..2000 {
+        big.push_str(&format!("bulk-{i}.example.net,xrayr\n"));
+    }
+    assert!(big.len() > 256 * 1024 / 8, "above a small sheet");
+    let (st, r) = import(&s, k, "?dry_run=true", "text/csv", &big).await;
+    assert_eq!(st, 200, "2000 rows are fine: {}", r["message"]);
+    assert_eq!(r["created"], 2000);
+    let huge = "x".repeat(4 * 1024 * 1024 + 1);
+    let (st, v) = import(&s, k, "", "text/csv", &huge).await;
+    assert_eq!(st, 413, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("4194304"), "{v}");
+    let mut many = String::from("hostname,purpose\n");
+    for i in 0..5001 {
+        many.push_str(&format!("m{i},xrayr\n"));
+    }
+    let (st, v) = import(&s, k, "", "text/csv", &many).await;
+    assert_eq!(st, 413, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("5000 rows"), "{v}");
 }

@@ -770,7 +770,29 @@ impl Store {
         contract: Option<&VpsContractPatch>,
     ) -> Result<Vps> {
         let mut tx = self.pools.write.begin().await?;
-        let before = self.vps_in(&mut *tx, id).await?;
+        let (after, mesh_changed) = self
+            .update_vps_tx(&mut tx, actor, id, p, mesh_opt_out, contract)
+            .await?;
+        tx.commit().await?;
+        self.reload_hot(&self.pools.read, id).await?;
+        if mesh_changed {
+            self.fleet.mesh_changed();
+        }
+        Ok(after)
+    }
+
+    /// The change of [`Store::update_vps_with`] inside `tx`, audited there; returns the VPS
+    /// after it and whether its mesh inputs changed (the caller signals that after commit).
+    pub(crate) async fn update_vps_tx(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        actor: &str,
+        id: Uuid,
+        p: &VpsPatch,
+        mesh_opt_out: Option<bool>,
+        contract: Option<&VpsContractPatch>,
+    ) -> Result<(Vps, bool)> {
+        let before = self.vps_in(&mut **tx, id).await?;
         if before.status == VpsStatus::Deleted {
             return Err(Error::Conflict(format!(
                 "VPS {id} is deleted; restore it first"
@@ -795,7 +817,7 @@ impl Store {
         };
         let provider_id = self
             .resolve_refs(
-                &mut tx,
+                tx,
                 (purpose != before.purpose).then_some(purpose.as_str()),
                 provider.as_deref(),
             )
@@ -861,24 +883,24 @@ impl Store {
         .bind(id.to_string())
         .bind(i64::from(opt_out))
         .bind(i64::from(mesh_changed))
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await;
         match res {
             Err(e) if is_unique_violation(&e) => {
-                return Err(self.hostname_taken(&mut tx, &hostname).await);
+                return Err(self.hostname_taken(tx, &hostname).await);
             }
             r => r?,
         };
         if tags != before.tags {
-            Self::write_tags(&mut tx, id, &tags).await?;
+            Self::write_tags(tx, id, &tags).await?;
         }
         if let Some(cp) = contract.filter(|c| !c.is_empty()) {
             let c = cp.apply_checked(&before.contract)?;
-            crate::contracts::write_contract(&mut tx, id, &c).await?;
+            crate::contracts::write_contract(tx, id, &c).await?;
         }
-        let after = self.vps_in(&mut *tx, id).await?;
+        let after = self.vps_in(&mut **tx, id).await?;
         record(
-            &mut *tx,
+            &mut **tx,
             Record {
                 actor,
                 action: "vps.update",
@@ -889,12 +911,7 @@ impl Store {
             Some(&after),
         )
         .await?;
-        tx.commit().await?;
-        self.reload_hot(&self.pools.read, id).await?;
-        if mesh_changed {
-            self.fleet.mesh_changed();
-        }
-        Ok(after)
+        Ok((after, mesh_changed))
     }
 
     /// Moves a VPS along its lifecycle inside `tx` if it is still in `from`; returns whether

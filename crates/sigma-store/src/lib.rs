@@ -21,6 +21,7 @@ pub(crate) mod contracts;
 pub mod db;
 pub mod error;
 pub mod fleet;
+pub mod import;
 pub mod inventory;
 pub mod mesh;
 pub mod routes;

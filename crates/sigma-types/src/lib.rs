@@ -12,6 +12,7 @@ pub mod envoy;
 pub mod mesh;
 pub mod money;
 pub mod patch;
+pub mod records;
 pub mod validate;
 
 pub use api::*;

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod bootstrap;
 pub mod costs;
 pub mod envoy;
+pub mod export;
 pub mod install;
 pub mod inventory;
 pub mod mesh;
