@@ -958,12 +958,22 @@ impl VpsPatchBody {
             None => e.add("body", "expected a JSON object"),
         }
         e.into_result()?;
-        let contract = crate::contract::take_contract(&mut body, |v| {
-            serde_path_to_error::deserialize(v).map_err(path_error)
-        })?;
+        let contract: Option<crate::VpsContractPatch> =
+            crate::contract::take_contract(&mut body, |v| {
+                serde_path_to_error::deserialize(v).map_err(path_error)
+            })?;
         let patch = decode(body)?;
+        // Both halves are checked before either error is returned, so one 422 names all.
+        let mut e = FieldErrors::new();
+        let patch = patch.normalize().map_err(|x| e.0.extend(x.0)).ok();
+        if let Some(c) = &contract
+            && let Err(x) = c.check_fields()
+        {
+            e.0.extend(x.0);
+        }
+        e.into_result()?;
         Ok(VpsPatchBody {
-            patch: patch.normalize()?,
+            patch: patch.expect("checked above"),
             mesh_opt_out,
             contract,
         })

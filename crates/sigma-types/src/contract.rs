@@ -257,8 +257,10 @@ patch_struct! {
     /// Billing cycle.
     billing_cycle: BillingCycle, BillingCycle;
     /// Purchase date (`YYYY-MM-DD`).
+    #[schema(format = Date)]
     purchased_on: Day, String;
     /// Paid-until date (`YYYY-MM-DD`).
+    #[schema(format = Date)]
     expires_on: Day, String;
     /// Renewed by the provider by itself (`null`: false).
     auto_renew: bool, bool;
@@ -277,6 +279,24 @@ patch_struct! {
 }
 
 impl VpsContractPatch {
+    /// Checks the values this patch sets, each on its own (the rules that tie fields
+    /// together need the stored contract: [`Self::apply_checked`]).
+    pub fn check_fields(&self) -> Result<(), FieldErrors> {
+        let mut e = FieldErrors::new();
+        let one = VpsContract {
+            currency: self.currency.clone().flatten(),
+            cpu_cores: self.cpu_cores.flatten(),
+            ram_mb: self.ram_mb.flatten(),
+            disk_gb: self.disk_gb.flatten(),
+            traffic_gb: self.traffic_gb.flatten(),
+            ssh_port: self.ssh_port.flatten(),
+            data_center: self.data_center.clone().flatten(),
+            ..Default::default()
+        };
+        check(one, &mut e);
+        e.into_result()
+    }
+
     /// `base` with this patch applied and the result checked as a whole (a cost needs a
     /// currency whichever of the two the patch touched), or every problem, named
     /// `contract.<field>`.

@@ -5,9 +5,9 @@
 //! tab or a carriage return) are written with a leading `'`; an import reads such a cell back
 //! without it, so an export re-imports unchanged.
 
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use sigma_store::import::ImportInput;
@@ -19,8 +19,6 @@ use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiQuery, Operator, Reader};
 
-/// Largest import body.
-pub const IMPORT_MAX_BYTES: usize = 4 * 1024 * 1024;
 /// Most rows in one import.
 pub const IMPORT_MAX_ROWS: usize = 5000;
 
@@ -472,7 +470,8 @@ fn json_rows(body: &[u8]) -> Result<Vec<ImportInput>, ApiError> {
 /// each row creates a VPS, changes the live VPS of the same hostname to match, or matches
 /// already. `mode=all` (default) writes nothing if any row fails (422 with the report);
 /// `mode=partial` writes the good rows. `dry_run=true` writes nothing and reports what would
-/// happen. At most 4 MiB and 5000 rows (413 beyond).
+/// happen. At most the server's body limit (SIGMA_MAX_BODY_BYTES) and 5000 rows (413
+/// beyond).
 #[utoipa::path(post, path = "/api/vps/import", tag = "vps", params(ImportQuery),
     request_body(content = Records<VpsRecord>, description = "{\"items\": [VpsRecord]} as exported, or text/csv with the export's columns"),
     responses((status = 200, body = ImportReport),
@@ -484,10 +483,10 @@ pub async fn import_vps(
     State(s): State<AppState>,
     Operator(p): Operator,
     ApiQuery(q): ApiQuery<ImportQuery>,
-    headers: HeaderMap,
-    body: Body,
+    req: Request,
 ) -> ApiResult<Response> {
-    let ctype = headers
+    let ctype = req
+        .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
@@ -501,14 +500,22 @@ pub async fn import_vps(
             "send text/csv, or application/json ({\"items\": [...]}, as exported)",
         ));
     }
-    // The import has its own bound, above the general body limit.
-    let bytes = axum::body::to_bytes(body, IMPORT_MAX_BYTES)
-        .await
-        .map_err(|_| {
-            too_large(format!(
-                "the import is larger than {IMPORT_MAX_BYTES} bytes; split it"
-            ))
-        })?;
+    // The server's body limit (SIGMA_MAX_BODY_BYTES) bounds an import like any body.
+    let bytes = Bytes::from_request(req, &s).await.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large(
+                "the import is larger than the server's body limit (SIGMA_MAX_BODY_BYTES, \
+                 default 256 KiB): split it, or raise the limit"
+                    .into(),
+            )
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("could not read the body: {r}"),
+            )
+        }
+    })?;
     let rows = if is_csv {
         csv_rows(&bytes)?
     } else {
@@ -520,6 +527,15 @@ pub async fn import_vps(
         .import_vps(&p.actor(), rows, q.dry_run, partial)
         .await?;
     if report.errors > 0 && !partial {
+        // Fields are named where they are in the body: `rows[N]` (1-based data line) of a
+        // CSV, `items[N]` (0-based index) of JSON, as every other body names its fields.
+        let at = |row: usize| {
+            if is_csv {
+                format!("rows[{row}]")
+            } else {
+                format!("items[{}]", row - 1)
+            }
+        };
         let mut fields = serde_json::Map::new();
         for r in report
             .rows
@@ -527,10 +543,10 @@ pub async fn import_vps(
             .filter(|r| !r.fields.is_empty() || r.message.is_some())
         {
             for (f, why) in &r.fields {
-                fields.insert(format!("rows[{}].{f}", r.row), why.clone().into());
+                fields.insert(format!("{}.{f}", at(r.row)), why.clone().into());
             }
             if let Some(m) = &r.message {
-                fields.insert(format!("rows[{}]", r.row), m.clone().into());
+                fields.insert(at(r.row), m.clone().into());
             }
         }
         let body = serde_json::json!({
