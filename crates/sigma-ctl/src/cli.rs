@@ -279,6 +279,29 @@ pub enum VpsCommand {
         #[arg(long, default_value_t = 30)]
         days: i64,
     },
+    /// Writes the inventory as CSV or JSON (the filters of `vps list` apply)
+    Export {
+        /// csv or json
+        #[arg(long, default_value = "csv", value_parser = ["csv", "json"])]
+        format: String,
+        /// Write to this file instead of standard output
+        #[arg(long = "file", value_name = "FILE")]
+        file: Option<std::path::PathBuf>,
+        /// Filters
+        #[command(flatten)]
+        filter: VpsListArgs,
+    },
+    /// Reads a CSV or JSON export back: creates VPS, or changes those of the same hostname
+    Import {
+        /// The file (.csv, or .json as `vps export --format json` writes it)
+        file: std::path::PathBuf,
+        /// Report what would happen, change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Import the good rows even if some fail (default: all or nothing)
+        #[arg(long)]
+        partial: bool,
+    },
 }
 
 /// Filters of `vps list`.

@@ -2129,3 +2129,102 @@ fn contract_edit_list_and_expiring() {
     let v = api.json(&["vps", "expiring", "--days", "5"]);
     assert_eq!(ids(&v), ["soon.example"]);
 }
+
+#[test]
+fn vps_export_and_import_round_trip() {
+    let api = Api::start();
+    api.ctl()
+        .run(&[
+            "vps",
+            "create",
+            "a.example",
+            "--purpose",
+            "xrayr",
+            "--alias=-dash",
+        ])
+        .ok();
+    api.ctl()
+        .run(&[
+            "vps",
+            "edit",
+            "a.example",
+            "--cost",
+            "4.99",
+            "--currency",
+            "EUR",
+        ])
+        .ok();
+    let dir = TempDir::new("books");
+    let csv = dir.path().join("vps.csv");
+    api.ctl()
+        .run(&["vps", "export", "--file", csv.to_str().unwrap()])
+        .ok();
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert!(text.starts_with("hostname,"), "{text}");
+    assert!(
+        text.contains("'-dash"),
+        "formula-like cell neutralised: {text}"
+    );
+    let t = api.ctl().run(&["vps", "import", csv.to_str().unwrap()]);
+    t.ok();
+    assert!(
+        t.stdout
+            .contains("0 created, 0 updated, 1 unchanged, 0 errors (written)"),
+        "{}",
+        t.stdout
+    );
+    std::fs::write(&csv, format!("{text}b.example,xrayr\n")).unwrap();
+    // The export's header has 24 columns; the added line has 2: a CSV error, named.
+    api.ctl()
+        .run(&["vps", "import", csv.to_str().unwrap()])
+        .fails(1, &["rows[2]"]);
+    let sheet = dir.path().join("sheet.csv");
+    std::fs::write(
+        &sheet,
+        "hostname,purpose,cost,currency\na.example,xrayr,5.99,EUR\nb.example,xrayr,,\nc.example,nope,,\n",
+    )
+    .unwrap();
+    let t = api.ctl().run(&[
+        "vps",
+        "import",
+        sheet.to_str().unwrap(),
+        "--dry-run",
+        "--partial",
+    ]);
+    t.ok();
+    assert!(
+        t.stdout
+            .contains("1 created, 1 updated, 0 unchanged, 1 errors (dry run, nothing written)"),
+        "{}",
+        t.stdout
+    );
+    api.ctl()
+        .run(&["vps", "import", sheet.to_str().unwrap()])
+        .fails(1, &["rows[3].purpose"]);
+    let t = api
+        .ctl()
+        .run(&["vps", "import", sheet.to_str().unwrap(), "--partial"]);
+    t.ok();
+    let v = api.json(&["vps", "show", "a.example"]);
+    assert_eq!(v["contract"]["cost"], "5.99");
+    let json_file = dir.path().join("vps.json");
+    api.ctl()
+        .run(&[
+            "vps",
+            "export",
+            "--format",
+            "json",
+            "--currency",
+            "EUR",
+            "--file",
+            json_file.to_str().unwrap(),
+        ])
+        .ok();
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json_file).unwrap()).unwrap();
+    assert_eq!(v["items"].as_array().unwrap().len(), 1);
+    let t = api
+        .ctl()
+        .run(&["vps", "import", json_file.to_str().unwrap()]);
+    t.ok();
+    assert!(t.stdout.contains("1 unchanged"), "{}", t.stdout);
+}

@@ -173,6 +173,58 @@ pub fn expiring_query(days: i64) -> Vec<(&'static str, String)> {
     vec![("expires_within_days", days.to_string())]
 }
 
+/// The report of `vps import`: one line per row that is not unchanged, then the counts.
+pub fn print_import(
+    ctx: &mut super::Ctx<'_>,
+    r: &sigma_types::records::ImportReport,
+) -> Result<()> {
+    use sigma_types::records::ImportOutcome as O;
+    let rows: Vec<Vec<Cell>> = r
+        .rows
+        .iter()
+        .filter(|x| x.outcome != O::Unchanged)
+        .map(|x| {
+            let detail = x
+                .fields
+                .iter()
+                .map(|(f, why)| format!("{f}: {why}"))
+                .chain(x.message.clone())
+                .collect::<Vec<_>>()
+                .join("; ");
+            let outcome = match x.outcome {
+                O::Created => Cell::painted("created", Paint::Green),
+                O::Updated => Cell::painted("updated", Paint::Cyan),
+                O::Unchanged => Cell::new("unchanged"),
+                O::Error => Cell::painted("error", Paint::Red),
+            };
+            vec![
+                Cell::new(x.row.to_string()),
+                Cell::opt(x.hostname.clone()),
+                outcome,
+                Cell::opt((!detail.is_empty()).then_some(detail)),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        let mut t = crate::output::Table::new(&["ROW", "HOSTNAME", "OUTCOME", "DETAIL"]);
+        for row in rows {
+            t.row(row);
+        }
+        ctx.out.table(&t)?;
+    }
+    let how = if r.dry_run {
+        "dry run, nothing written"
+    } else if r.applied {
+        "written"
+    } else {
+        "nothing written"
+    };
+    ctx.out.line(&format!(
+        "{} created, {} updated, {} unchanged, {} errors ({how})",
+        r.created, r.updated, r.unchanged, r.errors
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

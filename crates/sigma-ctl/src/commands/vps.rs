@@ -399,6 +399,60 @@ pub async fn run(ctx: &mut Ctx<'_>, cmd: VpsCommand) -> Result<()> {
                 .await?;
             ctx.show(&ans, details)
         }
+        VpsCommand::Export {
+            format,
+            file,
+            filter,
+        } => {
+            let mut q = list_query(&filter);
+            q.push(("format", format.clone()));
+            let accept = if format == "csv" {
+                "text/csv"
+            } else {
+                "application/json"
+            };
+            let (_, text) = ctx
+                .client
+                .get_text(&["api", "vps", "export"], &q, accept)
+                .await?;
+            match file {
+                Some(path) => std::fs::write(&path, text.as_bytes())
+                    .map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display()))),
+                None => ctx.out.text(&text),
+            }
+        }
+        VpsCommand::Import {
+            file,
+            dry_run,
+            partial,
+        } => {
+            let bytes = std::fs::read(&file)
+                .map_err(|e| Error::Usage(format!("cannot read {}: {e}", file.display())))?;
+            let ctype = if file
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+            {
+                "application/json"
+            } else {
+                "text/csv"
+            };
+            let mut q = Vec::new();
+            if dry_run {
+                q.push(("dry_run", "true".to_string()));
+            }
+            if partial {
+                q.push(("mode", "partial".to_string()));
+            }
+            let ans = ctx
+                .client
+                .post_bytes(&["api", "vps", "import"], &q, ctype, bytes)
+                .await?;
+            if !ctx.out.human() {
+                return ctx.out.value(&ans.body);
+            }
+            let r: sigma_types::records::ImportReport = ans.parse()?;
+            contract::print_import(ctx, &r)
+        }
         VpsCommand::Expiring { days } => {
             let mut ans = ctx
                 .client
