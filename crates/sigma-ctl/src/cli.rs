@@ -289,7 +289,7 @@ pub enum VpsCommand {
         file: Option<std::path::PathBuf>,
         /// Filters
         #[command(flatten)]
-        filter: VpsListArgs,
+        filter: Box<VpsListArgs>,
     },
     /// Reads a CSV or JSON export back: creates VPS, or changes those of the same hostname
     Import {
@@ -454,7 +454,7 @@ pub struct VpsEditArgs {
     pub mesh_opt_out: Option<bool>,
     /// Contract terms and specs
     #[command(flatten)]
-    pub contract: ContractEditArgs,
+    pub contract: Box<ContractEditArgs>,
 }
 
 /// Contract fields of `vps edit` (checked by sigma-api, which names a bad one).
