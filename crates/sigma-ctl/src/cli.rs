@@ -165,6 +165,9 @@ pub enum Command {
     Mesh(MeshCommand),
     /// The audit log, newest first (admin)
     Audit(AuditArgs),
+    /// Brings an inventory over from another system
+    #[command(subcommand)]
+    Import(ImportCommand),
     /// Prints a shell completion script
     Completions {
         /// The shell
@@ -224,6 +227,22 @@ fn route_status() -> impl TypedValueParser<Value = RouteStatus> {
 
 fn since(s: &str) -> Result<String, String> {
     input::time_arg(s, time::OffsetDateTime::now_utc())
+}
+
+/// `sigmactl import …`
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// From the earlier sigma (lai3d/sigma) on PostgreSQL: providers, purposes, VPS, exchange
+    /// rates and Envoy routes, through this sigma-api (validated and audited)
+    #[command(name = "sigma-v1")]
+    SigmaV1 {
+        /// postgres://… of the earlier sigma's database (read only)
+        #[arg(long, env = "SIGMA_V1_DATABASE_URL", value_name = "URL")]
+        database_url: String,
+        /// Report what would happen, write nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// `sigmactl vps …`
