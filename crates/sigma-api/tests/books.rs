@@ -11,6 +11,7 @@ both_backends!(
     expiry_series_for_prometheus,
     exchange_rates_and_cost_summary,
     export_and_import,
+    enrollment_tokens_preset_contracts,
 );
 
 fn field<'a>(v: &'a Value, f: &str) -> &'a str {
@@ -679,4 +680,51 @@ async fn export_and_import(db: TestDb) {
     let (st, v) = import(&s, k, "", "text/csv", &many).await;
     assert_eq!(st, 413, "{v}");
     assert!(v["message"].as_str().unwrap().contains("5000 rows"), "{v}");
+}
+
+async fn enrollment_tokens_preset_contracts(db: TestDb) {
+    let s = Server::start(&db);
+    let k = ADMIN_KEY;
+    let token = s
+        .token(json!({"purpose": "xrayr", "max_uses": 5,
+                      "contract": {"cost": "3.50", "currency": "usd", "billing_cycle": "monthly",
+                                   "cpu_cores": 1, "ram_mb": 1024, "data_center": "NYC1"}}))
+        .await;
+    let (st, v) = s
+        .post(
+            "/api/agent/register",
+            &token,
+            json!({"hostname": "batch-1.example.net",
+                   "ip_addresses": [{"ip": "203.0.113.50", "label": "public"}]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (_, list) = s.get("/api/vps?hostname=batch-1.example.net", k).await;
+    let c = &list["items"][0]["contract"];
+    assert_eq!(c["cost"], "3.5");
+    assert_eq!(c["currency"], "USD");
+    assert_eq!(c["data_center"], "NYC1");
+    let (_, tokens) = s.get("/api/enrollment-tokens", k).await;
+    assert_eq!(
+        tokens["items"][0]["presets"]["contract"]["ram_mb"], 1024,
+        "{tokens}"
+    );
+    for (body, f) in [
+        (
+            json!({"purpose": "xrayr", "contract": {"cost": "1"}}),
+            "contract.currency",
+        ),
+        (
+            json!({"purpose": "xrayr", "contract": {"ssh_port": "x"}}),
+            "contract.ssh_port",
+        ),
+        (
+            json!({"vps_id": list["items"][0]["id"], "contract": {"cpu_cores": 1}}),
+            "contract",
+        ),
+    ] {
+        let (st, v) = s.post("/api/enrollment-tokens", k, body.clone()).await;
+        assert_eq!(st, 422, "{body}: {v}");
+        field(&v, f);
+    }
 }

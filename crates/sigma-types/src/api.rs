@@ -1214,6 +1214,9 @@ pub struct EnrollmentPresets {
     /// Tags of new VPS.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Contract terms and specs of new VPS (a batch bought on one offer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract: Option<crate::VpsContract>,
 }
 
 /// An enrollment token as listed (never its secret).

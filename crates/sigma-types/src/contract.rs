@@ -339,6 +339,54 @@ pub fn take_contract<T>(
     }
 }
 
+/// The body of `POST /api/enrollment-tokens`: the fields of
+/// [`crate::EnrollmentTokenCreate`] plus a `contract` preset for the VPS that enroll with it.
+///
+/// `contract` is carried beside it rather than in it so that code building an
+/// `EnrollmentTokenCreate` literal keeps compiling.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EnrollmentTokenCreateBody {
+    /// The token's fields.
+    #[serde(flatten)]
+    pub create: crate::EnrollmentTokenCreate,
+    /// Contract terms and specs given to every VPS that enrolls with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract: Option<VpsContract>,
+}
+
+impl EnrollmentTokenCreateBody {
+    /// Decodes and checks a request body with the caller's strict decoders, naming every
+    /// mistake's field; a token bound to a VPS takes no contract preset (no presets at all).
+    pub fn from_json_with(
+        mut body: serde_json::Value,
+        decode_contract: impl FnOnce(serde_json::Value) -> Result<VpsContract, FieldErrors>,
+        decode: impl FnOnce(serde_json::Value) -> Result<crate::EnrollmentTokenCreate, FieldErrors>,
+    ) -> Result<EnrollmentTokenCreateBody, FieldErrors> {
+        let contract = take_contract(&mut body, decode_contract)?;
+        let create = decode(body)?;
+        let mut e = FieldErrors::new();
+        if create.vps_id.is_some() && contract.is_some() {
+            e.add(
+                "contract",
+                "a token bound to a VPS (vps_id) re-enrolls that VPS as it is; presets do not apply",
+            );
+        }
+        let create = create.normalize().map_err(|x| e.0.extend(x.0)).ok();
+        let contract = match contract.map(Normalize::normalize).transpose() {
+            Ok(c) => c,
+            Err(x) => {
+                e.0.extend(x.0);
+                None
+            }
+        };
+        e.into_result()?;
+        Ok(EnrollmentTokenCreateBody {
+            create: create.expect("checked above"),
+            contract,
+        })
+    }
+}
+
 /// Filters of the VPS list on contract fields.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContractFilter {
