@@ -7,7 +7,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::routes::{admin, agent, bootstrap, envoy, install, inventory, mesh, prometheus, system};
+use crate::routes::{
+    admin, agent, bootstrap, costs, envoy, export, install, inventory, mesh, prometheus, renewals,
+    system,
+};
 
 struct BearerAuth;
 
@@ -32,7 +35,8 @@ impl Modify for BearerAuth {
         (name = "keys", description = "API keys and enrollment tokens"),
         (name = "audit"), (name = "system"),
         (name = "envoy", description = "Envoy routes of the classic mode"),
-        (name = "mesh", description = "The mesh registry")
+        (name = "mesh", description = "The mesh registry"),
+        (name = "costs", description = "Exchange rates and the fleet's monthly cost")
     )
 )]
 struct ApiDoc;
@@ -46,6 +50,12 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(system::openapi))
         .routes(routes!(install::install_script))
         .routes(routes!(prometheus::targets))
+        .routes(routes!(renewals::contracts))
+        .routes(routes!(costs::list_rates))
+        .routes(routes!(costs::set_rate, costs::delete_rate))
+        .routes(routes!(costs::summary))
+        .routes(routes!(export::export_vps))
+        .routes(routes!(export::import_vps))
         .routes(routes!(
             inventory::list_providers,
             inventory::create_provider

@@ -162,6 +162,13 @@ const ROLE_TABLE: &[(&str, &str, &[Cred])] = &[
     ),
     ("get", "/api/mesh/manifests", READERS),
     ("get", "/api/vps/{id}/mesh", READERS),
+    ("get", "/api/prometheus/contracts", READERS),
+    ("get", "/api/exchange-rates", READERS),
+    ("put", "/api/exchange-rates/{from}/{to}", OPERATORS),
+    ("delete", "/api/exchange-rates/{from}/{to}", OPERATORS),
+    ("get", "/api/costs/summary", READERS),
+    ("get", "/api/vps/export", READERS),
+    ("post", "/api/vps/import", OPERATORS),
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -321,7 +328,11 @@ fn classify(doc: &Value) -> Result<Vec<Op>, Vec<String>> {
                     }
                 }
             }
-            if !query.is_empty() && method != "get" && path_params.is_empty() {
+            // The import takes its options (dry_run, mode) in the query and has no object to aim
+            // at: its hostile-query probes send the valid body, and the snapshot after the
+            // battery shows whether any of them wrote.
+            let query_only_ok = method == "post" && path == "/api/vps/import";
+            if !query.is_empty() && method != "get" && path_params.is_empty() && !query_only_ok {
                 // Query classes aim a changing operation at an object that does not exist, so a
                 // query accepted as documented changes nothing; without a path there is none.
                 problems.push(format!(
@@ -372,6 +383,10 @@ enum SeedKind {
     Route,
     ApiKey,
     Token,
+    /// `{from}` of an exchange rate (seeded: USD→EUR).
+    RateFrom,
+    /// `{to}` of an exchange rate.
+    RateTo,
 }
 
 fn seed_kind(path: &str, param: &str) -> Option<SeedKind> {
@@ -385,6 +400,8 @@ fn seed_kind(path: &str, param: &str) -> Option<SeedKind> {
         ("envoy-routes", "id") => SeedKind::Route,
         ("api-keys", "id") => SeedKind::ApiKey,
         ("enrollment-tokens", "id") => SeedKind::Token,
+        ("exchange-rates", "from") => SeedKind::RateFrom,
+        (_, "to") if segs.get(i.wrapping_sub(2)) == Some(&"exchange-rates") => SeedKind::RateTo,
         _ => return None,
     })
 }
@@ -526,6 +543,7 @@ fn string_for(name: &str, format: Option<&str>) -> String {
         Some("ipv4") | Some("ip") => return "192.0.2.10".into(),
         Some("ipv6") => return "2001:db8::10".into(),
         Some("uri") | Some("url") => return "https://battery.example.net".into(),
+        Some("date") => return "2026-06-01".into(),
         _ => {}
     }
     match name {
@@ -535,6 +553,9 @@ fn string_for(name: &str, format: Option<&str>) -> String {
         "website" | "url" => "https://battery.example.net",
         "label" => "public",
         "purpose" => "xrayr",
+        // Exact decimals and ISO 4217 codes (issue 20), which the schema types as strings.
+        "cost" | "cost_min" | "cost_max" | "rate" => "4.99",
+        "currency" | "from" | "to" => "EUR",
         _ => "battery-probe",
     }
     .into()
@@ -953,6 +974,8 @@ impl Seed {
             SeedKind::Route => &self.route_id,
             SeedKind::ApiKey => &self.key_id,
             SeedKind::Token => &self.token_id,
+            SeedKind::RateFrom => "USD",
+            SeedKind::RateTo => "EUR",
         }
     }
 
@@ -1092,6 +1115,16 @@ async fn seed(s: &Server) -> Seed {
         .await;
     assert_eq!(st, 200, "{v}");
 
+    let (st, v) = s
+        .call(
+            "PUT",
+            "/api/exchange-rates/USD/EUR",
+            Some(ADMIN_KEY),
+            Some(json!({"rate": "0.9"})),
+        )
+        .await;
+    assert_eq!(st, 200, "seeding a rate: {v}");
+
     // Many uses: a defect that enrolls with it must not hide the next one behind a used-up
     // token.
     let token = created(
@@ -1147,6 +1180,14 @@ async fn snapshot(s: &Server, seed: &Seed) -> BTreeMap<String, Value> {
     }
     for p in items(get("/api/purposes?limit=1000").await) {
         rows.push((format!("purpose {}", p["name"]), p));
+    }
+    for r in get("/api/exchange-rates")
+        .await
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        rows.push((format!("exchange rate {}/{}", r["from"], r["to"]), r));
     }
     let mut vps = items(get("/api/vps?limit=1000").await);
     vps.extend(items(get("/api/vps?status=deleted&limit=1000").await));
@@ -1875,6 +1916,9 @@ fn concrete_with(op: &Op, seed: &Seed, missing: bool, over: Option<(&String, &St
                 if missing {
                     match kind {
                         SeedKind::Purpose => NO_SUCH_NAME.into(),
+                        // A valid pair no rate is entered for.
+                        SeedKind::RateFrom => "CHF".into(),
+                        SeedKind::RateTo => "JPY".into(),
                         _ => NO_SUCH_UUID.into(),
                     }
                 } else {

@@ -165,6 +165,9 @@ pub enum Command {
     Mesh(MeshCommand),
     /// The audit log, newest first (admin)
     Audit(AuditArgs),
+    /// Brings an inventory over from another system
+    #[command(subcommand)]
+    Import(ImportCommand),
     /// Prints a shell completion script
     Completions {
         /// The shell
@@ -226,6 +229,22 @@ fn since(s: &str) -> Result<String, String> {
     input::time_arg(s, time::OffsetDateTime::now_utc())
 }
 
+/// `sigmactl import …`
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// From the earlier sigma (lai3d/sigma) on PostgreSQL: providers, purposes, VPS, exchange
+    /// rates and Envoy routes, through this sigma-api (validated and audited)
+    #[command(name = "sigma-v1")]
+    SigmaV1 {
+        /// postgres://… of the earlier sigma's database (read only)
+        #[arg(long, env = "SIGMA_V1_DATABASE_URL", value_name = "URL")]
+        database_url: String,
+        /// Report what would happen, write nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
 /// `sigmactl vps …`
 #[derive(Debug, Subcommand)]
 pub enum VpsCommand {
@@ -273,6 +292,35 @@ pub enum VpsCommand {
         /// Hostname or id
         vps: String,
     },
+    /// VPS whose paid period ends within N days (expired ones too), soonest first
+    Expiring {
+        /// Days from today
+        #[arg(long, default_value_t = 30)]
+        days: i64,
+    },
+    /// Writes the inventory as CSV or JSON (the filters of `vps list` apply)
+    Export {
+        /// csv or json
+        #[arg(long, default_value = "csv", value_parser = ["csv", "json"])]
+        format: String,
+        /// Write to this file instead of standard output
+        #[arg(long = "file", value_name = "FILE")]
+        file: Option<std::path::PathBuf>,
+        /// Filters
+        #[command(flatten)]
+        filter: Box<VpsListArgs>,
+    },
+    /// Reads a CSV or JSON export back: creates VPS, or changes those of the same hostname
+    Import {
+        /// The file (.csv, or .json as `vps export --format json` writes it)
+        file: std::path::PathBuf,
+        /// Report what would happen, change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Import the good rows even if some fail (default: all or nothing)
+        #[arg(long)]
+        partial: bool,
+    },
 }
 
 /// Filters of `vps list`.
@@ -299,6 +347,18 @@ pub struct VpsListArgs {
     /// Text search in hostname, alias, city and addresses
     #[arg(short = 'q', long = "search", value_name = "TEXT")]
     pub q: Option<String>,
+    /// Only VPS paid until at most N days from today (expired ones included)
+    #[arg(long, value_name = "N")]
+    pub expires_within_days: Option<i64>,
+    /// Only VPS priced in this currency
+    #[arg(long)]
+    pub currency: Option<String>,
+    /// Only VPS costing at least this per billing cycle
+    #[arg(long, value_name = "DECIMAL")]
+    pub cost_min: Option<String>,
+    /// Only VPS costing at most this per billing cycle
+    #[arg(long, value_name = "DECIMAL")]
+    pub cost_max: Option<String>,
     /// Page
     #[command(flatten)]
     pub page: Page,
@@ -351,6 +411,8 @@ pub struct VpsCreateArgs {
     "hostname", "alias", "clear_alias", "provider", "clear_provider", "ips", "clear_ips",
     "country", "clear_country", "city", "clear_city", "purpose", "status", "tags", "clear_tags",
     "monitoring", "node_exporter_port", "mesh_opt_out",
+    "cost", "currency", "billing_cycle", "purchased_on", "expires_on", "auto_renew", "cpu_cores",
+    "ram_mb", "disk_gb", "traffic_gb", "ssh_port", "data_center", "clear_contract",
 ])))]
 pub struct VpsEditArgs {
     /// Hostname or id of the VPS to change
@@ -409,6 +471,54 @@ pub struct VpsEditArgs {
     /// Keep it out of the mesh (`true`), or let it join as its purpose says (`false`)
     #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
     pub mesh_opt_out: Option<bool>,
+    /// Contract terms and specs
+    #[command(flatten)]
+    pub contract: Box<ContractEditArgs>,
+}
+
+/// Contract fields of `vps edit` (checked by sigma-api, which names a bad one).
+#[derive(Debug, Clone, Default, Args)]
+pub struct ContractEditArgs {
+    /// Price of one billing cycle, a decimal (`4.99`)
+    #[arg(long, value_name = "DECIMAL", help_heading = "Contract")]
+    pub cost: Option<String>,
+    /// ISO 4217 currency of the cost (EUR, USD, …)
+    #[arg(long, help_heading = "Contract")]
+    pub currency: Option<String>,
+    /// monthly, quarterly, yearly or other
+    #[arg(long, value_name = "CYCLE", help_heading = "Contract")]
+    pub billing_cycle: Option<String>,
+    /// Purchase date, YYYY-MM-DD
+    #[arg(long, value_name = "DATE", help_heading = "Contract")]
+    pub purchased_on: Option<String>,
+    /// Paid until, YYYY-MM-DD
+    #[arg(long, value_name = "DATE", help_heading = "Contract")]
+    pub expires_on: Option<String>,
+    /// Whether the provider renews it by itself
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set, help_heading = "Contract")]
+    pub auto_renew: Option<bool>,
+    /// CPU cores
+    #[arg(long, value_name = "N", help_heading = "Contract")]
+    pub cpu_cores: Option<i64>,
+    /// RAM in MiB
+    #[arg(long, value_name = "MIB", help_heading = "Contract")]
+    pub ram_mb: Option<i64>,
+    /// Disk in GB
+    #[arg(long, value_name = "GB", help_heading = "Contract")]
+    pub disk_gb: Option<i64>,
+    /// Monthly traffic allowance in GB
+    #[arg(long, value_name = "GB", help_heading = "Contract")]
+    pub traffic_gb: Option<i64>,
+    /// SSH port
+    #[arg(long, value_name = "PORT", help_heading = "Contract")]
+    pub ssh_port: Option<i64>,
+    /// Data-centre name
+    #[arg(long, value_name = "NAME", help_heading = "Contract")]
+    pub data_center: Option<String>,
+    /// Clear a contract field (cost, currency, billing-cycle, purchased-on, expires-on,
+    /// auto-renew, cpu-cores, ram-mb, disk-gb, traffic-gb, ssh-port, data-center); repeat
+    #[arg(long, value_name = "FIELD", help_heading = "Contract")]
+    pub clear_contract: Vec<String>,
 }
 
 /// `sigmactl providers …`

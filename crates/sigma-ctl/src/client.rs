@@ -193,6 +193,53 @@ impl Client {
         Ok((shown, text))
     }
 
+    /// `POST` of a raw body (`text/csv`, a JSON file as read) whose answer is JSON.
+    pub async fn post_bytes(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<Answer> {
+        let url = self.url(segments, query);
+        let shown = url.to_string();
+        let resp = self
+            .http
+            .post(url)
+            .bearer_auth(self.key.secret())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| Error::Network {
+                url: shown.clone(),
+                cause: error_chain(&e),
+            })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| Error::Network {
+            url: shown.clone(),
+            cause: error_chain(&e),
+        })?;
+        if !status.is_success() {
+            return Err(Error::Api(ApiError {
+                status: status.as_u16(),
+                body: error_body(status, &bytes),
+                key_source: self.key.source.clone(),
+            }));
+        }
+        let body = serde_json::from_slice(&bytes).map_err(|e| Error::Protocol {
+            url: shown.clone(),
+            status: status.as_u16(),
+            detail: format!("the body is not JSON: {e}"),
+        })?;
+        Ok(Answer {
+            url: shown,
+            status: status.as_u16(),
+            body,
+        })
+    }
+
     /// `GET`.
     pub async fn get(&self, segments: &[&str], query: &[(&str, String)]) -> Result<Answer> {
         self.send::<()>(Method::GET, segments, query, None).await

@@ -248,6 +248,9 @@ impl Store {
                 }
                 e => e,
             })?;
+        if let Some(c) = &t.presets.contract {
+            crate::contracts::write_contract(tx, id, c).await?;
+        }
         let v = self.vps_in(&mut **tx, id).await?;
         record(
             &mut **tx,

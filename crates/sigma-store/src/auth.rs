@@ -639,11 +639,23 @@ impl Store {
         actor: &str,
         c: &EnrollmentTokenCreate,
     ) -> Result<EnrollmentTokenCreated> {
+        self.create_enrollment_token_with(actor, c, None).await
+    }
+
+    /// [`Store::create_enrollment_token`] with a contract preset (checked by the caller) for
+    /// the VPS that enroll with it.
+    pub async fn create_enrollment_token_with(
+        &self,
+        actor: &str,
+        c: &EnrollmentTokenCreate,
+        contract: Option<&sigma_types::VpsContract>,
+    ) -> Result<EnrollmentTokenCreated> {
         let presets = EnrollmentPresets {
             purpose: c.purpose.clone(),
             provider: c.provider.clone(),
             country: c.country.clone(),
             tags: c.tags.clone(),
+            contract: contract.cloned(),
         };
         let mut tx = self.pools.write.begin().await?;
         let (provider_id, bound) = self.resolve_token_refs(&mut tx, c).await?;

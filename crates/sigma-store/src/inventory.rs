@@ -1,8 +1,9 @@
 //! Providers, purposes and VPS.
 
 use sigma_types::{
-    IpAddress, List, Provider, ProviderCreate, ProviderPatch, Purpose, PurposeCreate, PurposePatch,
-    SystemInfo, Vps, VpsCreate, VpsPatch, VpsQuery, VpsStatus,
+    ContractFilter, IpAddress, List, Provider, ProviderCreate, ProviderPatch, Purpose,
+    PurposeCreate, PurposePatch, SystemInfo, Vps, VpsContract, VpsContractPatch, VpsCreate,
+    VpsPatch, VpsQuery, VpsStatus,
 };
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
@@ -23,7 +24,9 @@ const PURPOSE_COLS: &str = "pu.name, pu.display_name, pu.mesh, pu.created_at, pu
 pub(crate) const VPS_SELECT: &str = "SELECT v.id, v.hostname, v.alias, pr.name AS provider, \
      v.ip_addresses, v.country, v.city, v.purpose, v.status, v.tags, v.monitoring, \
      v.node_exporter_port, v.system_info, v.agent_state, v.last_heartbeat_at, v.desired_version, v.envoy_version, v.created_at, \
-     v.updated_at, v.deleted_at, v.mesh_opt_out, v.mesh_status, v.mesh_message, v.mesh_attempt_at, v.mesh_entry \
+     v.updated_at, v.deleted_at, v.mesh_opt_out, v.mesh_status, v.mesh_message, v.mesh_attempt_at, v.mesh_entry, \
+     v.cost_e4, v.currency, v.billing_cycle, v.purchased_on, v.expires_on, v.auto_renew, v.cpu_cores, \
+     v.ram_mb, v.disk_gb, v.traffic_gb, v.ssh_port, v.data_center \
      FROM vps v LEFT JOIN providers pr ON pr.id = v.provider_id";
 
 fn provider_from_row(r: &AnyRow) -> Result<Provider> {
@@ -118,6 +121,7 @@ impl Store {
             deleted_at: r.try_get::<Option<i64>, _>("deleted_at")?.map(from_ms),
             mesh_opt_out: r.try_get::<i64, _>("mesh_opt_out")? != 0,
             mesh: crate::mesh::mesh_status_from_row(r)?,
+            contract: crate::contracts::contract_from_row(r)?,
         })
     }
 
@@ -528,6 +532,11 @@ impl Store {
 
     /// VPS matching a query, by hostname.
     pub async fn list_vps(&self, q: &VpsQuery) -> Result<List<Vps>> {
+        self.list_vps_filtered(q, &ContractFilter::default()).await
+    }
+
+    /// VPS matching a query and contract filters, by hostname.
+    pub async fn list_vps_filtered(&self, q: &VpsQuery, f: &ContractFilter) -> Result<List<Vps>> {
         let mut w = Sql::new(" WHERE ");
         match q.status {
             Some(VpsStatus::Deleted) => w.push("v.deleted_at IS NOT NULL"),
@@ -570,6 +579,7 @@ impl Store {
             }
             w.push(")");
         }
+        crate::contracts::filter(&mut w, f);
         let mut count = Sql::new(
             "SELECT COUNT(*) AS n FROM vps v LEFT JOIN providers pr ON pr.id = v.provider_id",
         );
@@ -703,8 +713,22 @@ impl Store {
 
     /// Adds a VPS.
     pub async fn create_vps(&self, actor: &str, c: &VpsCreate) -> Result<Vps> {
+        self.create_vps_with(actor, c, &VpsContract::default())
+            .await
+    }
+
+    /// Adds a VPS with its contract terms (checked by the caller).
+    pub async fn create_vps_with(
+        &self,
+        actor: &str,
+        c: &VpsCreate,
+        contract: &VpsContract,
+    ) -> Result<Vps> {
         let mut tx = self.pools.write.begin().await?;
         let id = self.insert_vps(&mut tx, c, None, None, None).await?;
+        if *contract != VpsContract::default() {
+            crate::contracts::write_contract(&mut tx, id, contract).await?;
+        }
         let v = self.vps_in(&mut *tx, id).await?;
         record(
             &mut *tx,
@@ -732,15 +756,57 @@ impl Store {
         p: &VpsPatch,
         mesh_opt_out: Option<bool>,
     ) -> Result<Vps> {
+        self.update_vps_with(actor, id, p, mesh_opt_out, None).await
+    }
+
+    /// [`Store::update_vps`] that also changes contract fields: the patch is applied to the
+    /// stored contract and the result checked as a whole (422 naming `contract.<field>`).
+    pub async fn update_vps_with(
+        &self,
+        actor: &str,
+        id: Uuid,
+        p: &VpsPatch,
+        mesh_opt_out: Option<bool>,
+        contract: Option<&VpsContractPatch>,
+    ) -> Result<Vps> {
         // An address edit replaces what the agent reported before it: the addresses of a
         // heartbeat still queued are taken out (and no flush runs) until this write is
         // committed, else the flush would write the older report over the edit.
-        let _ip_edit = match &p.ip_addresses {
-            Some(Some(_)) => Some(IpEdit::begin(&self.fleet, id).await),
+        let ip_edit = match &p.ip_addresses {
+            Some(Some(_)) => {
+                let mut e = IpEdit::begin(&self.fleet).await;
+                e.take(id);
+                Some(e)
+            }
             _ => None,
         };
         let mut tx = self.pools.write.begin().await?;
-        let before = self.vps_in(&mut *tx, id).await?;
+        let (after, mesh_changed) = self
+            .update_vps_tx(&mut tx, actor, id, p, mesh_opt_out, contract)
+            .await?;
+        tx.commit().await?;
+        if let Some(e) = ip_edit {
+            e.committed();
+        }
+        self.reload_hot(&self.pools.read, id).await?;
+        if mesh_changed {
+            self.fleet.mesh_changed();
+        }
+        Ok(after)
+    }
+
+    /// The change of [`Store::update_vps_with`] inside `tx`, audited there; returns the VPS
+    /// after it and whether its mesh inputs changed (the caller signals that after commit).
+    pub(crate) async fn update_vps_tx(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        actor: &str,
+        id: Uuid,
+        p: &VpsPatch,
+        mesh_opt_out: Option<bool>,
+        contract: Option<&VpsContractPatch>,
+    ) -> Result<(Vps, bool)> {
+        let before = self.vps_in(&mut **tx, id).await?;
         if before.status == VpsStatus::Deleted {
             return Err(Error::Conflict(format!(
                 "VPS {id} is deleted; restore it first"
@@ -765,7 +831,7 @@ impl Store {
         };
         let provider_id = self
             .resolve_refs(
-                &mut tx,
+                tx,
                 (purpose != before.purpose).then_some(purpose.as_str()),
                 provider.as_deref(),
             )
@@ -831,20 +897,24 @@ impl Store {
         .bind(id.to_string())
         .bind(i64::from(opt_out))
         .bind(i64::from(mesh_changed))
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await;
         match res {
             Err(e) if is_unique_violation(&e) => {
-                return Err(self.hostname_taken(&mut tx, &hostname).await);
+                return Err(self.hostname_taken(tx, &hostname).await);
             }
             r => r?,
         };
         if tags != before.tags {
-            Self::write_tags(&mut tx, id, &tags).await?;
+            Self::write_tags(tx, id, &tags).await?;
         }
-        let after = self.vps_in(&mut *tx, id).await?;
+        if let Some(cp) = contract.filter(|c| !c.is_empty()) {
+            let c = cp.apply_checked(&before.contract)?;
+            crate::contracts::write_contract(tx, id, &c).await?;
+        }
+        let after = self.vps_in(&mut **tx, id).await?;
         record(
-            &mut *tx,
+            &mut **tx,
             Record {
                 actor,
                 action: "vps.update",
@@ -855,15 +925,7 @@ impl Store {
             Some(&after),
         )
         .await?;
-        tx.commit().await?;
-        if let Some(e) = _ip_edit {
-            e.committed();
-        }
-        self.reload_hot(&self.pools.read, id).await?;
-        if mesh_changed {
-            self.fleet.mesh_changed();
-        }
-        Ok(after)
+        Ok((after, mesh_changed))
     }
 
     /// Moves a VPS along its lifecycle inside `tx` if it is still in `from`; returns whether
@@ -1026,36 +1088,52 @@ impl Store {
     }
 }
 
-/// An operator's address edit in progress: holds the flush gate and the queued heartbeat's
-/// addresses it took; dropped before [`IpEdit::committed`] (the edit failed), it puts them back.
-struct IpEdit<'a> {
+/// Operators' address edits in progress: holds the flush gate and the queued heartbeats'
+/// addresses taken for them; dropped before [`IpEdit::committed`] (the edits failed or were
+/// rolled back), it puts them back.
+pub(crate) struct IpEdit<'a> {
     fleet: &'a crate::fleet::Fleet,
-    id: Uuid,
-    taken: Option<(i64, String)>,
+    taken: Vec<(Uuid, i64, String)>,
     _gate: tokio::sync::MutexGuard<'a, ()>,
 }
 
 impl<'a> IpEdit<'a> {
-    async fn begin(fleet: &'a crate::fleet::Fleet, id: Uuid) -> IpEdit<'a> {
+    /// Waits for a running flush to finish and keeps the next one from starting.
+    pub(crate) async fn begin(fleet: &'a crate::fleet::Fleet) -> IpEdit<'a> {
         let gate = fleet.flush_gate.lock().await;
         IpEdit {
             fleet,
-            id,
-            taken: fleet.take_pending_ips(id),
+            taken: Vec::new(),
             _gate: gate,
         }
     }
 
-    /// The edit is stored: the older report stays dropped.
-    fn committed(mut self) {
-        self.taken = None;
+    /// Takes the addresses out of the VPS's queued heartbeat, if it has one.
+    pub(crate) fn take(&mut self, id: Uuid) {
+        if let Some((at, ips)) = self.fleet.take_pending_ips(id) {
+            self.taken.push((id, at, ips));
+        }
+    }
+
+    /// Puts back what was taken for one VPS (its edit failed while others go on).
+    pub(crate) fn give_back(&mut self, id: Uuid) {
+        let (back, keep): (Vec<_>, Vec<_>) = self.taken.drain(..).partition(|t| t.0 == id);
+        self.taken = keep;
+        for (id, at, ips) in back {
+            self.fleet.restore_pending_ips(id, at, ips);
+        }
+    }
+
+    /// The edits are stored: the older reports stay dropped.
+    pub(crate) fn committed(mut self) {
+        self.taken.clear();
     }
 }
 
 impl Drop for IpEdit<'_> {
     fn drop(&mut self) {
-        if let Some((at, ips)) = self.taken.take() {
-            self.fleet.restore_pending_ips(self.id, at, ips);
+        for (id, at, ips) in self.taken.drain(..) {
+            self.fleet.restore_pending_ips(id, at, ips);
         }
     }
 }

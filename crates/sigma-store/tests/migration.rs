@@ -191,3 +191,69 @@ async fn sqlite_legacy_tokens_are_converted() {
 async fn postgres_legacy_tokens_are_converted() {
     legacy_tokens_are_converted(true).await;
 }
+
+/// Migration 0007 (contracts, issue 20) adds the contract columns to VPS stored before it
+/// (empty, not auto-renewed) and the exchange-rate table, on both backends.
+async fn vps_before_0007_gain_an_empty_contract(postgres: bool) {
+    let Some(url) = database(postgres).await else {
+        return;
+    };
+    sqlx::any::install_default_drivers();
+    let pool = AnyPool::connect(&url).await.unwrap();
+    let mut m = if postgres {
+        sqlx::migrate!("./migrations/postgres")
+    } else {
+        sqlx::migrate!("./migrations/sqlite")
+    };
+    let before: Vec<_> = m
+        .migrations
+        .iter()
+        .filter(|x| x.version < 7)
+        .cloned()
+        .collect();
+    assert_eq!(before.len(), 6);
+    m.migrations = Cow::Owned(before);
+    m.run(&pool).await.unwrap();
+    sqlx::query(
+        "INSERT INTO vps (id, hostname, purpose, status, created_at, updated_at) \
+         VALUES ('00000000-0000-4000-8000-000000000007', 'old.example', 'xrayr', 'active', 1, 1)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let store = Store::open(
+        &ConnectSettings {
+            url: url.clone(),
+            max_connections: 2,
+            acquire_timeout: Duration::from_secs(10),
+        },
+        StoreSettings::default(),
+    )
+    .await
+    .expect("0007 applies over the old schema");
+    let v = store
+        .get_vps("00000000-0000-4000-8000-000000000007".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(v.contract, sigma_types::VpsContract::default());
+    assert!(!v.contract.auto_renew);
+    assert!(store.list_exchange_rates().await.unwrap().is_empty());
+    let rate = sigma_types::Rate::parse("0.9").unwrap();
+    store
+        .set_exchange_rate("test", "USD", "EUR", rate)
+        .await
+        .unwrap();
+    assert_eq!(store.list_exchange_rates().await.unwrap()[0].rate, rate);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_vps_before_0007_gain_an_empty_contract() {
+    vps_before_0007_gain_an_empty_contract(false).await;
+}
+
+#[tokio::test]
+async fn postgres_vps_before_0007_gain_an_empty_contract() {
+    vps_before_0007_gain_an_empty_contract(true).await;
+}

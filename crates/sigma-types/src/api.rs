@@ -628,6 +628,9 @@ pub struct Vps {
     /// Where the mesh reconciler stands with this VPS.
     #[serde(default)]
     pub mesh: VpsMeshStatus,
+    /// Contract terms and rented specs (cost, dates, specs, SSH port, data centre).
+    #[serde(default)]
+    pub contract: crate::VpsContract,
 }
 
 /// How far the mesh reconciler got with a VPS.
@@ -934,6 +937,9 @@ pub struct VpsPatchBody {
     /// `true` keeps the VPS out of the mesh, `false` lets it join; cannot be `null`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mesh_opt_out: Option<bool>,
+    /// Contract fields to change (absent ones stay, `null` clears one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract: Option<crate::VpsContractPatch>,
 }
 
 impl VpsPatchBody {
@@ -976,10 +982,78 @@ impl VpsPatchBody {
             None => e.add("body", "expected a JSON object"),
         }
         e.into_result()?;
+        let contract: Option<crate::VpsContractPatch> =
+            crate::contract::take_contract(&mut body, |v| {
+                serde_path_to_error::deserialize(v).map_err(path_error)
+            })?;
         let patch = decode(body)?;
+        // Both halves are checked before either error is returned, so one 422 names all.
+        let mut e = FieldErrors::new();
+        let patch = patch.normalize().map_err(|x| e.0.extend(x.0)).ok();
+        if let Some(c) = &contract
+            && let Err(x) = c.check_fields()
+        {
+            e.0.extend(x.0);
+        }
+        e.into_result()?;
         Ok(VpsPatchBody {
-            patch: patch.normalize()?,
+            patch: patch.expect("checked above"),
             mesh_opt_out,
+            contract,
+        })
+    }
+}
+
+fn path_error(err: serde_path_to_error::Error<serde_json::Error>) -> FieldErrors {
+    let path = err.path().to_string();
+    let field = if path == "." || path.is_empty() {
+        "body".to_string()
+    } else {
+        path
+    };
+    let mut e = FieldErrors::new();
+    e.add(field, err.into_inner().to_string());
+    e
+}
+
+/// The body of `POST /api/vps`: the fields of [`VpsCreate`] plus `contract`.
+///
+/// `contract` is carried beside [`VpsCreate`] rather than in it so that code building a
+/// `VpsCreate` literal keeps compiling.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct VpsCreateBody {
+    /// The inventory fields.
+    #[serde(flatten)]
+    pub create: VpsCreate,
+    /// Contract terms and rented specs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract: Option<crate::VpsContract>,
+}
+
+impl VpsCreateBody {
+    /// Decodes and checks a request body with the caller's strict decoder (used for both the
+    /// inventory fields and the contract), naming every mistake's field.
+    pub fn from_json_with(
+        mut body: serde_json::Value,
+        decode_contract: impl FnOnce(serde_json::Value) -> Result<crate::VpsContract, FieldErrors>,
+        decode: impl FnOnce(serde_json::Value) -> Result<VpsCreate, FieldErrors>,
+    ) -> Result<VpsCreateBody, FieldErrors> {
+        let contract = crate::contract::take_contract(&mut body, decode_contract)?;
+        let create = decode(body)?;
+        // Both halves are checked before either error is returned, so one 422 names all.
+        let mut e = FieldErrors::new();
+        let create = create.normalize().map_err(|x| e.0.extend(x.0)).ok();
+        let contract = match contract.map(Normalize::normalize).transpose() {
+            Ok(c) => c,
+            Err(x) => {
+                e.0.extend(x.0);
+                None
+            }
+        };
+        e.into_result()?;
+        Ok(VpsCreateBody {
+            create: create.expect("checked above"),
+            contract,
         })
     }
 }
@@ -1164,6 +1238,9 @@ pub struct EnrollmentPresets {
     /// Tags of new VPS.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Contract terms and specs of new VPS (a batch bought on one offer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract: Option<crate::VpsContract>,
 }
 
 /// An enrollment token as listed (never its secret).

@@ -5,12 +5,20 @@
 //! CLI agree on one definition of "a valid hostname" or "a valid country".
 
 pub mod api;
+pub mod contract;
+pub mod costs;
 pub mod country;
 pub mod envoy;
 pub mod mesh;
+pub mod money;
 pub mod patch;
+pub mod records;
 pub mod validate;
 
 pub use api::*;
+pub use contract::{
+    BillingCycle, ContractFilter, Day, VpsContract, VpsContractPatch, VpsListQuery,
+};
 pub use envoy::*;
+pub use money::{Amount, Rate};
 pub use validate::{FieldErrors, Normalize};

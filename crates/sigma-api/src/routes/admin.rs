@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use sigma_types::{
     ApiKey, ApiKeyCreate, ApiKeyCreated, AuditEntry, AuditQuery, EnrollmentToken,
-    EnrollmentTokenCreate, EnrollmentTokenCreated, List, Normalize, PageQuery,
+    EnrollmentTokenCreated, List, Normalize, PageQuery,
 };
 
 use crate::AppState;
@@ -69,18 +69,26 @@ pub async fn list_enrollment_tokens(
 }
 
 /// Issues an enrollment token; its secret is in this answer only.
-#[utoipa::path(post, path = "/api/enrollment-tokens", tag = "keys", request_body = EnrollmentTokenCreate,
+#[utoipa::path(post, path = "/api/enrollment-tokens", tag = "keys", request_body = sigma_types::contract::EnrollmentTokenCreateBody,
     responses((status = 201, body = EnrollmentTokenCreated), (status = 422, body = sigma_types::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create_enrollment_token(
     State(s): State<AppState>,
     Operator(p): Operator,
-    ApiJson(c): ApiJson<EnrollmentTokenCreate>,
+    ApiJson(body): ApiJson<serde_json::Value>,
 ) -> ApiResult<(StatusCode, Json<EnrollmentTokenCreated>)> {
-    let c = c.normalize()?;
+    let b = sigma_types::contract::EnrollmentTokenCreateBody::from_json_with(
+        body,
+        crate::json::decode_value,
+        crate::json::decode_value,
+    )?;
     Ok((
         StatusCode::CREATED,
-        Json(s.store.create_enrollment_token(&p.actor(), &c).await?),
+        Json(
+            s.store
+                .create_enrollment_token_with(&p.actor(), &b.create, b.contract.as_ref())
+                .await?,
+        ),
     ))
 }
 

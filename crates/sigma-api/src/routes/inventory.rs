@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use sigma_types::{
     List, Normalize, PageQuery, Provider, ProviderCreate, ProviderPatch, Purpose, PurposeCreate,
-    PurposePatch, RetireQuery, Vps, VpsCreate, VpsPatchBody, VpsQuery,
+    PurposePatch, RetireQuery, Vps, VpsCreateBody, VpsListQuery, VpsPatchBody,
 };
 
 use crate::AppState;
@@ -172,31 +172,37 @@ pub async fn delete_purpose(
 // VPS
 
 /// Lists VPS (not deleted ones unless `status=deleted`).
-#[utoipa::path(get, path = "/api/vps", tag = "vps", params(VpsQuery),
+#[utoipa::path(get, path = "/api/vps", tag = "vps", params(VpsListQuery),
     responses((status = 200, body = List<Vps>), (status = 422, body = sigma_types::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list_vps(
     State(s): State<AppState>,
     Reader(_): Reader,
-    ApiQuery(q): ApiQuery<VpsQuery>,
+    ApiQuery(q): ApiQuery<VpsListQuery>,
 ) -> ApiResult<Json<List<Vps>>> {
-    let q = q.normalize()?;
-    Ok(Json(s.store.list_vps(&q).await?))
+    let (q, f) = q.checked()?;
+    Ok(Json(s.store.list_vps_filtered(&q, &f).await?))
 }
 
-/// Adds a VPS.
-#[utoipa::path(post, path = "/api/vps", tag = "vps", request_body = VpsCreate,
+/// Adds a VPS, with its contract terms in `contract` if known.
+#[utoipa::path(post, path = "/api/vps", tag = "vps", request_body = VpsCreateBody,
     responses((status = 201, body = Vps), (status = 409, body = sigma_types::ErrorBody),
     (status = 422, body = sigma_types::ErrorBody)), security(("bearer" = [])))]
 pub async fn create_vps(
     State(s): State<AppState>,
     Operator(p): Operator,
-    ApiJson(c): ApiJson<VpsCreate>,
+    ApiJson(body): ApiJson<serde_json::Value>,
 ) -> ApiResult<(StatusCode, Json<Vps>)> {
-    let c = c.normalize()?;
+    let body =
+        VpsCreateBody::from_json_with(body, crate::json::decode_value, crate::json::decode_value)?;
+    let contract = body.contract.unwrap_or_default();
     Ok((
         StatusCode::CREATED,
-        Json(s.store.create_vps(&p.actor(), &c).await?),
+        Json(
+            s.store
+                .create_vps_with(&p.actor(), &body.create, &contract)
+                .await?,
+        ),
     ))
 }
 
@@ -228,7 +234,13 @@ pub async fn update_vps(
     let body = VpsPatchBody::from_json_with(body, crate::json::decode_value)?;
     Ok(Json(
         s.store
-            .update_vps(&p.actor(), id, &body.patch, body.mesh_opt_out)
+            .update_vps_with(
+                &p.actor(),
+                id,
+                &body.patch,
+                body.mesh_opt_out,
+                body.contract.as_ref(),
+            )
             .await?,
     ))
 }

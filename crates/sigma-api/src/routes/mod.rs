@@ -3,9 +3,12 @@
 pub mod admin;
 pub mod agent;
 pub mod bootstrap;
+pub mod costs;
 pub mod envoy;
+pub mod export;
 pub mod install;
 pub mod inventory;
 pub mod mesh;
 pub mod prometheus;
+pub mod renewals;
 pub mod system;

@@ -94,7 +94,7 @@ fn host_port(ip: IpAddr, port: u16) -> String {
     }
 }
 
-fn labels(v: &Vps, kind: TargetKind) -> BTreeMap<String, String> {
+pub(crate) fn labels(v: &Vps, kind: TargetKind) -> BTreeMap<String, String> {
     let opt = |o: &Option<String>| o.clone().unwrap_or_default();
     BTreeMap::from([
         ("vps_id".to_string(), v.id.to_string()),

@@ -1,6 +1,8 @@
 //! The commands: each turns its arguments into API calls and prints the answers.
 
 mod audit;
+mod contract;
+mod import_v1;
 mod keys;
 pub mod mesh;
 mod purposes;
@@ -44,6 +46,10 @@ pub async fn dispatch(ctx: &mut Ctx<'_>, command: Command) -> Result<()> {
         Command::Routes(c) => routes::run(ctx, c).await,
         Command::Mesh(c) => mesh::run(ctx, c).await,
         Command::Audit(a) => audit::run(ctx, a).await,
+        Command::Import(crate::cli::ImportCommand::SigmaV1 {
+            database_url,
+            dry_run,
+        }) => import_v1::run(ctx, &database_url, dry_run).await,
         Command::Completions { shell } => crate::completions(shell, &mut ctx.out),
     }
 }

@@ -8,6 +8,7 @@ use sigma_types::{
 use time::OffsetDateTime;
 
 use super::Ctx;
+use super::contract;
 use super::keys;
 use super::mesh;
 use super::resolve::{self, Among};
@@ -36,7 +37,7 @@ fn last_seen(v: &Vps, now: OffsetDateTime) -> Cell {
 }
 
 /// Columns of `vps list`.
-pub const LIST_HEADERS: [&str; 8] = [
+pub const LIST_HEADERS: [&str; 10] = [
     "HOSTNAME",
     "STATUS",
     "PURPOSE",
@@ -44,6 +45,8 @@ pub const LIST_HEADERS: [&str; 8] = [
     "COUNTRY",
     "PUBLIC IP",
     "TAGS",
+    "COST",
+    "EXPIRES",
     "LAST SEEN",
 ];
 
@@ -60,6 +63,8 @@ fn list_row(v: &Vps, now: OffsetDateTime) -> Vec<Cell> {
         } else {
             Cell::new(v.tags.join(","))
         },
+        Cell::opt(contract::cost_text(&v.contract)),
+        contract::expires_cell(&v.contract, now),
         last_seen(v, now),
     ]
 }
@@ -203,6 +208,19 @@ pub fn details(v: &Vps, now: OffsetDateTime) -> Details {
     if let Some(m) = v.agent_state.as_ref().and_then(|a| a.mesh_state.as_ref()) {
         d.field("Mesh proxy", mesh::proxy_summary(m, now));
     }
+    let c = &v.contract;
+    if *c != sigma_types::VpsContract::default() {
+        d.field("Cost", Cell::opt(contract::cost_text(c)))
+            .field("Expires", contract::expires_cell(c, now))
+            .field("Auto-renew", if c.auto_renew { "yes" } else { "no" })
+            .field(
+                "Purchased",
+                Cell::opt(c.purchased_on.map(|d| d.to_string())),
+            )
+            .field("Specs", Cell::opt(contract::specs_text(c)))
+            .field("SSH port", Cell::opt(c.ssh_port.map(|p| p.to_string())))
+            .field("Data centre", Cell::opt(c.data_center.clone()));
+    }
     d.field("Created", output::time(v.created_at))
         .field("Updated", output::time(v.updated_at));
     if let Some(t) = v.deleted_at {
@@ -261,6 +279,7 @@ pub fn patch_body(a: &VpsEditArgs) -> VpsPatchBody {
     VpsPatchBody {
         patch,
         mesh_opt_out: a.mesh_opt_out,
+        contract: None,
     }
 }
 
@@ -276,10 +295,16 @@ fn list_query(a: &VpsListArgs) -> Vec<(&'static str, String)> {
         ("tag", &a.tag),
         ("hostname", &a.hostname),
         ("q", &a.q),
+        ("currency", &a.currency),
+        ("cost_min", &a.cost_min),
+        ("cost_max", &a.cost_max),
     ] {
         if let Some(v) = v {
             q.push((k, v.clone()));
         }
+    }
+    if let Some(d) = a.expires_within_days {
+        q.push(("expires_within_days", d.to_string()));
     }
     q
 }
@@ -364,11 +389,89 @@ pub async fn run(ctx: &mut Ctx<'_>, cmd: VpsCommand) -> Result<()> {
         }
         VpsCommand::Edit(a) => {
             let id = resolve::vps(&ctx.client, &a.vps, Among::Live).await?;
+            let body = contract::with_patch(
+                serde_json::to_value(patch_body(&a)).map_err(|e| Error::Usage(e.to_string()))?,
+                contract::patch(&a.contract)?,
+            );
             let ans = ctx
                 .client
-                .patch(&["api", "vps", &id.to_string()], &patch_body(&a))
+                .patch(&["api", "vps", &id.to_string()], &body)
                 .await?;
             ctx.show(&ans, details)
+        }
+        VpsCommand::Export {
+            format,
+            file,
+            filter,
+        } => {
+            let mut q = list_query(&filter);
+            q.push(("format", format.clone()));
+            let accept = if format == "csv" {
+                "text/csv"
+            } else {
+                "application/json"
+            };
+            let (_, text) = ctx
+                .client
+                .get_text(&["api", "vps", "export"], &q, accept)
+                .await?;
+            match file {
+                Some(path) => std::fs::write(&path, text.as_bytes())
+                    .map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display()))),
+                None => ctx.out.text(&text),
+            }
+        }
+        VpsCommand::Import {
+            file,
+            dry_run,
+            partial,
+        } => {
+            let bytes = std::fs::read(&file)
+                .map_err(|e| Error::Usage(format!("cannot read {}: {e}", file.display())))?;
+            let ctype = if file
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+            {
+                "application/json"
+            } else {
+                "text/csv"
+            };
+            let mut q = Vec::new();
+            if dry_run {
+                q.push(("dry_run", "true".to_string()));
+            }
+            if partial {
+                q.push(("mode", "partial".to_string()));
+            }
+            let ans = ctx
+                .client
+                .post_bytes(&["api", "vps", "import"], &q, ctype, bytes)
+                .await?;
+            if !ctx.out.human() {
+                return ctx.out.value(&ans.body);
+            }
+            let r: sigma_types::records::ImportReport = ans.parse()?;
+            contract::print_import(ctx, &r)
+        }
+        VpsCommand::Expiring { days } => {
+            let mut ans = ctx
+                .client
+                .get_all(&["api", "vps"], &contract::expiring_query(days))
+                .await?;
+            if let Some(items) = ans.body["items"].as_array_mut() {
+                contract::sort_expiring(items);
+            }
+            ctx.list(
+                &ans,
+                "VPS",
+                &crate::cli::Page {
+                    limit: None,
+                    offset: None,
+                    all: true,
+                },
+                &contract::EXPIRING_HEADERS,
+                contract::expiring_row,
+            )
         }
         VpsCommand::Retire { vps, force } => {
             let id = resolve::vps(&ctx.client, &vps, Among::Live).await?;
