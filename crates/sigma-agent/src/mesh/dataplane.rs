@@ -343,7 +343,14 @@ fn egress_facts(e: &BundleEgress, bind: Ipv4Addr, r: &Readings) -> EgressDataPla
             reason: reason_text(&format!("Envoy holds no cluster {cluster}")),
         },
         (Ok(s), _) => {
-            let stat = |n: &str| s.get(&format!("cluster.{cluster}.{n}")).copied();
+            // istiod gives every cluster an `alt_stat_name` ending in `;` (its stat-tag
+            // delimiter, pilot's `DelimitedStatsPrefix`), so Istio's Envoy names them
+            // `cluster.outbound|80||host;.upstream_rq_2xx`; a plain Envoy config has no `;`.
+            let stat = |n: &str| {
+                s.get(&format!("cluster.{cluster};.{n}"))
+                    .or_else(|| s.get(&format!("cluster.{cluster}.{n}")))
+                    .copied()
+            };
             match stat("upstream_cx_total") {
                 // upstream_cx_total exists with the cluster; the per-class counters appear with
                 // the first response of their class, so their absence is a true zero.
@@ -473,10 +480,11 @@ mod tests {
             ]}
         ]}))
         .unwrap();
+        // Named as istiod's clusters are (`;` after the cluster's stat name).
         let stats = parse_stats(
-            "cluster.outbound|80||xboard.sigma.svc.cluster.local.upstream_cx_total: 7\n\
-             cluster.outbound|80||xboard.sigma.svc.cluster.local.upstream_rq_2xx: 5\n\
-             cluster.outbound|80||xboard.sigma.svc.cluster.local.upstream_rq_5xx: 2\n\
+            "cluster.outbound|80||xboard.sigma.svc.cluster.local;.upstream_cx_total: 7\n\
+             cluster.outbound|80||xboard.sigma.svc.cluster.local;.upstream_rq_2xx: 5\n\
+             cluster.outbound|80||xboard.sigma.svc.cluster.local;.upstream_rq_5xx: 2\n\
              control_plane.connected_state: 1\n",
         )
         .unwrap();
