@@ -466,12 +466,7 @@ impl Bootstrap {
         bundle.check().map_err(|f| {
             Error::Model(sigma_mesh::Error::BadClusterData {
                 what: "the bundle built from the cluster".into(),
-                reason: f
-                    .0
-                    .iter()
-                    .map(|(k, v)| format!("{k}: {v}"))
-                    .collect::<Vec<_>>()
-                    .join("; "),
+                reason: f.to_string(),
             })
         })?;
         Ok(bundle)

@@ -293,13 +293,7 @@ impl Reconciler {
             Error::InvalidPurposes(list) => {
                 let mut parts = Vec::new();
                 for p in list {
-                    let fields: Vec<String> = p
-                        .errors
-                        .0
-                        .iter()
-                        .map(|(k, v)| format!("{k}: {v}"))
-                        .collect();
-                    parts.push(format!("purpose {}: {}", p.name, fields.join("; ")));
+                    parts.push(format!("purpose {}: {}", p.name, p.errors));
                 }
                 format!(
                     "the mesh is not reconciled until stored mesh settings are fixed ({})",

@@ -293,21 +293,14 @@ impl Ctx {
 
     /// Checks a bundle and derives what the agent needs from it.
     fn prepare(&self, bundle: IstioBootstrapBundle) -> Result<Prepared, String> {
+        // Includes the root certificate against its stated fingerprint (sigma_types::cert).
         bundle
             .check()
-            .map_err(|e| format!("the bundle is invalid: {:?}", e.0))?;
+            .map_err(|e| format!("the bundle is invalid: {e}"))?;
         if !bundle.hostname.eq_ignore_ascii_case(&self.hostname) {
             return Err(format!(
                 "the bundle is for {:?}, not this VPS ({:?})",
                 bundle.hostname, self.hostname
-            ));
-        }
-        let fp = cert::first_certificate_sha256(&bundle.files.root_cert_pem)
-            .map_err(|e| format!("the bundle's root-cert.pem: {e}"))?;
-        if fp != bundle.root_cert_sha256 {
-            return Err(format!(
-                "the bundle's root-cert.pem has SHA-256 {fp}, the bundle says {}; refusing it",
-                bundle.root_cert_sha256
             ));
         }
         let env = ClusterEnv::parse(&bundle.files.cluster_env)?;
