@@ -19,6 +19,56 @@ use super::env::ClusterEnv;
 use super::hosts;
 use super::install::{self, Layout, Owner};
 
+/// Why a bundle could not be fetched, accepted, installed or removed. Its text is what the
+/// heartbeat's `mesh_state` reports.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum BundleError {
+    /// The agent has not registered yet.
+    #[error("the agent has no key yet")]
+    NoKey,
+    /// The state directory could not be read or written.
+    #[error("{0}")]
+    State(#[source] crate::Error),
+    /// The record could not be written as JSON.
+    #[error("{0}")]
+    Record(#[from] serde_json::Error),
+    /// sigma-api has no bundle for this VPS (409: not meshed, or invalid mesh settings).
+    #[error("sigma-api has no bundle for this VPS (409): {0}")]
+    NoBundle(String),
+    /// sigma-api cannot build the bundle from the cluster (503).
+    #[error("the cluster cannot provide the bundle (503): {0}")]
+    ClusterUnavailable(String),
+    /// Any other failure of the request.
+    #[error("fetching the bundle: {0}")]
+    Fetch(#[source] crate::Error),
+    /// The bundle fails its checks.
+    #[error("the bundle is invalid: {0}")]
+    Invalid(sigma_types::FieldErrors),
+    /// The bundle names another VPS.
+    #[error("the bundle is for {bundle:?}, not this VPS ({this:?})")]
+    OtherHost {
+        /// The bundle's host name.
+        bundle: String,
+        /// This VPS's.
+        this: String,
+    },
+    /// Its `cluster.env` or `hosts` is refused (the reason names the file).
+    #[error("{0}")]
+    Content(String),
+    /// Writing or removing the files failed (the reason names the path).
+    #[error("{0}")]
+    Files(String),
+    /// The blocking file work did not finish (a panic).
+    #[error("{doing}: {source}")]
+    Task {
+        /// What the task was doing.
+        doing: &'static str,
+        /// The runtime's error.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
 /// Name of the record of the installed bundle in the state directory.
 pub(super) const RECORD_FILE: &str = "mesh-bundle.json";
 
@@ -79,15 +129,19 @@ impl Bundles {
         }
     }
 
-    pub(super) fn save_record(&self, r: &Record) -> Result<(), String> {
-        let json = serde_json::to_vec_pretty(r).map_err(|e| e.to_string())?;
+    pub(super) fn save_record(&self, r: &Record) -> Result<(), BundleError> {
+        let json = serde_json::to_vec_pretty(r)?;
         self.state
             .store_private(RECORD_FILE, &json)
-            .map_err(|e| e.to_string())
+            .map_err(BundleError::State)
     }
 
     /// Records whether iptables rules are in place (nothing to record without a bundle).
-    pub(super) fn set_iptables(&self, record: &mut Option<Record>, on: bool) -> Result<(), String> {
+    pub(super) fn set_iptables(
+        &self,
+        record: &mut Option<Record>,
+        on: bool,
+    ) -> Result<(), BundleError> {
         if let Some(r) = record {
             r.iptables_applied = on;
             self.save_record(r)?;
@@ -96,23 +150,21 @@ impl Bundles {
     }
 
     /// Checks a bundle and derives what the agent needs from it.
-    pub(super) fn prepare(&self, bundle: IstioBootstrapBundle) -> Result<Prepared, String> {
+    pub(super) fn prepare(&self, bundle: IstioBootstrapBundle) -> Result<Prepared, BundleError> {
         // Includes the root certificate against its stated fingerprint (sigma_types::cert).
-        bundle
-            .check()
-            .map_err(|e| format!("the bundle is invalid: {e}"))?;
+        bundle.check().map_err(BundleError::Invalid)?;
         if !bundle.hostname.eq_ignore_ascii_case(&self.hostname) {
-            return Err(format!(
-                "the bundle is for {:?}, not this VPS ({:?})",
-                bundle.hostname, self.hostname
-            ));
+            return Err(BundleError::OtherHost {
+                bundle: bundle.hostname,
+                this: self.hostname.clone(),
+            });
         }
-        let env = ClusterEnv::parse(&bundle.files.cluster_env)?;
-        let cert_dirs = env.cert_dirs(&self.root)?;
-        let hosts = hosts::check_entries(&bundle.files.hosts)?;
+        let env = ClusterEnv::parse(&bundle.files.cluster_env).map_err(BundleError::Content)?;
+        let cert_dirs = env.cert_dirs(&self.root).map_err(BundleError::Content)?;
+        let hosts = hosts::check_entries(&bundle.files.hosts).map_err(BundleError::Content)?;
         let cidrs = match bundle.interception {
             InterceptionMode::None => None,
-            InterceptionMode::Iptables => Some(env.service_cidrs()?),
+            InterceptionMode::Iptables => Some(env.service_cidrs().map_err(BundleError::Content)?),
         };
         Ok(Prepared {
             bundle,
@@ -124,12 +176,12 @@ impl Bundles {
     }
 
     /// Fetches this VPS's bundle from sigma-api and checks it.
-    pub(super) async fn fetch(&self) -> Result<Prepared, String> {
+    pub(super) async fn fetch(&self) -> Result<Prepared, BundleError> {
         let key = self
             .state
             .load_key()
-            .map_err(|e| e.to_string())?
-            .ok_or("the agent has no key yet")?;
+            .map_err(BundleError::State)?
+            .ok_or(BundleError::NoKey)?;
         let r = self.client.istio_bootstrap(&key, &self.hostname).await;
         if let Some(m) = &self.metrics.mesh {
             let label = match &r {
@@ -142,14 +194,12 @@ impl Bundles {
             Metrics::count(&m.bundle_fetches, label);
         }
         let bundle = r.map_err(|e| match e {
-            Error::Conflict(m) => format!("sigma-api has no bundle for this VPS (409): {m}"),
+            Error::Conflict(m) => BundleError::NoBundle(m),
             Error::Api {
                 status: 503,
                 message,
-            } => {
-                format!("the cluster cannot provide the bundle (503): {message}")
-            }
-            e => format!("fetching the bundle: {e}"),
+            } => BundleError::ClusterUnavailable(message),
+            e => BundleError::Fetch(e),
         })?;
         self.prepare(bundle)
     }
@@ -159,7 +209,7 @@ impl Bundles {
         &self,
         p: &Prepared,
         record: &mut Option<Record>,
-    ) -> Result<(), String> {
+    ) -> Result<(), BundleError> {
         let mut created = record
             .as_ref()
             .map(|r| r.created_dirs.clone())
@@ -179,7 +229,11 @@ impl Bundles {
                 .map(|()| created)
             })
             .await
-            .map_err(|e| format!("installing: {e}"))??;
+            .map_err(|source| BundleError::Task {
+                doing: "installing",
+                source,
+            })?
+            .map_err(BundleError::Files)?;
         let mut cert_dirs = record
             .as_ref()
             .map(|r| r.cert_dirs.clone())
@@ -206,7 +260,7 @@ impl Bundles {
         &self,
         p: &Prepared,
         record: &mut Option<Record>,
-    ) -> Result<(), String> {
+    ) -> Result<(), BundleError> {
         let (layout, token, owner) = (
             self.layout.clone(),
             p.bundle.files.istio_token.clone(),
@@ -215,7 +269,11 @@ impl Bundles {
         self.tracker
             .spawn_blocking(move || install::install_token(&layout, &token, owner))
             .await
-            .map_err(|e| e.to_string())??;
+            .map_err(|source| BundleError::Task {
+                doing: "writing the token",
+                source,
+            })?
+            .map_err(BundleError::Files)?;
         if let Some(r) = record {
             r.bundle = p.bundle.clone();
             self.save_record(r)?;
@@ -225,7 +283,7 @@ impl Bundles {
 
     /// Removes the files `record` says were installed (or, without a record, only the hosts
     /// block, the one thing recognisably ours), then the record itself.
-    pub(super) async fn uninstall(&self, record: Option<Record>) -> Result<(), String> {
+    pub(super) async fn uninstall(&self, record: Option<Record>) -> Result<(), BundleError> {
         let layout = self.layout.clone();
         self.tracker
             .spawn_blocking(move || match record {
@@ -233,8 +291,11 @@ impl Bundles {
                 None => install::write_hosts(&layout, &[]),
             })
             .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r)?;
+            .map_err(|source| BundleError::Task {
+                doing: "removing the files",
+                source,
+            })?
+            .map_err(BundleError::Files)?;
         if let Err(e) = self.state.remove_private(RECORD_FILE) {
             tracing::warn!(error = %e, "removing {RECORD_FILE} failed");
         }

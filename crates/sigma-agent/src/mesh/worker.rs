@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::Backoff;
 
-use super::bundle::{Bundles, Prepared, Record};
+use super::bundle::{BundleError, Bundles, Prepared, Record};
 use super::dataplane;
 use super::proxy::Proxy;
 use super::refresh_delay;
@@ -25,6 +25,25 @@ const HOUSEKEEPING: Duration = Duration::from_secs(5);
 /// How often the data plane is read from Envoy's admin API (half the default heartbeat, so
 /// each heartbeat carries a reading at most this old).
 const DATAPLANE_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Why the worker could not bring the proxy up or renew its bundle. Its text is what the
+/// heartbeat's `mesh_state` reports.
+#[derive(Debug, thiserror::Error)]
+enum WorkerError {
+    /// Fetching, checking or installing the bundle.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// Installing pilot-agent and Envoy, or setting up the interception (the reason names
+    /// the download, file or command).
+    #[error("{0}")]
+    Proxy(String),
+    /// No fresh bundle when the token was due.
+    #[error("refreshing the bundle failed: {0}")]
+    Refresh(#[source] BundleError),
+    /// No fresh bundle after the workload certificate expired.
+    #[error("the workload certificate expired and no fresh bundle came: {0}")]
+    Lapse(#[source] BundleError),
+}
 
 /// What the worker and the mesh manager share.
 pub(super) struct Ctx {
@@ -47,11 +66,19 @@ impl Ctx {
         p: &Prepared,
         record: &mut Option<Record>,
         stop: &CancellationToken,
-    ) -> Result<LaunchSpec, String> {
-        self.proxy.ensure_installed(p, stop).await?;
+    ) -> Result<LaunchSpec, WorkerError> {
+        self.proxy
+            .ensure_installed(p, stop)
+            .await
+            .map_err(WorkerError::Proxy)?;
         self.bundles.install(p, record).await?;
         let applied = record.as_ref().is_some_and(|r| r.iptables_applied);
-        if let Some(on) = self.proxy.interception(p, applied).await? {
+        if let Some(on) = self
+            .proxy
+            .interception(p, applied)
+            .await
+            .map_err(WorkerError::Proxy)?
+        {
             self.bundles.set_iptables(record, on)?;
         }
         Ok(self.proxy.spec(p))
@@ -199,7 +226,8 @@ impl Worker {
                 }
                 _ => {
                     tracing::warn!(error = %e, "no Istio bootstrap bundle yet");
-                    ctx.shared.update(|s| s.stage = Stage::Installing(Some(e)));
+                    ctx.shared
+                        .update(|s| s.stage = Stage::Installing(Some(e.to_string())));
                     return self.retry_install().await;
                 }
             },
@@ -232,7 +260,8 @@ impl Worker {
             }
             Err(e) => {
                 tracing::error!(error = %e, "installing the mesh proxy failed");
-                ctx.shared.update(|s| s.stage = Stage::Installing(Some(e)));
+                ctx.shared
+                    .update(|s| s.stage = Stage::Installing(Some(e.to_string())));
                 self.retry_install().await
             }
         }
@@ -270,10 +299,8 @@ impl Worker {
         let res = match ctx.bundles.fetch().await {
             Ok(p) => self.apply(r, p, why).await,
             Err(e) => Err(match why {
-                Renewal::Refresh => format!("refreshing the bundle failed: {e}"),
-                Renewal::CertLapsed => {
-                    format!("the workload certificate expired and no fresh bundle came: {e}")
-                }
+                Renewal::Refresh => WorkerError::Refresh(e),
+                Renewal::CertLapsed => WorkerError::Lapse(e),
             }),
         };
         match res {
@@ -300,7 +327,7 @@ impl Worker {
                         r.lapse_retry_at = retry_at;
                     }
                 }
-                ctx.shared.update(|s| s.problem = Some(e));
+                ctx.shared.update(|s| s.problem = Some(e.to_string()));
             }
         }
     }
@@ -308,7 +335,12 @@ impl Worker {
     /// Applies a freshly fetched bundle: only the token when the version is unchanged, else
     /// every file and a pilot-agent restart. A lapsed certificate forces the latter and first
     /// drops the expired workload certificate, so pilot-agent enrols again with the new token.
-    async fn apply(&mut self, r: &Running, p: Prepared, why: Renewal) -> Result<Prepared, String> {
+    async fn apply(
+        &mut self,
+        r: &Running,
+        p: Prepared,
+        why: Renewal,
+    ) -> Result<Prepared, WorkerError> {
         let ctx = self.ctx.clone();
         let current = &r.current;
         match why {
