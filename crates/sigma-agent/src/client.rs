@@ -143,21 +143,32 @@ impl Client {
     }
 }
 
-/// Capped exponential backoff with full jitter.
+/// Capped exponential backoff, the agent's one retry pacing: with jitter for requests a fleet
+/// makes ([`Backoff::new`]), exact for one local process ([`Backoff::exact`]).
 #[derive(Debug, Clone)]
 pub struct Backoff {
     base: Duration,
     max: Duration,
     attempt: u32,
+    jitter: bool,
 }
 
 impl Backoff {
-    /// Starts at `base`, never waits longer than `max`.
+    /// Starts at `base`, never waits longer than `max`; each wait is jittered.
     pub fn new(base: Duration, max: Duration) -> Backoff {
         Backoff {
             base,
             max: max.max(base),
             attempt: 0,
+            jitter: true,
+        }
+    }
+
+    /// Doubles from `base` to `max` without jitter (one local process, nobody to spread out).
+    pub fn exact(base: Duration, max: Duration) -> Backoff {
+        Backoff {
+            jitter: false,
+            ..Backoff::new(base, max)
         }
     }
 
@@ -166,6 +177,9 @@ impl Backoff {
         let exp = self.base.saturating_mul(1u32 << self.attempt.min(16));
         self.attempt = self.attempt.saturating_add(1);
         let cap = exp.min(self.max);
+        if !self.jitter {
+            return cap;
+        }
         // Full jitter spreads a fleet that lost sigma-api at the same moment.
         let ms = cap.as_millis().max(1) as u64;
         Duration::from_millis(ms / 2 + fastrand::u64(0..=ms / 2))

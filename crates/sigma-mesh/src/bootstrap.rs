@@ -692,76 +692,6 @@ fn keep_stats(dc: &mut Map<String, Value>) {
     }
 }
 
-/// The DER of the first `CERTIFICATE` block of a PEM bundle.
-pub fn first_certificate_der(pem: &str) -> Result<Vec<u8>, String> {
-    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
-    const END: &str = "-----END CERTIFICATE-----";
-    let start = pem.find(BEGIN).ok_or("holds no PEM certificate")? + BEGIN.len();
-    let len = pem[start..]
-        .find(END)
-        .ok_or("its first certificate has no END line")?;
-    let der = base64_decode(&pem[start..start + len])
-        .map_err(|e| format!("its first certificate is not valid base64: {e}"))?;
-    if der.first() != Some(&0x30) {
-        return Err("its first certificate is not DER (no SEQUENCE)".into());
-    }
-    Ok(der)
-}
-
-/// Standard base64 (RFC 4648, `=` padding optional), whitespace ignored.
-pub fn base64_decode(text: &str) -> Result<Vec<u8>, String> {
-    fn sextet(c: u8) -> Option<u32> {
-        Some(u32::from(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        }))
-    }
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let mut acc: u32 = 0;
-    let mut bits = 0u32;
-    let mut padding = 0usize;
-    for c in text.bytes() {
-        if c.is_ascii_whitespace() {
-            continue;
-        }
-        if c == b'=' {
-            padding += 1;
-            continue;
-        }
-        if padding > 0 {
-            return Err("data after '=' padding".into());
-        }
-        let v = sextet(c).ok_or_else(|| format!("invalid character {:?}", c as char))?;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    // Leftover bits must be the zero fill of a final partial group (2 or 4 bits); 6 leftover
-    // bits mean a group of one character, which encodes no byte.
-    if bits >= 6 || acc != 0 || padding > 2 {
-        return Err("truncated or badly padded".into());
-    }
-    Ok(out)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    s
-}
-
 /// What the bundle version hashes: everything the agent installs or acts on, except the token
 /// (which changes at every issue and is refreshed without a restart).
 #[derive(Serialize)]
@@ -791,16 +721,16 @@ pub fn render_bundle(input: &BundleInput<'_>) -> Result<RenderedBundle> {
         cp.mesh_config_map()
     );
     let mesh = parse_mesh_config(input.mesh_config, &cm_what)?;
-    let der = first_certificate_der(input.root_cert_pem).map_err(|r| {
-        bad(
-            &format!(
-                "ConfigMap {}/{ROOT_CERT_CONFIG_MAP} key {ROOT_CERT_KEY}",
-                w.namespace
-            ),
-            r,
-        )
-    })?;
-    let root_cert_sha256 = hex(&Sha256::digest(&der));
+    let root_cert_sha256 =
+        sigma_types::cert::root_cert_sha256(input.root_cert_pem).map_err(|r| {
+            bad(
+                &format!(
+                    "ConfigMap {}/{ROOT_CERT_CONFIG_MAP} key {ROOT_CERT_KEY}",
+                    w.namespace
+                ),
+                r,
+            )
+        })?;
 
     let vars = variables(cp, w, &mesh);
     let cluster_env = render_cluster_env(
@@ -833,7 +763,7 @@ pub fn render_bundle(input: &BundleInput<'_>) -> Result<RenderedBundle> {
         istio_proxy: input.istio_proxy,
     };
     let json = serde_json::to_vec(&versioned).map_err(|e| Error::Internal(e.to_string()))?;
-    let mut bundle_version = hex(&Sha256::digest(&json));
+    let mut bundle_version = sigma_types::cert::hex(&Sha256::digest(&json));
     bundle_version.truncate(VERSION_HEX_LEN);
     Ok(RenderedBundle {
         workload_entry: w.name().to_string(),
@@ -844,35 +774,4 @@ pub fn render_bundle(input: &BundleInput<'_>) -> Result<RenderedBundle> {
         egress,
         istio_proxy: input.istio_proxy.cloned(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base64_round_trips_known_vectors() {
-        for (enc, dec) in [
-            ("", ""),
-            ("Zg==", "f"),
-            ("Zm8=", "fo"),
-            ("Zm9v", "foo"),
-            ("Zm9vYg==", "foob"),
-            ("Zm9vYmE=", "fooba"),
-            ("Zm9vYmFy", "foobar"),
-            ("Zm9v\nYmFy\r\n", "foobar"),
-            ("Zm9vYg", "foob"),
-        ] {
-            assert_eq!(base64_decode(enc).unwrap(), dec.as_bytes(), "{enc:?}");
-        }
-        assert_eq!(base64_decode("+/+/").unwrap(), [0xfb, 0xff, 0xbf]);
-        for bad in ["Zm9v!", "Z", "Zm9=v", "Zh==", "Zm9vY==="] {
-            assert!(base64_decode(bad).is_err(), "{bad:?} must fail");
-        }
-    }
-
-    #[test]
-    fn hex_is_lower_case() {
-        assert_eq!(hex(&[0, 0xab, 0x10, 0xff]), "00ab10ff");
-    }
 }

@@ -198,7 +198,14 @@ pub struct Bootstrap {
 fn replay(e: &Error) -> Error {
     match e {
         Error::Missing(m) => Error::Missing(m.clone()),
-        Error::Kube(m) => Error::Kube(m.clone()),
+        Error::Kube { doing, source } => Error::Kube {
+            doing: doing.clone(),
+            source: source.clone(),
+        },
+        Error::Encoding { what, reason } => Error::Encoding {
+            what: what.clone(),
+            reason: reason.clone(),
+        },
         Error::Timeout(d) => Error::Timeout(*d),
         Error::Model(sigma_mesh::Error::BadClusterData { what, reason }) => {
             Error::Model(sigma_mesh::Error::BadClusterData {
@@ -206,25 +213,10 @@ fn replay(e: &Error) -> Error {
                 reason: reason.clone(),
             })
         }
-        other => Error::Kube(other.to_string()),
-    }
-}
-
-/// A failed call, said with what was being done.
-fn call_error(doing: &str, e: kube::Error) -> Error {
-    match e {
-        kube::Error::Api(s) => Error::Kube(format!(
-            "{doing}: {} {}: {}",
-            s.code,
-            if s.reason.is_empty() {
-                "Failure"
-            } else {
-                &s.reason
-            },
-            s.message
-        )),
-        // Anything else never reached the API server's logic: connection refused, TLS, DNS.
-        other => Error::Kube(format!("{doing}: the API server is unreachable: {other}")),
+        other => Error::Encoding {
+            what: "the cluster's bundle pieces".into(),
+            reason: other.to_string(),
+        },
     }
 }
 
@@ -267,7 +259,7 @@ impl Bootstrap {
                     "ConfigMap {ns}/{name} not found ({hint})"
                 )));
             }
-            Err(e) => return Err(call_error(&format!("reading ConfigMap {ns}/{name}"), e)),
+            Err(e) => return Err(Error::kube(format!("reading ConfigMap {ns}/{name}"), e)),
         };
         cm.data
             .and_then(|mut d| d.remove(key))
@@ -308,7 +300,7 @@ impl Bootstrap {
                     "Service {ns}/{name} not found: install Istio's east-west gateway, or give its address with --eastwest-address"
                 )));
             }
-            Err(e) => return Err(call_error(&format!("reading Service {ns}/{name}"), e)),
+            Err(e) => return Err(Error::kube(format!("reading Service {ns}/{name}"), e)),
         };
         match gateway_address(&svc) {
             Some(GatewayAddress::Ip(ip)) => Ok(ip),
@@ -397,8 +389,8 @@ impl Bootstrap {
                 )));
             }
             Err(e) => {
-                return Err(call_error(
-                    &format!("TokenRequest for ServiceAccount {ns}/{service_account}"),
+                return Err(Error::kube(
+                    format!("TokenRequest for ServiceAccount {ns}/{service_account}"),
                     e,
                 ));
             }
@@ -414,8 +406,11 @@ impl Bootstrap {
             )));
         }
         let ts = status.expiration_timestamp.0;
-        let expires_at = OffsetDateTime::from_unix_timestamp(ts.as_second())
-            .map_err(|e| Error::Kube(format!("TokenRequest expiration time: {e}")))?;
+        let expires_at =
+            OffsetDateTime::from_unix_timestamp(ts.as_second()).map_err(|e| Error::Encoding {
+                what: "TokenRequest expiration time".into(),
+                reason: e.to_string(),
+            })?;
         Ok(IssuedToken {
             token: status.token,
             expires_at,
@@ -466,12 +461,7 @@ impl Bootstrap {
         bundle.check().map_err(|f| {
             Error::Model(sigma_mesh::Error::BadClusterData {
                 what: "the bundle built from the cluster".into(),
-                reason: f
-                    .0
-                    .iter()
-                    .map(|(k, v)| format!("{k}: {v}"))
-                    .collect::<Vec<_>>()
-                    .join("; "),
+                reason: f.to_string(),
             })
         })?;
         Ok(bundle)
@@ -962,7 +952,7 @@ vyVeKa5+VNr6gQ8=
 
         let (b, _) = source(BootstrapSettings::default(), |_, _, _| Reply::Down);
         let e = issue(&b).await.unwrap_err();
-        assert!(matches!(e, Error::Kube(_)), "{e:?}");
+        assert!(matches!(e, Error::Kube { .. }), "{e:?}");
         assert!(e.to_string().contains("unreachable"), "{e}");
         assert!(b.calls.failed.load(Ordering::Relaxed) >= 1);
     }

@@ -96,22 +96,6 @@ fn api_resource(kind: Kind) -> ApiResource {
     }
 }
 
-fn kube_error(e: kube::Error) -> Error {
-    match e {
-        kube::Error::Api(s) => Error::Kube(format!(
-            "{} {}: {}",
-            s.code,
-            if s.reason.is_empty() {
-                "Failure"
-            } else {
-                &s.reason
-            },
-            s.message
-        )),
-        other => Error::Kube(other.to_string()),
-    }
-}
-
 fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
@@ -169,7 +153,7 @@ impl Cluster {
                 let page = self
                     .call(&self.calls.list, api.list(&lp))
                     .await?
-                    .map_err(kube_error)?;
+                    .map_err(|e| Error::kube(format!("listing {}", kind.plural()), e))?;
                 for obj in page.items {
                     self.take_listed(kind, obj, &mut actual);
                 }
@@ -238,7 +222,7 @@ impl Cluster {
         let page = self
             .call(&self.calls.list, api.list(&lp))
             .await?
-            .map_err(kube_error)?;
+            .map_err(|e| Error::kube(format!("reading WorkloadEntry {name}"), e))?;
         // The selector is exact; the name check guards against a server that ignores it.
         let Some(obj) = page
             .items
@@ -247,7 +231,10 @@ impl Cluster {
         else {
             return Ok(None);
         };
-        let mut value = serde_json::to_value(&obj).map_err(|e| Error::Kube(e.to_string()))?;
+        let mut value = serde_json::to_value(&obj).map_err(|e| Error::Encoding {
+            what: format!("WorkloadEntry {name}"),
+            reason: e.to_string(),
+        })?;
         if let Some(m) = value.as_object_mut() {
             m.entry("apiVersion")
                 .or_insert_with(|| format!("{GROUP}/{VERSION}").into());
@@ -268,14 +255,22 @@ impl Cluster {
     /// objects they own.
     pub async fn apply(&self, obj: &MeshObject) -> Result<()> {
         let api = self.api(obj.kind());
-        let body = serde_json::to_value(obj).map_err(|e| Error::Kube(e.to_string()))?;
+        let body = serde_json::to_value(obj).map_err(|e| Error::Encoding {
+            what: format!("{} {}", obj.kind().as_str(), obj.name()),
+            reason: e.to_string(),
+        })?;
         let pp = PatchParams::apply(FIELD_MANAGER).force();
         self.call(
             &self.calls.apply,
             api.patch(obj.name(), &pp, &Patch::Apply(&body)),
         )
         .await?
-        .map_err(kube_error)?;
+        .map_err(|e| {
+            Error::kube(
+                format!("applying {} {}", obj.kind().as_str(), obj.name()),
+                e,
+            )
+        })?;
         Ok(())
     }
 
@@ -296,7 +291,10 @@ impl Cluster {
         {
             Ok(_) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(kube_error(e)),
+            Err(e) => Err(Error::kube(
+                format!("deleting {} {}", key.kind.as_str(), key.name),
+                e,
+            )),
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod limiter;
 pub mod reconcile;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 pub use bootstrap::{Bootstrap, BootstrapSettings};
 pub use cluster::{Cluster, ClusterSettings, FIELD_MANAGER};
@@ -46,9 +47,25 @@ pub enum Error {
     /// The model refused the inputs (an invalid template, or a bug).
     #[error("computing the mesh: {0}")]
     Model(#[from] sigma_mesh::Error),
-    /// A Kubernetes API call failed.
-    #[error("Kubernetes API: {0}")]
-    Kube(String),
+    /// A Kubernetes API call failed: what it was doing (`applying WorkloadEntry x`) and the
+    /// client's error, kept as the source ([`Arc`]ed so a cached failure can be handed on).
+    #[error("Kubernetes API: {doing}: {}", describe_kube(source))]
+    Kube {
+        /// What the call was for.
+        doing: String,
+        /// The client's error.
+        #[source]
+        source: Arc<kube::Error>,
+    },
+    /// An object could not be turned into the JSON the API server takes, or an answer into
+    /// what sigma needs (a bug, or a server answering outside its API).
+    #[error("Kubernetes API: {what}: {reason}")]
+    Encoding {
+        /// The object or answer.
+        what: String,
+        /// Why.
+        reason: String,
+    },
     /// A Kubernetes API call did not answer in time.
     #[error("Kubernetes API did not answer within {0:?}")]
     Timeout(std::time::Duration),
@@ -59,6 +76,35 @@ pub enum Error {
     /// The kubeconfig or in-cluster configuration is unusable.
     #[error("Kubernetes configuration: {0}")]
     Config(String),
+}
+
+impl Error {
+    /// A failed Kubernetes API call, said with what it was doing.
+    pub(crate) fn kube(doing: impl Into<String>, source: kube::Error) -> Error {
+        Error::Kube {
+            doing: doing.into(),
+            source: Arc::new(source),
+        }
+    }
+}
+
+/// The one text of a Kubernetes client error: the API server's status (`403 Forbidden: …`)
+/// when it answered, else that it could not be reached (connection refused, TLS, DNS: the call
+/// never reached the API server's logic).
+pub fn describe_kube(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!(
+            "{} {}: {}",
+            s.code,
+            if s.reason.is_empty() {
+                "Failure"
+            } else {
+                &s.reason
+            },
+            s.message
+        ),
+        other => format!("the API server is unreachable: {other}"),
+    }
 }
 
 /// The crate's result type.

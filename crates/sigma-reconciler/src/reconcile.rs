@@ -122,6 +122,49 @@ impl Backoff {
     }
 }
 
+/// Why a whole pass failed, as the VPS waiting for it are told. The stored status is text, so
+/// the texts' openings are how a later pass recognises (and replaces) what an earlier failed
+/// pass wrote: they are defined here only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PassFailure {
+    /// Stored purposes' mesh settings no longer validate; nothing changes until they are fixed.
+    InvalidPurposes,
+    /// Anything else (the cluster, the store); the pass is retried.
+    Retrying,
+}
+
+impl PassFailure {
+    const INVALID_PURPOSES: &str =
+        "the mesh is not reconciled until stored mesh settings are fixed";
+    const RETRYING: &str = "not reconciled yet";
+
+    fn of(e: &Error) -> PassFailure {
+        match e {
+            Error::InvalidPurposes(_) => PassFailure::InvalidPurposes,
+            _ => PassFailure::Retrying,
+        }
+    }
+
+    /// The status message of a VPS after a pass failed with `e`.
+    fn message(self, e: &Error) -> String {
+        match (self, e) {
+            (PassFailure::InvalidPurposes, Error::InvalidPurposes(list)) => {
+                let parts: Vec<String> = list
+                    .iter()
+                    .map(|p| format!("purpose {}: {}", p.name, p.errors))
+                    .collect();
+                format!("{} ({})", Self::INVALID_PURPOSES, parts.join(" | "))
+            }
+            (_, other) => format!("{}: {other}; retrying", Self::RETRYING),
+        }
+    }
+
+    /// Whether a stored status message was written by a failed pass.
+    fn wrote(message: &str) -> bool {
+        message.starts_with(Self::RETRYING) || message.starts_with(Self::INVALID_PURPOSES)
+    }
+}
+
 /// Per-object outcome of the writes of a pass.
 #[derive(Default)]
 struct Outcome {
@@ -289,25 +332,7 @@ impl Reconciler {
     /// After a failed pass, VPS waiting for the reconciler (`pending`) show why they wait.
     /// VPS already `synced` keep that status: what the cluster held last is still there.
     async fn fail_pending(&self, inputs: &MeshInputs, e: &Error) {
-        let message = match e {
-            Error::InvalidPurposes(list) => {
-                let mut parts = Vec::new();
-                for p in list {
-                    let fields: Vec<String> = p
-                        .errors
-                        .0
-                        .iter()
-                        .map(|(k, v)| format!("{k}: {v}"))
-                        .collect();
-                    parts.push(format!("purpose {}: {}", p.name, fields.join("; ")));
-                }
-                format!(
-                    "the mesh is not reconciled until stored mesh settings are fixed ({})",
-                    parts.join(" | ")
-                )
-            }
-            other => format!("not reconciled yet: {other}; retrying"),
-        };
+        let message = PassFailure::of(e).message(e);
         let updates: Vec<MeshStatusUpdate> = inputs
             .vps
             .iter()
@@ -315,9 +340,7 @@ impl Reconciler {
                 r.status.status == MeshSyncStatus::Pending
                     || (r.status.status == MeshSyncStatus::Error
                         && r.status.message.as_deref() != Some(message.as_str())
-                        && r.status.message.as_deref().is_some_and(|m| {
-                            m.starts_with("not reconciled yet") || m.starts_with("the mesh is not")
-                        }))
+                        && r.status.message.as_deref().is_some_and(PassFailure::wrote))
             })
             .map(|r| MeshStatusUpdate {
                 id: r.vps.id,
@@ -551,5 +574,21 @@ mod tests {
         assert_eq!(seq, [500, 1000, 2000, 3000, 3000]);
         b.reset();
         assert_eq!(b.next(), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn a_failed_pass_recognises_what_it_wrote() {
+        let e = Error::Timeout(Duration::from_secs(5));
+        let m = PassFailure::of(&e).message(&e);
+        assert!(m.starts_with("not reconciled yet: "), "{m}");
+        assert!(PassFailure::wrote(&m));
+        let e = Error::InvalidPurposes(Vec::new());
+        let m = PassFailure::of(&e).message(&e);
+        assert!(
+            m.starts_with("the mesh is not reconciled until stored mesh settings are fixed ("),
+            "{m}"
+        );
+        assert!(PassFailure::wrote(&m));
+        assert!(!PassFailure::wrote("WorkloadEntry applied"));
     }
 }

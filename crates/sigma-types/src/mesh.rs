@@ -113,7 +113,8 @@ pub struct IstioBootstrapBundle {
 
 impl IstioBootstrapBundle {
     /// Checks what an agent must not trust blindly before writing it to disk: sizes, the
-    /// workload name, hex digests, the egress listeners. Names every bad field.
+    /// workload name, hex digests, the root certificate against its stated fingerprint, the
+    /// egress listeners. Names every bad field.
     pub fn check(&self) -> Result<(), FieldErrors> {
         let mut e = FieldErrors::new();
         for (name, body) in [
@@ -130,12 +131,18 @@ impl IstioBootstrapBundle {
                 e.add(name, "contains a NUL byte");
             }
         }
-        if !self
-            .files
-            .root_cert_pem
-            .contains("-----BEGIN CERTIFICATE-----")
-        {
-            e.add("files.root-cert.pem", "holds no PEM certificate");
+        // The fingerprint is the one rule both sides apply (crate::cert): the issuer states it,
+        // the agent refuses a root certificate that does not match it.
+        match crate::cert::root_cert_sha256(&self.files.root_cert_pem) {
+            Err(r) => e.add("files.root-cert.pem", r),
+            Ok(fp) if is_sha256_hex(&self.root_cert_sha256) && fp != self.root_cert_sha256 => e
+                .add(
+                    "root_cert_sha256",
+                    format!(
+                        "does not match root-cert.pem, whose first certificate has SHA-256 {fp}"
+                    ),
+                ),
+            Ok(_) => {}
         }
         if self.files.istio_token.trim().is_empty()
             || self.files.istio_token.trim().contains(char::is_whitespace)
@@ -346,15 +353,14 @@ mod tests {
             hostname: "node-1.example.net".into(),
             workload_entry: "vps-node-1-example-net".into(),
             files: IstioBootstrapFiles {
-                root_cert_pem: "-----BEGIN CERTIFICATE-----\nMII\n-----END CERTIFICATE-----\n"
-                    .into(),
+                root_cert_pem: crate::cert::tests::ISRG_X2.into(),
                 istio_token: "eyJ.abc.def".into(),
                 mesh_yaml: "defaultConfig: {}\n".into(),
                 cluster_env: "CANONICAL_SERVICE='xrayr'\n".into(),
                 hosts: "10.0.0.1 istiod.istio-system.svc\n".into(),
             },
             token_expires_at: OffsetDateTime::UNIX_EPOCH,
-            root_cert_sha256: "a".repeat(64),
+            root_cert_sha256: crate::cert::tests::ISRG_X2_SHA256.into(),
             bundle_version: "v1".into(),
             interception: InterceptionMode::None,
             egress: vec![BundleEgress {
@@ -397,5 +403,26 @@ mod tests {
         ] {
             assert!(s.contains(f), "{f} not named in {s}");
         }
+    }
+
+    #[test]
+    fn the_root_certificate_must_match_its_fingerprint() {
+        let mut b = bundle();
+        b.root_cert_sha256 = "b".repeat(64);
+        let e = b.check().unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert!(
+            e.0["root_cert_sha256"].contains(crate::cert::tests::ISRG_X2_SHA256),
+            "{e}"
+        );
+        let mut b = bundle();
+        b.files.root_cert_pem =
+            "-----BEGIN CERTIFICATE-----\nZm9vYmFy\n-----END CERTIFICATE-----\n".into();
+        let e = b.check().unwrap_err();
+        assert_eq!(
+            e.0.keys().collect::<Vec<_>>(),
+            ["files.root-cert.pem"],
+            "{e}"
+        );
     }
 }

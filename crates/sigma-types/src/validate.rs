@@ -46,6 +46,20 @@ impl FieldErrors {
     }
 }
 
+/// `field: reason; field: reason`, in field order: the one text form of a set of errors for
+/// logs and error messages (the JSON form is the map itself).
+impl std::fmt::Display for FieldErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (field, reason)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{field}: {reason}")?;
+        }
+        Ok(())
+    }
+}
+
 /// A request body or query that checks itself beyond what its types already enforce and
 /// returns itself in canonical form (lower-cased hostnames, upper-cased countries,
 /// canonical IP text, trimmed names).
@@ -492,6 +506,9 @@ mod tests {
         e.add("a", "one");
         e.add("a", "two");
         assert_eq!(e.0["a"], "one");
+        e.add("Z", "first by order");
+        assert_eq!(e.to_string(), "Z: first by order; a: one");
+        assert_eq!(FieldErrors::new().to_string(), "");
         assert!(e.into_result().is_err());
     }
 }

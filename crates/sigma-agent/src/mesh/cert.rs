@@ -1,79 +1,9 @@
-//! Just enough PEM and DER to check the bundle's root-certificate fingerprint and to read when
-//! pilot-agent's workload certificate expires, without an X.509 library: the agent only needs
-//! the DER bytes of the first certificate and its `notAfter`.
+//! Just enough DER to read when pilot-agent's workload certificate expires, without an X.509
+//! library: the agent only needs the first certificate's `notAfter`. PEM and the bundle's
+//! root-certificate fingerprint are sigma-types' (`sigma_types::cert`), shared with the issuer.
 
-use sha2::{Digest, Sha256};
+use sigma_types::cert::pem_certificates;
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time};
-
-fn b64_value(c: u8) -> Option<u8> {
-    match c {
-        b'A'..=b'Z' => Some(c - b'A'),
-        b'a'..=b'z' => Some(c - b'a' + 26),
-        b'0'..=b'9' => Some(c - b'0' + 52),
-        b'+' => Some(62),
-        b'/' => Some(63),
-        _ => None,
-    }
-}
-
-/// Standard base64 (whitespace ignored, `=` padding optional).
-fn base64_decode(text: &str) -> Result<Vec<u8>, String> {
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    let mut padded = false;
-    for c in text.bytes() {
-        if c.is_ascii_whitespace() {
-            continue;
-        }
-        if c == b'=' {
-            padded = true;
-            continue;
-        }
-        if padded {
-            return Err("data after base64 padding".into());
-        }
-        let v = b64_value(c).ok_or_else(|| format!("invalid base64 character {:?}", c as char))?;
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Ok(out)
-}
-
-/// The DER bodies of the `CERTIFICATE` blocks of a PEM text, in order.
-pub fn certificates(pem: &str) -> Result<Vec<Vec<u8>>, String> {
-    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
-    const END: &str = "-----END CERTIFICATE-----";
-    let mut out = Vec::new();
-    let mut rest = pem;
-    while let Some(start) = rest.find(BEGIN) {
-        let after = &rest[start + BEGIN.len()..];
-        let end = after
-            .find(END)
-            .ok_or("a PEM certificate block is not terminated")?;
-        let der = base64_decode(&after[..end])?;
-        if der.is_empty() {
-            return Err("an empty PEM certificate block".into());
-        }
-        out.push(der);
-        rest = &after[end + END.len()..];
-    }
-    Ok(out)
-}
-
-/// Lower-case hex SHA-256 of the DER of the first certificate in `pem`.
-pub fn first_certificate_sha256(pem: &str) -> Result<String, String> {
-    let certs = certificates(pem)?;
-    let first = certs.first().ok_or("no PEM certificate")?;
-    Ok(Sha256::digest(first)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
-}
 
 /// One DER element: (tag, content, rest).
 fn der_element(input: &[u8]) -> Result<(u8, &[u8], &[u8]), String> {
@@ -167,7 +97,7 @@ pub fn not_after(der: &[u8]) -> Result<OffsetDateTime, String> {
 
 /// `notAfter` of the first (leaf) certificate of a PEM chain.
 pub fn chain_not_after(pem: &str) -> Result<OffsetDateTime, String> {
-    let certs = certificates(pem)?;
+    let certs = pem_certificates(pem)?;
     not_after(certs.first().ok_or("no PEM certificate")?)
 }
 
@@ -194,27 +124,22 @@ tL4ndQavEi51mI38AjEAi/V3bNTIZargCyzuFJ0nN6T5U6VR5CmD1/iQMVtCnwr1
 
     #[test]
     fn reads_a_real_certificate() {
-        assert_eq!(
-            first_certificate_sha256(ISRG_X2).unwrap(),
-            "69729b8e15a86efc177a57afb7171dfc64add28c2fca8cf1507e34453ccb1470"
-        );
         let t = chain_not_after(&format!("{ISRG_X2}{ISRG_X2}")).unwrap();
         assert_eq!(t, time::macros::datetime!(2040-09-17 16:00:00 UTC));
     }
 
     #[test]
     fn refuses_garbage() {
-        assert!(first_certificate_sha256("no pem here").is_err());
+        assert!(chain_not_after("no pem here").is_err());
         assert!(
-            first_certificate_sha256("-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----")
-                .is_err()
+            chain_not_after("-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----").is_err()
         );
         assert!(
             chain_not_after("-----BEGIN CERTIFICATE-----\nMII=\n-----END CERTIFICATE-----")
                 .is_err()
         );
         assert!(not_after(&[0x30, 0x03, 0x30, 0x01]).is_err());
-        assert!(certificates("-----BEGIN CERTIFICATE-----\nAAAA").is_err());
+        assert!(chain_not_after("-----BEGIN CERTIFICATE-----\nAAAA").is_err());
     }
 
     #[test]

@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::client::Backoff;
+
 use super::privs::{self, Credentials};
 use super::status::Shared;
 
@@ -177,31 +179,6 @@ pub fn log_output<R>(
     );
 }
 
-/// Capped exponential backoff without jitter (one local process, nobody to spread out).
-#[derive(Debug, Clone)]
-pub struct RestartBackoff {
-    next: Duration,
-}
-
-impl Default for RestartBackoff {
-    fn default() -> Self {
-        RestartBackoff { next: RESTART_BASE }
-    }
-}
-
-impl RestartBackoff {
-    /// The wait before the next restart.
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(RESTART_MAX);
-        d
-    }
-    /// After a stable run.
-    pub fn reset(&mut self) {
-        self.next = RESTART_BASE;
-    }
-}
-
 fn describe(s: &std::io::Result<ExitStatus>) -> String {
     use std::os::unix::process::ExitStatusExt;
     match s {
@@ -276,7 +253,7 @@ async fn supervise(
     tracker: TaskTracker,
     stop: CancellationToken,
 ) {
-    let mut backoff = RestartBackoff::default();
+    let mut backoff = Backoff::exact(RESTART_BASE, RESTART_MAX);
     let mut first = true;
     loop {
         if !first {
@@ -390,7 +367,7 @@ mod tests {
 
     #[test]
     fn restart_backoff_doubles_to_the_cap_and_resets() {
-        let mut b = RestartBackoff::default();
+        let mut b = Backoff::exact(RESTART_BASE, RESTART_MAX);
         let d: Vec<u64> = (0..8).map(|_| b.next_delay().as_secs()).collect();
         assert_eq!(d, vec![1, 2, 4, 8, 16, 32, 60, 60]);
         b.reset();

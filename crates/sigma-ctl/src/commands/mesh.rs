@@ -1069,7 +1069,8 @@ spec:
                 "hosts": "10.0.0.1 istiod.istio-system.svc\n"
             },
             "token_expires_at": "2027-01-15T09:00:00Z",
-            "root_cert_sha256": "a".repeat(64),
+            // SHA-256 of the DER above (bytes 30 82): `check` compares them.
+            "root_cert_sha256": "9df0692e6d29b2a40631cd75ea0ce46206374edcb7a7950ce3180025c7088a00",
             "bundle_version": "v1",
             "interception": "none",
             "egress": [{"host": "xboard.sigma.svc.cluster.local", "port": 80, "bind": "127.0.0.2"}],
