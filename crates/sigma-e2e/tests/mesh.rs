@@ -163,14 +163,19 @@ fn start_agent(vps_dir: &Path, ns: &Netns, hostname: &str, api: &SigmaApi, token
     Proc::spawn(&format!("agent-{hostname}"), cmd, vps_dir)
 }
 
-async fn new_vps(dir: &Path, index: u8, api: &SigmaApi, token: &str, captured: bool) -> Vps {
+async fn new_vps(dir: &Path, cluster: &MeshCluster, index: u8, token: &str, captured: bool) -> Vps {
+    let api = &cluster.api;
     let hostname = format!("vps-{index}.e2e.sigma");
     let vps_dir = dir.join(&hostname);
     let root = vps_dir.join("root");
     std::fs::create_dir_all(root.join("etc")).unwrap();
     std::fs::create_dir_all(root.join("var/lib/istio/envoy")).unwrap();
     std::fs::create_dir_all(vps_dir.join("state")).unwrap();
-    let ns = Netns::create(index);
+    let ns = cluster.vps_namespace(index);
+    if captured {
+        // Its only way to the service range is the interception (see route_on_link).
+        ns.route_on_link(SERVICE_CIDR);
+    }
     // Inside the namespace /etc/hosts is its own file (bind-mounted by `ip netns exec`): the
     // agent's hosts block must land there, where pilot-agent's resolver reads it.
     std::os::unix::fs::symlink("/etc/hosts", root.join("etc/hosts")).unwrap();
@@ -405,9 +410,9 @@ async fn a_vps_joins_the_mesh_with_its_own_identity_and_no_interception() {
     // enrolls.
     let mut fleet = Vec::new();
     for i in 1..=2u8 {
-        fleet.push(new_vps(&dir, i, api, &token, false).await);
+        fleet.push(new_vps(&dir, &cluster, i, &token, false).await);
     }
-    fleet.push(new_vps(&dir, 3, api, &captured_token, true).await);
+    fleet.push(new_vps(&dir, &cluster, 3, &captured_token, true).await);
 
     let mut we_names = Vec::new();
     for v in &fleet {
