@@ -357,3 +357,97 @@ fn envoy_upstream_200(v: &MeshVps) -> u64 {
         v.ns.output("curl", &["-sS", "-m", "5", "http://127.0.0.1:15000/stats"]);
     cluster_stat(&stats, XBOARD_CLUSTER, "upstream_rq_200")
 }
+
+/// Runs `scripts/e2e/latency` inside the VPS's namespace; its JSON summary.
+fn latency(v: &MeshVps, args: &[&str]) -> Value {
+    let script = sigma_e2e::cluster::repo_root().join("scripts/e2e/latency");
+    let out = v.ns.output("python3", &[&[script.to_str().unwrap()], args].concat());
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("latency {args:?}: {e}: {out}"))
+}
+
+/// Latency the mesh path adds (figures printed, never asserted): XrayR → Xboard through the
+/// VPS's loopback listener, the east-west gateway and Xboard's sidecar, against the same
+/// request sent straight to Xboard's app (its uncaptured port [`XBOARD_DIRECT_PORT`], through
+/// a route to Xboard added to the VPS's namespace for this comparison only), 2,000 sequential
+/// requests each on one kept-alive connection; and connection set-up: a TCP connect plus an
+/// mTLS handshake with the VPS's workload certificate through the gateway to Xboard's sidecar
+/// (what the VPS's Envoy does for each new upstream connection), against a TCP connect
+/// straight to Xboard's app.
+///
+/// `/work/wt/testenv cargo test -p sigma-e2e --test traffic -- --ignored --nocapture mesh_path_latency`
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "benchmark: prints figures; run with --ignored"]
+async fn mesh_path_latency() {
+    if !sigma_e2e::can_run(&["ip", "curl", "python3"]) {
+        return;
+    }
+    let dir = work_dir("traffic-bench");
+    let cluster = MeshCluster::up(&dir).await;
+    let token = cluster
+        .api
+        .token(json!({"purpose": "xrayr", "provider": "hetzner", "country": "DE", "max_uses": 1, "ttl_seconds": 3600}))
+        .await;
+    let v = cluster.start_vps(&dir, 42, "xrayr-42.e2e.sigma", &token);
+    cluster.wait_meshed(&v).await;
+    wait_for("XrayR's calls answered", Duration::from_secs(60), || async {
+        xrayr_calls(&v)
+            .iter()
+            .all(|(_, _, r)| r.starts_with("200 "))
+            .then_some(())
+    })
+    .await;
+    // The direct path needs a route to Xboard, which the mesh path never uses.
+    v.ns.output(
+        "ip",
+        &["route", "add", &format!("{XBOARD_IP}/32"), "via", &v.ns.host_ip],
+    );
+    const N: &str = "2000";
+    let mesh_url = format!("http://{XBOARD_HOST}/api/v1/server/config");
+    let direct_url = format!("http://{XBOARD_IP}:{XBOARD_DIRECT_PORT}/api/v1/server/config");
+    // Warm-up: connection pools, Python, caches.
+    latency(&v, &["http", &mesh_url, "200"]);
+    latency(&v, &["http", &direct_url, "200"]);
+    let mesh = latency(&v, &["http", &mesh_url, N]);
+    let direct = latency(&v, &["http", &direct_url, N]);
+    let certs = v.root.join("var/lib/istio/certs");
+    let file = |f: &str| certs.join(f).to_str().unwrap().to_string();
+    let (cert, key, ca) = (
+        file("cert-chain.pem"),
+        file("key.pem"),
+        file("root-cert.pem"),
+    );
+    let mtls = latency(
+        &v,
+        &[
+            "mtls",
+            GATEWAY_IP,
+            "15443",
+            "outbound_.80_._.xboard.sigma.svc.cluster.local",
+            &cert,
+            &key,
+            &ca,
+            N,
+        ],
+    );
+    let tcp = latency(&v, &["tcp", XBOARD_IP, &XBOARD_DIRECT_PORT.to_string(), N]);
+    let ms = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    eprintln!("mesh-path latency ({N} sequential requests each, one kept-alive connection):");
+    for (what, r) in [
+        ("mesh (loopback listener + gateway + Xboard's sidecar)", &mesh),
+        ("direct (VPS -> Xboard's app)", &direct),
+    ] {
+        eprintln!("  {what}: {r}");
+    }
+    eprintln!(
+        "  added by the mesh path: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms",
+        ms(&mesh, "p50_ms") - ms(&direct, "p50_ms"),
+        ms(&mesh, "p90_ms") - ms(&direct, "p90_ms"),
+        ms(&mesh, "p99_ms") - ms(&direct, "p99_ms"),
+    );
+    eprintln!("connection set-up ({N} each):");
+    eprintln!("  TCP + mTLS through the gateway to Xboard's sidecar: {mtls}");
+    eprintln!("  TCP straight to Xboard's app: {tcp}");
+    assert_eq!(mesh["errors"], 0, "{mesh}");
+    assert_eq!(direct["errors"], 0, "{direct}");
+    assert_eq!(mtls["errors"], 0, "{mtls}");
+}
