@@ -361,7 +361,8 @@ fn envoy_upstream_200(v: &MeshVps) -> u64 {
 /// Runs `scripts/e2e/latency` inside the VPS's namespace; its JSON summary.
 fn latency(v: &MeshVps, args: &[&str]) -> Value {
     let script = sigma_e2e::cluster::repo_root().join("scripts/e2e/latency");
-    let out = v.ns.output("python3", &[&[script.to_str().unwrap()], args].concat());
+    let out =
+        v.ns.output("python3", &[&[script.to_str().unwrap()], args].concat());
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("latency {args:?}: {e}: {out}"))
 }
 
@@ -389,17 +390,27 @@ async fn mesh_path_latency() {
         .await;
     let v = cluster.start_vps(&dir, 42, "xrayr-42.e2e.sigma", &token);
     cluster.wait_meshed(&v).await;
-    wait_for("XrayR's calls answered", Duration::from_secs(60), || async {
-        xrayr_calls(&v)
-            .iter()
-            .all(|(_, _, r)| r.starts_with("200 "))
-            .then_some(())
-    })
+    wait_for(
+        "XrayR's calls answered",
+        Duration::from_secs(60),
+        || async {
+            xrayr_calls(&v)
+                .iter()
+                .all(|(_, _, r)| r.starts_with("200 "))
+                .then_some(())
+        },
+    )
     .await;
     // The direct path needs a route to Xboard, which the mesh path never uses.
     v.ns.output(
         "ip",
-        &["route", "add", &format!("{XBOARD_IP}/32"), "via", &v.ns.host_ip],
+        &[
+            "route",
+            "add",
+            &format!("{XBOARD_IP}/32"),
+            "via",
+            &v.ns.host_ip,
+        ],
     );
     const N: &str = "2000";
     let mesh_url = format!("http://{XBOARD_HOST}/api/v1/server/config");
@@ -433,7 +444,10 @@ async fn mesh_path_latency() {
     let ms = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     eprintln!("mesh-path latency ({N} sequential requests each, one kept-alive connection):");
     for (what, r) in [
-        ("mesh (loopback listener + gateway + Xboard's sidecar)", &mesh),
+        (
+            "mesh (loopback listener + gateway + Xboard's sidecar)",
+            &mesh,
+        ),
         ("direct (VPS -> Xboard's app)", &direct),
     ] {
         eprintln!("  {what}: {r}");
