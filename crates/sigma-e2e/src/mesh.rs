@@ -100,11 +100,12 @@ impl MeshCluster {
     }
 
     /// A VPS namespace (`10.77.<index>.0/24`) whose only routes are its own link (sigma-api
-    /// on the host side) and the gateway: istiod and the cluster's services are reached
+    /// on the host side), the other VPS (`10.77.0.0/16`, standing for the internet between
+    /// public addresses) and the gateway: istiod and the cluster's services are reached
     /// through the gateway or not at all.
     pub fn vps_namespace(&self, index: u8) -> Netns {
         let ns = Netns::create(index);
-        ns.route_only_to(&[GATEWAY_IP]);
+        ns.route_only_to(&[&format!("{GATEWAY_IP}/32"), "10.77.0.0/16"]);
         ns
     }
 }

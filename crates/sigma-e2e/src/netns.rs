@@ -101,9 +101,9 @@ impl Netns {
         std::fs::write(&f, "1").unwrap_or_else(|e| panic!("write {f}: {e}"));
     }
 
-    /// Replaces the default route with routes to `destinations` only (each a host address,
-    /// through the host side of the link): the namespace reaches the host's own address on the
-    /// link and these, nothing else. Forwarding on the link is turned on.
+    /// Replaces the default route with routes to `destinations` only (each a prefix such as
+    /// `10.78.1.2/32`, through the host side of the link): the namespace reaches the host's own
+    /// address on the link and these, nothing else. Forwarding on the link is turned on.
     pub fn route_only_to(&self, destinations: &[&str]) {
         ip(&["netns", "exec", &self.name, "ip", "route", "del", "default"]);
         for d in destinations {
@@ -114,7 +114,7 @@ impl Netns {
                 "ip",
                 "route",
                 "add",
-                &format!("{d}/32"),
+                d,
                 "via",
                 &self.host_ip,
             ]);
@@ -182,6 +182,36 @@ impl Netns {
             }
         }
         found
+    }
+
+    /// Packet-filter rules in the namespace, from every place one can live: iptables and
+    /// ip6tables through both back ends (`-nft` and `-legacy`; pilot-agent picks one) and
+    /// nftables itself (`nft -j list ruleset`, which also shows rules made with `nft`
+    /// directly). Every command must succeed: a failed read fails the test instead of reading
+    /// as "no rule".
+    pub fn filter_rules(&self) -> Vec<String> {
+        let mut rules = Vec::new();
+        for prog in [
+            "iptables-nft-save",
+            "ip6tables-nft-save",
+            "iptables-legacy-save",
+            "ip6tables-legacy-save",
+        ] {
+            for l in self.output(prog, &[]).lines() {
+                if l.starts_with("-A ") {
+                    rules.push(format!("{prog}: {l}"));
+                }
+            }
+        }
+        let json = self.output("nft", &["-j", "list", "ruleset"]);
+        let v: serde_json::Value =
+            serde_json::from_str(&json).unwrap_or_else(|e| panic!("nft -j: {e}: {json}"));
+        for item in v["nftables"].as_array().expect("nft -j: an nftables array") {
+            if let Some(rule) = item.get("rule") {
+                rules.push(format!("nft: {rule}"));
+            }
+        }
+        rules
     }
 
     /// Runs a command inside the namespace and returns its stdout (panics on failure).

@@ -314,13 +314,15 @@ async fn xrayr_calls_xboard_through_the_east_west_gateway_with_its_own_identity(
         ADMIN_KEY,
     )
     .await;
-    // Istio's cluster_name tag may keep the observability name's trailing `;`.
-    let q = r#"envoy_cluster_upstream_rq{job="envoy",cluster_name=~"outbound\\|80\\|\\|xboard\\.sigma\\.svc\\.cluster\\.local;?",response_code="200"}"#;
+    // Istio's cluster_name tag strips the observability name's trailing `;`.
+    let q = format!(
+        r#"envoy_cluster_upstream_rq{{job="envoy",cluster_name="{XBOARD_CLUSTER}",response_code="200"}}"#
+    );
     let series = wait_for(
         "the VPS's Xboard request count in Prometheus",
         Duration::from_secs(90),
         || async {
-            let r = prom.query(q).await;
+            let r = prom.query(&q).await;
             r.iter()
                 .any(|s| s["metric"]["hostname"] == v.hostname.as_str())
                 .then_some(r)
