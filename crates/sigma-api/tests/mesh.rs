@@ -97,6 +97,44 @@ async fn purpose_mesh_settings_are_validated_on_write(db: TestDb) {
     field(&v, "mesh.service_account");
     field(&v, "mesh.ports[0].number");
     field(&v, "mesh.egress[0].host");
+    // A mesh-facing port that clashes with the application's own port, another listener or
+    // Istio's ports is named by its path; a string is refused while decoding.
+    let (st, v) = s
+        .post(
+            "/api/purposes",
+            k,
+            json!({"name": "edge", "mesh": {"enabled": true, "ports": [
+                {"name": "a", "number": 8443, "protocol": "TCP", "mesh_port": 8443},
+                {"name": "b", "number": 8444, "protocol": "TCP", "mesh_port": 15443},
+                {"name": "c", "number": 8445, "protocol": "TCP", "mesh_port": 16000},
+                {"name": "d", "number": 8446, "protocol": "TCP", "mesh_port": 16000}
+            ]}}),
+        )
+        .await;
+    assert_eq!(st, 422, "{v}");
+    assert!(
+        field(&v, "mesh.ports[0].mesh_port").contains("application port"),
+        "{v}"
+    );
+    assert!(
+        field(&v, "mesh.ports[1].mesh_port").contains("reserved by Istio"),
+        "{v}"
+    );
+    assert!(
+        field(&v, "mesh.ports[3].mesh_port").contains("ports[2]"),
+        "{v}"
+    );
+    let (st, v) = s
+        .post(
+            "/api/purposes",
+            k,
+            json!({"name": "edge", "mesh": {"enabled": true, "ports": [
+                {"name": "a", "number": 8443, "protocol": "TCP", "mesh_port": "16000"}
+            ]}}),
+        )
+        .await;
+    assert_eq!(st, 422, "{v}");
+    field(&v, "mesh.ports[0].mesh_port");
     let (st, v) = s
         .post(
             "/api/purposes",
@@ -141,6 +179,19 @@ async fn purpose_mesh_settings_are_validated_on_write(db: TestDb) {
     field(&v, "mesh.interception.service_cidrs");
     let (_, v) = s.get("/api/purposes/edge", k).await;
     assert_eq!(v["mesh"], xrayr_mesh(), "refused patches change nothing");
+
+    // The OpenAPI document describes the mesh object's fields, mesh_port included.
+    let (st, doc) = s.get("/api/openapi.json", k).await;
+    assert_eq!(st, 200);
+    for schema in ["Purpose", "PurposeCreate", "PurposePatch"] {
+        let d = doc["components"]["schemas"][schema]["properties"]["mesh"]["description"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{schema}.mesh has no description"));
+        assert!(
+            d.contains("`mesh_port`") && d.contains("15100-16099"),
+            "{schema}: {d}"
+        );
+    }
 }
 
 async fn vps_mesh_opt_out_and_status(db: TestDb) {
@@ -251,6 +302,10 @@ async fn manifests_are_deterministic_and_follow_the_inventory(db: TestDb) {
         "kind: ServiceEntry",
         "kind: Sidecar",
         "kind: DestinationRule",
+        // Served ports reach the application through the VPS's ingress listener.
+        "  ingress:\n  - port:\n",
+        "    captureMode: NONE\n    defaultEndpoint: \"127.0.0.1:443\"\n",
+        "    defaultEndpoint: \"127.0.0.1:9100\"\n",
         "name: vps-edge-1-example-com--",
         "name: vps-edge-2-example-com--",
         "address: \"203.0.113.7\"",

@@ -14,6 +14,8 @@ use time::{Duration, OffsetDateTime};
 
 use crate::output;
 
+pub mod dataplane;
+
 /// A heartbeat older than this is stale: three intervals of the agent's default 30 s, the
 /// same threshold as the `SigmaAgentHeartbeatStale` alert.
 pub const DEFAULT_STALE_AFTER: Duration = Duration::seconds(90);
@@ -77,6 +79,16 @@ pub enum LinkKind {
     Token,
     /// istiod's health verdict on the WorkloadEntry.
     WorkloadHealth,
+    /// Envoy's xDS stream (through pilot-agent and the east-west gateway) to istiod is up.
+    XdsConnected,
+    /// `/etc/hosts` maps each egress host to its loopback listener.
+    HostsBlock,
+    /// Envoy's loopback listener of each egress host is bound.
+    EgressListener,
+    /// Envoy holds healthy endpoints for each egress host.
+    EgressEndpoints,
+    /// The share of 5xx responses and failed connections of each egress host.
+    EgressResponses,
     /// Prometheus scrapes its Envoy.
     PrometheusScrape,
     /// Prometheus sees requests from it to Xboard.
@@ -97,6 +109,11 @@ impl LinkKind {
             LinkKind::Certificate => "certificate",
             LinkKind::Token => "token",
             LinkKind::WorkloadHealth => "workload-health",
+            LinkKind::XdsConnected => "xds-connected",
+            LinkKind::HostsBlock => "hosts-block",
+            LinkKind::EgressListener => "egress-listener",
+            LinkKind::EgressEndpoints => "egress-endpoints",
+            LinkKind::EgressResponses => "egress-responses",
             LinkKind::PrometheusScrape => "prometheus-scrape",
             LinkKind::XboardRequests => "xboard-requests",
         }
@@ -115,6 +132,11 @@ impl LinkKind {
             LinkKind::Certificate => "workload certificate",
             LinkKind::Token => "istio-token",
             LinkKind::WorkloadHealth => "WorkloadEntry health",
+            LinkKind::XdsConnected => "Envoy connected to istiod",
+            LinkKind::HostsBlock => "hosts block",
+            LinkKind::EgressListener => "egress listeners",
+            LinkKind::EgressEndpoints => "egress endpoints",
+            LinkKind::EgressResponses => "egress responses",
             LinkKind::PrometheusScrape => "Prometheus scrapes Envoy",
             LinkKind::XboardRequests => "requests to Xboard",
         }
@@ -960,6 +982,13 @@ pub fn evaluate(i: &Inputs<'_>) -> Vec<Link> {
         token(i),
         workload_health(i),
     ];
+    links.extend(dataplane::links(
+        &i.vps.hostname,
+        &i.vps.purpose,
+        mesh_state(i),
+        i.now,
+        i.stale_after,
+    ));
     if let Some(p) = i.prometheus {
         links.push(prometheus_scrape(i, p));
         links.push(xboard_requests(i, p));
@@ -1014,6 +1043,7 @@ mod tests {
                 token_expires_at: Some(now() + Duration::minutes(40)),
                 cert_expires_at: Some(now() + Duration::hours(20)),
                 restarts: 0,
+                dataplane: dataplane::tests::good().dataplane,
             }),
             ..AgentState::default()
         });
@@ -1091,14 +1121,14 @@ mod tests {
             xboard_rate: Some(Ok(0.5)),
         };
         let links = run(&healthy_vps(), &mesh_on(), &report(), Some(&prom));
-        assert_eq!(links.len(), 12);
+        assert_eq!(links.len(), 17);
         for l in &links {
             assert_eq!(l.result, Outcome::Ok, "{l:?}");
             assert!(l.fix.is_none());
         }
-        assert_eq!(tally(&links), (12, 0, 0));
+        assert_eq!(tally(&links), (17, 0, 0));
         let links = run(&healthy_vps(), &mesh_on(), &report(), None);
-        assert_eq!(links.len(), 10, "Prometheus links only with --prometheus");
+        assert_eq!(links.len(), 15, "Prometheus links only with --prometheus");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Run with `cargo bench -p sigma-mesh`. Prints min/median/max milliseconds of several runs for
 //! (a) computing the desired state, (b) diffing it against an identical actual set (must be
 //! zero writes) and (c) diffing against an actual set where 1,000 WorkloadEntries differ, and
-//! fails when computation plus steady-state diff exceed the 50 ms budget at the median.
+//! prints computation plus steady-state diff at the median next to the 50 ms target (a figure
+//! to read, not an assertion: timings on a shared machine are not a test).
 //!
 //! Then, at 10,000 and 100,000 VPS (`SIGMA_BENCH_SCALES`, comma-separated), what each VPS's
 //! objects cost: objects by kind (a WorkloadGroup and a WorkloadEntry per meshed VPS), the
@@ -205,7 +206,10 @@ fn main() {
     let b = report("(b) diff, identical actual (0 writes)", &t_steady);
     report("(c) diff, 1,000 changed (1,000 writes)", &t_changed);
     let total = a + b;
-    println!("(a)+(b) median: {total:.2} ms (budget {BUDGET_MS} ms)");
+    println!(
+        "(a)+(b) median: {total:.2} ms (target {BUDGET_MS} ms: {})",
+        if total < BUDGET_MS { "within" } else { "OVER" }
+    );
 
     let scales = std::env::var("SIGMA_BENCH_SCALES").unwrap_or_else(|_| "10000,100000".into());
     for n in scales
@@ -214,7 +218,6 @@ fn main() {
     {
         scale(&template, &purposes, n);
     }
-    assert!(total < BUDGET_MS, "over budget: {total:.2} ms");
 }
 
 /// Objects and bytes per VPS at `n` VPS, and the time of a desired state and a steady diff.

@@ -474,14 +474,20 @@ struct PodPort<'a> {
 }
 
 /// The purpose's ports as `ISTIO_META_POD_PORTS` JSON (sorted by name, like istioctl), which
-/// lets istiod resolve named target ports; `None` without ports.
-fn pod_ports(settings: &MeshSettings) -> Option<String> {
+/// lets istiod resolve named target ports; `None` without ports. A port's container port is
+/// where the workload serves it to the mesh: its ingress listener (the WorkloadEntry's
+/// `ports`), as for the ServiceEntry's `targetPort`; only a UDP port, which has no listener,
+/// names the application's port.
+fn pod_ports(settings: &MeshSettings, entry_ports: &BTreeMap<String, u32>) -> Option<String> {
     let mut ports: Vec<PodPort<'_>> = settings
         .ports
         .iter()
         .map(|p| PodPort {
             name: &p.name,
-            container_port: p.target_port.unwrap_or(p.number),
+            container_port: entry_ports
+                .get(&p.name)
+                .and_then(|m| u16::try_from(*m).ok())
+                .unwrap_or_else(|| p.app_port()),
             protocol: if p.protocol == Protocol::Udp {
                 "UDP"
             } else {
@@ -584,7 +590,7 @@ fn variables(cp: &ControlPlane, w: &BundleWorkload, mesh: &MeshConfig) -> Variab
         "ISTIO_META_NETWORK",
         w.entry.spec.network.clone().unwrap_or_default(),
     );
-    if let Some(p) = pod_ports(&w.settings) {
+    if let Some(p) = pod_ports(&w.settings, &w.entry.spec.ports) {
         set("ISTIO_META_POD_PORTS", p);
     }
     set("ISTIO_META_WORKLOAD_NAME", name.clone());
@@ -654,9 +660,36 @@ fn render_mesh_yaml(
         "proxyMetadata".into(),
         serde_json::to_value(proxy_metadata).map_err(|e| Error::Internal(e.to_string()))?,
     );
+    keep_stats(&mut dc);
     let mut top = Map::new();
     top.insert("defaultConfig".into(), Value::Object(dc));
     crate::yaml::value_to_yaml(&Value::Object(top))
+}
+
+/// Envoy stats a VPS's proxy keeps beyond Istio's default set (which drops all but a few):
+/// per-upstream request, response-class and connection counts of its egress clusters (the
+/// per-VPS edge series Prometheus scrapes and the agent's data-plane report reads) and the
+/// state of its xDS stream (`mesh doctor`'s `xds-connected`). Only a VPS's own proxy gets
+/// them, through its `mesh.yaml`: pods keep the cluster's default.
+pub const STATS_INCLUSION_PREFIXES: [&str; 2] = ["cluster.outbound|", "control_plane"];
+
+/// Adds [`STATS_INCLUSION_PREFIXES`] to `proxyStatsMatcher.inclusionPrefixes`, keeping what the
+/// cluster's default already lists. A matcher the cluster defines in another form (regexps,
+/// suffixes only) is left as it is: the operator chose it.
+fn keep_stats(dc: &mut Map<String, Value>) {
+    let matcher = dc
+        .entry("proxyStatsMatcher")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Value::Object(m) = matcher else { return };
+    let prefixes = m
+        .entry("inclusionPrefixes")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    let Value::Array(list) = prefixes else { return };
+    for p in STATS_INCLUSION_PREFIXES {
+        if !list.iter().any(|v| v.as_str() == Some(p)) {
+            list.push(Value::String(p.into()));
+        }
+    }
 }
 
 /// The DER of the first `CERTIFICATE` block of a PEM bundle.

@@ -6,7 +6,8 @@
 //! its rows onto [`MeshPurpose`] and [`MeshVps`]; a reconciler reads the cluster, decodes with
 //! [`MeshObject::from_json`], and applies the [`Plan`] returned by [`diff`].
 //!
-//! * [`desired_state`] — ServiceEntry and Sidecar per mesh-enabled purpose, DestinationRule
+//! * [`desired_state`] — ServiceEntry and Sidecar (egress listeners for what the purpose
+//!   calls, ingress listeners for the ports it serves) per mesh-enabled purpose, DestinationRule
 //!   (ISTIO_MUTUAL) per called service, and per meshed VPS a WorkloadEntry and a WorkloadGroup
 //!   of the same name (the workload Kiali lists, holding exactly that entry).
 //! * [`diff`] — apply/delete plan, zero writes in steady state, never touching objects sigma
@@ -19,6 +20,7 @@
 
 pub mod bootstrap;
 mod diff;
+pub mod ingress;
 pub mod model;
 pub mod names;
 pub mod objects;
@@ -28,6 +30,7 @@ mod yaml;
 use std::fmt;
 
 pub use diff::{Plan, diff, up_to_date};
+pub use ingress::{IngressBinding, ingress_bindings};
 pub use model::{
     DesiredState, EgressBinding, MeshPurpose, MeshVps, SkipReason, SkippedVps, desired_state,
     egress_bindings, select_address,

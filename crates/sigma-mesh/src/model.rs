@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 use sigma_types::{IpAddress, Normalize, VpsStatus};
 use uuid::Uuid;
 
+use crate::ingress::{IngressBinding, ingress_bindings, ingress_listeners};
 use crate::names;
 use crate::objects::*;
 use crate::settings::{MeshSettings, MeshTemplate, NetworkMode, Probe, Protocol};
@@ -330,6 +331,10 @@ struct Prepared<'a> {
     service_account: String,
     /// The purpose's part of each of its VPS's WorkloadGroups: template and probe.
     group: WorkloadGroupSpec,
+    /// Mesh-facing listeners of its ports.
+    ingress: Vec<IngressBinding>,
+    /// The WorkloadEntry `ports` of each of its VPS: port name → mesh-facing port.
+    entry_ports: BTreeMap<String, u32>,
 }
 
 /// Computes every object the mesh should hold.
@@ -383,6 +388,16 @@ pub fn desired_state(
             .clone()
             .unwrap_or_else(|| template.service_account.clone());
         let group = group_template(template, &settings, &service_account);
+        let ingress = ingress_bindings(&settings, template.health_port).map_err(|errors| {
+            Error::InvalidPurpose {
+                purpose: p.name.clone(),
+                errors,
+            }
+        })?;
+        let entry_ports = ingress
+            .iter()
+            .map(|b| (b.name.clone(), u32::from(b.mesh_port)))
+            .collect();
         prepared.insert(
             &p.name,
             Prepared {
@@ -390,6 +405,8 @@ pub fn desired_state(
                 settings,
                 service_account,
                 group,
+                ingress,
+                entry_ports,
             },
         );
     }
@@ -563,6 +580,7 @@ fn group_template(
             network: shared_network,
             locality: None,
             service_account: Some(service_account.to_string()),
+            ports: BTreeMap::new(),
         },
         probe: Some(probe),
     }
@@ -616,6 +634,11 @@ fn purpose_objects(
 ) {
     let s = &p.settings;
     if !s.ports.is_empty() {
+        let mesh_port: HashMap<&str, u16> = p
+            .ingress
+            .iter()
+            .map(|b| (b.name.as_str(), b.mesh_port))
+            .collect();
         let mut ports: Vec<ServiceEntryPort> = s
             .ports
             .iter()
@@ -623,7 +646,13 @@ fn purpose_objects(
                 number: u32::from(sp.number),
                 protocol: sp.protocol.as_str().to_string(),
                 name: sp.name.clone(),
-                target_port: sp.target_port.map(u32::from),
+                // Mesh clients are sent to the VPS's ingress listener, never to the
+                // application's own port; a UDP port (no listener) stays direct.
+                target_port: mesh_port
+                    .get(sp.name.as_str())
+                    .copied()
+                    .or(sp.target_port)
+                    .map(u32::from),
             })
             .collect();
         ports.sort_by_key(|sp| sp.number);
@@ -669,12 +698,14 @@ fn purpose_objects(
             })
             .collect()
     };
+    let ingress = ingress_listeners(&p.ingress);
     let labels = BTreeMap::from([("app".to_string(), p.name.to_string())]);
     objects.push(MeshObject::Sidecar(resource(
         Kind::Sidecar,
         managed_meta(p.name.to_string(), template, labels),
         SidecarSpec {
             workload_selector: Some(selector(p.name)),
+            ingress,
             egress,
             outbound_traffic_policy: Some(OutboundTrafficPolicy {
                 mode: Some(OutboundMode::RegistryOnly),
@@ -737,6 +768,7 @@ fn workload_entry<'a>(
             network,
             locality,
             service_account: Some(p.service_account.clone()),
+            ports: p.entry_ports.clone(),
         },
     ))
 }

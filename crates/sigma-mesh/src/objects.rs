@@ -200,6 +200,10 @@ pub struct WorkloadEntrySpec {
     /// Service account (identity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account: Option<String>,
+    /// Port name → the port the endpoint serves it on: for each port of the purpose, the
+    /// VPS's mesh-facing Envoy listener. Never set in a WorkloadGroup template.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ports: BTreeMap<String, u32>,
 }
 
 /// Labels and annotations a WorkloadGroup gives its workloads.
@@ -376,6 +380,27 @@ pub struct EgressListener {
     pub hosts: Vec<String>,
 }
 
+/// A Sidecar ingress listener: where the workload's Envoy accepts the mesh's connections for
+/// one port, and where it forwards them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressListener {
+    /// Listener port (the mesh-facing port).
+    pub port: SidecarPort,
+    /// Address the listener binds to; sigma leaves it empty (see
+    /// [`crate::ingress::ingress_listeners`] for what istiod
+    /// then binds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<String>,
+    /// How traffic reaches the listener; sigma always says `NONE` (Envoy binds the port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture_mode: Option<CaptureMode>,
+    /// Where accepted traffic goes: `127.0.0.1:<port>`, `0.0.0.0:<port>`, `[::1]:<port>`,
+    /// `[::]:<port>` or `unix://<path>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_endpoint: Option<String>,
+}
+
 /// `Sidecar.spec.outboundTrafficPolicy`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboundTrafficPolicy {
@@ -391,6 +416,9 @@ pub struct SidecarSpec {
     /// Workloads it applies to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_selector: Option<WorkloadSelector>,
+    /// Ingress listeners: one per port the purpose serves to the mesh.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress: Vec<IngressListener>,
     /// Egress listeners.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<EgressListener>,
@@ -710,9 +738,10 @@ pub fn check_object(obj: &MeshObject) -> std::result::Result<(), Vec<String>> {
                 s.workload_selector.as_ref(),
                 &mut errs,
             );
-            if s.egress.is_empty() && s.outbound_traffic_policy.is_none() {
+            if s.egress.is_empty() && s.ingress.is_empty() && s.outbound_traffic_policy.is_none() {
                 errs.push("spec: empty Sidecar".into());
             }
+            check_ingress(&s.ingress, &mut errs);
             let mut ports = BTreeSet::new();
             for (i, l) in s.egress.iter().enumerate() {
                 let f = format!("spec.egress[{i}]");
@@ -759,6 +788,77 @@ pub fn check_object(obj: &MeshObject) -> std::result::Result<(), Vec<String>> {
     if errs.is_empty() { Ok(()) } else { Err(errs) }
 }
 
+/// Istio's rules for ingress listeners (`ValidateSidecar` in pkg/config/validation: port name,
+/// protocol and number valid, ports unique, `bind` an IP, `defaultEndpoint` one of
+/// `127.0.0.1:<port>`, `0.0.0.0:<port>`, `[::1]:<port>`, `[::]:<port>`, `:<port>` or
+/// `unix://<absolute path or @abstract>`), plus sigma's own: capture mode `NONE` (the VPS has
+/// no interception, so Envoy must bind the port), a `defaultEndpoint` always (without one Envoy
+/// forwards to the original destination, which for a bound listener is itself), not on the
+/// listener's own port, and no UDP (Istio builds no filter chain for it).
+fn check_ingress(ingress: &[IngressListener], errs: &mut Vec<String>) {
+    let mut ports = BTreeSet::new();
+    for (i, l) in ingress.iter().enumerate() {
+        let f = format!("spec.ingress[{i}]");
+        let p = &l.port;
+        check_port_u32(&format!("{f}.port.number"), p.number, errs);
+        if !ports.insert(p.number) {
+            errs.push(format!("{f}.port.number {} is duplicated", p.number));
+        }
+        if !p.name.is_empty()
+            && let Err(r) = check_port_name(&p.name)
+        {
+            errs.push(format!("{f}.port.name: {r}"));
+        }
+        check_protocol(&format!("{f}.port.protocol"), &p.protocol, errs);
+        if p.protocol == Protocol::Udp.as_str() {
+            errs.push(format!("{f}.port.protocol: Istio builds no UDP listener"));
+        }
+        if let Some(b) = &l.bind
+            && b.parse::<IpAddr>().is_err()
+        {
+            errs.push(format!("{f}.bind {b:?} is not an IP address"));
+        }
+        if l.capture_mode != Some(CaptureMode::None) {
+            errs.push(format!(
+                "{f}.captureMode: must be NONE, the VPS's traffic is not intercepted"
+            ));
+        }
+        match l.default_endpoint.as_deref() {
+            None => errs.push(format!("{f}.defaultEndpoint: required")),
+            Some(ep) => match default_endpoint_port(ep) {
+                Err(r) => errs.push(format!("{f}.defaultEndpoint {ep:?}: {r}")),
+                Ok(Some(port)) if u32::from(port) == p.number => errs.push(format!(
+                    "{f}.defaultEndpoint {ep:?}: forwards to the listener's own port"
+                )),
+                Ok(_) => {}
+            },
+        }
+    }
+}
+
+/// The port of a `defaultEndpoint` Istio accepts (`None` for a Unix socket), or why it does not.
+fn default_endpoint_port(ep: &str) -> std::result::Result<Option<u16>, String> {
+    if let Some(path) = ep.strip_prefix("unix://") {
+        return if path.starts_with('@') && path.len() > 1
+            || path.starts_with('/') && !path.ends_with('/')
+        {
+            Ok(None)
+        } else {
+            Err("a Unix socket must be an absolute file path or @abstract".into())
+        };
+    }
+    let form =
+        "must be 127.0.0.1:<port>, 0.0.0.0:<port>, [::1]:<port>, [::]:<port> or unix://<path>";
+    let (host, port) = ep.rsplit_once(':').ok_or_else(|| form.to_string())?;
+    if !matches!(host, "" | "127.0.0.1" | "0.0.0.0" | "[::1]" | "[::]") {
+        return Err(form.into());
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 && !port.starts_with(['+', '0']) => Ok(Some(p)),
+        _ => Err(format!("{port:?} is not a port (1-65535)")),
+    }
+}
+
 /// `field` and `sub` are only joined when there is an error to report: this check runs for
 /// every WorkloadEntry of the fleet.
 fn check_labels(field: &str, sub: &str, labels: &BTreeMap<String, String>, errs: &mut Vec<String>) {
@@ -802,6 +902,23 @@ fn check_workload(field: &str, w: &WorkloadEntrySpec, entry: bool, errs: &mut Ve
     {
         errs.push(format!("{field}.serviceAccount: {r}"));
     }
+    if !entry && !w.ports.is_empty() {
+        errs.push(format!("{field}.ports must be empty in a template"));
+    }
+    // The CRD allows 128 ports, names matching a DNS label of < 63 characters, numbers
+    // 1-65535, and no ports on a Unix-socket address (the address check above covers that).
+    if w.ports.len() > crate::settings::MAX_PORTS {
+        errs.push(format!(
+            "{field}.ports: more than {} ports",
+            crate::settings::MAX_PORTS
+        ));
+    }
+    for (name, port) in &w.ports {
+        if let Err(r) = check_port_name(name) {
+            errs.push(format!("{field}.ports: name {name:?}: {r}"));
+        }
+        check_port_u32(&format!("{field}.ports.{name}"), *port, errs);
+    }
 }
 
 fn check_port_u32(field: &str, p: u32, errs: &mut Vec<String>) {
@@ -840,4 +957,140 @@ fn sidecar_host_ok(h: &str) -> bool {
         || names::is_dns_subdomain(name)
         || name.strip_prefix("*.").is_some_and(names::is_dns_subdomain);
     ns_ok && name_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sidecar(ingress: Vec<IngressListener>) -> MeshObject {
+        MeshObject::Sidecar(resource(
+            Kind::Sidecar,
+            ObjectMeta {
+                name: "web".into(),
+                namespace: "sigma".into(),
+                ..ObjectMeta::default()
+            },
+            SidecarSpec {
+                workload_selector: Some(WorkloadSelector {
+                    labels: BTreeMap::from([("app".into(), "web".into())]),
+                }),
+                ingress,
+                egress: Vec::new(),
+                outbound_traffic_policy: None,
+            },
+        ))
+    }
+
+    fn listener(number: u32, endpoint: &str) -> IngressListener {
+        IngressListener {
+            port: SidecarPort {
+                number,
+                protocol: "TCP".into(),
+                name: format!("tcp-{number}"),
+            },
+            bind: None,
+            capture_mode: Some(CaptureMode::None),
+            default_endpoint: Some(endpoint.into()),
+        }
+    }
+
+    fn errors(ingress: Vec<IngressListener>) -> Vec<String> {
+        check_object(&sidecar(ingress)).err().unwrap_or_default()
+    }
+
+    #[test]
+    fn a_sidecar_with_only_ingress_is_not_empty() {
+        assert_eq!(
+            errors(vec![listener(15100, "127.0.0.1:8443")]),
+            Vec::<String>::new()
+        );
+        assert!(errors(vec![]).iter().any(|e| e.contains("empty Sidecar")));
+    }
+
+    #[test]
+    fn default_endpoints_take_istios_forms() {
+        for ok in [
+            "127.0.0.1:8443",
+            "0.0.0.0:8443",
+            "[::1]:8443",
+            "[::]:8443",
+            ":8443",
+            "unix:///run/app.sock",
+            "unix://@app",
+        ] {
+            assert_eq!(
+                errors(vec![listener(15100, ok)]),
+                Vec::<String>::new(),
+                "{ok}"
+            );
+        }
+        for bad in [
+            "10.0.0.1:8443",
+            "localhost:8443",
+            "127.0.0.1",
+            "::1:8443",
+            "127.0.0.1:0",
+            "127.0.0.1:70000",
+            "127.0.0.1:http",
+            "unix://relative",
+            "unix:///run/",
+            "unix://",
+            "unix://@",
+        ] {
+            let e = errors(vec![listener(15100, bad)]);
+            assert!(
+                e.iter()
+                    .any(|e| e.starts_with("spec.ingress[0].defaultEndpoint")),
+                "{bad}: {e:?}"
+            );
+        }
+        let e = errors(vec![listener(15100, "127.0.0.1:15100")]);
+        assert!(e.iter().any(|e| e.contains("own port")), "{e:?}");
+    }
+
+    #[test]
+    fn ingress_ports_are_unique_valid_and_bound_by_envoy() {
+        let e = errors(vec![
+            listener(15100, "127.0.0.1:1"),
+            listener(15100, "127.0.0.1:2"),
+        ]);
+        assert!(
+            e.iter()
+                .any(|e| e == "spec.ingress[1].port.number 15100 is duplicated"),
+            "{e:?}"
+        );
+
+        let mut l = listener(15100, "127.0.0.1:1");
+        l.capture_mode = Some(CaptureMode::Default);
+        let mut m = listener(15101, "127.0.0.1:1");
+        m.capture_mode = None;
+        let e = errors(vec![l, m]);
+        assert!(
+            e.iter()
+                .any(|e| e.starts_with("spec.ingress[0].captureMode")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|e| e.starts_with("spec.ingress[1].captureMode")),
+            "{e:?}"
+        );
+
+        let mut l = listener(0, "127.0.0.1:1");
+        l.port.name = "Bad_Name".into();
+        l.port.protocol = "UDP".into();
+        l.bind = Some("eth0".into());
+        l.default_endpoint = None;
+        let e = errors(vec![l]);
+        for f in [
+            "spec.ingress[0].port.number",
+            "spec.ingress[0].port.name",
+            "spec.ingress[0].port.protocol",
+            "spec.ingress[0].bind",
+            "spec.ingress[0].defaultEndpoint",
+        ] {
+            assert!(e.iter().any(|e| e.starts_with(f)), "{f}: {e:?}");
+        }
+    }
 }

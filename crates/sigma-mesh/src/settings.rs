@@ -20,6 +20,30 @@ pub const ISTIO_RESERVED_PORTS: [u16; 10] = [
     15000, 15001, 15004, 15006, 15008, 15009, 15020, 15021, 15053, 15090,
 ];
 
+/// Istio's block of ports for its own components (15000-15099: the sidecar's admin, capture,
+/// health and telemetry ports, istiod's 15010/15012/15014/15017, HBONE 15008/15009, DNS 15053,
+/// …). A mesh-facing port is never placed there, even on a port today's sidecar leaves free,
+/// because Istio adds its new ports to this block.
+pub const ISTIO_PORT_BLOCK: std::ops::RangeInclusive<u16> = 15000..=15099;
+
+/// The east-west gateway's `AUTO_PASSTHROUGH` port. Not bound on a VPS, but a mesh-facing port
+/// of 15443 would be indistinguishable from the gateway's in every tool that reads ports.
+pub const ISTIO_GATEWAY_PORT: u16 = 15443;
+
+/// Ports sigma-agent itself uses on a VPS: 9102 its metrics and health endpoint (the mesh
+/// template's default `health_port`, `AGENT_METRICS_LISTEN`), 9901 the Envoy admin port of
+/// classic mode (`sigma-agent envoy-bootstrap --admin`) and 18000 its xDS server
+/// (`AGENT_XDS_LISTEN`).
+pub const AGENT_PORTS: [u16; 3] = [9102, 9901, 18000];
+
+/// The lowest port a mesh-facing listener may use: the proxy runs unprivileged, and sigma-agent
+/// grants Envoy `CAP_NET_BIND_SERVICE` for egress listeners only.
+pub const MIN_MESH_PORT: u16 = 1024;
+
+/// Where sigma places a port's mesh-facing listener when `mesh_port` is not given
+/// (see [`ServicePort::mesh_port`]): just above Istio's block, 15100-16099 without 15443.
+pub const DEFAULT_MESH_PORTS: std::ops::RangeInclusive<u16> = 15100..=16099;
+
 /// Most ports one purpose may serve: a WorkloadEntry holds at most 128 named ports.
 pub const MAX_PORTS: usize = 128;
 
@@ -240,6 +264,29 @@ pub struct ServicePort {
         skip_serializing_if = "Option::is_none"
     )]
     pub target_port: Option<u16>,
+    /// Port of the VPS's Envoy listener that serves this port to the mesh: it terminates the
+    /// mesh's mTLS and forwards to the application on `127.0.0.1:<target_port or number>`.
+    /// When absent sigma picks one in [`DEFAULT_MESH_PORTS`] from the port's name (see
+    /// [`crate::ingress::ingress_bindings`]). Not allowed on a UDP port (Envoy carries no UDP).
+    #[serde(
+        default,
+        deserialize_with = "de_opt_port",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mesh_port: Option<u16>,
+}
+
+impl ServicePort {
+    /// The port the application listens on at the VPS: `target_port`, else `number`.
+    pub fn app_port(&self) -> u16 {
+        self.target_port.unwrap_or(self.number)
+    }
+
+    /// Whether the port can be served through an Envoy listener: Istio builds no listener
+    /// for UDP (its protocol maps to no filter chain), so UDP ports stay direct.
+    pub fn meshable(&self) -> bool {
+        self.protocol != Protocol::Udp
+    }
 }
 
 /// A mesh service a purpose's VPS call.
@@ -344,7 +391,7 @@ impl TryFrom<RawInterception> for Interception {
 /// {
 ///   "enabled": true,
 ///   "service_account": "xrayr",
-///   "ports": [{"name": "http-api", "number": 8080, "protocol": "HTTP"}],
+///   "ports": [{"name": "http-api", "number": 8080, "protocol": "HTTP", "mesh_port": 15180}],
 ///   "egress": [{"host": "xboard.sigma.svc.cluster.local", "port": 443, "protocol": "HTTPS"}],
 ///   "probe": {"http_get": {"path": "/healthz", "port": 9102}},
 ///   "network": "vpn",
@@ -411,6 +458,86 @@ fn check_port_number(port: u16) -> Result<u16, String> {
         ));
     }
     Ok(port)
+}
+
+/// Whether a port may carry a mesh-facing listener regardless of the purpose's other ports:
+/// not privileged, not Istio's, not sigma-agent's.
+pub fn check_mesh_port(port: u16) -> Result<u16, String> {
+    if port < MIN_MESH_PORT {
+        return Err(format!(
+            "{port} is below {MIN_MESH_PORT}: the VPS's Envoy runs unprivileged and may not bind it"
+        ));
+    }
+    if ISTIO_PORT_BLOCK.contains(&port) || port == ISTIO_GATEWAY_PORT {
+        return Err(format!(
+            "{port} is reserved by Istio ({}-{} and {ISTIO_GATEWAY_PORT})",
+            ISTIO_PORT_BLOCK.start(),
+            ISTIO_PORT_BLOCK.end()
+        ));
+    }
+    if AGENT_PORTS.contains(&port) {
+        return Err(format!(
+            "{port} is used by sigma-agent ({})",
+            AGENT_PORTS.map(|p| p.to_string()).join(", ")
+        ));
+    }
+    Ok(port)
+}
+
+/// The port a purpose's probe connects to on the VPS.
+pub(crate) fn probe_port(probe: Option<&Probe>) -> Option<u16> {
+    probe.map(|p| match p {
+        Probe::HttpGet(h) => h.port,
+        Probe::TcpSocket(t) => t.port,
+    })
+}
+
+/// Every explicit `mesh_port` must be a port the VPS's Envoy can bind next to everything else
+/// the purpose runs there: not an application port (`number` or `target_port` of any port),
+/// not another port's listener, not an egress listener's port, not the probe's port.
+fn check_mesh_ports(
+    ports: &[ServicePort],
+    egress_ports: &BTreeMap<u16, usize>,
+    probe: Option<&Probe>,
+    e: &mut FieldErrors,
+) {
+    let mut app: BTreeMap<u16, String> = BTreeMap::new();
+    for (j, p) in ports.iter().enumerate() {
+        app.entry(p.number)
+            .or_insert_with(|| format!("ports[{j}].number"));
+        if let Some(t) = p.target_port {
+            app.entry(t)
+                .or_insert_with(|| format!("ports[{j}].target_port"));
+        }
+    }
+    let probe = probe_port(probe);
+    let mut listeners: BTreeMap<u16, usize> = BTreeMap::new();
+    for (i, p) in ports.iter().enumerate() {
+        let Some(m) = p.mesh_port else { continue };
+        let f = format!("ports[{i}].mesh_port");
+        if !p.meshable() {
+            e.add(
+                f,
+                "a UDP port is not served through Envoy (Istio builds no UDP listener); remove mesh_port",
+            );
+            continue;
+        }
+        if e.check(&f, check_mesh_port(m)).is_none() {
+            continue;
+        }
+        if let Some(owner) = app.get(&m) {
+            e.add(
+                f,
+                format!("{m} is an application port ({owner}); the mesh-facing port must differ from every port the application listens on"),
+            );
+        } else if let Some(j) = listeners.insert(m, i) {
+            e.add(f, format!("{m} is already the mesh_port of ports[{j}]"));
+        } else if let Some(k) = egress_ports.get(&m) {
+            e.add(f, format!("{m} is the port of egress[{k}]'s listener"));
+        } else if probe == Some(m) {
+            e.add(f, format!("{m} is the probe's port"));
+        }
+    }
 }
 
 /// A port name Istio accepts everywhere it is used (see [`MAX_PORT_NAME_LEN`]).
@@ -580,13 +707,13 @@ impl Normalize for MeshSettings {
         }
         let mut egress = Vec::with_capacity(self.egress.len());
         let mut seen: BTreeMap<(String, u16), usize> = BTreeMap::new();
-        let mut ports: BTreeMap<u16, usize> = BTreeMap::new();
+        let mut egress_ports: BTreeMap<u16, usize> = BTreeMap::new();
         let mut host_bind: BTreeMap<String, (Ipv4Addr, usize)> = BTreeMap::new();
         let mut bind_host: BTreeMap<Ipv4Addr, (String, usize)> = BTreeMap::new();
         for (i, g) in self.egress.into_iter().enumerate() {
             let f = |k: &str| format!("egress[{i}].{k}");
             let host = e.check(&f("host"), check_mesh_host(&g.host));
-            if let Some(j) = ports.insert(g.port, i) {
+            if let Some(j) = egress_ports.insert(g.port, i) {
                 e.add(
                     f("port"),
                     format!(
@@ -643,6 +770,8 @@ impl Normalize for MeshSettings {
                 Probe::TcpSocket(_) => {}
             }
         }
+
+        check_mesh_ports(&self.ports, &egress_ports, self.probe.as_ref(), &mut e);
 
         if let Some(n) = &self.network {
             e.check("network", check_network(n));
@@ -951,6 +1080,86 @@ mod tests {
         assert!(e["interception.service_cidrs[0]"].contains("10.96.0.0/12"));
         assert!(e["ports[3].name"].contains("62"));
         assert_eq!(e.len(), 19, "{e:#?}");
+    }
+
+    #[test]
+    fn mesh_port_is_optional_and_round_trips() {
+        // Settings stored before mesh_port existed stay valid and serialize as they were.
+        let old = json!({"enabled": true, "ports": [{"name": "vless", "number": 443, "protocol": "TCP"}]});
+        let s = MeshSettings::from_json(&old).unwrap();
+        assert_eq!(s.ports[0].mesh_port, None);
+        assert_eq!(serde_json::to_value(&s).unwrap()["ports"], old["ports"]);
+        let v = json!({"enabled": true, "ports": [
+            {"name": "vless", "number": 443, "protocol": "TCP", "mesh_port": 15443 + 1},
+            {"name": "api", "number": 8443, "protocol": "HTTPS", "target_port": 18443, "mesh_port": 28443}
+        ]});
+        let s = MeshSettings::from_json(&v).unwrap();
+        assert_eq!(s.ports[0].mesh_port, Some(15444));
+        assert_eq!(s.ports[1].app_port(), 18443);
+        assert_eq!(serde_json::to_value(&s).unwrap()["ports"], v["ports"]);
+        assert_eq!(
+            MeshSettings::from_json(&serde_json::to_value(&s).unwrap()).unwrap(),
+            s
+        );
+    }
+
+    #[test]
+    fn bad_mesh_ports_name_the_field() {
+        let port = |m: serde_json::Value| json!({"name": "a", "number": 8443, "protocol": "TCP", "mesh_port": m});
+        for (m, want) in [
+            (json!(0), "not a port"),
+            (json!(70000), "not a port"),
+            (json!("15100"), "write the port as a number"),
+            (json!("15100-15200"), "port range"),
+            (json!(443), "below 1024"),
+            (json!(15000), "reserved by Istio"),
+            (json!(15006), "reserved by Istio"),
+            (json!(15012), "reserved by Istio"),
+            (json!(15099), "reserved by Istio"),
+            (json!(15443), "reserved by Istio"),
+            (json!(9102), "sigma-agent"),
+            (json!(9901), "sigma-agent"),
+            (json!(18000), "sigma-agent"),
+            (json!(8443), "application port (ports[0].number)"),
+        ] {
+            let e = errors(json!({"ports": [port(m.clone())]}));
+            assert!(
+                e.get("ports[0].mesh_port")
+                    .is_some_and(|r| r.contains(want)),
+                "{m}: {e:?}"
+            );
+            assert_eq!(e.len(), 1, "{m}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn mesh_ports_clash_with_nothing_the_purpose_runs() {
+        let e = errors(json!({
+            "ports": [
+                {"name": "a", "number": 8443, "protocol": "TCP", "target_port": 18443, "mesh_port": 20000},
+                {"name": "b", "number": 8444, "protocol": "TCP", "mesh_port": 18443},
+                {"name": "c", "number": 8445, "protocol": "TCP", "mesh_port": 20000},
+                {"name": "d", "number": 8446, "protocol": "TCP", "mesh_port": 6379},
+                {"name": "e", "number": 8447, "protocol": "TCP", "mesh_port": 9000},
+                {"name": "f", "number": 53, "protocol": "UDP", "mesh_port": 20053},
+                {"name": "g", "number": 8448, "protocol": "TCP", "mesh_port": 8445}
+            ],
+            "egress": [{"host": "redis.example.com", "port": 6379, "protocol": "Redis"}],
+            "probe": {"http_get": {"path": "/healthz", "port": 9000}}
+        }));
+        assert!(
+            e["ports[1].mesh_port"].contains("ports[0].target_port"),
+            "{e:?}"
+        );
+        assert!(
+            e["ports[2].mesh_port"].contains("already the mesh_port of ports[0]"),
+            "{e:?}"
+        );
+        assert!(e["ports[3].mesh_port"].contains("egress[0]"), "{e:?}");
+        assert!(e["ports[4].mesh_port"].contains("probe"), "{e:?}");
+        assert!(e["ports[5].mesh_port"].contains("UDP"), "{e:?}");
+        assert!(e["ports[6].mesh_port"].contains("ports[2].number"), "{e:?}");
+        assert_eq!(e.len(), 6, "{e:#?}");
     }
 
     #[test]

@@ -70,7 +70,7 @@ fn xrayr() -> MeshPurpose {
             "enabled": true,
             "ports": [
                 {"name": "vless", "number": 443, "protocol": "TCP"},
-                {"name": "metrics", "number": 9100, "protocol": "HTTP", "target_port": 19100},
+                {"name": "metrics", "number": 9100, "protocol": "HTTP", "target_port": 19100, "mesh_port": 19101},
                 {"name": "dns", "number": 5353, "protocol": "UDP"}
             ],
             "egress": [
@@ -247,9 +247,11 @@ fn cluster_env_has_istioctls_keys_sorted_with_sigmas_defaults() {
     assert_eq!(
         serde_json::from_str::<Value>(&env["ISTIO_META_POD_PORTS"]).unwrap(),
         json!([
+            // Where the workload serves each port to the mesh: its ingress listener (explicit
+            // for metrics, sigma's default for vless); UDP has none and names the app's port.
             {"name": "dns", "containerPort": 5353, "protocol": "UDP"},
-            {"name": "metrics", "containerPort": 19100, "protocol": "TCP"},
-            {"name": "vless", "containerPort": 443, "protocol": "TCP"}
+            {"name": "metrics", "containerPort": 19101, "protocol": "TCP"},
+            {"name": "vless", "containerPort": 15379, "protocol": "TCP"}
         ])
     );
     assert_eq!(b.interception, InterceptionMode::None);
@@ -745,4 +747,27 @@ fn mesh_config_parsing() {
     assert!(empty.default_config.is_empty());
     let nulls = parse_mesh_config("defaultConfig:\ntrustDomain:\n", "cm").unwrap();
     assert_eq!(nulls.trust_domain, DEFAULT_TRUST_DOMAIN);
+}
+
+#[test]
+fn mesh_yaml_keeps_the_stats_the_agent_and_prometheus_read() {
+    // The cluster's default keeps none: the VPS's proxy gets sigma's prefixes.
+    let b = render(&xrayr());
+    let m = yaml(&b.files.mesh_yaml);
+    assert_eq!(
+        m["defaultConfig"]["proxyStatsMatcher"],
+        json!({"inclusionPrefixes": ["cluster.outbound|", "control_plane"]})
+    );
+    // A cluster default that lists prefixes keeps them, without duplicates, and its other
+    // matcher fields.
+    let mesh = "defaultConfig:\n  proxyStatsMatcher:\n    inclusionPrefixes: [\"reporter=\", \"control_plane\"]\n    inclusionRegexps: [\".*circuit_breakers.*\"]\n";
+    let b = render_with(&ControlPlane::default(), &xrayr(), &node(), mesh, ROOT_CERT).unwrap();
+    let m = yaml(&b.files.mesh_yaml);
+    assert_eq!(
+        m["defaultConfig"]["proxyStatsMatcher"],
+        json!({
+            "inclusionPrefixes": ["reporter=", "control_plane", "cluster.outbound|"],
+            "inclusionRegexps": [".*circuit_breakers.*"]
+        })
+    );
 }

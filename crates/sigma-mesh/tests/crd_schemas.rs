@@ -25,8 +25,9 @@ fn generated() -> Vec<MeshObject> {
     state.objects
 }
 
-/// The first object of `kind`; for WorkloadGroups the first with an HTTP probe, which the
-/// probe breakages need.
+/// The first object of `kind`; for WorkloadGroups the first with an HTTP probe, for Sidecars
+/// the first with ingress and port-bound egress listeners, for WorkloadEntries the first with
+/// ports, which the breakages need.
 fn of_kind(objects: &[MeshObject], kind: Kind) -> Value {
     let o = objects
         .iter()
@@ -36,6 +37,11 @@ fn of_kind(objects: &[MeshObject], kind: Kind) -> Value {
                     MeshObject::WorkloadGroup(g) => {
                         g.spec.probe.as_ref().is_some_and(|p| p.http_get.is_some())
                     }
+                    // Ingress and egress listeners both, for the breakages of either.
+                    MeshObject::Sidecar(s) => {
+                        !s.spec.ingress.is_empty() && s.spec.egress[0].port.is_some()
+                    }
+                    MeshObject::WorkloadEntry(w) => !w.spec.ports.is_empty(),
                     _ => true,
                 }
         })
@@ -324,6 +330,44 @@ fn validator_rejects_broken_objects() {
         },
         Breakage {
             kind: Kind::Sidecar,
+            what: "ingress listener without port",
+            apply: |v| {
+                v["spec"]["ingress"][0]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("port");
+            },
+            expect: ".port: required",
+        },
+        Breakage {
+            kind: Kind::Sidecar,
+            what: "wrong ingress capture mode",
+            apply: |v| v["spec"]["ingress"][0]["captureMode"] = json!("NO"),
+            expect: "is not one of",
+        },
+        Breakage {
+            kind: Kind::Sidecar,
+            what: "ingress default endpoint not a string",
+            apply: |v| v["spec"]["ingress"][0]["defaultEndpoint"] = json!(8443),
+            expect: "string expected",
+        },
+        Breakage {
+            kind: Kind::WorkloadEntry,
+            what: "port map value not an integer",
+            apply: |v| {
+                let name = v["spec"]["ports"]
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .next()
+                    .unwrap()
+                    .clone();
+                v["spec"]["ports"][name] = json!("15100");
+            },
+            expect: "integer expected, got string",
+        },
+        Breakage {
+            kind: Kind::Sidecar,
             what: "wrong outbound mode",
             apply: |v| v["spec"]["outboundTrafficPolicy"]["mode"] = json!("REGISTRY"),
             expect: "is not one of",
@@ -474,16 +518,21 @@ fn group() -> Resource<WorkloadGroupSpec> {
 
 fn service_entry() -> Resource<ServiceEntrySpec> {
     generated_of(Kind::ServiceEntry, |o| match o {
-        MeshObject::ServiceEntry(r) if r.spec.ports.iter().any(|p| p.target_port.is_some()) => {
-            Some(r.clone())
-        }
+        MeshObject::ServiceEntry(r) if r.spec.ports.len() >= 2 => Some(r.clone()),
         _ => None,
     })
 }
 
 fn sidecar() -> Resource<SidecarSpec> {
     generated_of(Kind::Sidecar, |o| match o {
-        MeshObject::Sidecar(r) => Some(r.clone()),
+        MeshObject::Sidecar(r) if !r.spec.ingress.is_empty() => Some(r.clone()),
+        _ => None,
+    })
+}
+
+fn entry_with_ports() -> Resource<WorkloadEntrySpec> {
+    generated_of(Kind::WorkloadEntry, |o| match o {
+        MeshObject::WorkloadEntry(r) if !r.spec.ports.is_empty() => Some(r.clone()),
         _ => None,
     })
 }
@@ -522,8 +571,22 @@ fn cel_witnesses() -> Vec<(&'static str, Option<fn() -> MeshObject>)> {
                 MeshObject::WorkloadEntry(r)
             }),
         ),
-        // sigma never sets WorkloadEntry ports, and addresses are always IPs.
-        (UDS_PORTS, None),
+        (
+            UDS_PORTS,
+            Some(|| {
+                let mut r = entry_with_ports();
+                r.spec.address = "unix:///run/app.sock".into();
+                MeshObject::WorkloadEntry(r)
+            }),
+        ),
+        (
+            r#"self.all(key, size(key) < 63 && key.matches("^[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?$"))"#,
+            Some(|| {
+                let mut r = entry_with_ports();
+                r.spec.ports.insert("x".repeat(63), 15100);
+                MeshObject::WorkloadEntry(r)
+            }),
+        ),
         (
             PORT,
             Some(|| {
@@ -608,6 +671,10 @@ fn every_cel_rule_has_a_failing_witness_in_the_model_checks() {
     let mut r = service_entry();
     r.spec.ports[1].target_port = Some(0);
     assert!(check_object(&MeshObject::ServiceEntry(r)).is_err());
+    // And WorkloadEntry ports.
+    let mut r = entry_with_ports();
+    r.spec.ports.insert("zero".into(), 0);
+    assert!(check_object(&MeshObject::WorkloadEntry(r)).is_err());
 }
 
 #[test]
@@ -627,7 +694,19 @@ fn crds_cover_nothing_sigma_does_not_expect() {
         assert!(se[f].is_object(), "ServiceEntry.spec.{f}");
     }
     let sc = &crds.by_kind["Sidecar"].versions["v1"].schema["properties"]["spec"]["properties"];
-    for f in ["workloadSelector", "egress", "outboundTrafficPolicy"] {
+    for f in [
+        "workloadSelector",
+        "ingress",
+        "egress",
+        "outboundTrafficPolicy",
+    ] {
         assert!(sc[f].is_object(), "Sidecar.spec.{f}");
     }
+    let ingress = &sc["ingress"]["items"]["properties"];
+    for f in ["port", "bind", "captureMode", "defaultEndpoint"] {
+        assert!(ingress[f].is_object(), "Sidecar.spec.ingress[].{f}");
+    }
+    let we =
+        &crds.by_kind["WorkloadEntry"].versions["v1"].schema["properties"]["spec"]["properties"];
+    assert!(we["ports"].is_object(), "WorkloadEntry.spec.ports");
 }

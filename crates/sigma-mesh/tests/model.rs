@@ -334,6 +334,7 @@ fn bad_inputs_fail_the_whole_computation() {
                 number: 80,
                 protocol: sigma_mesh::Protocol::Http,
                 target_port: None,
+                mesh_port: None,
             }],
             ..Default::default()
         },
@@ -583,11 +584,13 @@ fn service_entries() {
             )
         })
         .collect();
+    // Clients call the service port; the endpoint port is the VPS's ingress listener (sigma's
+    // default mesh ports for these names), never the application's own port.
     assert_eq!(
         ports,
         vec![
-            (443, "vless", "TCP", None),
-            (9100, "metrics", "HTTP", Some(19100))
+            (443, "vless", "TCP", Some(15379)),
+            (9100, "metrics", "HTTP", Some(15879))
         ]
     );
     // Purposes that serve nothing publish nothing: Istio needs ports on a ServiceEntry.
@@ -698,6 +701,142 @@ fn sidecars_and_destination_rules() {
         assert!(d.metadata.name.ends_with("-mtls"), "{}", d.metadata.name);
         assert!(is_dns_label(&d.metadata.name));
         assert_eq!(d.spec.export_to, vec![".".to_string()]);
+    }
+}
+
+/// Every served port is one ingress listener of the purpose's Sidecar, and the ServiceEntry's
+/// `targetPort` and each WorkloadEntry's `ports` name that listener's port.
+fn assert_served_through_ingress(s: &DesiredState, purpose: &str, vps: &[u128]) {
+    let MeshObject::Sidecar(sc) = find(s, Kind::Sidecar, purpose) else {
+        unreachable!()
+    };
+    let MeshObject::ServiceEntry(se) = find(s, Kind::ServiceEntry, purpose) else {
+        unreachable!()
+    };
+    let served: Vec<&ServiceEntryPort> = se
+        .spec
+        .ports
+        .iter()
+        .filter(|p| p.protocol != "UDP")
+        .collect();
+    assert_eq!(sc.spec.ingress.len(), served.len(), "{purpose}");
+    for p in served {
+        let mesh_port = p.target_port.expect("targetPort");
+        assert_ne!(mesh_port, p.number, "{purpose}/{}", p.name);
+        let l = sc
+            .spec
+            .ingress
+            .iter()
+            .find(|l| l.port.name == p.name)
+            .unwrap_or_else(|| panic!("no ingress listener for {}", p.name));
+        assert_eq!(l.port.number, mesh_port);
+        assert_eq!(l.port.protocol, p.protocol);
+        assert_eq!(l.capture_mode, Some(CaptureMode::None));
+        assert_eq!(l.bind, None, "istiod binds the VPS's own address");
+        let app: u32 = l
+            .default_endpoint
+            .as_deref()
+            .and_then(|e| e.strip_prefix("127.0.0.1:"))
+            .expect("loopback endpoint")
+            .parse()
+            .unwrap();
+        assert_ne!(app, mesh_port);
+        for n in vps {
+            assert_eq!(entry_of(s, *n).spec.ports[&p.name], mesh_port, "VPS {n}");
+        }
+    }
+    for n in vps {
+        assert_eq!(entry_of(s, *n).spec.ports.len(), sc.spec.ingress.len());
+    }
+}
+
+#[test]
+fn served_ports_get_ingress_listeners_merged_into_the_one_sidecar() {
+    let s = state(&rich_purposes(), &rich_vps());
+    // With egress: one Sidecar holds both the three egress listeners and the two ingress ones.
+    assert_served_through_ingress(&s, "xrayr", &[1, 2]);
+    let MeshObject::Sidecar(x) = find(&s, Kind::Sidecar, "xrayr") else {
+        unreachable!()
+    };
+    assert_eq!(x.spec.egress.len(), 3);
+    let endpoints: Vec<(&str, &str)> = x
+        .spec
+        .ingress
+        .iter()
+        .map(|l| (l.port.name.as_str(), l.default_endpoint.as_deref().unwrap()))
+        .collect();
+    assert_eq!(
+        endpoints,
+        vec![("vless", "127.0.0.1:443"), ("metrics", "127.0.0.1:19100")]
+    );
+    // Without egress: still one Sidecar, importing nothing, with the ingress listener.
+    assert_served_through_ingress(&s, "vpn-exit", &[3]);
+    let MeshObject::Sidecar(v) = find(&s, Kind::Sidecar, "vpn-exit") else {
+        unreachable!()
+    };
+    assert_eq!(v.spec.egress.len(), 1);
+    assert_eq!(v.spec.egress[0].hosts, vec!["~/*".to_string()]);
+    // A purpose serving nothing gets no ingress and its entries no ports.
+    let MeshObject::Sidecar(c) = find(&s, Kind::Sidecar, "scraper") else {
+        unreachable!()
+    };
+    assert!(c.spec.ingress.is_empty());
+    assert!(entry_of(&s, 4).spec.ports.is_empty());
+    // One Sidecar per purpose, whatever it serves or calls.
+    let sidecars = s
+        .objects
+        .iter()
+        .filter(|o| o.kind() == Kind::Sidecar)
+        .count();
+    assert_eq!(sidecars, 4);
+    // WorkloadGroup templates carry no ports.
+    assert!(group_of(&s, 1).spec.template.ports.is_empty());
+}
+
+#[test]
+fn explicit_mesh_ports_and_udp_ports() {
+    let p = purpose(
+        "edge",
+        json!({"enabled": true, "ports": [
+            {"name": "tcp-vpn", "number": 8443, "protocol": "TCP", "mesh_port": 18443},
+            {"name": "dns", "number": 53, "protocol": "UDP", "target_port": 5353},
+            {"name": "web", "number": 80, "protocol": "HTTP", "target_port": 8080}
+        ]}),
+    );
+    let s = state(
+        &[p],
+        &[vps(1, "e1", "edge", vec![ip("203.0.113.1", "public")])],
+    );
+    assert_served_through_ingress(&s, "edge", &[1]);
+    let MeshObject::ServiceEntry(se) = find(&s, Kind::ServiceEntry, "edge") else {
+        unreachable!()
+    };
+    let by_name = |n: &str| se.spec.ports.iter().find(|p| p.name == n).unwrap();
+    assert_eq!(by_name("tcp-vpn").number, 8443);
+    assert_eq!(by_name("tcp-vpn").target_port, Some(18443));
+    // Envoy carries no UDP: that port keeps pointing at the application.
+    assert_eq!(by_name("dns").target_port, Some(5353));
+    assert!(!entry_of(&s, 1).spec.ports.contains_key("dns"));
+    let web = by_name("web").target_port.unwrap();
+    assert!((15100..=16099).contains(&web), "{web}");
+}
+
+#[test]
+fn an_explicit_mesh_port_on_a_moved_health_port_fails_the_purpose() {
+    let t = MeshTemplate {
+        health_port: 19000,
+        ..MeshTemplate::default()
+    };
+    let p = purpose(
+        "edge",
+        json!({"enabled": true, "ports": [{"name": "a", "number": 8443, "protocol": "TCP", "mesh_port": 19000}]}),
+    );
+    match desired_state(&t, &[p], &[]) {
+        Err(Error::InvalidPurpose { purpose, errors }) => {
+            assert_eq!(purpose, "edge");
+            assert!(errors.0.contains_key("ports[0].mesh_port"), "{errors:?}");
+        }
+        other => panic!("{other:?}"),
     }
 }
 

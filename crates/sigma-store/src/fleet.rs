@@ -88,6 +88,10 @@ pub struct Fleet {
     /// `updated_at` of the rows the change poll has already reported to the mesh, so a row
     /// changed by another replica wakes the reconciler once, not on every overlapping poll.
     mesh_seen: Mutex<MeshSeen>,
+    /// Held by a flush from taking the pending writes until they are committed, and by an
+    /// operator's address edit from taking a VPS's queued addresses until its own write is
+    /// committed: a heartbeat older than the edit can then never be written after it.
+    pub(crate) flush_gate: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -111,6 +115,7 @@ impl Default for Fleet {
             last_poll: AtomicI64::default(),
             mesh: tokio::sync::watch::Sender::new(0),
             mesh_seen: Mutex::default(),
+            flush_gate: tokio::sync::Mutex::new(()),
         }
     }
 }
@@ -204,6 +209,28 @@ impl Fleet {
     /// The not-yet-written heartbeat of a VPS, so reads show the latest state.
     pub(crate) fn pending_beat(&self, id: Uuid) -> Option<Beat> {
         self.pending().beats.get(&id).cloned()
+    }
+
+    /// Takes the addresses out of a VPS's queued heartbeat (keeping the rest of it), with the
+    /// time they were reported.
+    pub(crate) fn take_pending_ips(&self, id: Uuid) -> Option<(i64, String)> {
+        let mut p = self.pending();
+        let b = p.beats.get_mut(&id)?;
+        b.ips_json.take().map(|ips| (b.at, ips))
+    }
+
+    /// Puts back addresses [`Fleet::take_pending_ips`] took, unless something newer was
+    /// queued meanwhile.
+    pub(crate) fn restore_pending_ips(&self, id: Uuid, at: i64, ips_json: String) {
+        self.queue_beat(
+            id,
+            Beat {
+                at,
+                ips_json: Some(ips_json),
+                system_info_json: None,
+                agent_state_json: None,
+            },
+        );
     }
 
     fn take(&self) -> Pending {
@@ -306,6 +333,7 @@ impl Store {
     /// Writes every pending heartbeat and key use; returns how many heartbeats were written.
     /// On failure everything taken is queued again.
     pub async fn flush(&self) -> Result<usize> {
+        let _gate = self.fleet.flush_gate.lock().await;
         let pending = self.fleet.take();
         if pending.beats.is_empty() && pending.key_uses.is_empty() {
             return Ok(0);

@@ -732,6 +732,13 @@ impl Store {
         p: &VpsPatch,
         mesh_opt_out: Option<bool>,
     ) -> Result<Vps> {
+        // An address edit replaces what the agent reported before it: the addresses of a
+        // heartbeat still queued are taken out (and no flush runs) until this write is
+        // committed, else the flush would write the older report over the edit.
+        let _ip_edit = match &p.ip_addresses {
+            Some(Some(_)) => Some(IpEdit::begin(&self.fleet, id).await),
+            _ => None,
+        };
         let mut tx = self.pools.write.begin().await?;
         let before = self.vps_in(&mut *tx, id).await?;
         if before.status == VpsStatus::Deleted {
@@ -849,6 +856,9 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        if let Some(e) = _ip_edit {
+            e.committed();
+        }
         self.reload_hot(&self.pools.read, id).await?;
         if mesh_changed {
             self.fleet.mesh_changed();
@@ -1013,5 +1023,39 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+/// An operator's address edit in progress: holds the flush gate and the queued heartbeat's
+/// addresses it took; dropped before [`IpEdit::committed`] (the edit failed), it puts them back.
+struct IpEdit<'a> {
+    fleet: &'a crate::fleet::Fleet,
+    id: Uuid,
+    taken: Option<(i64, String)>,
+    _gate: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl<'a> IpEdit<'a> {
+    async fn begin(fleet: &'a crate::fleet::Fleet, id: Uuid) -> IpEdit<'a> {
+        let gate = fleet.flush_gate.lock().await;
+        IpEdit {
+            fleet,
+            id,
+            taken: fleet.take_pending_ips(id),
+            _gate: gate,
+        }
+    }
+
+    /// The edit is stored: the older report stays dropped.
+    fn committed(mut self) {
+        self.taken = None;
+    }
+}
+
+impl Drop for IpEdit<'_> {
+    fn drop(&mut self) {
+        if let Some((at, ips)) = self.taken.take() {
+            self.fleet.restore_pending_ips(self.id, at, ips);
+        }
     }
 }

@@ -33,11 +33,16 @@ fn package_of(name: &str) -> &str {
     }
 }
 
-/// Path of a workspace binary, built on first use if a test of another package needs it.
+/// Path of a workspace binary, brought up to date by `cargo build` once per test process
+/// (a no-op of about a second when fresh). Building only when the file is missing would let a
+/// test of another package (`cargo test -p sigma-e2e`) run a binary older than the source.
 pub fn bin(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let dir = profile_dir();
     let path = dir.join(name);
-    if !path.exists() {
+    // Held while building, so parallel tests of one process build each binary once.
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if !built.iter().any(|b| b == name) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let target = dir.parent().expect("target dir");
         // cargo runs tests with the test's package as cwd, where `--bin` alone only looks at
@@ -45,7 +50,7 @@ pub fn bin(name: &str) -> PathBuf {
         // binary from any package's tests.
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", package_of(name), "--bin", name])
+        cmd.args(["build", "-q", "-p", package_of(name), "--bin", name])
             .arg("--manifest-path")
             .arg(&manifest)
             .arg("--target-dir")
@@ -55,6 +60,7 @@ pub fn bin(name: &str) -> PathBuf {
         }
         let status = cmd.status().expect("run cargo build");
         assert!(status.success(), "building {name} failed");
+        built.push(name.to_string());
     }
     path
 }

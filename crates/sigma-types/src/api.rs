@@ -389,6 +389,14 @@ pub struct Purpose {
     /// Name shown to people.
     pub display_name: String,
     /// Mesh settings of this purpose's workloads (a JSON object).
+    ///
+    /// Fields (all optional): `enabled`, `service_account`, `ports` (served to the mesh: `name`,
+    /// `number` the service port clients call, `protocol`, `target_port` where the application
+    /// listens when it differs, `mesh_port` the VPS Envoy's mTLS listener for the port, which
+    /// must differ from every application port, lie outside 15000-15099, 15443 and sigma-agent's
+    /// 9102/9901/18000, be 1024 or above; sigma picks one in 15100-16099 when absent), `egress`
+    /// (`host`, `port`, `protocol`, `bind`), `probe`, `network`, `interception`. Problems are
+    /// named by path, e.g. `mesh.ports[0].mesh_port`.
     #[schema(value_type = Object)]
     pub mesh: serde_json::Value,
     /// How many VPS (deleted ones included) have this purpose.
@@ -413,6 +421,14 @@ pub struct PurposeCreate {
     #[serde(default)]
     pub display_name: Option<String>,
     /// Mesh settings (a JSON object); defaults to `{}`.
+    ///
+    /// Fields (all optional): `enabled`, `service_account`, `ports` (served to the mesh: `name`,
+    /// `number` the service port clients call, `protocol`, `target_port` where the application
+    /// listens when it differs, `mesh_port` the VPS Envoy's mTLS listener for the port, which
+    /// must differ from every application port, lie outside 15000-15099, 15443 and sigma-agent's
+    /// 9102/9901/18000, be 1024 or above; sigma picks one in 15100-16099 when absent), `egress`
+    /// (`host`, `port`, `protocol`, `bind`), `probe`, `network`, `interception`. Problems are
+    /// named by path, e.g. `mesh.ports[0].mesh_port`.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub mesh: Option<serde_json::Value>,
@@ -451,6 +467,14 @@ pub struct PurposePatch {
     #[schema(value_type = Option<String>)]
     pub display_name: Option<Option<String>>,
     /// New mesh settings (replaces the whole object).
+    ///
+    /// Fields (all optional): `enabled`, `service_account`, `ports` (served to the mesh: `name`,
+    /// `number` the service port clients call, `protocol`, `target_port` where the application
+    /// listens when it differs, `mesh_port` the VPS Envoy's mTLS listener for the port, which
+    /// must differ from every application port, lie outside 15000-15099, 15443 and sigma-agent's
+    /// 9102/9901/18000, be 1024 or above; sigma picks one in 15100-16099 when absent), `egress`
+    /// (`host`, `port`, `protocol`, `bind`), `probe`, `network`, `interception`. Problems are
+    /// named by path, e.g. `mesh.ports[0].mesh_port`.
     #[serde(
         default,
         deserialize_with = "double_option",

@@ -12,6 +12,10 @@ use uuid::Uuid;
 
 use crate::validate::{self as v, FieldErrors};
 
+pub mod dataplane;
+
+pub use dataplane::MeshDataPlane;
+
 /// Largest file in a bundle the agent accepts (the root certificate bundle is the largest: a
 /// few chained CA certificates fit in far less).
 pub const MAX_BUNDLE_FILE_BYTES: usize = 256 * 1024;
@@ -255,6 +259,10 @@ pub struct MeshAgentState {
     /// pilot-agent restarts since the agent started.
     #[serde(default)]
     pub restarts: u32,
+    /// The data plane as read from Envoy's admin API and `/etc/hosts` (agents older than
+    /// this report send none; none either while pilot-agent does not run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataplane: Option<MeshDataPlane>,
 }
 
 impl MeshAgentState {
@@ -268,6 +276,9 @@ impl MeshAgentState {
             && let Err(m) = v::line(b, 128)
         {
             e.add(format!("{field}.bundle_version"), m);
+        }
+        if let Some(d) = &self.dataplane {
+            d.check(&format!("{field}.dataplane"), e);
         }
     }
 }

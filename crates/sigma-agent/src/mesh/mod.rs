@@ -19,6 +19,7 @@
 
 pub mod archive;
 pub mod cert;
+pub mod dataplane;
 pub mod env;
 pub mod hosts;
 pub mod install;
@@ -56,6 +57,9 @@ use supervisor::{LaunchSpec, Supervisor};
 const RECORD_FILE: &str = "mesh-bundle.json";
 /// How often the workload certificate is looked at.
 const HOUSEKEEPING: Duration = Duration::from_secs(5);
+/// How often the data plane is read from Envoy's admin API (half the default heartbeat, so
+/// each heartbeat carries a reading at most this old).
+const DATAPLANE_INTERVAL: Duration = Duration::from_secs(15);
 /// Longest a `pilot-agent istio-iptables` run may take.
 const IPTABLES_TIMEOUT: Duration = Duration::from_secs(60);
 /// Timeout of the agent's requests to Envoy on loopback.
@@ -81,6 +85,9 @@ pub struct MeshSettings {
     pub ready_port: u16,
     /// Envoy's Prometheus port (`/stats/prometheus`).
     pub stats_port: u16,
+    /// Envoy's admin port on loopback (pilot-agent's `proxyAdminPort`), read for the data
+    /// plane report.
+    pub admin_port: u16,
     /// Longest wait between retries.
     pub max_backoff: Duration,
 }
@@ -129,6 +136,7 @@ impl MeshSettings {
             user: c.istio_user.clone(),
             ready_port: c.envoy_ready_port,
             stats_port: c.envoy_stats_port,
+            admin_port: dataplane::ENVOY_ADMIN_PORT,
             max_backoff: c.max_backoff,
         })
     }
@@ -232,6 +240,7 @@ struct Ctx {
     shared: Arc<Shared>,
     metrics: Arc<Metrics>,
     local_http: reqwest::Client,
+    admin: dataplane::Admin,
     download_http: reqwest::Client,
     tracker: TaskTracker,
     run_as: RunAs,
@@ -758,6 +767,7 @@ async fn work(ctx: Arc<Ctx>, stop: CancellationToken) {
         );
     let mut refresh_backoff = Backoff::new(Duration::from_secs(1), ctx.settings.max_backoff);
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+    let mut dataplane_tick = tokio::time::interval(DATAPLANE_INTERVAL);
     let mut lapse_retry_at = Instant::now();
     loop {
         tokio::select! {
@@ -780,6 +790,10 @@ async fn work(ctx: Arc<Ctx>, stop: CancellationToken) {
                         ctx.shared.update(|s| s.problem = Some(e));
                     }
                 }
+            }
+            _ = dataplane_tick.tick() => {
+                let d = dataplane::read(&ctx.admin, &ctx.layout.hosts(), &current.bundle.egress).await;
+                ctx.shared.update(|s| s.dataplane = Some(d));
             }
             _ = housekeeping.tick() => {
                 let expiry = ctx.cert_expiry(&current);
@@ -808,6 +822,7 @@ async fn work(ctx: Arc<Ctx>, stop: CancellationToken) {
         }
     }
     sup.stop().await;
+    ctx.shared.update(|s| s.dataplane = None);
     ctx.clean_iptables(&mut record).await;
 }
 
@@ -883,11 +898,16 @@ impl Mesh {
             .build()
             .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
         let run_as = RunAs::detect(&settings.user);
+        let local_http = local_client(LOCAL_TIMEOUT)?;
         let ctx = Ctx {
             layout: Layout {
                 root: settings.root.clone(),
             },
-            local_http: local_client(LOCAL_TIMEOUT)?,
+            admin: dataplane::Admin::new(
+                local_http.clone(),
+                format!("http://127.0.0.1:{}", settings.admin_port),
+            ),
+            local_http,
             download_http,
             shared: Arc::new(Shared::new(metrics.clone())),
             settings,

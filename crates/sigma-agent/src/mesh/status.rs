@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sigma_types::mesh::{MeshAgentState, MeshPhase};
+use sigma_types::mesh::{MeshAgentState, MeshDataPlane, MeshPhase};
 use time::OffsetDateTime;
 
 use crate::metrics::Metrics;
@@ -44,6 +44,8 @@ pub struct Status {
     down: Option<String>,
     /// A problem that does not stop the proxy (refresh failed, new bundle refused).
     pub problem: Option<String>,
+    /// The last data-plane reading, while pilot-agent is supervised.
+    pub dataplane: Option<MeshDataPlane>,
 }
 
 impl Default for Status {
@@ -59,6 +61,7 @@ impl Default for Status {
             ready: false,
             down: None,
             problem: None,
+            dataplane: None,
         }
     }
 }
@@ -219,6 +222,11 @@ impl Shared {
             token_expires_at: s.token_expires_at,
             cert_expires_at: s.cert_expires_at,
             restarts: s.restarts,
+            // A reading is about the running proxy; none once the manager stopped it.
+            dataplane: match s.stage {
+                Stage::Running => s.dataplane.clone(),
+                _ => None,
+            },
         }
     }
 }
@@ -251,5 +259,23 @@ mod tests {
         assert!(!s.is_ready(), "no process, not ready");
         s.stage = Stage::Stopped("VPS retired".into());
         assert_eq!(s.phase().0, MeshPhase::Stopped);
+    }
+
+    #[test]
+    fn the_report_carries_the_data_plane_only_while_running() {
+        let shared = Shared::new(Arc::new(Metrics::with_mesh()));
+        let reading = sigma_types::mesh::MeshDataPlane {
+            read_at: OffsetDateTime::UNIX_EPOCH,
+            xds: sigma_types::mesh::dataplane::XdsConnection::Disconnected,
+            egress: Vec::new(),
+            omitted: 0,
+        };
+        shared.update(|s| {
+            s.stage = Stage::Running;
+            s.dataplane = Some(reading.clone());
+        });
+        assert_eq!(shared.report().dataplane, Some(reading));
+        shared.update(|s| s.stage = Stage::Stopped("VPS retired".into()));
+        assert_eq!(shared.report().dataplane, None);
     }
 }

@@ -30,7 +30,9 @@ const RETRY_AFTER_SECONDS: &str = "10";
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct BootstrapQuery {
-    /// The VPS's hostname (for an agent key: its own VPS's).
+    /// The VPS's hostname (for an agent key: its own VPS's). Required: a missing one is a
+    /// 422 naming `hostname` (it is an `Option` only so that answer, not serde's, is given).
+    #[param(required = true)]
     pub hostname: Option<String>,
 }
 
