@@ -29,14 +29,6 @@ pub fn healthy(entry: &Value) -> Option<bool> {
         .map(|c| c["status"] == "True")
 }
 
-/// What the mesh ConfigMap's `defaultConfig` adds for the scenario: Envoy's per-cluster
-/// stats of outbound clusters (`cluster.outbound|…upstream_rq_*`), which Istio's bootstrap
-/// leaves out unless `proxyStatsMatcher` asks for them. sigma copies `defaultConfig` into each
-/// VPS's mesh file, so this is how an operator gets per-upstream request counts from
-/// upstream Envoy (Istio's own proxy has `istio_requests_total` instead).
-pub const PROXY_STATS_MATCHER: &str =
-    "  proxyStatsMatcher:\n    inclusionPrefixes:\n    - cluster.outbound|\n";
-
 /// The cluster side of a mesh scenario, torn down in reverse order on drop (fields drop in
 /// declaration order).
 pub struct MeshCluster {
@@ -49,22 +41,29 @@ pub struct MeshCluster {
     /// etcd, kube-apiserver and istiod (xDS on [`eastwest::ISTIOD_IP`] only; upstream Envoy's
     /// limits set).
     pub cp: ControlPlane,
-    /// Declared last so the address goes after the processes that use it.
+    /// Declared after the processes so the address goes after them.
     _istiod: IstiodAddress,
+    /// Held for the scenario's lifetime, released last: the scenario uses fixed addresses,
+    /// names and ports, so two in one test process (tests of a file run in parallel) wait for
+    /// each other.
+    _exclusive: tokio::sync::MutexGuard<'static, ()>,
 }
+
+/// One mesh scenario at a time per test process (see `MeshCluster::_exclusive`).
+static SCENARIO: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 impl MeshCluster {
     /// Starts the control plane under `dir` with istiod on [`eastwest::ISTIOD_IP`], applies
     /// sigma's shipped RBAC and the gateway's manifests, starts the gateway and Xboard, and
     /// starts sigma-api as service account `sigma/sigma-api` (not cluster-admin).
     pub async fn up(dir: &Path) -> MeshCluster {
+        let exclusive = SCENARIO.lock().await;
         let istiod = IstiodAddress::add();
         let cp = ControlPlane::up(
             &dir.join("cp"),
             &[
                 ("E2E_ISTIOD_BIND", eastwest::ISTIOD_IP),
                 ("E2E_UPSTREAM_ENVOY", "1"),
-                ("E2E_MESH_DEFAULT_CONFIG", PROXY_STATS_MATCHER),
             ],
         )
         .await;
@@ -96,6 +95,7 @@ impl MeshCluster {
             gateway,
             cp,
             _istiod: istiod,
+            _exclusive: exclusive,
         }
     }
 

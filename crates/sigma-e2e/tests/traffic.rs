@@ -20,12 +20,21 @@
 //! is Envoy's own per-upstream counter, `envoy_cluster_upstream_rq{cluster_name=
 //! "outbound|80||xboard.sigma.svc.cluster.local", response_code}` of each VPS's Envoy, with the
 //! VPS, purpose and country labels sigma-api's service discovery gives the target. Istio's
-//! bootstrap leaves `cluster.outbound|…` stats out unless `proxyStatsMatcher` includes them, so
-//! the scenario's mesh ConfigMap has `defaultConfig.proxyStatsMatcher.inclusionPrefixes:
-//! [cluster.outbound|]` ([`sigma_e2e::mesh::PROXY_STATS_MATCHER`]), which sigma copies into
-//! each VPS's mesh file. Nothing sigma generates (Sidecar, DestinationRule, ServiceEntry,
-//! WorkloadEntry) touches Telemetry or the stats filters, so Istio's own proxy emits
+//! bootstrap leaves `cluster.outbound|…` stats out unless `proxyStatsMatcher` includes them;
+//! sigma's bootstrap bundle adds `cluster.outbound|` (and `control_plane`) to the mesh
+//! config's `defaultConfig.proxyStatsMatcher.inclusionPrefixes`, and the cluster's mesh
+//! ConfigMap here has no matcher, so the series exist because of sigma's bundle. For the same
+//! reason `sigmactl mesh doctor --prometheus` reports its `xboard-requests` link (a query on
+//! `istio_requests_total`) as a warning here, while every other link is ok. Nothing sigma
+//! generates (Sidecar, DestinationRule, ServiceEntry,
+//! WorkloadEntry, bundle) touches Telemetry or the stats filters, so Istio's own proxy emits
 //! `istio_requests_total` for the same edges.
+//!
+//! A second scenario has the `xrayr` purpose serve its `http-api` port to the mesh: a VPS of
+//! another purpose (`monitor`) and another provider (so another Istio network) calls
+//! `xrayr.sigma.mesh:8080`, which its Envoy sends (mTLS, straight to the VPS: a VPS network
+//! has no gateway) to the ingress listeners of two `xrayr` VPS, which forward to the
+//! application on loopback.
 
 use std::time::Duration;
 
@@ -150,7 +159,7 @@ async fn xrayr_calls_xboard_through_the_east_west_gateway_with_its_own_identity(
         return;
     }
     let dir = work_dir("traffic");
-    let cluster = MeshCluster::up(&dir).await;
+    let mut cluster = MeshCluster::up(&dir).await;
     let api = &cluster.api;
     let token = api
         .token(json!({"purpose": "xrayr", "provider": "hetzner", "country": "DE", "max_uses": 1, "ttl_seconds": 3600}))
@@ -345,7 +354,100 @@ async fn xrayr_calls_xboard_through_the_east_west_gateway_with_its_own_identity(
         prom.query("istio_requests_total").await,
         Vec::<Value>::new()
     );
+
+    // `sigmactl mesh doctor` in the chain: every link ok (xboard-requests aside, see above).
+    let prom_url = prom.url.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let links = loop {
+        let (code, links) = doctor(&cluster, &v.hostname, Some(&prom_url));
+        let bad: Vec<&Value> = links
+            .iter()
+            .filter(|l| l["result"] != "ok" && l["link"] != "xboard-requests")
+            .collect();
+        if code == 0 && bad.is_empty() {
+            break links;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "doctor: exit {code}, links not ok: {}\n(an egress-responses warning \"Envoy keeps no \
+             cluster.outbound| stats\" while Prometheus above has them means the agent looks the \
+             stats up without Istio's observability name: `cluster.<cluster>;.<stat>`)",
+            serde_json::to_string_pretty(&bad).unwrap()
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    let names: Vec<&str> = links.iter().filter_map(|l| l["link"].as_str()).collect();
+    for link in [
+        "xds-connected",
+        "hosts-block",
+        "egress-listener",
+        "egress-endpoints",
+        "egress-responses",
+        "prometheus-scrape",
+    ] {
+        assert!(
+            names.contains(&link),
+            "doctor has no {link} link: {names:?}"
+        );
+    }
+    let xr = links
+        .iter()
+        .find(|l| l["link"] == "xboard-requests")
+        .unwrap();
+    assert_eq!(xr["result"], "warning", "{xr}");
+    eprintln!(
+        "doctor, working chain: {}",
+        serde_json::to_string(&links).unwrap()
+    );
     drop(prom);
+
+    // The gateway stops: the doctor names the broken link, with its fix.
+    cluster.gateway.agent.stop();
+    let broken = wait_for(
+        "the doctor to name the stopped gateway",
+        Duration::from_secs(120),
+        || async {
+            let (code, links) = doctor(&cluster, &v.hostname, None);
+            let l = links.into_iter().find(|l| l["link"] == "xds-connected")?;
+            (code == 1 && l["result"] == "failed").then_some(l)
+        },
+    )
+    .await;
+    let text = broken.to_string();
+    assert!(
+        text.contains("gateway") && text.contains("15012"),
+        "{broken}"
+    );
+    eprintln!("doctor, gateway stopped: {broken}");
+}
+
+/// Runs `sigmactl -o json mesh doctor HOST [--prometheus URL]` as the admin: its exit code
+/// and links.
+fn doctor(cluster: &MeshCluster, host: &str, prometheus: Option<&str>) -> (i32, Vec<Value>) {
+    let home = sigma_testkit::temp_dir("sigmactl-home");
+    let mut cmd = std::process::Command::new(sigma_testkit::bin("sigmactl"));
+    // Only what sigmactl should read: no SIGMA_* of the test environment, no real config.
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", &home)
+        .env("SIGMA_API_URL", &cluster.api.url)
+        .env("SIGMA_API_KEY", ADMIN_KEY)
+        .args(["-o", "json", "mesh", "doctor", host]);
+    if let Some(p) = prometheus {
+        cmd.args(["--prometheus", p]);
+    }
+    let out = cmd.output().expect("run sigmactl");
+    let links: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "sigmactl mesh doctor printed no JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (
+        out.status.code().unwrap_or(-1),
+        links.as_array().cloned().unwrap_or_default(),
+    )
 }
 
 /// The requests Xboard served so far.
@@ -466,4 +568,230 @@ async fn mesh_path_latency() {
     assert_eq!(mesh["errors"], 0, "{mesh}");
     assert_eq!(direct["errors"], 0, "{direct}");
     assert_eq!(mtls["errors"], 0, "{mtls}");
+}
+
+/// The application a serving purpose runs on each of its VPS: HTTP on `0.0.0.0:8080`, answering
+/// `{"host": <its hostname>, "peer": <the client address it sees>}`.
+fn serving_app(v: &MeshVps, dir: &std::path::Path) -> sigma_e2e::Proc {
+    let mut cmd = v.ns.command("python3");
+    cmd.args([
+        "-c",
+        &format!(
+            "import json, http.server\n\
+             class H(http.server.BaseHTTPRequestHandler):\n    \
+             protocol_version = 'HTTP/1.1'\n    \
+             def do_GET(self):\n        \
+             b = json.dumps({{'host': '{}', 'peer': self.client_address[0]}}).encode()\n        \
+             self.send_response(200); self.send_header('content-length', str(len(b))); self.end_headers(); self.wfile.write(b)\n    \
+             def log_message(self, *a): pass\n\
+             http.server.ThreadingHTTPServer(('0.0.0.0', {SERVED_PORT}), H).serve_forever()",
+            v.hostname
+        ),
+    ]);
+    sigma_e2e::Proc::spawn(&format!("app-{}", v.hostname), cmd, dir)
+}
+
+/// The port the `xrayr` purpose serves to the mesh (`http-api`, see
+/// [`sigma_e2e::mesh_fleet_setup`]), where its application listens.
+const SERVED_PORT: u16 = 8080;
+const SERVED_HOST: &str = "xrayr.sigma.mesh";
+
+/// `n` calls from `client` to `http://xrayr.sigma.mesh:8080/`: the answering host of each
+/// (`Err` with what went wrong for a failed one).
+fn served_calls(client: &MeshVps, n: usize) -> Vec<Result<String, String>> {
+    (0..n)
+        .map(|_| {
+            let (code, out, err) = client.curl(&[
+                "-sS",
+                "-m",
+                "5",
+                &format!("http://{SERVED_HOST}:{SERVED_PORT}/"),
+            ]);
+            if code != 0 {
+                return Err(err);
+            }
+            let v: Value = serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
+            // Through the server's ingress listener, the application sees Envoy on loopback.
+            if v["peer"] != "127.0.0.1" {
+                return Err(format!("not through the ingress listener: {v}"));
+            }
+            Ok(v["host"].as_str().unwrap_or_default().to_string())
+        })
+        .collect()
+}
+
+/// Waits until `n` calls from `client` all succeed and are answered by exactly `want`; on
+/// timeout fails with the last calls and what the client's and servers' Envoys hold.
+async fn wait_answering(
+    client: &MeshVps,
+    servers: &[MeshVps],
+    n: usize,
+    want: &std::collections::BTreeSet<String>,
+    what: &str,
+    timeout: Duration,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let calls = served_calls(client, n);
+        let hosts: Result<std::collections::BTreeSet<String>, _> = calls.iter().cloned().collect();
+        if hosts.as_ref() == Ok(want) {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            let admin = |v: &MeshVps, path: &str| {
+                v.ns.output(
+                    "curl",
+                    &["-sS", "-m", "5", &format!("http://127.0.0.1:15000{path}")],
+                )
+            };
+            let clusters: Vec<String> = admin(client, "/clusters")
+                .lines()
+                .filter(|l| l.contains(SERVED_HOST))
+                .map(str::to_string)
+                .collect();
+            let listeners: Vec<String> = servers
+                .iter()
+                .map(|s| format!("{}: {}", s.hostname, admin(s, "/listeners")))
+                .collect();
+            panic!(
+                "timed out waiting for {what}: last calls {calls:?}\nclient clusters:\n{}\nserver listeners:\n{}",
+                clusters.join("\n"),
+                listeners.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_purpose_serves_its_port_to_another_purpose_through_ingress_listeners() {
+    if !sigma_e2e::can_run(&["ip", "curl", "python3", "nft", "iptables-legacy-save"]) {
+        return;
+    }
+    let dir = work_dir("traffic-serve");
+    let cluster = MeshCluster::up(&dir).await;
+    let api = &cluster.api;
+    // The client: another purpose, another provider (so another Istio network), calling the
+    // xrayr purpose's served port by its mesh name.
+    let (st, b) = api
+        .call("POST", "/api/providers", Some(json!({"name": "ovh"})))
+        .await;
+    assert_eq!(st, 201, "{b}");
+    let (st, b) = api
+        .call(
+            "PATCH",
+            "/api/purposes/monitor",
+            Some(json!({"mesh": {"enabled": true, "egress": [
+                {"host": SERVED_HOST, "port": SERVED_PORT, "protocol": "HTTP"}
+            ]}})),
+        )
+        .await;
+    assert_eq!(st, 200, "{b}");
+    let server_token = api
+        .token(json!({"purpose": "xrayr", "provider": "hetzner", "country": "DE", "max_uses": 2, "ttl_seconds": 3600}))
+        .await;
+    let client_token = api
+        .token(json!({"purpose": "monitor", "provider": "ovh", "country": "FI", "max_uses": 1, "ttl_seconds": 3600}))
+        .await;
+    let servers = [
+        cluster.start_vps(&dir, 43, "srv-43.e2e.sigma", &server_token),
+        cluster.start_vps(&dir, 44, "srv-44.e2e.sigma", &server_token),
+    ];
+    let _apps: Vec<_> = servers.iter().map(|s| serving_app(s, &dir)).collect();
+    let client = cluster.start_vps(&dir, 45, "mon-45.e2e.sigma", &client_token);
+    let mut ids = Vec::new();
+    for v in servers.iter().chain([&client]) {
+        ids.push(
+            cluster.wait_meshed(v).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let both: std::collections::BTreeSet<String> =
+        servers.iter().map(|s| s.hostname.clone()).collect();
+
+    // Spread over both servers, each reached through its ingress listener.
+    wait_answering(
+        &client,
+        &servers,
+        20,
+        &both,
+        "calls answered by both servers",
+        Duration::from_secs(90),
+    )
+    .await;
+    // Direct user connections to the application's port: no Envoy in the path (the app sees
+    // the user's address), and no packet-filter rule on any VPS.
+    for s in &servers {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "-m",
+                "5",
+                &format!("http://{}:{SERVED_PORT}/", s.ns.ip),
+            ])
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        assert_eq!(v["host"], s.hostname.as_str(), "direct user call: {out:?}");
+        assert_eq!(
+            v["peer"],
+            s.ns.host_ip.as_str(),
+            "direct user call passed a proxy: {v}"
+        );
+    }
+    for v in servers.iter().chain([&client]) {
+        assert_eq!(v.ns.filter_rules(), Vec::<String>::new(), "{}", v.hostname);
+    }
+
+    // A frozen agent (its probe fails, pilot-agent lives on): that server leaves the endpoints.
+    let frozen = servers[0].agent.pid().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-STOP", &frozen])
+        .status()
+        .unwrap();
+    let other: std::collections::BTreeSet<String> = [servers[1].hostname.clone()].into();
+    wait_answering(
+        &client,
+        &servers,
+        10,
+        &other,
+        "calls answered by the healthy server only",
+        Duration::from_secs(120),
+    )
+    .await;
+    std::process::Command::new("kill")
+        .args(["-CONT", &frozen])
+        .status()
+        .unwrap();
+    wait_answering(
+        &client,
+        &servers,
+        20,
+        &both,
+        "both servers again",
+        Duration::from_secs(120),
+    )
+    .await;
+
+    // Retiring a server takes it out of the endpoints.
+    let (st, b) = api
+        .call(
+            "POST",
+            &format!("/api/vps/{}/retire?force=true", ids[1]),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(st, 200, "{b}");
+    let first: std::collections::BTreeSet<String> = [servers[0].hostname.clone()].into();
+    wait_answering(
+        &client,
+        &servers,
+        10,
+        &first,
+        "calls answered by the remaining server only",
+        Duration::from_secs(90),
+    )
+    .await;
 }
