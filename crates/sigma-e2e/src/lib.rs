@@ -6,6 +6,7 @@
 //! `SIGMA_TEST_REQUIRE_E2E=1` so that they cannot skip; elsewhere they skip with a notice.
 
 pub mod cluster;
+pub mod eastwest;
 pub mod mesh;
 pub mod netns;
 pub mod proc;

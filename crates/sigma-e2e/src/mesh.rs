@@ -1,47 +1,18 @@
 //! The mesh scenario's cluster side, shared by the end-to-end tests that enroll VPS into the
-//! mesh: the east-west gateway's address, the control plane with sigma-api's shipped RBAC, and
-//! sigma-api in mesh mode `kubernetes` authenticated as its service account.
+//! mesh: the control plane with sigma-api's shipped RBAC, a real east-west gateway and a
+//! stand-in Xboard (see [`crate::eastwest`]), and sigma-api in mesh mode `kubernetes`
+//! authenticated as its service account.
 
 use std::path::Path;
-use std::process::Command;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use sigma_testkit::{ApiOptions, SigmaApi};
 
-use crate::ControlPlane;
 use crate::cluster::repo_root;
+use crate::eastwest::{self, ClusterProxy, IstiodAddress, Xboard};
+use crate::{ControlPlane, Netns, Proc};
 
-/// The east-west gateway's address: the `istio-eastwestgateway` Service's external IP, which
-/// sigma-api hands VPS as istiod's address. It lives on the host's `lo`, so every VPS namespace
-/// reaches istiod (bound on all addresses) through it.
-pub const GATEWAY_IP: &str = "10.77.0.1";
-
-/// [`GATEWAY_IP`] on the host's `lo`, removed on drop.
-pub struct GatewayAddress(());
-
-impl GatewayAddress {
-    /// Adds the address (replacing one a crashed run left behind).
-    pub fn add() -> GatewayAddress {
-        let cidr = format!("{GATEWAY_IP}/32");
-        let _ = Command::new("ip")
-            .args(["addr", "del", &cidr, "dev", "lo"])
-            .output();
-        let st = Command::new("ip")
-            .args(["addr", "add", &cidr, "dev", "lo"])
-            .status()
-            .unwrap();
-        assert!(st.success(), "ip addr add {cidr} dev lo");
-        GatewayAddress(())
-    }
-}
-
-impl Drop for GatewayAddress {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["addr", "del", &format!("{GATEWAY_IP}/32"), "dev", "lo"])
-            .output();
-    }
-}
+pub use crate::eastwest::GATEWAY_IP;
 
 /// A path the test command exports (Envoy, pilot-agent); a clear failure when it is missing.
 pub fn env_path(k: &str) -> String {
@@ -58,24 +29,42 @@ pub fn healthy(entry: &Value) -> Option<bool> {
         .map(|c| c["status"] == "True")
 }
 
-/// The cluster side of a mesh scenario, torn down in reverse order on drop.
+/// The cluster side of a mesh scenario, torn down in reverse order on drop (fields drop in
+/// declaration order).
 pub struct MeshCluster {
     /// sigma-api in mesh mode `kubernetes`, with the fleet of [`crate::mesh_fleet_setup`].
     pub api: SigmaApi,
-    /// etcd, kube-apiserver and istiod (bound on all addresses; upstream Envoy's limits set).
+    /// The stand-in Xboard with its sidecar.
+    pub xboard: Xboard,
+    /// The east-west gateway.
+    pub gateway: ClusterProxy,
+    /// etcd, kube-apiserver and istiod (xDS on [`eastwest::ISTIOD_IP`] only; upstream Envoy's
+    /// limits set).
     pub cp: ControlPlane,
-    /// Declared last so the address goes after the processes that use it.
-    _gateway: GatewayAddress,
+    /// Declared after the processes so the address goes after them.
+    _istiod: IstiodAddress,
+    /// Held for the scenario's lifetime, released last: the scenario uses fixed addresses,
+    /// names and ports, so two in one test process (tests of a file run in parallel) wait for
+    /// each other.
+    _exclusive: tokio::sync::MutexGuard<'static, ()>,
 }
 
+/// One mesh scenario at a time per test process (see `MeshCluster::_exclusive`).
+static SCENARIO: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 impl MeshCluster {
-    /// Starts the control plane under `dir`, applies sigma's shipped RBAC and the gateway's
-    /// Service, and starts sigma-api as service account `sigma/sigma-api` (not cluster-admin).
+    /// Starts the control plane under `dir` with istiod on [`eastwest::ISTIOD_IP`], applies
+    /// sigma's shipped RBAC and the gateway's manifests, starts the gateway and Xboard, and
+    /// starts sigma-api as service account `sigma/sigma-api` (not cluster-admin).
     pub async fn up(dir: &Path) -> MeshCluster {
-        let gateway = GatewayAddress::add();
+        let exclusive = SCENARIO.lock().await;
+        let istiod = IstiodAddress::add();
         let cp = ControlPlane::up(
             &dir.join("cp"),
-            &[("E2E_ISTIOD_BIND", "0.0.0.0"), ("E2E_UPSTREAM_ENVOY", "1")],
+            &[
+                ("E2E_ISTIOD_BIND", eastwest::ISTIOD_IP),
+                ("E2E_UPSTREAM_ENVOY", "1"),
+            ],
         )
         .await;
         for f in [
@@ -85,18 +74,9 @@ impl MeshCluster {
         ] {
             cp.apply(&repo_root().join(f));
         }
-        // The east-west gateway's Service: sigma-api reads the address VPS reach istiod at
-        // from it.
-        cp.apply_object(
-            &cp.core("Service", "istio-system"),
-            json!({
-                "apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": "istio-eastwestgateway", "namespace": "istio-system"},
-                "spec": {"type": "ClusterIP", "externalIPs": [GATEWAY_IP],
-                         "ports": [{"name": "tls-istiod", "port": 15012, "targetPort": 15012}]}
-            }),
-        )
-        .await;
+        eastwest::register_cluster_objects(&cp).await;
+        let gateway = eastwest::start_gateway(&cp, dir).await;
+        let xboard = eastwest::start_xboard(&cp, dir).await;
         let kubeconfig = cp.service_account_kubeconfig("sigma", "sigma-api").await;
         let api = SigmaApi::start_with(
             ApiOptions::default()
@@ -108,11 +88,125 @@ impl MeshCluster {
                 .env("SIGMA_ISTIO_BOOTSTRAP_CACHE", "0s")
                 .env("SIGMA_LOG", "info"),
         );
-        crate::mesh_fleet_setup(&api, 8001).await;
+        crate::mesh_fleet_setup(&api, eastwest::XBOARD_PORT).await;
         MeshCluster {
             api,
+            xboard,
+            gateway,
             cp,
-            _gateway: gateway,
+            _istiod: istiod,
+            _exclusive: exclusive,
         }
+    }
+
+    /// A VPS namespace (`10.77.<index>.0/24`) whose only routes are its own link (sigma-api
+    /// on the host side), the other VPS (`10.77.0.0/16`, standing for the internet between
+    /// public addresses) and the gateway: istiod and the cluster's services are reached
+    /// through the gateway or not at all.
+    pub fn vps_namespace(&self, index: u8) -> Netns {
+        let ns = Netns::create(index);
+        ns.route_only_to(&[&format!("{GATEWAY_IP}/32"), "10.77.0.0/16"]);
+        ns
+    }
+}
+
+/// A simulated VPS of a mesh scenario: its namespace (routed to the gateway only), install
+/// root and sigma-agent in mesh mode with the real pilot-agent and Envoy.
+pub struct MeshVps {
+    /// Its host name (sigma's `hostname`).
+    pub hostname: String,
+    /// `AGENT_ROOT`: where the agent writes the proxy's files.
+    pub root: std::path::PathBuf,
+    /// sigma-agent; declared before the namespace so it stops first.
+    pub agent: Proc,
+    /// Its network namespace.
+    pub ns: Netns,
+}
+
+impl MeshCluster {
+    /// Starts a VPS in namespace `index` that enrolls with `token` as `hostname`.
+    pub fn start_vps(&self, dir: &Path, index: u8, hostname: &str, token: &str) -> MeshVps {
+        let vps_dir = dir.join(hostname);
+        let root = vps_dir.join("root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::create_dir_all(root.join("var/lib/istio/envoy")).unwrap();
+        std::fs::create_dir_all(vps_dir.join("state")).unwrap();
+        let ns = self.vps_namespace(index);
+        // Inside the namespace /etc/hosts is its own file (bind-mounted by `ip netns exec`):
+        // the agent's hosts block must land there.
+        std::os::unix::fs::symlink("/etc/hosts", root.join("etc/hosts")).unwrap();
+        let agent_bin = env_path("SIGMA_E2E_PILOT_AGENT_BIN");
+        std::fs::copy(
+            Path::new(&agent_bin).with_file_name("envoy_bootstrap_tmpl.json"),
+            root.join("var/lib/istio/envoy/envoy_bootstrap_tmpl.json"),
+        )
+        .expect("Envoy bootstrap template next to pilot-agent");
+        let mut cmd = ns.command(sigma_testkit::bin("sigma-agent"));
+        cmd.env(
+            "SIGMA_API_URL",
+            format!("http://{}:{}", ns.host_ip, self.api.port),
+        )
+        .env("SIGMA_ENROLLMENT_TOKEN", token)
+        .env("AGENT_STATE_DIR", vps_dir.join("state"))
+        .env("AGENT_HOSTNAME", hostname)
+        .env("AGENT_INTERVAL", "1s")
+        .env("AGENT_METRICS_LISTEN", "0.0.0.0:9102")
+        .env("AGENT_ISTIO_ENABLED", "true")
+        .env("AGENT_ROOT", &root)
+        .env("AGENT_ISTIO_AGENT_PATH", &agent_bin)
+        .env("AGENT_ISTIO_ENVOY_PATH", env_path("SIGMA_ENVOY_BIN"))
+        .env("SIGMA_LOG", "info");
+        let agent = Proc::spawn(&format!("agent-{hostname}"), cmd, &vps_dir);
+        MeshVps {
+            hostname: hostname.to_string(),
+            root,
+            agent,
+            ns,
+        }
+    }
+
+    /// Waits until the VPS is active, its WorkloadEntry exists and its agent reports the
+    /// proxy ready in mesh mode; returns the VPS as sigma-api shows it.
+    pub async fn wait_meshed(&self, v: &MeshVps) -> Value {
+        use std::time::Duration;
+        let vps = crate::wait_for("the VPS active", Duration::from_secs(60), || async {
+            self.api
+                .vps(&v.hostname)
+                .await
+                .filter(|x| x["status"] == "active")
+        })
+        .await;
+        let id = vps["id"].as_str().unwrap().to_string();
+        crate::wait_for("its WorkloadEntry", Duration::from_secs(60), || async {
+            self.cp.workload_entry_of(&id).await.ok().flatten()
+        })
+        .await;
+        crate::wait_for(
+            "the agent to report the proxy ready",
+            Duration::from_secs(120),
+            || async {
+                let s = self.api.vps(&v.hostname).await?["agent_state"].clone();
+                (s["mode"] == "mesh" && s["mesh_state"]["state"] == "ready").then_some(())
+            },
+        )
+        .await;
+        vps
+    }
+}
+
+impl MeshVps {
+    /// Runs `curl` inside the namespace: `(exit code, stdout, stderr)`.
+    pub fn curl(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self
+            .ns
+            .command("curl")
+            .args(args)
+            .output()
+            .expect("run curl");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 }

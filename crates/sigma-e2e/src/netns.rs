@@ -16,9 +16,9 @@ fn ip(args: &[&str]) {
     );
 }
 
-/// One namespace. The host side of its link is `10.77.<index>.1/24`, the namespace side
-/// `10.77.<index>.2/24`, the namespace's default route points at the host side. Everything is
-/// removed on drop.
+/// One namespace. The host side of its link is `10.<net>.<index>.1/24`, the namespace side
+/// `10.<net>.<index>.2/24` (`net` 77 for VPS, [`CLUSTER_NET`] for the cluster's side), the
+/// namespace's default route points at the host side. Everything is removed on drop.
 pub struct Netns {
     /// Namespace name (`sigma-e2e-<pid>-<index>`, so parallel runs do not collide).
     pub name: String,
@@ -26,20 +26,38 @@ pub struct Netns {
     pub host_ip: String,
     /// The namespace's address (the simulated VPS's address).
     pub ip: String,
+    /// The host side of the veth pair.
+    pub host_if: String,
+    /// The namespace side of the veth pair.
+    pub ns_if: String,
     etc_dir: PathBuf,
 }
 
+/// The second octet of the cluster side's addresses (gateway, Xboard, istiod's address):
+/// `10.78.0.0/16`, apart from the VPS' `10.77.0.0/16`.
+pub const CLUSTER_NET: u8 = 78;
+
 impl Netns {
-    /// Creates namespace number `index` (1..=250).
+    /// Creates VPS namespace number `index` (1..=250): `10.77.<index>.0/24`.
     pub fn create(index: u8) -> Netns {
+        Netns::create_in(77, index)
+    }
+
+    /// Creates namespace number `index` (1..=250) on `10.<net>.<index>.0/24`.
+    pub fn create_in(net: u8, index: u8) -> Netns {
         assert!((1..=250).contains(&index), "namespace index {index}");
         let pid = std::process::id() % 10_000;
-        let name = format!("sigma-e2e-{pid}-{index}");
+        let tag = if net == 77 { "e" } else { "c" };
+        let name = if net == 77 {
+            format!("sigma-e2e-{pid}-{index}")
+        } else {
+            format!("sigma-e2e-{pid}-{net}-{index}")
+        };
         // Interface names are limited to 15 bytes.
-        let host_if = format!("se{pid}h{index}");
-        let ns_if = format!("se{pid}n{index}");
-        let host_ip = format!("10.77.{index}.1");
-        let ip_ = format!("10.77.{index}.2");
+        let host_if = format!("s{tag}{pid}h{index}");
+        let ns_if = format!("s{tag}{pid}n{index}");
+        let host_ip = format!("10.{net}.{index}.1");
+        let ip_ = format!("10.{net}.{index}.2");
         let _ = Command::new("ip").args(["netns", "del", &name]).status();
         let _ = Command::new("ip").args(["link", "del", &host_if]).status();
         ip(&["netns", "add", &name]);
@@ -69,8 +87,57 @@ impl Netns {
             name,
             host_ip,
             ip: ip_,
+            host_if,
+            ns_if,
             etc_dir,
         }
+    }
+
+    /// Lets the host forward packets arriving from this namespace (IPv4 forwarding is decided
+    /// per incoming interface, so only this link routes; the host's other interfaces and
+    /// `net.ipv4.ip_forward` stay as they are). Goes with the link.
+    pub fn forward_from(&self) {
+        let f = format!("/proc/sys/net/ipv4/conf/{}/forwarding", self.host_if);
+        std::fs::write(&f, "1").unwrap_or_else(|e| panic!("write {f}: {e}"));
+    }
+
+    /// Replaces the default route with routes to `destinations` only (each a prefix such as
+    /// `10.78.1.2/32`, through the host side of the link): the namespace reaches the host's own
+    /// address on the link and these, nothing else. Forwarding on the link is turned on.
+    pub fn route_only_to(&self, destinations: &[&str]) {
+        ip(&["netns", "exec", &self.name, "ip", "route", "del", "default"]);
+        for d in destinations {
+            ip(&[
+                "netns",
+                "exec",
+                &self.name,
+                "ip",
+                "route",
+                "add",
+                d,
+                "via",
+                &self.host_ip,
+            ]);
+        }
+        self.forward_from();
+    }
+
+    /// A route sending `cidr` onto the link itself (no gateway: nothing answers for those
+    /// addresses). The kernel needs some route before an outbound connection reaches the
+    /// packet filter, so this is what lets iptables interception redirect a range that the
+    /// namespace cannot otherwise reach.
+    pub fn route_on_link(&self, cidr: &str) {
+        ip(&[
+            "netns",
+            "exec",
+            &self.name,
+            "ip",
+            "route",
+            "add",
+            cidr,
+            "dev",
+            &self.ns_if,
+        ]);
     }
 
     /// The namespace's own `/etc/hosts` as seen from the host.
@@ -115,6 +182,36 @@ impl Netns {
             }
         }
         found
+    }
+
+    /// Packet-filter rules in the namespace, from every place one can live: iptables and
+    /// ip6tables through both back ends (`-nft` and `-legacy`; pilot-agent picks one) and
+    /// nftables itself (`nft -j list ruleset`, which also shows rules made with `nft`
+    /// directly). Every command must succeed: a failed read fails the test instead of reading
+    /// as "no rule".
+    pub fn filter_rules(&self) -> Vec<String> {
+        let mut rules = Vec::new();
+        for prog in [
+            "iptables-nft-save",
+            "ip6tables-nft-save",
+            "iptables-legacy-save",
+            "ip6tables-legacy-save",
+        ] {
+            for l in self.output(prog, &[]).lines() {
+                if l.starts_with("-A ") {
+                    rules.push(format!("{prog}: {l}"));
+                }
+            }
+        }
+        let json = self.output("nft", &["-j", "list", "ruleset"]);
+        let v: serde_json::Value =
+            serde_json::from_str(&json).unwrap_or_else(|e| panic!("nft -j: {e}: {json}"));
+        for item in v["nftables"].as_array().expect("nft -j: an nftables array") {
+            if let Some(rule) = item.get("rule") {
+                rules.push(format!("nft: {rule}"));
+            }
+        }
+        rules
     }
 
     /// Runs a command inside the namespace and returns its stdout (panics on failure).

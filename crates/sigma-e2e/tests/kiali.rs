@@ -35,13 +35,12 @@ struct Vps {
     agent: Proc,
 }
 
-async fn new_vps(dir: &Path, index: u8, hostname: &str, api: &SigmaApi, token: &str) -> Vps {
+async fn new_vps(dir: &Path, ns: Netns, hostname: &str, api: &SigmaApi, token: &str) -> Vps {
     let vps_dir = dir.join(hostname);
     let root = vps_dir.join("root");
     std::fs::create_dir_all(root.join("etc")).unwrap();
     std::fs::create_dir_all(root.join("var/lib/istio/envoy")).unwrap();
     std::fs::create_dir_all(vps_dir.join("state")).unwrap();
-    let ns = Netns::create(index);
     std::os::unix::fs::symlink("/etc/hosts", root.join("etc/hosts")).unwrap();
     let agent_bin = env_path("SIGMA_E2E_PILOT_AGENT_BIN");
     std::fs::copy(
@@ -146,8 +145,15 @@ async fn every_vps_is_a_kiali_workload_named_as_its_proxy() {
 
     // One hostname used verbatim as the object name, one that is cleaned and hashed.
     let mut fleet = vec![
-        new_vps(&dir, 31, "kiali-31", api, &token).await,
-        new_vps(&dir, 32, "kiali-32.e2e.sigma", api, &token).await,
+        new_vps(&dir, cluster.vps_namespace(31), "kiali-31", api, &token).await,
+        new_vps(
+            &dir,
+            cluster.vps_namespace(32),
+            "kiali-32.e2e.sigma",
+            api,
+            &token,
+        )
+        .await,
     ];
 
     let mut names = Vec::new();

@@ -74,35 +74,7 @@ fn user_traffic_works(ns: &Netns) -> bool {
     BufReader::new(s).read_line(&mut line).is_ok() && line == "hello vps\n"
 }
 
-/// Packet-filter rules in a namespace, from every place one can live: iptables and ip6tables
-/// through both back ends (`-nft` and `-legacy`; pilot-agent picks one) and nftables itself
-/// (`nft -j list ruleset`, which also shows rules made with `nft` directly). Every command must
-/// succeed: a failed read fails the test instead of reading as "no rule".
-fn filter_rules(ns: &Netns) -> Vec<String> {
-    let mut rules = Vec::new();
-    for prog in [
-        "iptables-nft-save",
-        "ip6tables-nft-save",
-        "iptables-legacy-save",
-        "ip6tables-legacy-save",
-    ] {
-        for l in ns.output(prog, &[]).lines() {
-            if l.starts_with("-A ") {
-                rules.push(format!("{prog}: {l}"));
-            }
-        }
-    }
-    let json = ns.output("nft", &["-j", "list", "ruleset"]);
-    let v: Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("nft -j: {e}: {json}"));
-    for item in v["nftables"].as_array().expect("nft -j: an nftables array") {
-        if let Some(rule) = item.get("rule") {
-            rules.push(format!("nft: {rule}"));
-        }
-    }
-    rules
-}
-
-/// Control of [`filter_rules`]: a rule planted through each back end in the namespace is seen,
+/// Control of [`Netns::filter_rules`]: a rule planted through each back end in the namespace is seen,
 /// and once removed the namespace reads clean again.
 fn filter_rules_see_planted_rules(ns: &Netns) {
     let plant: [(&str, &[&str], &[&str], &str); 3] = [
@@ -129,7 +101,7 @@ fn filter_rules_see_planted_rules(ns: &Netns) {
     ];
     for (prog, add, del, marker) in plant {
         ns.output(prog, add);
-        let seen = filter_rules(ns);
+        let seen = ns.filter_rules();
         ns.output(prog, del);
         assert!(
             seen.iter().any(|r| r.contains(marker)),
@@ -137,7 +109,7 @@ fn filter_rules_see_planted_rules(ns: &Netns) {
         );
         eprintln!("control: a rule planted with {prog} is seen: {seen:?}");
     }
-    assert_eq!(filter_rules(ns), Vec::<String>::new(), "controls removed");
+    assert_eq!(ns.filter_rules(), Vec::<String>::new(), "controls removed");
 }
 
 fn start_agent(vps_dir: &Path, ns: &Netns, hostname: &str, api: &SigmaApi, token: &str) -> Proc {
@@ -163,14 +135,19 @@ fn start_agent(vps_dir: &Path, ns: &Netns, hostname: &str, api: &SigmaApi, token
     Proc::spawn(&format!("agent-{hostname}"), cmd, vps_dir)
 }
 
-async fn new_vps(dir: &Path, index: u8, api: &SigmaApi, token: &str, captured: bool) -> Vps {
+async fn new_vps(dir: &Path, cluster: &MeshCluster, index: u8, token: &str, captured: bool) -> Vps {
+    let api = &cluster.api;
     let hostname = format!("vps-{index}.e2e.sigma");
     let vps_dir = dir.join(&hostname);
     let root = vps_dir.join("root");
     std::fs::create_dir_all(root.join("etc")).unwrap();
     std::fs::create_dir_all(root.join("var/lib/istio/envoy")).unwrap();
     std::fs::create_dir_all(vps_dir.join("state")).unwrap();
-    let ns = Netns::create(index);
+    let ns = cluster.vps_namespace(index);
+    if captured {
+        // Its only way to the service range is the interception (see route_on_link).
+        ns.route_on_link(SERVICE_CIDR);
+    }
     // Inside the namespace /etc/hosts is its own file (bind-mounted by `ip netns exec`): the
     // agent's hosts block must land there, where pilot-agent's resolver reads it.
     std::os::unix::fs::symlink("/etc/hosts", root.join("etc/hosts")).unwrap();
@@ -405,9 +382,9 @@ async fn a_vps_joins_the_mesh_with_its_own_identity_and_no_interception() {
     // enrolls.
     let mut fleet = Vec::new();
     for i in 1..=2u8 {
-        fleet.push(new_vps(&dir, i, api, &token, false).await);
+        fleet.push(new_vps(&dir, &cluster, i, &token, false).await);
     }
-    fleet.push(new_vps(&dir, 3, api, &captured_token, true).await);
+    fleet.push(new_vps(&dir, &cluster, 3, &captured_token, true).await);
 
     let mut we_names = Vec::new();
     for v in &fleet {
@@ -478,7 +455,7 @@ async fn a_vps_joins_the_mesh_with_its_own_identity_and_no_interception() {
         } else {
             // No interception: not one packet-filter rule in the VPS's namespace (and the
             // check sees a planted one), and its user traffic flows exactly as before.
-            assert_eq!(filter_rules(&v.ns), Vec::<String>::new());
+            assert_eq!(v.ns.filter_rules(), Vec::<String>::new());
             filter_rules_see_planted_rules(&v.ns);
         }
         assert!(
@@ -597,7 +574,7 @@ async fn a_vps_joins_the_mesh_with_its_own_identity_and_no_interception() {
     )
     .await;
     assert_eq!(
-        filter_rules(&captured.ns),
+        captured.ns.filter_rules(),
         Vec::<String>::new(),
         "interception rules left after the agent stopped:\n{}",
         captured.agent.tail(30)
@@ -719,7 +696,7 @@ async fn entry_of(cp: &ControlPlane, vps_id: &str) -> Option<Value> {
 /// the VPS's namespace): outbound connections to [`SERVICE_CIDR`] land in Envoy, nothing else
 /// is captured (not other destinations, not inbound), and the rules name only that range.
 fn assert_captures_only_the_service_range(v: &Vps) {
-    let rules = filter_rules(&v.ns);
+    let rules = v.ns.filter_rules();
     let redirects: Vec<&String> = rules
         .iter()
         .filter(|r| r.contains("-j ISTIO_REDIRECT"))
