@@ -32,6 +32,7 @@ e2e_bin() {
     kube-apiserver) echo "$E2E_BIN_CACHE/kube-apiserver-$E2E_K8S_VERSION/kube-apiserver" ;;
     pilot-discovery) echo "$E2E_BIN_CACHE/pilot-discovery-$E2E_ISTIO_VERSION/pilot-discovery" ;;
     pilot-agent) echo "$E2E_BIN_CACHE/pilot-agent-$E2E_ISTIO_VERSION/pilot-agent" ;;
+    istioctl) echo "$E2E_BIN_CACHE/istioctl-$E2E_ISTIO_VERSION/istioctl" ;;
     *) echo "unknown component $1" >&2; return 1 ;;
   esac
 }

@@ -306,8 +306,10 @@ async fn reads_listeners_endpoints_and_counters_of_a_real_envoy() {
             rq_5xx,
             connect_failures,
             connections,
+            window_seconds,
         } => {
             assert_eq!((rq_2xx, rq_4xx, rq_5xx), (3, 1, 2), "{d:#?}");
+            assert_eq!(window_seconds, None, "one reading: since Envoy started");
             assert_eq!(connect_failures, 0);
             assert!(connections >= 1);
         }

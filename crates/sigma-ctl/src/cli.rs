@@ -715,6 +715,10 @@ pub struct EnrollCreateArgs {
     /// sigma-api's URL as the VPS reach it, for the install command [default: the API URL in use]
     #[arg(long, value_name = "URL")]
     pub agent_api_url: Option<String>,
+    /// Contract terms and specs every VPS that enrolls with it gets (`--clear-contract` has no
+    /// meaning here and is refused)
+    #[command(flatten)]
+    pub contract: Box<ContractEditArgs>,
 }
 
 /// `sigmactl routes …`

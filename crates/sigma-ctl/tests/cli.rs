@@ -430,6 +430,12 @@ fn keys_and_enrollment_tokens() {
         "wave=1",
         "--ttl",
         "2h",
+        "--cost",
+        "4.99",
+        "--currency",
+        "EUR",
+        "--billing-cycle",
+        "monthly",
     ]);
     r.ok();
     let token = r
@@ -478,6 +484,15 @@ fn keys_and_enrollment_tokens() {
     assert_eq!(v["purpose"], "vpn-exit");
     assert_eq!(v["country"], "NL");
     assert_eq!(v["status"], "active");
+    assert_eq!(v["contract"]["currency"], "EUR", "the contract preset: {v}");
+    assert_eq!(v["contract"]["billing_cycle"], "monthly", "{v}");
+    // A contract the API refuses is named at its field; a clear has nothing to clear.
+    api.ctl()
+        .run(&["enroll", "create", "--currency", "EURO"])
+        .fails(1, &["contract.currency"]);
+    api.ctl()
+        .run(&["enroll", "create", "--clear-contract", "cost"])
+        .fails(2, &["no contract to clear"]);
 
     let l = api.ctl().run(&["enroll", "list"]);
     l.ok();

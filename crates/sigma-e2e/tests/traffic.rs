@@ -401,6 +401,55 @@ async fn xrayr_calls_xboard_through_the_east_west_gateway_with_its_own_identity(
     );
     drop(prom);
 
+    // The VPS's hosts block loses Xboard's name (an operator's tool rewrote /etc/hosts): the
+    // doctor names `hosts-block`, and the link is ok again once the line is back.
+    let hosts_path = v.ns.hosts_file();
+    let original = std::fs::read_to_string(&hosts_path).unwrap();
+    let without: String = original
+        .lines()
+        .filter(|l| !l.split_whitespace().skip(1).any(|h| h == XBOARD_HOST))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(without, original, "the hosts block held {XBOARD_HOST}");
+    // Written in place: the namespace's /etc/hosts is a bind mount of this very inode.
+    std::fs::write(&hosts_path, &without).unwrap();
+    let missing = doctor_until(&cluster, &v.hostname, "hosts-block", "failed").await;
+    assert!(
+        missing.to_string().contains(XBOARD_HOST),
+        "the link names the host: {missing}"
+    );
+    eprintln!("doctor, hosts entry missing: {missing}");
+    std::fs::write(&hosts_path, &original).unwrap();
+    doctor_until(&cluster, &v.hostname, "hosts-block", "ok").await;
+
+    // Xboard's WorkloadEntry goes away: Service sigma/xboard selects nothing, istiod sends the
+    // VPS's Envoy no endpoint, and the doctor names `egress-endpoints` with its fix.
+    let entries = cluster.cp.istio("WorkloadEntry", "sigma");
+    let entry = entries.get("xboard").await.expect("Xboard's WorkloadEntry");
+    entries
+        .delete("xboard", &Default::default())
+        .await
+        .expect("delete Xboard's WorkloadEntry");
+    let empty = doctor_until(&cluster, &v.hostname, "egress-endpoints", "failed").await;
+    assert!(
+        empty.to_string().contains(XBOARD_HOST) && empty.to_string().contains("0 of"),
+        "{empty}"
+    );
+    eprintln!("doctor, no endpoint: {empty}");
+    cluster
+        .cp
+        .apply_object(
+            &entries,
+            json!({
+                "apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+                "metadata": {"name": "xboard", "namespace": "sigma",
+                             "labels": entry.metadata.labels.clone().unwrap_or_default()},
+                "spec": entry.data["spec"].clone(),
+            }),
+        )
+        .await;
+    doctor_until(&cluster, &v.hostname, "egress-endpoints", "ok").await;
+
     // The gateway stops: the doctor names the broken link, with its fix.
     cluster.gateway.agent.stop();
     let broken = wait_for(
@@ -419,6 +468,21 @@ async fn xrayr_calls_xboard_through_the_east_west_gateway_with_its_own_identity(
         "{broken}"
     );
     eprintln!("doctor, gateway stopped: {broken}");
+}
+
+/// Runs the doctor (without Prometheus) until `link` has `result`; returns that link. A
+/// failed link must also fail the run (exit 1).
+async fn doctor_until(cluster: &MeshCluster, host: &str, link: &str, result: &str) -> Value {
+    wait_for(
+        &format!("the doctor's {link} link to be {result}"),
+        Duration::from_secs(120),
+        || async {
+            let (code, links) = doctor(cluster, host, None);
+            let l = links.into_iter().find(|l| l["link"] == link)?;
+            (l["result"] == result && (result != "failed" || code == 1)).then_some(l)
+        },
+    )
+    .await
 }
 
 /// Runs `sigmactl -o json mesh doctor HOST [--prometheus URL]` as the admin: its exit code
@@ -743,6 +807,50 @@ async fn a_purpose_serves_its_port_to_another_purpose_through_ingress_listeners(
     }
     for v in servers.iter().chain([&client]) {
         assert_eq!(v.ns.filter_rules(), Vec::<String>::new(), "{}", v.hostname);
+    }
+
+    // `istioctl analyze` on the whole cluster (sigma's objects for both purposes, the
+    // gateway's, Xboard's): its only findings are IST0101 on sigma's Sidecars, whose selectors
+    // match WorkloadEntries while the analyzer looks at Pods only (docs/operator-guide.md).
+    let analyze = std::process::Command::new(sigma_e2e::mesh::env_path("SIGMA_E2E_ISTIOCTL_BIN"))
+        .args([
+            "analyze",
+            "--kubeconfig",
+            cluster.cp.var("KUBECONFIG"),
+            "--all-namespaces",
+            "--output-threshold",
+            "Info",
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let findings: Vec<Value> = serde_json::from_slice(&analyze.stdout).unwrap_or_else(|e| {
+        panic!(
+            "istioctl analyze printed no JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&analyze.stdout),
+            String::from_utf8_lossy(&analyze.stderr)
+        )
+    });
+    eprintln!(
+        "istioctl analyze: {}",
+        serde_json::to_string(&findings).unwrap()
+    );
+    let (selector, others): (Vec<&Value>, Vec<&Value>) = findings.iter().partition(|m| {
+        m["code"] == "IST0101"
+            && m["origin"]
+                .as_str()
+                .is_some_and(|o| o.starts_with("Sidecar "))
+    });
+    assert_eq!(others, Vec::<&Value>::new(), "istioctl analyze findings");
+    // Control: the analyzer did look at sigma's Sidecars (one per mesh purpose here).
+    for purpose in ["xrayr", "monitor"] {
+        assert!(
+            selector
+                .iter()
+                .any(|m| m["origin"].as_str().is_some_and(|o| o.contains(purpose))),
+            "no IST0101 for the {purpose} Sidecar: {findings:?}"
+        );
     }
 
     // A frozen agent (its probe fails, pilot-agent lives on): that server leaves the endpoints.

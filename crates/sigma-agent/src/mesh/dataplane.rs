@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sigma_types::mesh::BundleEgress;
@@ -360,6 +361,7 @@ fn egress_facts(e: &BundleEgress, bind: Ipv4Addr, r: &Readings) -> EgressDataPla
                     rq_5xx: stat("upstream_rq_5xx").unwrap_or(0),
                     connect_failures: stat("upstream_cx_connect_fail").unwrap_or(0),
                     connections,
+                    window_seconds: None,
                 },
                 None => EgressResponses::Unknown {
                     reason: reason_text(&format!(
@@ -423,6 +425,70 @@ pub fn assemble(egress: &[BundleEgress], r: &Readings, now: OffsetDateTime) -> M
     }
     report.omitted = u32::try_from(egress.len() - report.egress.len()).unwrap_or(u32::MAX);
     report
+}
+
+/// How far back the reported response counts reach: a few of XrayR's calls, and short enough
+/// that a rough start (Envoy's 503s while the first endpoints arrive) stops counting against a
+/// working VPS a minute later, where counts since Envoy started would carry it for its life.
+pub const RESPONSE_WINDOW: Duration = Duration::from_secs(60);
+
+/// One reading's cumulative counts of an egress host.
+type Counts = [u64; 5];
+
+/// One reading: when, and each egress host's (host, port) counts.
+type Sample = (Instant, BTreeMap<(String, u16), Counts>);
+
+/// Earlier readings of one Envoy's cumulative response counters, so the report carries the
+/// last [`RESPONSE_WINDOW`]'s counts. A new Envoy (pilot-agent restarted) gets a new window.
+#[derive(Debug, Default)]
+pub struct Window {
+    samples: std::collections::VecDeque<Sample>,
+}
+
+impl Window {
+    /// Replaces each egress host's cumulative counts in `d` with those since the newest earlier
+    /// reading at least [`RESPONSE_WINDOW`] old (the oldest one while none is that old); the
+    /// first reading, and a host whose counters went back (Envoy reset them), keep the counts
+    /// since Envoy started.
+    pub fn apply(&mut self, now: Instant, d: &mut MeshDataPlane) {
+        let mut current = BTreeMap::new();
+        for e in &mut d.egress {
+            let EgressResponses::Counted {
+                rq_2xx,
+                rq_4xx,
+                rq_5xx,
+                connect_failures,
+                connections,
+                window_seconds,
+            } = &mut e.responses
+            else {
+                continue;
+            };
+            let now_counts = [*rq_2xx, *rq_4xx, *rq_5xx, *connect_failures, *connections];
+            current.insert((e.host.clone(), e.port), now_counts);
+            let base = self
+                .samples
+                .iter()
+                .rev()
+                .find(|(at, _)| now.duration_since(*at) >= RESPONSE_WINDOW)
+                .or(self.samples.front());
+            let Some((at, counts)) = base else { continue };
+            let Some(old) = counts.get(&(e.host.clone(), e.port)) else {
+                continue;
+            };
+            if now_counts.iter().zip(old).any(|(n, o)| n < o) {
+                continue;
+            }
+            [*rq_2xx, *rq_4xx, *rq_5xx, *connect_failures, *connections] =
+                std::array::from_fn(|i| now_counts[i] - old[i]);
+            *window_seconds = u32::try_from(now.duration_since(*at).as_secs()).ok();
+        }
+        self.samples.push_back((now, current));
+        // Keep the newest reading at least a window old (the next baseline) and the newer ones.
+        while self.samples.len() > 1 && now.duration_since(self.samples[1].0) >= RESPONSE_WINDOW {
+            self.samples.pop_front();
+        }
+    }
 }
 
 /// Reads every source and assembles the report.
@@ -517,7 +583,8 @@ mod tests {
                 rq_4xx: 0,
                 rq_5xx: 2,
                 connect_failures: 0,
-                connections: 7
+                connections: 7,
+                window_seconds: None,
             }
         );
         assert_eq!(x.hosts_entry, HostsEntry::Present);
@@ -613,5 +680,99 @@ mod tests {
         assert!(parse_listeners(&json!({"listener_statuses": 3})).is_err());
         assert!(parse_clusters(&json!({"cluster_statuses": [{"host_statuses": []}]})).is_err());
         assert!(parse_stats("garbage line\n").is_err());
+    }
+
+    #[test]
+    fn responses_are_counted_over_the_last_window() {
+        let counted = |d: &MeshDataPlane| d.egress[0].responses.clone();
+        let with = |rq_2xx, rq_5xx, connections| {
+            let mut d = assemble(&egress(), &readings(), OffsetDateTime::UNIX_EPOCH);
+            d.egress[0].responses = EgressResponses::Counted {
+                rq_2xx,
+                rq_4xx: 0,
+                rq_5xx,
+                connect_failures: 0,
+                connections,
+                window_seconds: None,
+            };
+            d
+        };
+        let t0 = Instant::now();
+        let mut w = Window::default();
+        // First reading: since Envoy started (a rough start: 40 503s).
+        let mut d = with(2, 40, 3);
+        w.apply(t0, &mut d);
+        assert!(matches!(
+            counted(&d),
+            EgressResponses::Counted {
+                rq_5xx: 40,
+                window_seconds: None,
+                ..
+            }
+        ));
+        // 30 s later: what happened since the first reading.
+        let mut d = with(12, 40, 4);
+        w.apply(t0 + Duration::from_secs(30), &mut d);
+        assert!(
+            matches!(
+                counted(&d),
+                EgressResponses::Counted {
+                    rq_2xx: 10,
+                    rq_5xx: 0,
+                    connections: 1,
+                    window_seconds: Some(30),
+                    ..
+                }
+            ),
+            "{:?}",
+            counted(&d)
+        );
+        // 75 s: the window starts at the newest reading at least 60 s old (the first).
+        let mut d = with(20, 40, 5);
+        w.apply(t0 + Duration::from_secs(75), &mut d);
+        assert!(
+            matches!(
+                counted(&d),
+                EgressResponses::Counted {
+                    rq_2xx: 18,
+                    rq_5xx: 0,
+                    window_seconds: Some(75),
+                    ..
+                }
+            ),
+            "{:?}",
+            counted(&d)
+        );
+        // 100 s: the 30 s reading is now the baseline; the rough start is out of the window.
+        let mut d = with(25, 41, 6);
+        w.apply(t0 + Duration::from_secs(100), &mut d);
+        assert!(
+            matches!(
+                counted(&d),
+                EgressResponses::Counted {
+                    rq_2xx: 13,
+                    rq_5xx: 1,
+                    window_seconds: Some(70),
+                    ..
+                }
+            ),
+            "{:?}",
+            counted(&d)
+        );
+        // Counters that went back (Envoy reset them): since Envoy started.
+        let mut d = with(1, 0, 1);
+        w.apply(t0 + Duration::from_secs(115), &mut d);
+        assert!(
+            matches!(
+                counted(&d),
+                EgressResponses::Counted {
+                    rq_2xx: 1,
+                    window_seconds: None,
+                    ..
+                }
+            ),
+            "{:?}",
+            counted(&d)
+        );
     }
 }

@@ -132,6 +132,8 @@ struct Running {
     lapse_retry_at: Instant,
     housekeeping: Interval,
     dataplane_tick: Interval,
+    /// This Envoy's earlier response counts (a new pilot-agent starts a new window).
+    responses: dataplane::Window,
 }
 
 /// Why a running worker fetches a bundle.
@@ -256,6 +258,7 @@ impl Worker {
                     lapse_retry_at: Instant::now(),
                     housekeeping: tokio::time::interval(HOUSEKEEPING),
                     dataplane_tick: tokio::time::interval(DATAPLANE_INTERVAL),
+                    responses: dataplane::Window::default(),
                 }))
             }
             Err(e) => {
@@ -276,7 +279,8 @@ impl Worker {
                 self.renew(&mut r, Renewal::Refresh).await;
             }
             _ = r.dataplane_tick.tick() => {
-                let d = dataplane::read(&ctx.admin, &ctx.bundles.layout.hosts(), &r.current.bundle.egress).await;
+                let mut d = dataplane::read(&ctx.admin, &ctx.bundles.layout.hosts(), &r.current.bundle.egress).await;
+                r.responses.apply(Instant::now(), &mut d);
                 ctx.shared.update(|s| s.dataplane = Some(d));
             }
             _ = r.housekeeping.tick() => {

@@ -221,6 +221,17 @@ fn token_body(a: EnrollCreateArgs) -> Result<EnrollmentTokenCreate> {
     Ok(c)
 }
 
+/// The token's contract preset from the contract flags (none given: no preset). Values go as
+/// typed, so sigma-api's checks and field names (`contract.<field>`) apply.
+fn enroll_contract(a: &crate::cli::ContractEditArgs) -> Result<Option<serde_json::Value>> {
+    if let Some(f) = a.clear_contract.first() {
+        return Err(Error::Usage(format!(
+            "--clear-contract {f}: a new token has no contract to clear"
+        )));
+    }
+    crate::commands::contract::patch(a)
+}
+
 /// Runs `sigmactl enroll …`.
 pub async fn enroll(ctx: &mut Ctx<'_>, cmd: EnrollCommand) -> Result<()> {
     match cmd {
@@ -229,7 +240,11 @@ pub async fn enroll(ctx: &mut Ctx<'_>, cmd: EnrollCommand) -> Result<()> {
                 .agent_api_url
                 .clone()
                 .unwrap_or_else(|| ctx.settings.api_url.clone());
-            let body = token_body(a)?;
+            let contract = enroll_contract(&a.contract)?;
+            let body = crate::commands::contract::with_patch(
+                serde_json::to_value(token_body(a)?).map_err(|e| Error::Usage(e.to_string()))?,
+                contract,
+            );
             let ans = ctx
                 .client
                 .post(&["api", "enrollment-tokens"], &body)
@@ -315,10 +330,32 @@ mod tests {
             country: None,
             tags: vec![],
             agent_api_url: None,
+            contract: Box::default(),
         };
         let b = token_body(a).unwrap();
         assert_eq!(b.ttl_seconds, 86_400);
         assert_eq!(b.max_uses, 5);
         assert_eq!(b.purpose.as_deref(), Some("xrayr"));
+    }
+
+    #[test]
+    fn contract_flags_become_the_tokens_preset() {
+        let none = crate::cli::ContractEditArgs::default();
+        assert_eq!(enroll_contract(&none).unwrap(), None);
+        let some = crate::cli::ContractEditArgs {
+            cost: Some("4.99".into()),
+            currency: Some("EUR".into()),
+            auto_renew: Some(true),
+            ..Default::default()
+        };
+        assert_eq!(
+            enroll_contract(&some).unwrap(),
+            Some(json!({"cost": "4.99", "currency": "EUR", "auto_renew": true}))
+        );
+        let clear = crate::cli::ContractEditArgs {
+            clear_contract: vec!["cost".into()],
+            ..Default::default()
+        };
+        assert!(enroll_contract(&clear).is_err());
     }
 }

@@ -387,10 +387,15 @@ impl Ctx<'_> {
                     rq_5xx,
                     connect_failures,
                     connections,
+                    window_seconds,
                 } => {
                     let responses = rq_2xx + rq_4xx + rq_5xx;
+                    let since = match window_seconds {
+                        Some(w) => format!("in the last {w} s"),
+                        None => "since Envoy started".to_string(),
+                    };
                     let fact = format!(
-                        "{}: {rq_2xx} 2xx, {rq_4xx} 4xx, {rq_5xx} 5xx, {connect_failures} failed of {connections} connections",
+                        "{}: {rq_2xx} 2xx, {rq_4xx} 4xx, {rq_5xx} 5xx, {connect_failures} failed of {connections} connections {since}",
                         name(e)
                     );
                     let share = |n: u64, of: u64| {
@@ -418,7 +423,7 @@ impl Ctx<'_> {
         if !high.is_empty() {
             return warning(
                 k,
-                format!("since Envoy started: {}{}", joined(&high), self.age),
+                format!("{}{}", joined(&high), self.age),
                 format!(
                     "above {:.0} %: 5xx come from the target service or, with no upstream answering, from Envoy (503 UH/UF); failed connections mean the gateway (15443) or the endpoints are unreachable. See the egress-endpoints link, and on {}: `curl -sv http://HOST:PORT/` through the listener",
                     FAILURE_WARN_SHARE * 100.0,
@@ -431,12 +436,7 @@ impl Ctx<'_> {
         }
         ok(
             k,
-            format!(
-                "since Envoy started: {}{}{}",
-                joined(&facts),
-                self.omitted(),
-                self.age
-            ),
+            format!("{}{}{}", joined(&facts), self.omitted(), self.age),
         )
     }
 }
@@ -467,6 +467,7 @@ pub(crate) mod tests {
                 rq_5xx: 1,
                 connect_failures: 0,
                 connections: 4,
+                window_seconds: None,
             },
             hosts_entry: HostsEntry::Present,
         }
@@ -534,7 +535,7 @@ pub(crate) mod tests {
         );
         assert_eq!(
             l[4].reason,
-            "since Envoy started: xboard.sigma.svc.cluster.local:80: 120 2xx, 2 4xx, 1 5xx, 0 failed of 4 connections"
+            "xboard.sigma.svc.cluster.local:80: 120 2xx, 2 4xx, 1 5xx, 0 failed of 4 connections since Envoy started"
         );
     }
 
@@ -636,6 +637,7 @@ pub(crate) mod tests {
             rq_5xx,
             connect_failures,
             connections,
+            window_seconds: Some(60),
         };
         let m = edit(|d| d.egress[0].responses = counted(90, 10, 0, 5));
         let l = one(&m, LinkKind::EgressResponses);

@@ -80,7 +80,8 @@ pub enum EgressEndpoints {
     },
 }
 
-/// Counters of the egress cluster since Envoy started.
+/// Counters of the egress cluster over the last `window_seconds` (since Envoy started when
+/// absent: the agent's first reading of this Envoy, or after Envoy reset its counters).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum EgressResponses {
@@ -96,6 +97,9 @@ pub enum EgressResponses {
         connect_failures: u64,
         /// `upstream_cx_total`.
         connections: u64,
+        /// How many seconds back the counts reach; absent: since Envoy started.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        window_seconds: Option<u32>,
     },
     /// Could not be read.
     Unknown {
@@ -172,6 +176,9 @@ fn reason(r: &str, field: String, e: &mut FieldErrors) {
     }
 }
 
+/// The longest response window an agent reports (an hour; agents use a minute).
+pub const MAX_WINDOW_SECONDS: u32 = 3600;
+
 fn count(n: u64, field: String, e: &mut FieldErrors) {
     if n > MAX_COUNT {
         e.add(field, format!("must be at most {MAX_COUNT}"));
@@ -245,7 +252,14 @@ impl MeshDataPlane {
                     rq_5xx,
                     connect_failures,
                     connections,
+                    window_seconds,
                 } => {
+                    if window_seconds.is_some_and(|w| w > MAX_WINDOW_SECONDS) {
+                        e.add(
+                            format!("{f}.responses.window_seconds"),
+                            format!("must be at most {MAX_WINDOW_SECONDS}"),
+                        );
+                    }
                     for (name, n) in [
                         ("rq_2xx", rq_2xx),
                         ("rq_4xx", rq_4xx),
@@ -306,6 +320,7 @@ mod tests {
                     rq_5xx: 1,
                     connect_failures: 0,
                     connections: 3,
+                    window_seconds: Some(60),
                 },
                 hosts_entry: HostsEntry::Present,
             }],
@@ -363,6 +378,7 @@ mod tests {
             rq_5xx: 0,
             connect_failures: 0,
             connections: 0,
+            window_seconds: Some(MAX_WINDOW_SECONDS + 1),
         };
         eg.listener = ListenerState::Unknown {
             reason: "x".repeat(MAX_REASON_CHARS + 1),
@@ -378,6 +394,7 @@ mod tests {
             "dp.egress[0].endpoints.healthy",
             "dp.egress[0].endpoints.outlier_ejected",
             "dp.egress[0].responses.rq_2xx",
+            "dp.egress[0].responses.window_seconds",
             "dp.egress[0].listener.reason",
             "dp.egress[0].hosts_entry.reason",
         ] {
