@@ -271,13 +271,55 @@ pub async fn register_cluster_objects(cp: &ControlPlane) {
         )
         .await
         .expect("label istio-system with the network");
+    // Injection labels as a real install has them: `sigma` as k8s/base/namespace.yaml ships it,
+    // `default` marked as needing none (what `istioctl analyze` asks of every namespace).
+    for (ns, injection) in [("sigma", "enabled"), ("default", "disabled")] {
+        namespaces
+            .patch(
+                ns,
+                &params,
+                &Patch::Merge(json!({"metadata": {"labels": {"istio-injection": injection}}})),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("label namespace {ns}: {e}"));
+    }
+    // The gateway runs as a process, not as the Deployment's pod (no scheduler, no kubelet, no
+    // injection webhook here): the Deployment goes, and a Pod object with the gateway's labels
+    // stands for the process, as the Deployment's pod would in a cluster (istiod ignores a pod
+    // without an address; `istioctl analyze` finds the Gateways' selector matched).
+    let deployments = kube::api::Api::<kube::api::DynamicObject>::namespaced_with(
+        cp.admin.clone(),
+        "istio-system",
+        &kube::core::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
+            "apps",
+            "v1",
+            "Deployment",
+        )),
+    );
+    deployments
+        .delete("istio-eastwestgateway", &Default::default())
+        .await
+        .expect("delete the gateway Deployment the process stands for");
+    cp.apply_object(
+        &cp.core("Pod", "istio-system"),
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "istio-eastwestgateway-e2e", "namespace": "istio-system",
+                         "labels": {"app": "istio-eastwestgateway", "istio": "eastwestgateway",
+                                    "topology.istio.io/network": CLUSTER_NETWORK}},
+            "spec": {"serviceAccountName": "istio-eastwestgateway",
+                     "containers": [{"name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.30.3"}]}
+        }),
+    )
+    .await;
     cp.apply_object(
         &cp.core("Service", "istio-system"),
         json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": "istiod", "namespace": "istio-system", "labels": {"app": "istiod"}},
             "spec": {"selector": {"app": "istiod"},
-                     "ports": [{"name": "https-dns", "port": 15012, "targetPort": 15012, "protocol": "TCP"}]}
+                     "ports": [{"name": "https-dns", "port": 15012, "targetPort": 15012, "protocol": "TCP"},
+                               {"name": "https-webhook", "port": 443, "targetPort": 15017, "protocol": "TCP"}]}
         }),
     )
     .await;
@@ -300,7 +342,8 @@ pub async fn register_cluster_objects(cp: &ControlPlane) {
             }},
             "addressType": "IPv4",
             "endpoints": [{"addresses": [ISTIOD_IP], "conditions": {"ready": true, "serving": true, "terminating": false}}],
-            "ports": [{"name": "https-dns", "port": 15012, "protocol": "TCP"}]
+            "ports": [{"name": "https-dns", "port": 15012, "protocol": "TCP"},
+                      {"name": "https-webhook", "port": 15017, "protocol": "TCP"}]
         }),
     )
     .await;
