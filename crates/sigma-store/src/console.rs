@@ -82,52 +82,11 @@ fn order_by(sort: VpsSort, desc: bool) -> String {
 }
 
 /// The WHERE clause of [`VpsQuery`]'s filters, meaning what they mean for `GET /api/vps`, plus
-/// the mesh state. Provider names are matched through the `pr` join.
+/// the mesh state.
 fn filters(q: &VpsQuery, mesh: Option<MeshSyncStatus>) -> Sql {
-    let mut w = Sql::new(" WHERE ");
-    match q.status {
-        Some(VpsStatus::Deleted) => w.push("v.deleted_at IS NOT NULL"),
-        Some(s) => w
-            .push("v.deleted_at IS NULL AND v.status = ")
-            .bind(s.as_str()),
-        None => w.push("v.deleted_at IS NULL"),
-    };
+    let mut w = crate::inventory::vps_filters(q);
     if let Some(m) = mesh {
         w.push(" AND v.mesh_status = ").bind(m.as_str());
-    }
-    if let Some(p) = &q.purpose {
-        w.push(" AND v.purpose = ").bind(p.as_str());
-    }
-    if let Some(c) = &q.country {
-        w.push(" AND v.country = ").bind(c.as_str());
-    }
-    if let Some(p) = &q.provider {
-        w.push(" AND pr.name_key = ").bind(p.to_lowercase());
-    }
-    if let Some(t) = &q.tag {
-        w.push(" AND EXISTS (SELECT 1 FROM vps_tags t WHERE t.vps_id = v.id AND t.tag = ")
-            .bind(t.as_str())
-            .push(")");
-    }
-    if let Some(h) = &q.hostname {
-        w.push(" AND v.hostname = ").bind(h.as_str());
-    }
-    if let Some(text) = &q.q {
-        let escaped = text
-            .to_lowercase()
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
-        let pat = format!("%{escaped}%");
-        w.push(" AND (v.hostname LIKE ")
-            .bind(pat.clone())
-            .push(" ESCAPE '\\'");
-        for col in ["v.alias", "v.city", "v.ip_addresses"] {
-            w.push(&format!(" OR LOWER(COALESCE({col}, '')) LIKE "))
-                .bind(pat.clone())
-                .push(" ESCAPE '\\'");
-        }
-        w.push(")");
     }
     w
 }

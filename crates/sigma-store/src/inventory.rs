@@ -537,48 +537,7 @@ impl Store {
 
     /// VPS matching a query and contract filters, by hostname.
     pub async fn list_vps_filtered(&self, q: &VpsQuery, f: &ContractFilter) -> Result<List<Vps>> {
-        let mut w = Sql::new(" WHERE ");
-        match q.status {
-            Some(VpsStatus::Deleted) => w.push("v.deleted_at IS NOT NULL"),
-            Some(s) => w
-                .push("v.deleted_at IS NULL AND v.status = ")
-                .bind(s.as_str()),
-            None => w.push("v.deleted_at IS NULL"),
-        };
-        if let Some(p) = &q.purpose {
-            w.push(" AND v.purpose = ").bind(p.as_str());
-        }
-        if let Some(c) = &q.country {
-            w.push(" AND v.country = ").bind(c.as_str());
-        }
-        if let Some(p) = &q.provider {
-            w.push(" AND pr.name_key = ").bind(p.to_lowercase());
-        }
-        if let Some(t) = &q.tag {
-            w.push(" AND EXISTS (SELECT 1 FROM vps_tags t WHERE t.vps_id = v.id AND t.tag = ")
-                .bind(t.as_str())
-                .push(")");
-        }
-        if let Some(h) = &q.hostname {
-            w.push(" AND v.hostname = ").bind(h.as_str());
-        }
-        if let Some(text) = &q.q {
-            let escaped = text
-                .to_lowercase()
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_");
-            let pat = format!("%{escaped}%");
-            w.push(" AND (v.hostname LIKE ")
-                .bind(pat.clone())
-                .push(" ESCAPE '\\'");
-            for col in ["v.alias", "v.city", "v.ip_addresses"] {
-                w.push(&format!(" OR LOWER(COALESCE({col}, '')) LIKE "))
-                    .bind(pat.clone())
-                    .push(" ESCAPE '\\'");
-            }
-            w.push(")");
-        }
+        let mut w = vps_filters(q);
         crate::contracts::filter(&mut w, f);
         let mut count = Sql::new(
             "SELECT COUNT(*) AS n FROM vps v LEFT JOIN providers pr ON pr.id = v.provider_id",
@@ -1136,4 +1095,53 @@ impl Drop for IpEdit<'_> {
             self.fleet.restore_pending_ips(id, at, ips);
         }
     }
+}
+
+/// The WHERE clause of [`VpsQuery`]'s filters as `GET /api/vps` means them (every list of VPS
+/// uses it, so a filter means the same on every page); provider names are matched through the
+/// `pr` join, and callers append their own clauses.
+pub(crate) fn vps_filters(q: &VpsQuery) -> Sql {
+    let mut w = Sql::new(" WHERE ");
+    match q.status {
+        Some(VpsStatus::Deleted) => w.push("v.deleted_at IS NOT NULL"),
+        Some(s) => w
+            .push("v.deleted_at IS NULL AND v.status = ")
+            .bind(s.as_str()),
+        None => w.push("v.deleted_at IS NULL"),
+    };
+    if let Some(p) = &q.purpose {
+        w.push(" AND v.purpose = ").bind(p.as_str());
+    }
+    if let Some(c) = &q.country {
+        w.push(" AND v.country = ").bind(c.as_str());
+    }
+    if let Some(p) = &q.provider {
+        w.push(" AND pr.name_key = ").bind(p.to_lowercase());
+    }
+    if let Some(t) = &q.tag {
+        w.push(" AND EXISTS (SELECT 1 FROM vps_tags t WHERE t.vps_id = v.id AND t.tag = ")
+            .bind(t.as_str())
+            .push(")");
+    }
+    if let Some(h) = &q.hostname {
+        w.push(" AND v.hostname = ").bind(h.as_str());
+    }
+    if let Some(text) = &q.q {
+        let escaped = text
+            .to_lowercase()
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        let pat = format!("%{escaped}%");
+        w.push(" AND (v.hostname LIKE ")
+            .bind(pat.clone())
+            .push(" ESCAPE '\\'");
+        for col in ["v.alias", "v.city", "v.ip_addresses"] {
+            w.push(&format!(" OR LOWER(COALESCE({col}, '')) LIKE "))
+                .bind(pat.clone())
+                .push(" ESCAPE '\\'");
+        }
+        w.push(")");
+    }
+    w
 }
