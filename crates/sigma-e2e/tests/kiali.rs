@@ -19,57 +19,12 @@
 //! etcd bytes per VPS by kind.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
-use sigma_e2e::mesh::{MeshCluster, env_path, healthy};
-use sigma_e2e::{ControlPlane, Netns, Proc, wait_for, work_dir};
-use sigma_testkit::SigmaApi;
-
-/// A simulated VPS running sigma-agent in mesh mode.
-struct Vps {
-    hostname: String,
-    _ns: Netns,
-    agent: Proc,
-}
-
-async fn new_vps(dir: &Path, ns: Netns, hostname: &str, api: &SigmaApi, token: &str) -> Vps {
-    let vps_dir = dir.join(hostname);
-    let root = vps_dir.join("root");
-    std::fs::create_dir_all(root.join("etc")).unwrap();
-    std::fs::create_dir_all(root.join("var/lib/istio/envoy")).unwrap();
-    std::fs::create_dir_all(vps_dir.join("state")).unwrap();
-    std::os::unix::fs::symlink("/etc/hosts", root.join("etc/hosts")).unwrap();
-    let agent_bin = env_path("SIGMA_E2E_PILOT_AGENT_BIN");
-    std::fs::copy(
-        Path::new(&agent_bin).with_file_name("envoy_bootstrap_tmpl.json"),
-        root.join("var/lib/istio/envoy/envoy_bootstrap_tmpl.json"),
-    )
-    .expect("Envoy bootstrap template next to pilot-agent");
-    let mut cmd = ns.command(sigma_testkit::bin("sigma-agent"));
-    cmd.env(
-        "SIGMA_API_URL",
-        format!("http://{}:{}", ns.host_ip, api.port),
-    )
-    .env("SIGMA_ENROLLMENT_TOKEN", token)
-    .env("AGENT_STATE_DIR", vps_dir.join("state"))
-    .env("AGENT_HOSTNAME", hostname)
-    .env("AGENT_INTERVAL", "1s")
-    .env("AGENT_METRICS_LISTEN", "0.0.0.0:9102")
-    .env("AGENT_ISTIO_ENABLED", "true")
-    .env("AGENT_ROOT", &root)
-    .env("AGENT_ISTIO_AGENT_PATH", &agent_bin)
-    .env("AGENT_ISTIO_ENVOY_PATH", env_path("SIGMA_ENVOY_BIN"))
-    .env("SIGMA_LOG", "info");
-    let agent = Proc::spawn(&format!("agent-{hostname}"), cmd, &vps_dir);
-    Vps {
-        hostname: hostname.to_string(),
-        _ns: ns,
-        agent,
-    }
-}
+use sigma_e2e::mesh::{MeshCluster, healthy};
+use sigma_e2e::{ControlPlane, wait_for, work_dir};
 
 /// Every object of an Istio kind in namespace `sigma`, as JSON.
 async fn list(cp: &ControlPlane, kind: &str) -> Vec<Value> {
@@ -145,15 +100,8 @@ async fn every_vps_is_a_kiali_workload_named_as_its_proxy() {
 
     // One hostname used verbatim as the object name, one that is cleaned and hashed.
     let mut fleet = vec![
-        new_vps(&dir, cluster.vps_namespace(31), "kiali-31", api, &token).await,
-        new_vps(
-            &dir,
-            cluster.vps_namespace(32),
-            "kiali-32.e2e.sigma",
-            api,
-            &token,
-        )
-        .await,
+        cluster.start_vps(&dir, 31, "kiali-31", &token),
+        cluster.start_vps(&dir, 32, "kiali-32.e2e.sigma", &token),
     ];
 
     let mut names = Vec::new();
