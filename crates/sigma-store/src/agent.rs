@@ -13,7 +13,7 @@ use crate::audit::{Record, record};
 use crate::auth::{Principal, TokenRefs};
 use crate::db::now_ms;
 use crate::error::{Error, Result, is_unique_violation};
-use crate::fleet::Beat;
+use crate::fleet::{Beat, MeshFacts};
 
 fn desired(v: &Vps) -> DesiredState {
     DesiredState {
@@ -518,6 +518,7 @@ impl Store {
                     .agent_state
                     .as_ref()
                     .and_then(|s| serde_json::to_string(s).ok()),
+                mesh: req.agent_state.as_ref().map(MeshFacts::of),
             },
         );
         let step = match hot.status {

@@ -1,17 +1,21 @@
-//! Queries only the web console (sigma-web) asks: the VPS list with sorting and the mesh-state
-//! filter, and the routes that make up relay chains. The JSON API's `list_vps` keeps its contract (hostname order); the console's list
+//! Queries only the web console (sigma-web) asks: the VPS list with sorting and the console's
+//! own filters (mesh state, proxies and certificates that need attention, contract expiry),
+//! the overview's mesh attention counts, and the routes that make up relay chains. The JSON API's `list_vps` keeps its contract (hostname order); the console's list
 //! applies the same filters with the same meaning and adds what a person scanning a fleet
 //! needs.
 
-use sigma_types::{EnvoyRoute, IpAddress, List, MeshSyncStatus, Vps, VpsQuery, VpsStatus};
+use sigma_types::mesh::MeshPhase;
+use sigma_types::{
+    ContractFilter, EnvoyRoute, IpAddress, List, MeshSyncStatus, Vps, VpsQuery, VpsStatus,
+};
 use sqlx::Row;
 use uuid::Uuid;
 
-use crate::Store;
 use crate::db::Sql;
 use crate::error::{Error, Result};
 use crate::inventory::VPS_SELECT;
 use crate::routes::{ROUTE_COLS, route_from_row};
+use crate::{Backend, Store};
 
 /// A column the console's VPS list can be sorted by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -81,14 +85,150 @@ fn order_by(sort: VpsSort, desc: bool) -> String {
     s
 }
 
+/// A fact an agent's mesh report makes the console flag (stored by the heartbeat flush,
+/// migration 0009; VPS whose agent never said are never flagged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeshAttention {
+    /// The agent reports its proxy in a state other than `ready`.
+    ProxyNotReady,
+    /// The workload certificate expires before this time (Unix ms); expired ones included.
+    CertExpiresBefore(i64),
+    /// The istio token expires before this time (Unix ms); expired ones included.
+    TokenExpiresBefore(i64),
+}
+
+/// Every proxy state but `ready`. The match makes a new state a compile error here until it
+/// is sorted into ready or not.
+fn proxy_not_ready() -> Vec<&'static str> {
+    [
+        MeshPhase::Installing,
+        MeshPhase::Starting,
+        MeshPhase::Ready,
+        MeshPhase::Degraded,
+        MeshPhase::Stopped,
+    ]
+    .into_iter()
+    .filter(|p| match p {
+        MeshPhase::Ready => false,
+        MeshPhase::Installing | MeshPhase::Starting | MeshPhase::Degraded | MeshPhase::Stopped => {
+            true
+        }
+    })
+    .map(MeshPhase::as_str)
+    .collect()
+}
+
+impl MeshAttention {
+    /// Appends its condition. Each names the column's `IS NOT NULL` and `v.deleted_at IS
+    /// NULL` itself so that both databases see the partial index of migration 0009 applies.
+    fn push(self, w: &mut Sql) {
+        match self {
+            MeshAttention::ProxyNotReady => {
+                w.push(
+                    " AND v.deleted_at IS NULL AND v.mesh_proxy IS NOT NULL AND v.mesh_proxy IN (",
+                );
+                for (i, p) in proxy_not_ready().into_iter().enumerate() {
+                    if i > 0 {
+                        w.push(", ");
+                    }
+                    w.bind(p);
+                }
+                w.push(")");
+            }
+            MeshAttention::CertExpiresBefore(t) => {
+                w.push(" AND v.deleted_at IS NULL AND v.mesh_cert_expires_at IS NOT NULL AND v.mesh_cert_expires_at < ")
+                    .bind(t);
+            }
+            MeshAttention::TokenExpiresBefore(t) => {
+                w.push(" AND v.deleted_at IS NULL AND v.mesh_token_expires_at IS NOT NULL AND v.mesh_token_expires_at < ")
+                    .bind(t);
+            }
+        }
+    }
+}
+
+/// The console's filters beyond [`VpsQuery`]'s.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConsoleFilter {
+    /// Only VPS in this mesh registry state.
+    pub mesh: Option<MeshSyncStatus>,
+    /// Only VPS with this mesh fact.
+    pub attention: Option<MeshAttention>,
+    /// The contract filters (`GET /api/vps`'s `expires_within_days`, …).
+    pub contract: ContractFilter,
+}
+
+/// Shortest search SQLite's trigram index answers (one trigram); shorter ones scan.
+const MIN_INDEXED_SEARCH: usize = 3;
+
+/// The console's text search, with the meaning of `GET /api/vps`'s `q` (a case-insensitive
+/// substring of the hostname, alias, city or address list) but read from migration 0009's
+/// index: SQLite's FTS5 trigram table (a phrase of the search's trigrams matches exactly the
+/// rows holding it as a substring, in any letter case), PostgreSQL's pg_trgm index over the
+/// same columns joined by newlines (a search is one line, so no match spans two columns).
+/// `None` when the search is short enough that SQLite has no trigram for it: the scan of
+/// [`crate::inventory::vps_filters`] answers those.
+fn indexed_search(backend: Backend, text: &str) -> Option<Sql> {
+    let mut w = Sql::new("");
+    match backend {
+        Backend::Sqlite => {
+            if text.chars().count() < MIN_INDEXED_SEARCH {
+                return None;
+            }
+            w.push(" AND v.search_key IN (SELECT rowid FROM vps_search WHERE vps_search MATCH ")
+                .bind(format!("\"{}\"", text.replace('"', "\"\"")))
+                .push(")");
+        }
+        Backend::Postgres => {
+            let escaped = text
+                .to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            w.push(
+                " AND lower(v.hostname || chr(10) || COALESCE(v.alias, '') || chr(10) \
+                 || COALESCE(v.city, '') || chr(10) || v.ip_addresses) LIKE ",
+            )
+            .bind(format!("%{escaped}%"))
+            .push(" ESCAPE '\\'");
+        }
+    }
+    Some(w)
+}
+
 /// The WHERE clause of [`VpsQuery`]'s filters, meaning what they mean for `GET /api/vps`, plus
-/// the mesh state.
-fn filters(q: &VpsQuery, mesh: Option<MeshSyncStatus>) -> Sql {
-    let mut w = crate::inventory::vps_filters(q);
-    if let Some(m) = mesh {
+/// the console's.
+fn filters(backend: Backend, q: &VpsQuery, f: &ConsoleFilter) -> Sql {
+    let search = q.q.as_deref().and_then(|t| indexed_search(backend, t));
+    let mut w = match &search {
+        Some(_) => crate::inventory::vps_filters(&VpsQuery {
+            q: None,
+            ..q.clone()
+        }),
+        None => crate::inventory::vps_filters(q),
+    };
+    if let Some(s) = &search {
+        w.push_sql(s);
+    }
+    if let Some(m) = f.mesh {
         w.push(" AND v.mesh_status = ").bind(m.as_str());
     }
+    if let Some(a) = f.attention {
+        a.push(&mut w);
+    }
+    crate::contracts::filter(&mut w, &f.contract);
     w
+}
+
+/// How many active VPS have each mesh fact the overview flags.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MeshAttentionCounts {
+    /// Proxies not ready.
+    pub proxies_not_ready: i64,
+    /// Certificates expired or expiring before the asked time.
+    pub certs_expiring: i64,
+    /// Tokens expired or expiring before the asked time.
+    pub tokens_expiring: i64,
 }
 
 impl Store {
@@ -102,7 +242,22 @@ impl Store {
         sort: VpsSort,
         desc: bool,
     ) -> Result<List<Vps>> {
-        let w = filters(q, mesh);
+        let f = ConsoleFilter {
+            mesh,
+            ..ConsoleFilter::default()
+        };
+        self.list_vps_console(q, &f, sort, desc).await
+    }
+
+    /// [`Store::list_vps_sorted`] with every console filter.
+    pub async fn list_vps_console(
+        &self,
+        q: &VpsQuery,
+        f: &ConsoleFilter,
+        sort: VpsSort,
+        desc: bool,
+    ) -> Result<List<Vps>> {
+        let w = filters(self.pools.backend, q, f);
         // The provider join is needed only to match a provider's name; without it the count
         // is read from an index alone.
         let mut count = Sql::new(if q.provider.is_some() {
@@ -140,6 +295,38 @@ impl Store {
                 .map(|r| self.vps_from_row(r))
                 .collect::<Result<_>>()?,
             total,
+        })
+    }
+}
+
+impl Store {
+    /// The overview's mesh attention counts over active VPS: proxies not ready, certificates
+    /// expiring before `cert_before` and tokens before `token_before` (Unix ms, expired ones
+    /// included). Each is a range of a small partial index (migration 0009).
+    pub async fn mesh_attention(
+        &self,
+        cert_before: i64,
+        token_before: i64,
+    ) -> Result<MeshAttentionCounts> {
+        let mut n = [0i64; 3];
+        for (slot, a) in n.iter_mut().zip([
+            MeshAttention::ProxyNotReady,
+            MeshAttention::CertExpiresBefore(cert_before),
+            MeshAttention::TokenExpiresBefore(token_before),
+        ]) {
+            let mut sql = Sql::new("SELECT COUNT(*) AS n FROM vps v WHERE v.status = ");
+            sql.bind(VpsStatus::Active.as_str());
+            a.push(&mut sql);
+            *slot = sql
+                .query()
+                .fetch_one(&self.pools.read)
+                .await?
+                .try_get("n")?;
+        }
+        Ok(MeshAttentionCounts {
+            proxies_not_ready: n[0],
+            certs_expiring: n[1],
+            tokens_expiring: n[2],
         })
     }
 }

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, RwLock};
 
-use sigma_types::{MeshSyncStatus, VpsStatus};
+use sigma_types::mesh::MeshPhase;
+use sigma_types::{AgentState, MeshSyncStatus, VpsStatus};
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -35,6 +36,39 @@ pub(crate) struct Beat {
     pub ips_json: Option<String>,
     pub system_info_json: Option<String>,
     pub agent_state_json: Option<String>,
+    /// The facts the console counts, from the same report as `agent_state_json` (both set or
+    /// both unset).
+    pub mesh: Option<MeshFacts>,
+}
+
+/// What the console's overview counts from an agent's mesh report, kept in columns of their
+/// own (migration 0009) so that counting them reads an index, not every row's JSON. Each is
+/// `None` when unknown: a classic-mode agent, or a mesh agent that does not know yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct MeshFacts {
+    /// The proxy's state.
+    pub proxy: Option<MeshPhase>,
+    /// When the workload certificate expires (Unix ms).
+    pub cert_expires_ms: Option<i64>,
+    /// When the istio token expires (Unix ms).
+    pub token_expires_ms: Option<i64>,
+}
+
+impl MeshFacts {
+    /// The facts of a report.
+    pub(crate) fn of(state: &AgentState) -> MeshFacts {
+        let ms = |t: time::OffsetDateTime| {
+            i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+        };
+        match &state.mesh_state {
+            None => MeshFacts::default(),
+            Some(m) => MeshFacts {
+                proxy: Some(m.state),
+                cert_expires_ms: m.cert_expires_at.map(ms),
+                token_expires_ms: m.token_expires_at.map(ms),
+            },
+        }
+    }
 }
 
 impl Beat {
@@ -51,6 +85,7 @@ impl Beat {
             }
             if newer.agent_state_json.is_some() {
                 self.agent_state_json = newer.agent_state_json;
+                self.mesh = newer.mesh;
             }
         } else {
             // An older beat re-queued after a failed write: keep only what the newer lacks.
@@ -62,6 +97,7 @@ impl Beat {
             }
             if self.agent_state_json.is_none() {
                 self.agent_state_json = newer.agent_state_json;
+                self.mesh = newer.mesh;
             }
         }
     }
@@ -229,6 +265,7 @@ impl Fleet {
                 ips_json: Some(ips_json),
                 system_info_json: None,
                 agent_state_json: None,
+                mesh: None,
             },
         );
     }
@@ -388,6 +425,52 @@ impl Store {
                  FROM b WHERE vps.id = b.id \
                  AND (vps.last_heartbeat_at IS NULL OR vps.last_heartbeat_at <= b.at)",
             );
+            sql.query().execute(&mut *tx).await?;
+        }
+        // The console's mesh facts, in a statement of their own that writes only rows whose
+        // facts changed: in SQLite every index over a column an UPDATE sets is rewritten even
+        // when the value stays, and these columns are indexed (migration 0009). Facts change
+        // when a proxy changes state or a certificate or token is renewed, so in the steady
+        // state this reads each row by its key and writes nothing. Rows a newer heartbeat
+        // already wrote (another replica) are left alone, as above.
+        let facts: Vec<_> = p
+            .beats
+            .iter()
+            .filter_map(|(id, b)| b.mesh.map(|m| (id, b.at, m)))
+            .collect();
+        let distinct = match self.pools.backend {
+            crate::Backend::Sqlite => "IS NOT",
+            crate::Backend::Postgres => "IS DISTINCT FROM",
+        };
+        for chunk in facts.chunks(BATCH) {
+            let mut sql = Sql::bulk(
+                self.pools.backend,
+                "WITH m(id, at, proxy, cert, token) AS (VALUES ",
+            );
+            for (i, (id, at, m)) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.push("(")
+                    .bind(**id)
+                    .push(", ")
+                    .bind(*at)
+                    .push(", ")
+                    .bind(m.proxy.map(MeshPhase::as_str))
+                    .push(", ")
+                    .bind(m.cert_expires_ms)
+                    .push(", ")
+                    .bind(m.token_expires_ms)
+                    .push(")");
+            }
+            sql.push(&format!(
+                ") UPDATE vps SET mesh_proxy = m.proxy, mesh_cert_expires_at = m.cert, \
+                 mesh_token_expires_at = m.token \
+                 FROM m WHERE vps.id = m.id AND vps.last_heartbeat_at <= m.at \
+                 AND (vps.mesh_proxy {distinct} m.proxy \
+                 OR vps.mesh_cert_expires_at {distinct} m.cert \
+                 OR vps.mesh_token_expires_at {distinct} m.token)"
+            ));
             sql.query().execute(&mut *tx).await?;
         }
         let uses: Vec<_> = p.key_uses.iter().collect();
@@ -630,6 +713,7 @@ mod tests {
             ips_json: ips.map(String::from),
             system_info_json: sys.map(String::from),
             agent_state_json: None,
+            mesh: None,
         }
     }
 

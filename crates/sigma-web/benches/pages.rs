@@ -11,6 +11,10 @@
 //! (offset near the end), a filtered list (country + tag), a text search, deep pages sorted by
 //! last heartbeat (descending) and by status, the first page sorted by country, the mesh-state
 //! filter (an empty match), a VPS detail and the overview.
+//!
+//! Then the heartbeat write cost: one heartbeat from every VPS (addresses unchanged, system
+//! info and a mesh-mode agent state) queued and written by one `Store::flush`, twice: the first
+//! flush writes new mesh facts, the second the same ones again (the steady state).
 
 use std::time::{Duration, Instant};
 
@@ -18,15 +22,39 @@ use axum::body::Body;
 use axum::http::Request;
 use http_body_util::BodyExt;
 use sigma_store::sessions::SessionLimits;
-use sigma_store::{ConnectSettings, Store, StoreSettings};
-use sigma_types::{IpAddress, VpsCreate};
+use sigma_store::{ConnectSettings, Principal, Store, StoreSettings};
+use sigma_types::{HeartbeatRequest, IpAddress, Role, VpsCreate};
 use tower::ServiceExt;
+use uuid::Uuid;
 
 fn env_or(key: &str, default: usize) -> usize {
     std::env::var(key)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// A mesh-mode heartbeat: one VPS in 50 has a proxy that is not ready, certificates expire
+/// spread over a day.
+fn beat(i: usize, hostname: &str, ips: &[IpAddress]) -> HeartbeatRequest {
+    let now = time::OffsetDateTime::now_utc();
+    serde_json::from_value(serde_json::json!({
+        "hostname": hostname,
+        "ip_addresses": ips,
+        "system_info": {"agent_version": "bench", "uptime_seconds": 1000},
+        "agent_state": {
+            "mode": "mesh",
+            "mesh_state": {
+                "state": if i % 50 == 0 { "degraded" } else { "ready" },
+                "token_expires_at": (now + time::Duration::hours(24 * 7))
+                    .format(&time::format_description::well_known::Rfc3339).unwrap(),
+                "cert_expires_at": (now + time::Duration::minutes((i % 1440) as i64))
+                    .format(&time::format_description::well_known::Rfc3339).unwrap(),
+                "restarts": 0
+            }
+        }
+    }))
+    .expect("heartbeat body")
 }
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {
@@ -57,6 +85,7 @@ async fn main() {
     let started = Instant::now();
     let countries = ["DE", "FI", "NL", "US", "FR", "SE", "PL", "JP"];
     let mut some_id = None;
+    let mut ids = Vec::with_capacity(n);
     for i in 0..n {
         let v = store
             .create_vps(
@@ -88,6 +117,7 @@ async fn main() {
         if i == n / 2 {
             some_id = Some(v.id);
         }
+        ids.push((v.id, v.hostname.clone(), v.ip_addresses.clone()));
     }
     println!(
         "inserted {n} VPS in {:.1} s",
@@ -140,6 +170,29 @@ async fn main() {
             pct(&times, 0.5),
             pct(&times, 0.99),
             pct(&times, 1.0),
+        );
+    }
+    for round in ["first", "steady"] {
+        let queued = Instant::now();
+        for (i, (id, hostname, ips)) in ids.iter().enumerate() {
+            let p = Principal {
+                key_id: Uuid::nil(),
+                prefix: "bench".into(),
+                role: Role::Agent,
+                vps_id: Some(*id),
+            };
+            store
+                .heartbeat(&p, &beat(i, hostname, ips))
+                .await
+                .expect("heartbeat");
+        }
+        let queued = queued.elapsed();
+        let t = Instant::now();
+        let written = store.flush().await.expect("flush");
+        println!(
+            "heartbeat flush ({round}): {written} heartbeats written in {:.0} ms (queued in {:.0} ms)",
+            t.elapsed().as_secs_f64() * 1000.0,
+            queued.as_secs_f64() * 1000.0,
         );
     }
     store.close().await;

@@ -114,6 +114,16 @@ pub fn ago(t: OffsetDateTime) -> String {
     }
 }
 
+/// A duration in its largest whole unit (`6 h`, `10 min`, `45 s`, `2 d`).
+pub fn span(d: std::time::Duration) -> String {
+    match d.as_secs() {
+        s if s >= 86_400 && s % 86_400 == 0 => format!("{} d", s / 86_400),
+        s if s >= 3600 && s % 3600 == 0 => format!("{} h", s / 3600),
+        s if s >= 60 && s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
+}
+
 /// A byte count in binary units.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -140,6 +150,11 @@ mod tests {
         assert_eq!(bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
         let t = OffsetDateTime::from_unix_timestamp(0).unwrap();
         assert_eq!(time(t), "1970-01-01 00:00:00 UTC");
+        let d = std::time::Duration::from_secs;
+        assert_eq!(span(d(6 * 3600)), "6 h");
+        assert_eq!(span(d(600)), "10 min");
+        assert_eq!(span(d(90)), "90 s");
+        assert_eq!(span(d(2 * 86_400)), "2 d");
     }
 
     #[test]

@@ -47,6 +47,13 @@ pub struct WebSettings {
     /// An active VPS whose agent has been quiet this long counts as silent (three of the
     /// agent's default 30 s heartbeat intervals).
     pub silent_after: Duration,
+    /// The overview flags workload certificates that expire within this (Istio's default 24 h
+    /// certificates are renewed at about half their life, so a healthy proxy's never gets
+    /// this close).
+    pub cert_warning: Duration,
+    /// The overview flags istio tokens that expire within this (agents refresh a token at
+    /// 50-70% of its life, 1 h by default: a healthy agent's keeps 18 minutes or more).
+    pub token_warning: Duration,
 }
 
 impl Default for WebSettings {
@@ -58,6 +65,8 @@ impl Default for WebSettings {
             trust_forwarded_proto: false,
             sessions: SessionLimits::default(),
             silent_after: Duration::from_secs(90),
+            cert_warning: Duration::from_secs(6 * 3600),
+            token_warning: Duration::from_secs(10 * 60),
         }
     }
 }

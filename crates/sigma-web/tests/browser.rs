@@ -186,7 +186,13 @@ async fn hostile_vps(api: &SigmaApi) -> String {
         .bearer_auth(&agent_key)
         .json(&json!({"hostname": "hostile.example.net",
                       "system_info": {"os": HOSTILE_IMG, "kernel": HOSTILE_SCRIPT,
-                                      "note": "\"><svg onload=alert(3)>"}}))
+                                      "note": "\"><svg onload=alert(3)>"},
+                      // A mesh-mode agent whose proxy is degraded, with a certificate and a
+                      // token about to expire: the overview flags all three.
+                      "agent_state": {"mode": "mesh", "mesh_state": {
+                          "state": "degraded", "reason": HOSTILE_IMG,
+                          "cert_expires_at": rfc3339(Duration::from_secs(3600)),
+                          "token_expires_at": rfc3339(Duration::from_secs(120))}}}))
         .send()
         .await
         .unwrap();
@@ -199,6 +205,30 @@ async fn hostile_vps(api: &SigmaApi) -> String {
     .await
     .expect("hostile system info stored");
     id
+}
+
+/// Now plus `d`, in RFC 3339 (UTC).
+fn rfc3339(d: Duration) -> String {
+    let t = std::time::SystemTime::now() + d;
+    let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,7 +281,46 @@ async fn console_in_a_real_browser() {
     wait_text(&c, "h1", |t| t == "Overview").await;
     let overview = text_of(&c, "main").await;
     assert!(overview.contains("31 VPS"), "{overview}");
+    // The mesh summary: the hostile VPS's degraded proxy, its certificate (1 h left, inside
+    // the 6 h window) and its token (2 min left, inside 10 min), each linking to the list.
+    let attention = text_of(&c, "#mesh-attention").await;
+    for label in [
+        "Proxies not ready",
+        "Certificates expiring within 6 h",
+        "Tokens expiring within 10 min",
+    ] {
+        let line = attention
+            .lines()
+            .find(|l| l.contains(label))
+            .unwrap_or_default();
+        assert_eq!(
+            line.split_whitespace().last(),
+            Some("1"),
+            "{label:?} in {attention:?}"
+        );
+    }
     shot(&c, &shots, "overview").await;
+    c.find(Locator::LinkText("Proxies not ready"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&c, ".summary", |t| t.contains("of 1 ")).await;
+    assert!(
+        text_of(&c, "table.vps-list")
+            .await
+            .contains("hostile.example.net")
+    );
+    c.goto(&format!("{}/vps?status=active&attention=cert", api.url))
+        .await
+        .unwrap();
+    assert!(text_of(&c, ".summary").await.contains("of 1 "));
+    c.goto(&format!("{}/vps?attention=certs", api.url))
+        .await
+        .unwrap();
+    assert!(exists(&c, "#err-attention").await, "a bad filter is named");
+    c.goto(&format!("{}/", api.url)).await.unwrap();
     let cookie = c.get_named_cookie("sigma_session").await.unwrap();
     assert_eq!(cookie.http_only(), Some(true));
     assert_eq!(format!("{:?}", cookie.same_site()), "Some(Strict)");
@@ -357,6 +426,49 @@ async fn console_in_a_real_browser() {
     let (_, v) = api.call("GET", &format!("/api/vps/{target}"), None).await;
     assert_eq!(v["country"], "SE");
     assert_eq!(v["alias"], "front <b>door</b>");
+
+    // Contract fields: the API's decoder names an impossible date at its field, then the
+    // store's rule (a cost needs a currency) names the currency; fixed, they are saved.
+    let f = c.form(Locator::Css("form.edit")).await.unwrap();
+    f.set_by_name("contract.cost", "4.99").await.unwrap();
+    f.set_by_name("contract.expires_on", "2031-02-30")
+        .await
+        .unwrap();
+    f.set_by_name("contract.ssh_port", "2222").await.unwrap();
+    f.submit().await.unwrap();
+    let err = wait_text(&c, "[id='err-contract.expires_on']", |t| !t.is_empty()).await;
+    assert!(err.contains("2031-02-30"), "{err}");
+    let f = c.form(Locator::Css("form.edit")).await.unwrap();
+    f.set_by_name("contract.expires_on", "2031-02-28")
+        .await
+        .unwrap();
+    f.submit().await.unwrap();
+    let err = wait_text(&c, "[id='err-contract.currency']", |t| !t.is_empty()).await;
+    assert!(err.contains("required"), "{err}");
+    shot(&c, &shots, "vps-contract-error").await;
+    let f = c.form(Locator::Css("form.edit")).await.unwrap();
+    f.set_by_name("contract.currency", "eur").await.unwrap();
+    f.submit().await.unwrap();
+    wait_text(&c, ".notice", |t| t.contains("Saved")).await;
+    let card = text_of(&c, "#contract").await;
+    assert!(
+        card.contains("4.99 EUR") && card.contains("2031-02-28") && card.contains("2222"),
+        "{card}"
+    );
+    let (_, v) = api.call("GET", &format!("/api/vps/{target}"), None).await;
+    assert_eq!(v["contract"]["cost"], "4.99", "{v}");
+    assert_eq!(v["contract"]["currency"], "EUR", "{v}");
+    assert_eq!(v["contract"]["ssh_port"], 2222, "{v}");
+    // The list's expiry filter and column.
+    c.goto(&format!("{}/vps?expires=3650", api.url))
+        .await
+        .unwrap();
+    let list = text_of(&c, "table.vps-list").await;
+    assert!(
+        list.contains("web-01.example.net") && list.contains("2031-02-28"),
+        "{list}"
+    );
+    assert!(text_of(&c, ".summary").await.contains("of 1 "));
 
     // Enrollment: a token with presets, and the one-line install command.
     c.goto(&format!("{}/enrollment", api.url)).await.unwrap();

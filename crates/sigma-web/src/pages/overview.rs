@@ -37,9 +37,31 @@ fn breakdown(title: &str, filter: &str, rows: &[(Option<String>, i64)]) -> Marku
     }
 }
 
+/// Unix milliseconds of a time.
+fn unix_ms(t: time::OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// A mesh attention count linking to the VPS it counts (the list's `attention` filter).
+fn attention_row(filter: &str, label: &str, n: i64) -> Markup {
+    html! {
+        tr {
+            td { a href={ "/vps" (query(&[("status", "active"), ("attention", filter)])) } { (label) } }
+            td.num { @if n > 0 { strong.warn { (n) } } @else { (n) } }
+        }
+    }
+}
+
 /// `GET /`.
 pub async fn page(State(web): State<Web>, Signed(s): Signed) -> WebResult<Markup> {
     let f = web.store.fleet_summary(web.settings.silent_after).await?;
+    let now = time::OffsetDateTime::now_utc();
+    let cert_before = now + web.settings.cert_warning;
+    let token_before = now + web.settings.token_warning;
+    let attention = web
+        .store
+        .mesh_attention(unix_ms(cert_before), unix_ms(token_before))
+        .await?;
     let purposes: Vec<_> = f
         .by_purpose
         .iter()
@@ -77,9 +99,16 @@ pub async fn page(State(web): State<Web>, Signed(s): Signed) -> WebResult<Markup
                 h2 { "Mesh" }
                 table.counts { tbody {
                     @for (st, n) in &f.by_mesh {
-                        tr { td { span class={ "badge mesh-" (st.as_str()) } { (st.as_str()) } } td.num { (n) } }
+                        tr { td { a href={ "/vps" (query(&[("mesh", st.as_str())])) } { span class={ "badge mesh-" (st.as_str()) } { (st.as_str()) } } } td.num { (n) } }
                     }
                 } }
+                h3 { "Active VPS needing attention" }
+                table.counts #mesh-attention { tbody {
+                    (attention_row("proxy", "Proxies not ready", attention.proxies_not_ready))
+                    (attention_row("cert", &format!("Certificates expiring within {}", layout::span(web.settings.cert_warning)), attention.certs_expiring))
+                    (attention_row("token", &format!("Tokens expiring within {}", layout::span(web.settings.token_warning)), attention.tokens_expiring))
+                } }
+                p.muted { "From what mesh-mode agents last reported; expired ones count too." }
                 p.links {
                     @if let Some(k) = &web.settings.kiali_url { a href=(k) rel="noopener noreferrer" { "Kiali" } " " }
                     @if let Some(g) = &web.settings.grafana_url { a href=(g) rel="noopener noreferrer" { "Grafana" } }

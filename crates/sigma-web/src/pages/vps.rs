@@ -1,12 +1,14 @@
-//! The VPS list: filters (the JSON API's, plus the mesh state), search, sorting and
-//! server-side pages. The VPS page is in [`super::vps_detail`].
+//! The VPS list: filters (the JSON API's, plus the mesh state, the mesh facts the overview
+//! flags and contract expiry), search, sorting and server-side pages. The VPS page is in [`super::vps_detail`].
 
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
-use sigma_store::console::VpsSort;
-use sigma_types::{FieldErrors, MeshSyncStatus, Normalize, Provider, Purpose, VpsQuery, VpsStatus};
+use sigma_store::console::{ConsoleFilter, MeshAttention, VpsSort};
+use sigma_types::{
+    ContractFilter, FieldErrors, MeshSyncStatus, Normalize, Provider, Purpose, VpsQuery, VpsStatus,
+};
 
 use super::{field_error, query};
 use crate::Web;
@@ -28,6 +30,8 @@ struct Filters {
     tag: String,
     q: String,
     mesh: String,
+    attention: String,
+    expires: String,
     sort: VpsSort,
     desc: bool,
     page: i64,
@@ -92,6 +96,8 @@ impl Filters {
                 tag: get("tag"),
                 q: get("q"),
                 mesh: get("mesh"),
+                attention: get("attention"),
+                expires: get("expires"),
                 sort,
                 desc,
                 page,
@@ -109,6 +115,43 @@ impl Filters {
                 e.add("mesh", format!("{m:?} is not a mesh state"));
                 None
             }),
+        }
+    }
+
+    /// The console's own filters, checked; `web` gives the overview's warning windows so that
+    /// the list shows exactly what the overview counted.
+    fn console(&self, web: &crate::WebSettings, e: &mut FieldErrors) -> ConsoleFilter {
+        let now = time::OffsetDateTime::now_utc();
+        let ms = |d: std::time::Duration| {
+            i64::try_from((now + d).unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+        };
+        let attention = match self.attention.as_str() {
+            "" => None,
+            "proxy" => Some(MeshAttention::ProxyNotReady),
+            "cert" => Some(MeshAttention::CertExpiresBefore(ms(web.cert_warning))),
+            "token" => Some(MeshAttention::TokenExpiresBefore(ms(web.token_warning))),
+            _ => {
+                e.add("attention", "must be proxy, cert or token");
+                None
+            }
+        };
+        let expires_within_days = match self.expires.as_str() {
+            "" => None,
+            d => match d.parse::<i64>() {
+                Ok(d) if (0..=3650).contains(&d) => Some(d),
+                _ => {
+                    e.add("expires", "must be a number of days, 0-3650");
+                    None
+                }
+            },
+        };
+        ConsoleFilter {
+            mesh: self.mesh(e),
+            attention,
+            contract: ContractFilter {
+                expires_within_days,
+                ..ContractFilter::default()
+            },
         }
     }
 
@@ -164,6 +207,8 @@ impl Filters {
             ("provider", &self.provider),
             ("tag", &self.tag),
             ("mesh", &self.mesh),
+            ("attention", &self.attention),
+            ("expires", &self.expires),
             ("q", &self.q),
         ]
         .into_iter()
@@ -236,6 +281,34 @@ pub(super) fn provider_options(p: &[Provider]) -> Vec<(String, String)> {
     p.iter().map(|p| (p.name.clone(), p.name.clone())).collect()
 }
 
+fn attention_options() -> Vec<(String, String)> {
+    [
+        ("proxy", "proxy not ready"),
+        ("cert", "certificate expiring"),
+        ("token", "token expiring"),
+    ]
+    .into_iter()
+    .map(|(v, l)| (v.to_string(), l.to_string()))
+    .collect()
+}
+
+/// Contract expiry presets; any 0-3650 typed into the URL works too.
+fn expires_options(current: &str) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = [
+        ("0", "expired (or today)"),
+        ("7", "within 7 days"),
+        ("30", "within 30 days"),
+        ("90", "within 90 days"),
+    ]
+    .into_iter()
+    .map(|(v, l)| (v.to_string(), l.to_string()))
+    .collect();
+    if !current.is_empty() && !v.iter().any(|(x, _)| x == current) {
+        v.push((current.to_string(), format!("within {current} days")));
+    }
+    v
+}
+
 fn mesh_options() -> Vec<(String, String)> {
     MeshSyncStatus::ALL
         .iter()
@@ -263,13 +336,15 @@ pub async fn list(
     RawQuery(raw): RawQuery,
 ) -> WebResult<Response> {
     let (f, mut errors) = Filters::parse(raw.as_deref());
-    let mesh = f.mesh(&mut errors);
+    let console = f.console(&web.settings, &mut errors);
     let q = f.query(&mut errors);
     let (purposes, providers) = choices(&web).await?;
     let result = match &q {
-        Some(q) if errors.is_empty() => {
-            Some(web.store.list_vps_sorted(q, mesh, f.sort, f.desc).await?)
-        }
+        Some(q) if errors.is_empty() => Some(
+            web.store
+                .list_vps_console(q, &console, f.sort, f.desc)
+                .await?,
+        ),
         _ => None,
     };
     let body = html! {
@@ -284,6 +359,8 @@ pub async fn list(
                 (field_error(&errors, "country"))
             }
             div.field { (select("mesh", "Mesh", &f.mesh, Some("any"), &mesh_options())) (field_error(&errors, "mesh")) }
+            div.field { (select("attention", "Needs attention", &f.attention, Some("any"), &attention_options())) (field_error(&errors, "attention")) }
+            div.field { (select("expires", "Contract expires", &f.expires, Some("any"), &expires_options(&f.expires))) (field_error(&errors, "expires")) }
             div.field {
                 label for="f-tag" { "Tag" }
                 input #f-tag type="text" name="tag" value=(f.tag) size="10";
@@ -350,6 +427,7 @@ pub async fn list(
                                     td.mono { (v.public_ip().unwrap_or("")) }
                                     td { @match v.last_heartbeat_at { Some(t) => span title=(layout::time(t)) { (layout::ago(t)) }, None => span.muted { "never" } } }
                                     td { span class={ "badge mesh-" (v.mesh.status.as_str()) } { (v.mesh.status.as_str()) } }
+                                    td.mono { @if let Some(d) = v.contract.expires_on { (d.to_string()) } }
                                 }
                             }
                         }
@@ -419,6 +497,26 @@ mod tests {
         assert!(
             !h.contains("aria-sort") && h.contains("sort=country&amp;dir=asc"),
             "{h}"
+        );
+
+        let (f, mut e) = Filters::parse(Some("attention=cert&expires=30&page=2"));
+        let c = f.console(&crate::WebSettings::default(), &mut e);
+        assert!(e.is_empty(), "{e:?}");
+        assert!(matches!(
+            c.attention,
+            Some(MeshAttention::CertExpiresBefore(_))
+        ));
+        assert_eq!(c.contract.expires_within_days, Some(30));
+        let next = f.link(3);
+        assert!(
+            next.contains("attention=cert") && next.contains("expires=30"),
+            "{next}"
+        );
+        let (f, mut e) = Filters::parse(Some("attention=all&expires=-1"));
+        f.console(&crate::WebSettings::default(), &mut e);
+        assert!(
+            e.0.contains_key("attention") && e.0.contains_key("expires"),
+            "{e:?}"
         );
 
         let (f, mut e) = Filters::parse(Some("mesh=sideways&sort=ip&dir=up"));

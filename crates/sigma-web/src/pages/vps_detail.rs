@@ -1,5 +1,6 @@
-//! The VPS page: inventory fields (editable, with the API's own validation messages at the
-//! field), addresses, system info, the mesh section, routes, lifecycle steps and history.
+//! The VPS page: inventory and contract fields (editable, with the API's own validation
+//! messages at the field), addresses, system info, the mesh section, routes, lifecycle steps
+//! and history.
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
@@ -7,7 +8,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use sigma_store::sessions::Session;
-use sigma_types::{AuditFilter, FieldErrors, Provider, Purpose, Vps, VpsPatchBody, VpsStatus};
+use sigma_types::{
+    AuditFilter, BillingCycle, FieldErrors, Provider, Purpose, Vps, VpsContract, VpsPatchBody,
+    VpsStatus,
+};
 use uuid::Uuid;
 
 use super::vps::{choices, provider_options, purpose_options, select, status_options};
@@ -44,7 +48,76 @@ fn draft_of(v: &Vps) -> Form {
     if v.mesh_opt_out {
         pairs.push(("mesh_opt_out".into(), "on".into()));
     }
+    let c = &v.contract;
+    let n = |x: Option<i64>| x.map(|n| n.to_string()).unwrap_or_default();
+    for (k, val) in [
+        ("cost", c.cost.map(|a| a.to_string()).unwrap_or_default()),
+        ("currency", o(&c.currency)),
+        (
+            "billing_cycle",
+            c.billing_cycle
+                .map(|b| b.as_str().to_string())
+                .unwrap_or_default(),
+        ),
+        (
+            "purchased_on",
+            c.purchased_on.map(|d| d.to_string()).unwrap_or_default(),
+        ),
+        (
+            "expires_on",
+            c.expires_on.map(|d| d.to_string()).unwrap_or_default(),
+        ),
+        ("cpu_cores", n(c.cpu_cores)),
+        ("ram_mb", n(c.ram_mb)),
+        ("disk_gb", n(c.disk_gb)),
+        ("traffic_gb", n(c.traffic_gb)),
+        ("ssh_port", n(c.ssh_port)),
+        ("data_center", o(&c.data_center)),
+    ] {
+        pairs.push((format!("contract.{k}"), val));
+    }
+    if c.auto_renew {
+        pairs.push(("contract.auto_renew".into(), "on".into()));
+    }
     Form::from_pairs(pairs)
+}
+
+/// The contract fields of the edit form: text fields, then the whole numbers.
+const CONTRACT_TEXT: [&str; 6] = [
+    "cost",
+    "currency",
+    "billing_cycle",
+    "purchased_on",
+    "expires_on",
+    "data_center",
+];
+const CONTRACT_NUMBERS: [&str; 5] = ["cpu_cores", "ram_mb", "disk_gb", "traffic_gb", "ssh_port"];
+
+/// The `contract` member of the PATCH body: every field present (blank clears it), numbers as
+/// numbers when they read as one and as typed otherwise, so the API's decoder names the field.
+fn contract_json(f: &Form) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for k in CONTRACT_TEXT {
+        let v = f
+            .text(&format!("contract.{k}"))
+            .map_or(serde_json::Value::Null, serde_json::Value::String);
+        m.insert(k.to_string(), v);
+    }
+    for k in CONTRACT_NUMBERS {
+        let v = match f.text(&format!("contract.{k}")) {
+            None => serde_json::Value::Null,
+            Some(t) => t
+                .parse::<i64>()
+                .map(serde_json::Value::from)
+                .unwrap_or(serde_json::Value::String(t)),
+        };
+        m.insert(k.to_string(), v);
+    }
+    m.insert(
+        "auto_renew".into(),
+        serde_json::Value::Bool(f.get("contract.auto_renew").is_some()),
+    );
+    serde_json::Value::Object(m)
 }
 
 /// The PATCH body a submitted edit form stands for, in the JSON API's shape, so it is checked
@@ -77,6 +150,7 @@ fn patch_json(f: &Form) -> serde_json::Value {
         "node_exporter_port": port.parse::<i64>().map(serde_json::Value::from)
             .unwrap_or_else(|_| serde_json::Value::String(port.to_string())),
         "mesh_opt_out": f.get("mesh_opt_out").is_some(),
+        "contract": contract_json(f),
     })
 }
 
@@ -95,6 +169,87 @@ fn text_input(d: &EditState, name: &str, label: &str, hint: &str) -> Markup {
                 aria-invalid=[err.map(|_| "true")] aria-describedby=[err.map(|_| format!("err-{name}"))];
             @if !hint.is_empty() { span.hint { (hint) } }
             (field_error(d.errors, name))
+        }
+    }
+}
+
+/// The form names the edit form shows an error at; others are listed above the button.
+fn shown_at_a_field(k: &str) -> bool {
+    [
+        "hostname",
+        "alias",
+        "provider",
+        "country",
+        "city",
+        "purpose",
+        "status",
+        "tags",
+        "node_exporter_port",
+        "mesh_opt_out",
+        "contract.auto_renew",
+    ]
+    .contains(&k)
+        || k.strip_prefix("contract.")
+            .is_some_and(|c| CONTRACT_TEXT.contains(&c) || CONTRACT_NUMBERS.contains(&c))
+}
+
+/// The contract part of the edit form.
+fn contract_fields(d: &EditState) -> Markup {
+    let cycles: Vec<(String, String)> = std::iter::once((String::new(), "(not set)".to_string()))
+        .chain(
+            BillingCycle::ALL
+                .iter()
+                .map(|c| (c.as_str().to_string(), c.as_str().to_string())),
+        )
+        .collect();
+    html! {
+        fieldset.contract {
+            legend { "Contract and specs" }
+            (text_input(d, "contract.cost", "Cost per billing cycle", "exact decimal, e.g. 4.99"))
+            (text_input(d, "contract.currency", "Currency", "ISO 4217, e.g. EUR; required with a cost"))
+            div.field {
+                (select("contract.billing_cycle", "Billing cycle", d.draft.get("contract.billing_cycle").unwrap_or(""), None, &cycles))
+                (field_error(d.errors, "contract.billing_cycle"))
+            }
+            (text_input(d, "contract.purchased_on", "Purchased on", "YYYY-MM-DD"))
+            (text_input(d, "contract.expires_on", "Paid until", "YYYY-MM-DD"))
+            div.field.check {
+                input #e-contract-auto_renew type="checkbox" name="contract.auto_renew" checked[d.draft.get("contract.auto_renew").is_some()];
+                label for="e-contract-auto_renew" { "Renewed by the provider by itself" }
+                (field_error(d.errors, "contract.auto_renew"))
+            }
+            (text_input(d, "contract.cpu_cores", "CPU cores", ""))
+            (text_input(d, "contract.ram_mb", "RAM (MiB)", ""))
+            (text_input(d, "contract.disk_gb", "Disk (GB)", ""))
+            (text_input(d, "contract.traffic_gb", "Traffic per month (GB)", "blank: unknown or unmetered"))
+            (text_input(d, "contract.ssh_port", "SSH port", ""))
+            (text_input(d, "contract.data_center", "Data centre", ""))
+        }
+    }
+}
+
+/// The contract card of the VPS page.
+fn contract_card(c: &VpsContract) -> Markup {
+    let dash = |o: Option<String>| o.unwrap_or_else(|| "—".to_string());
+    html! {
+        section.card #contract {
+            h2 { "Contract" }
+            dl {
+                dt { "Cost" } dd { @match (c.cost, &c.currency) {
+                    (Some(a), Some(cur)) => { (a.to_string()) " " (cur) @if let Some(b) = c.billing_cycle { " / " (b.as_str()) } },
+                    _ => "—",
+                } }
+                dt { "Purchased on" } dd { (dash(c.purchased_on.map(|d| d.to_string()))) }
+                dt { "Paid until" } dd { (dash(c.expires_on.map(|d| d.to_string()))) @if c.auto_renew { " (renews automatically)" } }
+                dt { "CPU / RAM / disk" } dd {
+                    (dash(c.cpu_cores.map(|n| format!("{n} cores")))) " / "
+                    (dash(c.ram_mb.map(|n| format!("{n} MiB")))) " / "
+                    (dash(c.disk_gb.map(|n| format!("{n} GB"))))
+                }
+                dt { "Traffic" } dd { (dash(c.traffic_gb.map(|n| format!("{n} GB per month")))) }
+                dt { "SSH port" } dd { (dash(c.ssh_port.map(|n| n.to_string()))) }
+                dt { "Data centre" } dd { (dash(c.data_center.clone())) }
+            }
         }
     }
 }
@@ -143,8 +298,9 @@ fn edit_form(
                     label for="e-mesh_opt_out" { "Keep out of the mesh" }
                     (field_error(d.errors, "mesh_opt_out"))
                 }
+                (contract_fields(d))
                 @for (k, m) in &d.errors.0 {
-                    @if !["hostname", "alias", "provider", "country", "city", "purpose", "status", "tags", "node_exporter_port", "mesh_opt_out"].contains(&k.as_str()) {
+                    @if !shown_at_a_field(k) {
                         p.field-error role="alert" { (k) ": " (m) }
                     }
                 }
@@ -241,6 +397,7 @@ async fn detail_page(
                 }
             }
         }
+        (contract_card(&v.contract))
         (mesh_section)
         (routes::section(s, v, &routes))
         @if operate { (edit_form(s, v, &edit, &purposes, &providers)) }
@@ -304,7 +461,13 @@ pub async fn edit(
         Err(fe) => Err(sigma_store::Error::Invalid(fe)),
         Ok(b) => {
             web.store
-                .update_vps(&s.principal.actor(), id, &b.patch, b.mesh_opt_out)
+                .update_vps_with(
+                    &s.principal.actor(),
+                    id,
+                    &b.patch,
+                    b.mesh_opt_out,
+                    b.contract.as_ref(),
+                )
                 .await
         }
     };
@@ -353,7 +516,42 @@ mod tests {
         assert_eq!(j["alias"], serde_json::Value::Null);
         assert_eq!(j["tags"], serde_json::json!(["a", "b"]));
         assert_eq!(j["monitoring"], false);
+        assert_eq!(j["contract"]["cost"], serde_json::Value::Null);
+        assert_eq!(j["contract"]["auto_renew"], false);
         let e = VpsPatchBody::from_json(j).unwrap_err();
         assert!(e.0.contains_key("node_exporter_port"), "{e:?}");
+    }
+
+    #[test]
+    fn contract_fields_reach_the_api_decoder_and_come_back_named() {
+        let f = Form::from_pairs(vec![
+            ("hostname".into(), "web-1.example.net".into()),
+            ("purpose".into(), "xrayr".into()),
+            ("status".into(), "active".into()),
+            ("node_exporter_port".into(), "9100".into()),
+            ("contract.cost".into(), "4.99".into()),
+            ("contract.currency".into(), "eur".into()),
+            ("contract.expires_on".into(), "2027-02-30".into()),
+            ("contract.ssh_port".into(), "22".into()),
+            ("contract.auto_renew".into(), "on".into()),
+        ]);
+        let j = patch_json(&f);
+        assert_eq!(j["contract"]["ssh_port"], 22);
+        assert_eq!(j["contract"]["auto_renew"], true);
+        let e = VpsPatchBody::from_json(j).unwrap_err();
+        assert!(e.0.contains_key("contract.expires_on"), "{e:?}");
+        assert!(shown_at_a_field("contract.expires_on") && !shown_at_a_field("contract"));
+
+        let ok = Form::from_pairs(vec![
+            ("hostname".into(), "web-1.example.net".into()),
+            ("purpose".into(), "xrayr".into()),
+            ("status".into(), "active".into()),
+            ("node_exporter_port".into(), "9100".into()),
+            ("contract.cost".into(), "4.99".into()),
+            ("contract.currency".into(), "EUR".into()),
+            ("contract.cpu_cores".into(), "two".into()),
+        ]);
+        let e = VpsPatchBody::from_json(patch_json(&ok)).unwrap_err();
+        assert!(e.0.contains_key("contract.cpu_cores"), "{e:?}");
     }
 }
