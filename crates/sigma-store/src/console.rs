@@ -1,8 +1,11 @@
 //! Queries only the web console (sigma-web) asks: the VPS list with sorting and the console's
 //! own filters (mesh state, proxies and certificates that need attention, contract expiry),
-//! the overview's mesh attention counts, and the routes that make up relay chains. The JSON API's `list_vps` keeps its contract (hostname order); the console's list
+//! the overview's fleet summary and mesh attention counts, and the routes that make up relay
+//! chains. The JSON API's `list_vps` keeps its contract (hostname order); the console's list
 //! applies the same filters with the same meaning and adds what a person scanning a fleet
 //! needs.
+
+use std::collections::HashMap;
 
 use sigma_types::mesh::MeshPhase;
 use sigma_types::{
@@ -11,7 +14,7 @@ use sigma_types::{
 use sqlx::Row;
 use uuid::Uuid;
 
-use crate::db::Sql;
+use crate::db::{Sql, now_ms};
 use crate::error::{Error, Result};
 use crate::inventory::VPS_SELECT;
 use crate::routes::{ROUTE_COLS, route_from_row};
@@ -85,8 +88,9 @@ fn order_by(sort: VpsSort, desc: bool) -> String {
     s
 }
 
-/// A fact an agent's mesh report makes the console flag (stored by the heartbeat flush,
-/// migration 0009; VPS whose agent never said are never flagged).
+/// A fact an agent's mesh report makes the console flag on an active VPS (stored by the
+/// heartbeat flush, migration 0009; VPS whose agent never said are never flagged). Only
+/// active VPS count: a retiring or retired VPS's proxy is meant to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MeshAttention {
     /// The agent reports its proxy in a state other than `ready`.
@@ -120,8 +124,12 @@ fn proxy_not_ready() -> Vec<&'static str> {
 
 impl MeshAttention {
     /// Appends its condition. Each names the column's `IS NOT NULL` and `v.deleted_at IS
-    /// NULL` itself so that both databases see the partial index of migration 0009 applies.
+    /// NULL` itself so that both databases see the partial index of migration 0009 applies,
+    /// and writes the status test as `v.status || ''` so that SQLite (no statistics) reads
+    /// that small index rather than walking every active VPS in `vps_live_by_status`.
     fn push(self, w: &mut Sql) {
+        w.push(" AND v.status || '' = ")
+            .bind(VpsStatus::Active.as_str());
         match self {
             MeshAttention::ProxyNotReady => {
                 w.push(
@@ -314,8 +322,7 @@ impl Store {
             MeshAttention::CertExpiresBefore(cert_before),
             MeshAttention::TokenExpiresBefore(token_before),
         ]) {
-            let mut sql = Sql::new("SELECT COUNT(*) AS n FROM vps v WHERE v.status = ");
-            sql.bind(VpsStatus::Active.as_str());
+            let mut sql = Sql::new("SELECT COUNT(*) AS n FROM vps v WHERE 1 = 1");
             a.push(&mut sql);
             *slot = sql
                 .query()
@@ -328,6 +335,141 @@ impl Store {
             certs_expiring: n[1],
             tokens_expiring: n[2],
         })
+    }
+}
+
+/// The fleet at a glance, for the console's overview.
+#[derive(Debug, Clone, Default)]
+pub struct FleetSummary {
+    /// Live VPS (not deleted).
+    pub total: i64,
+    /// Live VPS by status, every status present.
+    pub by_status: Vec<(VpsStatus, i64)>,
+    /// Live VPS by purpose, largest first.
+    pub by_purpose: Vec<(String, i64)>,
+    /// Live VPS by country (`None`: unset), largest first.
+    pub by_country: Vec<(Option<String>, i64)>,
+    /// Live VPS by provider name (`None`: unset), largest first.
+    pub by_provider: Vec<(Option<String>, i64)>,
+    /// Live VPS by mesh state, every state present.
+    pub by_mesh: Vec<(MeshSyncStatus, i64)>,
+    /// Active VPS whose agent was last heard before the silence threshold (or never).
+    pub silent: i64,
+}
+
+/// How many rows of each breakdown the summary keeps.
+const SUMMARY_GROUPS: usize = 50;
+
+/// Sorts a breakdown largest first (ties by name, unset last) and keeps the first
+/// [`SUMMARY_GROUPS`].
+fn top<K: Ord + Clone>(counts: HashMap<K, i64>) -> Vec<(K, i64)> {
+    let mut v: Vec<(K, i64)> = counts.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    v.truncate(SUMMARY_GROUPS);
+    v
+}
+
+/// `None` after every name, so "(not set)" closes a tie.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Named {
+    Some(String),
+    Unset,
+}
+
+impl From<Option<String>> for Named {
+    fn from(o: Option<String>) -> Self {
+        o.map_or(Named::Unset, Named::Some)
+    }
+}
+
+impl Store {
+    /// The fleet summary of the console's overview. `silent_after` is how long an active VPS's
+    /// agent may be quiet before it counts as silent.
+    ///
+    /// One pass over the partial covering index `vps_live_summary` (migration 0008): the live
+    /// rows grouped by every breakdown at once, folded here; the silent count comes from the
+    /// heartbeat index. Grouping by the index's own column
+    /// order lets both databases stream the groups without sorting and without touching the
+    /// table's wide rows (system info, agent state). The number of groups is the number of
+    /// distinct (status, mesh state, purpose, country, provider) combinations in use, a few
+    /// hundred in a real fleet and never more than the number of VPS.
+    pub async fn fleet_summary(&self, silent_after: std::time::Duration) -> Result<FleetSummary> {
+        let cutoff =
+            now_ms().saturating_sub(i64::try_from(silent_after.as_millis()).unwrap_or(i64::MAX));
+        let rows = sqlx::query(
+            "SELECT status, mesh_status, purpose, country, provider_id, COUNT(*) AS n \
+             FROM vps WHERE deleted_at IS NULL \
+             GROUP BY status, mesh_status, purpose, country, provider_id",
+        )
+        .fetch_all(&self.pools.read)
+        .await?;
+        // Silent: counted from `vps_live_by_heartbeat` (which holds the status): the never-heard
+        // and the too-quiet, each a range of that index, so a healthy fleet costs next to
+        // nothing. `status || ''` keeps the planner off the status index, which would visit
+        // every active row.
+        let silent: i64 = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM vps WHERE deleted_at IS NULL AND status || '' = 'active' \
+             AND last_heartbeat_at IS NULL) + (SELECT COUNT(*) FROM vps WHERE deleted_at IS NULL \
+             AND status || '' = 'active' AND last_heartbeat_at < $1) AS n",
+        )
+        .bind(cutoff)
+        .fetch_one(&self.pools.read)
+        .await?
+        .try_get("n")?;
+        let providers: HashMap<String, String> = sqlx::query("SELECT id, name FROM providers")
+            .fetch_all(&self.pools.read)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("name")?)))
+            .collect::<Result<_>>()?;
+        let mut s = FleetSummary {
+            by_status: VpsStatus::ALL
+                .iter()
+                .filter(|st| **st != VpsStatus::Deleted)
+                .map(|st| (*st, 0))
+                .collect(),
+            by_mesh: MeshSyncStatus::ALL.iter().map(|st| (*st, 0)).collect(),
+            silent,
+            ..FleetSummary::default()
+        };
+        let mut purposes: HashMap<String, i64> = HashMap::new();
+        let mut countries: HashMap<Named, i64> = HashMap::new();
+        let mut by_provider: HashMap<Named, i64> = HashMap::new();
+        for r in &rows {
+            let n: i64 = r.try_get("n")?;
+            let status: String = r.try_get("status")?;
+            let mesh: String = r.try_get("mesh_status")?;
+            let provider: Option<String> = r.try_get("provider_id")?;
+            s.total += n;
+            if let Some(slot) = s.by_status.iter_mut().find(|(x, _)| x.as_str() == status) {
+                slot.1 += n;
+            }
+            if let Some(slot) = s.by_mesh.iter_mut().find(|(x, _)| x.as_str() == mesh) {
+                slot.1 += n;
+            }
+            *purposes.entry(r.try_get("purpose")?).or_default() += n;
+            *countries
+                .entry(r.try_get::<Option<String>, _>("country")?.into())
+                .or_default() += n;
+            // A provider id without a row cannot be (foreign key); it would count as unset.
+            let name = provider.and_then(|id| providers.get(&id).cloned());
+            *by_provider.entry(name.into()).or_default() += n;
+        }
+        let named = |v: Vec<(Named, i64)>| {
+            v.into_iter()
+                .map(|(k, n)| {
+                    let k = match k {
+                        Named::Some(s) => Some(s),
+                        Named::Unset => None,
+                    };
+                    (k, n)
+                })
+                .collect()
+        };
+        s.by_purpose = top(purposes);
+        s.by_country = named(top(countries));
+        s.by_provider = named(top(by_provider));
+        Ok(s)
     }
 }
 

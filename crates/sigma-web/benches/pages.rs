@@ -10,7 +10,8 @@
 //! Prints p50/p99/max server time and bytes per page for: the first list page, a deep page
 //! (offset near the end), a filtered list (country + tag), a text search, deep pages sorted by
 //! last heartbeat (descending) and by status, the first page sorted by country, the mesh-state
-//! filter (an empty match), a VPS detail and the overview.
+//! filter (an empty match), a two-character search (below the trigram index: a scan), the
+//! mesh attention filters (empty until the heartbeats below), a VPS detail and the overview.
 //!
 //! Then the heartbeat write cost: one heartbeat from every VPS (addresses unchanged, system
 //! info and a mesh-mode agent state) queued and written by one `Store::flush`, twice: the first
@@ -143,6 +144,9 @@ async fn main() {
         ("list, by country", "/vps?sort=country&dir=asc".to_string()),
         ("list, by status", format!("/vps?sort=status&page={deep}")),
         ("list, mesh=error", "/vps?mesh=error".to_string()),
+        ("list, search 2 chars", "/vps?q=42".to_string()),
+        ("list, cert expiring", "/vps?attention=cert".to_string()),
+        ("list, proxy not ready", "/vps?attention=proxy".to_string()),
         ("detail", detail),
         ("overview", "/".to_string()),
     ];

@@ -312,7 +312,7 @@ async fn console_in_a_real_browser() {
             .await
             .contains("hostile.example.net")
     );
-    c.goto(&format!("{}/vps?status=active&attention=cert", api.url))
+    c.goto(&format!("{}/vps?attention=cert", api.url))
         .await
         .unwrap();
     assert!(text_of(&c, ".summary").await.contains("of 1 "));

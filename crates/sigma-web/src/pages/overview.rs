@@ -46,7 +46,7 @@ fn unix_ms(t: time::OffsetDateTime) -> i64 {
 fn attention_row(filter: &str, label: &str, n: i64) -> Markup {
     html! {
         tr {
-            td { a href={ "/vps" (query(&[("status", "active"), ("attention", filter)])) } { (label) } }
+            td { a href={ "/vps" (query(&[("attention", filter)])) } { (label) } }
             td.num { @if n > 0 { strong.warn { (n) } } @else { (n) } }
         }
     }
