@@ -594,6 +594,29 @@ mod tests {
     }
 
     #[test]
+    fn mesh_facts_travel_with_the_report_they_come_from() {
+        let facts = |p: MeshPhase| MeshFacts {
+            proxy: Some(p),
+            ..MeshFacts::default()
+        };
+        let with = |at: i64, p: MeshPhase| Beat {
+            agent_state_json: Some(format!("{{{at}}}")),
+            mesh: Some(facts(p)),
+            ..beat(at, None, None)
+        };
+        let mut b = with(1, MeshPhase::Starting);
+        b.merge(beat(2, None, Some("{}")));
+        assert_eq!(b.mesh, Some(facts(MeshPhase::Starting)), "no report: kept");
+        b.merge(with(3, MeshPhase::Ready));
+        assert_eq!(b.mesh, Some(facts(MeshPhase::Ready)));
+        b.merge(with(0, MeshPhase::Degraded));
+        assert_eq!(b.mesh, Some(facts(MeshPhase::Ready)), "older: ignored");
+        // A classic-mode report clears what a mesh one said.
+        let classic = AgentState::default();
+        assert_eq!(MeshFacts::of(&classic), MeshFacts::default());
+    }
+
+    #[test]
     fn requeue_keeps_newer_pending_data() {
         let f = Fleet::default();
         let id = Uuid::new_v4();

@@ -325,6 +325,9 @@ async fn mesh_facts_and_search_postgres() {
     mesh_facts_and_search(true).await;
 }
 
+/// A row's hostname and mesh facts.
+type Facts = (String, Option<String>, Option<i64>, Option<i64>);
+
 /// 0009 fills the new columns from the reports stored before it, and indexes the VPS that
 /// exist for search.
 async fn backfill(postgres: bool) {
@@ -386,7 +389,7 @@ async fn backfill(postgres: bool) {
     .fetch_all(&pool)
     .await
     .unwrap();
-    let got: Vec<(String, Option<String>, Option<i64>, Option<i64>)> = rows
+    let got: Vec<Facts> = rows
         .iter()
         .map(|r| {
             (

@@ -46,7 +46,7 @@ fn beat(i: usize, hostname: &str, ips: &[IpAddress]) -> HeartbeatRequest {
         "agent_state": {
             "mode": "mesh",
             "mesh_state": {
-                "state": if i % 50 == 0 { "degraded" } else { "ready" },
+                "state": if i.is_multiple_of(50) { "degraded" } else { "ready" },
                 "token_expires_at": (now + time::Duration::hours(24 * 7))
                     .format(&time::format_description::well_known::Rfc3339).unwrap(),
                 "cert_expires_at": (now + time::Duration::minutes((i % 1440) as i64))
