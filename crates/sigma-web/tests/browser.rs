@@ -445,6 +445,12 @@ async fn console_in_a_real_browser() {
     f.submit().await.unwrap();
     let err = wait_text(&c, "[id='err-contract.currency']", |t| !t.is_empty()).await;
     assert!(err.contains("required"), "{err}");
+    c.execute(
+        "document.getElementById('err-contract.currency').scrollIntoView({block: 'center'})",
+        vec![],
+    )
+    .await
+    .unwrap();
     shot(&c, &shots, "vps-contract-error").await;
     let f = c.form(Locator::Css("form.edit")).await.unwrap();
     f.set_by_name("contract.currency", "eur").await.unwrap();
