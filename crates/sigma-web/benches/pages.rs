@@ -36,9 +36,14 @@ fn env_or(key: &str, default: usize) -> usize {
 }
 
 /// A mesh-mode heartbeat: one VPS in 50 has a proxy that is not ready, certificates expire
-/// spread over a day.
-fn beat(i: usize, hostname: &str, ips: &[IpAddress]) -> HeartbeatRequest {
-    let now = time::OffsetDateTime::now_utc();
+/// spread over a day from `now` (the same for every round: an agent's expiry times change only
+/// when it renews).
+fn beat(
+    i: usize,
+    hostname: &str,
+    ips: &[IpAddress],
+    now: time::OffsetDateTime,
+) -> HeartbeatRequest {
     serde_json::from_value(serde_json::json!({
         "hostname": hostname,
         "ip_addresses": ips,
@@ -176,6 +181,7 @@ async fn main() {
             pct(&times, 1.0),
         );
     }
+    let now = time::OffsetDateTime::now_utc();
     for round in ["first", "steady"] {
         let queued = Instant::now();
         for (i, (id, hostname, ips)) in ids.iter().enumerate() {
@@ -186,7 +192,7 @@ async fn main() {
                 vps_id: Some(*id),
             };
             store
-                .heartbeat(&p, &beat(i, hostname, ips))
+                .heartbeat(&p, &beat(i, hostname, ips, now))
                 .await
                 .expect("heartbeat");
         }
