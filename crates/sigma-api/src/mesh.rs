@@ -227,6 +227,7 @@ mod tests {
         let text = metrics.encode();
         for want in [
             "# TYPE sigma_api_mesh_passes counter\n",
+            "sigma_api_mesh_passes_total{result=\"failed\"} 0\n",
             "# TYPE sigma_api_mesh_pass_failures counter\n",
             "# TYPE sigma_api_mesh_kube_calls counter\n",
             "sigma_api_mesh_kube_calls_total{verb=\"list\"} 1\n",
@@ -235,8 +236,7 @@ mod tests {
             "# TYPE sigma_api_bootstrap_kube_calls counter\n",
             "sigma_api_bootstrap_kube_calls_total{call=\"token_request\"} 1\n",
             "sigma_api_bootstrap_kube_call_failures_total{call=\"token_request\"} 1\n",
-            "# TYPE sigma_api_agent_heartbeats counter\n",
-            "# TYPE sigma_api_vps gauge\n",
+            "sigma_api_bootstrap_kube_calls_total{call=\"service\"} 0\n",
         ] {
             assert!(text.contains(want), "{want} missing from:\n{text}");
         }

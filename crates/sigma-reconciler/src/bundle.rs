@@ -236,6 +236,7 @@ impl BundleIssuer {
         self.calls.register(
             registry,
             "made for Istio bootstrap bundles by call (config_map, service, token_request)",
+            BundleCall::ALL.map(|call| BundleCallLabels { call }),
         );
     }
 

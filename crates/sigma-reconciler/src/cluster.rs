@@ -129,6 +129,7 @@ impl Cluster {
         self.calls.register(
             registry,
             "of the mesh reconciler by verb (list, apply, delete)",
+            Verb::ALL.map(|verb| VerbLabels { verb }),
         );
     }
 

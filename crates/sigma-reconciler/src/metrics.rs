@@ -125,6 +125,9 @@ pub enum Verb {
 }
 
 impl Verb {
+    /// Every verb.
+    pub const ALL: [Verb; 3] = [Verb::List, Verb::Apply, Verb::Delete];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -148,6 +151,13 @@ pub enum BundleCall {
 }
 
 impl BundleCall {
+    /// Every call.
+    pub const ALL: [BundleCall; 3] = [
+        BundleCall::ConfigMap,
+        BundleCall::Service,
+        BundleCall::TokenRequest,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -199,8 +209,16 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Registers the counters into `registry` (sigma-api: its `mesh` sub-registry).
+    /// Registers the counters into `registry` (sigma-api: its `mesh` sub-registry). Every
+    /// label set is exported from the start, at 0: a series that first appears at 1 loses
+    /// that first increase to `increase()` and `rate()`.
     pub fn register(&self, registry: &mut Registry) {
+        for result in [PassResult::Ok, PassResult::Failed] {
+            self.passes.get_or_create(&PassLabels { result });
+        }
+        for error in FailureKind::ALL {
+            self.failures.get_or_create(&FailureLabels { error });
+        }
         registry.register(
             "passes",
             "Mesh reconcile passes since start by result (ok, failed)",
@@ -316,8 +334,17 @@ where
     L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
 {
     /// Registers both counters as `kube_calls` and `kube_call_failures` with `what` in their
-    /// help text.
-    pub fn register(&self, registry: &mut Registry, what: &str) {
+    /// help text, each of the `known` label sets exported from the start at 0.
+    pub fn register(
+        &self,
+        registry: &mut Registry,
+        what: &str,
+        known: impl IntoIterator<Item = L>,
+    ) {
+        for labels in known {
+            self.calls.get_or_create(&labels);
+            self.failures.get_or_create(&labels);
+        }
         registry.register(
             "kube_calls",
             format!("Kubernetes API calls {what} since start"),
@@ -366,7 +393,11 @@ mod tests {
         let calls = CallCounters::<VerbLabels>::default();
         let mesh = registry.sub_registry_with_prefix("mesh");
         stats.register(mesh);
-        calls.register(mesh, "of the mesh reconciler by verb");
+        calls.register(
+            mesh,
+            "of the mesh reconciler by verb",
+            Verb::ALL.map(|verb| VerbLabels { verb }),
+        );
         stats.pass_ok(1_700_000_000);
         stats.pass_failed(FailureKind::Kube);
         stats.pass_failed(FailureKind::Kube);
@@ -382,6 +413,8 @@ mod tests {
             "sigma_api_mesh_pass_failures_total{error=\"kube\"} 2",
             "# TYPE sigma_api_mesh_kube_calls counter",
             "sigma_api_mesh_kube_calls_total{verb=\"apply\"} 1",
+            "sigma_api_mesh_kube_calls_total{verb=\"list\"} 0",
+            "sigma_api_mesh_pass_failures_total{error=\"timeout\"} 0",
             "sigma_api_mesh_kube_call_failures_total{verb=\"apply\"} 1",
             "# TYPE sigma_api_mesh_leader gauge",
             "sigma_api_mesh_leader 1",
