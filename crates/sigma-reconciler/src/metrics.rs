@@ -214,10 +214,10 @@ impl Stats {
     /// that first increase to `increase()` and `rate()`.
     pub fn register(&self, registry: &mut Registry) {
         for result in [PassResult::Ok, PassResult::Failed] {
-            self.passes.get_or_create(&PassLabels { result });
+            drop(self.passes.get_or_create(&PassLabels { result }));
         }
         for error in FailureKind::ALL {
-            self.failures.get_or_create(&FailureLabels { error });
+            drop(self.failures.get_or_create(&FailureLabels { error }));
         }
         registry.register(
             "passes",
@@ -342,8 +342,8 @@ where
         known: impl IntoIterator<Item = L>,
     ) {
         for labels in known {
-            self.calls.get_or_create(&labels);
-            self.failures.get_or_create(&labels);
+            drop(self.calls.get_or_create(&labels));
+            drop(self.failures.get_or_create(&labels));
         }
         registry.register(
             "kube_calls",
