@@ -107,10 +107,10 @@ sigma_api_vps{{status="active"}} 2
 sigma_api_vps{{status="provisioning"}} 1
 # TYPE sigma_api_agent_heartbeats counter
 sigma_api_agent_heartbeats_total{{result="ok"}} {n}
-# TYPE sigma_api_mesh_reconcile counter
-sigma_api_mesh_reconcile_total{{result="ok"}} {n}
+# TYPE sigma_api_mesh_passes counter
+sigma_api_mesh_passes_total{{result="ok"}} {n}
 # TYPE sigma_api_mesh_vps gauge
-sigma_api_mesh_vps{{state="synced"}} 3
+sigma_api_mesh_vps{{status="synced"}} 3
 # EOF
 """
 

@@ -131,14 +131,11 @@ async fn run_classic(
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) -> anyhow::Result<()> {
-    let metrics = Arc::new(sigma_agent::metrics::Metrics::default());
     let xds = sigma_xds::XdsServer::new(sigma_xds::ResourceOptions {
         listen_address: prepared.config.route_listen_address,
     });
-    let sink = Arc::new(sigma_agent::xds::XdsSink::new(
-        xds.handle(),
-        metrics.clone(),
-    ));
+    let metrics = Arc::new(sigma_agent::metrics::Metrics::classic(&xds.handle()));
+    let sink = Arc::new(sigma_agent::xds::XdsSink::new(xds.handle()));
     let addr = prepared.config.xds_listen;
     let stop = shutdown.clone();
     let listener = tokio::net::TcpListener::bind(addr)

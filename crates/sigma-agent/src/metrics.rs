@@ -63,14 +63,6 @@ pub struct Metrics {
     pub registered: Gauge,
     /// Desired-state version last applied.
     pub applied_version: Gauge,
-    /// Envoys connected to the agent's xDS server.
-    pub xds_clients: Gauge,
-    /// Envoy config version served.
-    pub xds_config_version: Gauge,
-    /// Pushes to Envoy.
-    pub xds_pushes: Counter,
-    /// Updates Envoy rejected.
-    pub xds_nacks: Counter,
     /// Unix time the main loop last ran (for `/healthz`).
     pub loop_tick: AtomicI64,
     /// Seconds after which a silent main loop counts as stuck.
@@ -118,30 +110,6 @@ impl Default for Metrics {
             "Desired-state version last applied",
             applied_version.clone(),
         );
-        let xds_clients = Gauge::default();
-        r.register(
-            "xds_clients",
-            "Envoys connected to the xDS server",
-            xds_clients.clone(),
-        );
-        let xds_config_version = Gauge::default();
-        r.register(
-            "xds_config_version",
-            "Envoy routes version served",
-            xds_config_version.clone(),
-        );
-        let xds_pushes = Counter::default();
-        r.register(
-            "xds_pushes",
-            "Configuration pushes to Envoy",
-            xds_pushes.clone(),
-        );
-        let xds_nacks = Counter::default();
-        r.register(
-            "xds_nacks",
-            "Configuration updates Envoy rejected",
-            xds_nacks.clone(),
-        );
         Metrics {
             registry: r,
             heartbeats,
@@ -150,10 +118,6 @@ impl Default for Metrics {
             key_rejected,
             registered,
             applied_version,
-            xds_clients,
-            xds_config_version,
-            xds_pushes,
-            xds_nacks,
             loop_tick: AtomicI64::new(now()),
             stuck_after: AtomicU64::new(120),
             mesh: None,
@@ -166,6 +130,14 @@ fn now() -> i64 {
 }
 
 impl Metrics {
+    /// The metrics of an agent in classic mode: the common ones and its xDS server's, which
+    /// the server keeps and counts itself (`sigma_agent_xds_*`).
+    pub fn classic(xds: &sigma_xds::XdsHandle) -> Metrics {
+        let mut m = Metrics::default();
+        xds.register_metrics(m.registry.sub_registry_with_prefix("xds"));
+        m
+    }
+
     /// The metrics of an agent in mesh mode: the common ones and the mesh proxy's.
     pub fn with_mesh() -> Metrics {
         let mut m = Metrics::default();
@@ -408,5 +380,24 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("sigma_agent_key_rejected 0"));
+    }
+
+    #[test]
+    fn classic_mode_exports_the_xds_servers_counters() {
+        let xds = sigma_xds::XdsServer::new(sigma_xds::ResourceOptions {
+            listen_address: "127.0.0.1".parse().unwrap(),
+        });
+        let m = Metrics::classic(&xds.handle());
+        xds.handle().publish(3, Vec::new());
+        let t = m.encode();
+        for want in [
+            "# TYPE sigma_agent_xds_pushes counter\nsigma_agent_xds_pushes_total 0\n",
+            "# TYPE sigma_agent_xds_nacks counter\nsigma_agent_xds_nacks_total 0\n",
+            "sigma_agent_xds_config_version 3\n",
+            "sigma_agent_xds_clients 0\n",
+        ] {
+            assert!(t.contains(want), "{want} missing from:\n{t}");
+        }
+        assert!(!Metrics::default().encode().contains("xds"));
     }
 }

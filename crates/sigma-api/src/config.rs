@@ -420,12 +420,12 @@ impl Config {
 
     /// How bootstrap bundles are built, checked (in every mode, so a bad flag stops the start
     /// instead of the first bundle).
-    pub fn bootstrap_settings(
+    pub fn bundle_settings(
         &self,
         template: &sigma_mesh::MeshTemplate,
-    ) -> anyhow::Result<sigma_reconciler::BootstrapSettings> {
-        use sigma_reconciler::bootstrap::{MAX_TOKEN_TTL, MIN_TOKEN_TTL};
-        let control_plane = sigma_mesh::bootstrap::ControlPlane {
+    ) -> anyhow::Result<sigma_reconciler::BundleSettings> {
+        use sigma_reconciler::bundle::{MAX_TOKEN_TTL, MIN_TOKEN_TTL};
+        let control_plane = sigma_mesh::bundle::ControlPlane {
             namespace: self.istio_namespace.clone(),
             revision: self
                 .istio_revision
@@ -472,7 +472,7 @@ impl Config {
         if !problems.is_empty() {
             anyhow::bail!("{}", problems.join("; "));
         }
-        Ok(sigma_reconciler::BootstrapSettings {
+        Ok(sigma_reconciler::BundleSettings {
             mesh_namespace: template.namespace.clone(),
             control_plane,
             token_ttl: self.istio_token_ttl,

@@ -122,3 +122,13 @@ impl IntoResponse for ApiError {
         resp
     }
 }
+
+/// `errors` with each field put under `prefix` (`purposes.xrayr` + `ports` →
+/// `purposes.xrayr.ports`).
+pub(crate) fn fields_under(prefix: &str, errors: FieldErrors) -> FieldErrors {
+    let mut fields = FieldErrors::new();
+    for (k, v) in errors.0 {
+        fields.add(format!("{prefix}.{k}"), v);
+    }
+    fields
+}

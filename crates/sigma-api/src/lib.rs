@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod json;
+pub mod mesh;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
@@ -26,6 +27,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 pub use config::Config;
 use error::ApiError;
+pub use mesh::{MeshRuntime, MeshState};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -42,32 +44,6 @@ pub struct AppState {
     pub targets: Arc<routes::prometheus::TargetsCache>,
     /// What `GET /install.sh` writes into the agent installer.
     pub installer: Arc<routes::install::InstallerDefaults>,
-}
-
-/// The mesh registry as the handlers see it.
-pub struct MeshState {
-    /// Mode this replica runs in.
-    pub mode: config::MeshMode,
-    /// The template every object is generated from.
-    pub template: sigma_mesh::MeshTemplate,
-    /// The reconciler's counters and its API call counters (kubernetes mode only).
-    pub reconciler: Option<(Arc<sigma_reconciler::Stats>, Arc<sigma_reconciler::Cluster>)>,
-    /// Where Prometheus scrapes Envoy on mesh VPS.
-    pub envoy_metrics: config::EnvoyMetricsVia,
-    /// Istio bootstrap bundle issuance (kubernetes mode only).
-    pub bootstrap: Option<Arc<sigma_reconciler::Bootstrap>>,
-}
-
-impl Default for MeshState {
-    fn default() -> Self {
-        MeshState {
-            mode: config::MeshMode::Off,
-            template: sigma_mesh::MeshTemplate::default(),
-            reconciler: None,
-            envoy_metrics: config::EnvoyMetricsVia::Direct,
-            bootstrap: None,
-        }
-    }
 }
 
 async fn not_found() -> ApiError {
@@ -104,9 +80,11 @@ pub fn router_with(
     installer: Arc<routes::install::InstallerDefaults>,
 ) -> Router {
     let (api, doc) = openapi::api_router().split_for_parts();
+    let mut metrics = metrics::Metrics::default();
+    mesh.register_metrics(metrics.registry_mut());
     let state = AppState {
         store,
-        metrics: Arc::new(metrics::Metrics::default()),
+        metrics: Arc::new(metrics),
         openapi: Arc::new(serde_json::to_value(&doc).unwrap_or_default()),
         mesh,
         targets: Arc::default(),
@@ -128,8 +106,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let url = cfg.database_url()?;
     let admin_key = cfg.admin_key()?;
     let template = cfg.mesh_template().context("mesh settings")?;
-    let bootstrap_settings = cfg
-        .bootstrap_settings(&template)
+    let bundle_settings = cfg
+        .bundle_settings(&template)
         .context("Istio bootstrap settings")?;
     let mesh_mode = cfg.effective_mesh_mode();
     let installer = cfg
@@ -191,29 +169,27 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     store.spawn_background(&tracker, shutdown.clone());
 
     tracing::info!(mode = ?mesh_mode, namespace = %template.namespace, "mesh registry");
-    let mut mesh = MeshState {
-        mode: mesh_mode,
-        template: template.clone(),
-        reconciler: None,
-        envoy_metrics: cfg.prometheus_envoy_metrics,
-        bootstrap: None,
+    // A client exists exactly in kubernetes mode (read above, or the start stopped there).
+    let mesh = match kube_client {
+        Some(client) => MeshState::start_kubernetes(
+            &cfg,
+            &store,
+            client,
+            template,
+            bundle_settings,
+            &tracker,
+            &shutdown,
+        ),
+        None => MeshState {
+            template,
+            envoy_metrics: cfg.prometheus_envoy_metrics,
+            runtime: if mesh_mode == config::MeshMode::Export {
+                MeshRuntime::Export
+            } else {
+                MeshRuntime::Off
+            },
+        },
     };
-    if let Some(client) = kube_client {
-        tracing::info!(
-            istiod = %bootstrap_settings.control_plane.istiod_address(),
-            mesh_config = %bootstrap_settings.control_plane.mesh_config_map(),
-            eastwest = ?bootstrap_settings.eastwest_address,
-            token_ttl = ?bootstrap_settings.token_ttl,
-            "Istio bootstrap bundles"
-        );
-        mesh.bootstrap = Some(Arc::new(sigma_reconciler::Bootstrap::new(
-            client.clone(),
-            bootstrap_settings,
-        )));
-        mesh.reconciler = Some(spawn_reconciler(
-            &cfg, &store, client, template, &tracker, &shutdown,
-        ));
-    }
 
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -223,14 +199,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     println!("sigma-api listening on http://{addr}");
 
     let mesh = Arc::new(mesh);
-    let console_mesh = ConsoleMeshReports(AppState {
+    let console_mesh = ConsoleMeshReports {
         store: store.clone(),
-        metrics: Arc::default(),
-        openapi: Arc::default(),
         mesh: mesh.clone(),
-        targets: Arc::default(),
-        installer: Arc::default(),
-    });
+    };
     let app = router_with(
         store.clone(),
         cfg.max_body_bytes as usize,
@@ -264,78 +236,24 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     served
 }
 
-/// The console's mesh reports: the handler of `GET /api/vps/{id}/mesh` itself, called with the
-/// console user's principal (only the store and the mesh state of `AppState` are read).
-struct ConsoleMeshReports(AppState);
+/// The console's mesh reports: the same diagnosis `GET /api/vps/{id}/mesh` answers (the
+/// console has checked its user's session; the diagnosis needs no principal).
+struct ConsoleMeshReports {
+    store: Store,
+    mesh: Arc<MeshState>,
+}
 
 impl sigma_web::MeshReports for ConsoleMeshReports {
     fn report<'a>(
         &'a self,
-        who: &'a sigma_store::Principal,
+        _who: &'a sigma_store::Principal,
         id: uuid::Uuid,
     ) -> sigma_web::BoxFuture<'a, Result<sigma_types::mesh::VpsMeshReport, String>> {
         Box::pin(async move {
-            routes::mesh::vps_mesh(
-                axum::extract::State(self.0.clone()),
-                extract::Reader(who.clone()),
-                extract::ApiPath(id.to_string()),
-            )
-            .await
-            .map(|axum::Json(r)| r)
-            .map_err(|e| e.message)
+            self.mesh
+                .diagnose(&self.store, id)
+                .await
+                .map_err(|e| e.message)
         })
     }
-}
-
-/// Starts the mesh reconciler and, unless disabled, the leader election that decides whether
-/// this replica runs it. Both stop on `shutdown`.
-fn spawn_reconciler(
-    cfg: &Config,
-    store: &Store,
-    client: kube::Client,
-    template: sigma_mesh::MeshTemplate,
-    tracker: &TaskTracker,
-    shutdown: &CancellationToken,
-) -> (Arc<sigma_reconciler::Stats>, Arc<sigma_reconciler::Cluster>) {
-    use tracing::Instrument;
-    let cluster = Arc::new(sigma_reconciler::Cluster::new(
-        client.clone(),
-        sigma_reconciler::ClusterSettings {
-            namespace: template.namespace.clone(),
-            qps: f64::from(cfg.mesh_api_qps),
-            burst: cfg.mesh_api_burst,
-            timeout: cfg.kube_timeout,
-            ..sigma_reconciler::ClusterSettings::default()
-        },
-    ));
-    let leadership = match cfg.mesh_leader_election {
-        config::LeaderElection::Lease => sigma_reconciler::Leadership::Lease {
-            client,
-            settings: sigma_reconciler::LeaseSettings::new(
-                &cfg.mesh_lease_name,
-                &template.namespace,
-            ),
-        },
-        config::LeaderElection::None => sigma_reconciler::Leadership::Always,
-    };
-    let (leader, hold) = leadership.start(shutdown.clone());
-    if let Some(hold) = hold {
-        tracker.spawn(hold.instrument(tracing::info_span!("mesh_leader_election")));
-    }
-    let reconciler = sigma_reconciler::Reconciler::new(
-        store.clone(),
-        cluster.clone(),
-        sigma_reconciler::ReconcilerSettings {
-            template,
-            resync: cfg.mesh_resync_interval,
-            ..sigma_reconciler::ReconcilerSettings::default()
-        },
-    );
-    let stats = reconciler.stats.clone();
-    tracker.spawn(
-        reconciler
-            .run(leader, shutdown.clone())
-            .instrument(tracing::info_span!("mesh_reconciler")),
-    );
-    (stats, cluster)
 }

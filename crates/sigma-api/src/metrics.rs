@@ -1,6 +1,14 @@
-//! sigma-api's own Prometheus metrics.
+//! sigma-api's Prometheus registry and the metrics its HTTP layer counts.
+//!
+//! One registry (prefix `sigma_api`) holds everything `/metrics` serves. What the HTTP layer
+//! counts (requests, agent heartbeats and registrations, bundle requests) is registered here;
+//! the subsystems register what they count themselves, each in a sub-registry
+//! ([`crate::MeshState::register_metrics`]: the reconciler under `mesh_`, bundle issuance under
+//! `bootstrap_`). The inventory gauges are counts of the database: [`InventoryGauges`] keeps
+//! them and recounts only when the inventory changed or the counts grew old, so a scrape does
+//! not cost two `GROUP BY`s over the whole fleet each time.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
@@ -29,15 +37,27 @@ pub struct RequestLabels {
 /// Labels of outcome counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
-    /// `ok`, or the error code (`unauthorized`, `conflict`, …).
-    pub result: String,
+    /// `ok`, or the error code (`unauthorized`, `conflict`, …): a fixed word of sigma's.
+    pub result: &'static str,
 }
 
-/// Labels of the VPS gauge.
+impl ResultLabels {
+    /// The labels of an outcome.
+    pub fn of<T, E: HasCode>(r: &Result<T, E>) -> ResultLabels {
+        ResultLabels {
+            result: match r {
+                Ok(_) => "ok",
+                Err(e) => e.code(),
+            },
+        }
+    }
+}
+
+/// Labels of the inventory gauges.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabels {
-    /// VPS status.
-    pub status: String,
+    /// A [`sigma_types::VpsStatus`] or [`sigma_types::MeshSyncStatus`], spelled as stored.
+    pub status: &'static str,
 }
 
 type HistogramFamily = Family<RequestLabels, Histogram, fn() -> Histogram>;
@@ -54,7 +74,7 @@ fn bootstrap_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
 
-/// Every metric sigma-api exports.
+/// What the HTTP layer counts, and the registry `/metrics` serves.
 pub struct Metrics {
     registry: Registry,
     /// Request latency by method, route and status (its `_count` is the request count).
@@ -63,29 +83,12 @@ pub struct Metrics {
     pub heartbeats: Family<ResultLabels, Counter>,
     /// Agent registrations by outcome.
     pub registrations: Family<ResultLabels, Counter>,
-    /// VPS by status, refreshed at each scrape.
-    pub vps: Family<StatusLabels, Gauge>,
-    /// Live VPS by mesh status, refreshed at each scrape.
-    pub mesh_vps: Family<StatusLabels, Gauge>,
-    /// 1 while this replica reconciles the mesh.
-    pub mesh_leader: Gauge,
-    /// Reconcile passes by result (`ok`, `failed`), copied from the reconciler at each scrape.
-    pub mesh_passes: Family<ResultLabels, Gauge>,
-    /// Kubernetes API calls of the reconciler by verb (`list`, `apply`, `delete`, `failed`).
-    pub mesh_api_calls: Family<VerbLabels, Gauge>,
-    /// Unix time of the last pass that reached the desired state.
-    pub mesh_last_success: Gauge,
     /// Istio bootstrap bundle requests by result (`ok`, or the error code).
     pub bootstrap_issued: Family<ResultLabels, Counter>,
     /// Istio bootstrap bundle request latency by result.
     pub bootstrap_duration: ResultHistogramFamily,
-}
-
-/// Labels of the Kubernetes call counter.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct VerbLabels {
-    /// `list`, `apply`, `delete`, or `failed` (calls of any verb that failed).
-    pub verb: String,
+    /// VPS by status and live VPS by mesh status.
+    pub inventory: InventoryGauges,
 }
 
 impl Default for Metrics {
@@ -110,38 +113,8 @@ impl Default for Metrics {
             "Agent registrations by result",
             registrations.clone(),
         );
-        let vps = Family::<StatusLabels, Gauge>::default();
-        registry.register("vps", "VPS in the inventory by status", vps.clone());
-        let mesh_vps = Family::<StatusLabels, Gauge>::default();
-        registry.register(
-            "mesh_vps",
-            "Live VPS by mesh status (pending, synced, error, not_meshed)",
-            mesh_vps.clone(),
-        );
-        let mesh_leader = Gauge::default();
-        registry.register(
-            "mesh_leader",
-            "1 while this replica reconciles the mesh",
-            mesh_leader.clone(),
-        );
-        let mesh_passes = Family::<ResultLabels, Gauge>::default();
-        registry.register(
-            "mesh_passes",
-            "Mesh reconcile passes since start by result",
-            mesh_passes.clone(),
-        );
-        let mesh_api_calls = Family::<VerbLabels, Gauge>::default();
-        registry.register(
-            "mesh_kube_calls",
-            "Kubernetes API calls of the mesh reconciler since start by verb",
-            mesh_api_calls.clone(),
-        );
-        let mesh_last_success = Gauge::default();
-        registry.register(
-            "mesh_last_success_timestamp_seconds",
-            "When the mesh last reached the desired state (0: never)",
-            mesh_last_success.clone(),
-        );
+        let inventory = InventoryGauges::default();
+        inventory.register(&mut registry);
         let bootstrap_issued = Family::<ResultLabels, Counter>::default();
         registry.register(
             "bootstrap_issued",
@@ -160,19 +133,94 @@ impl Default for Metrics {
             requests,
             heartbeats,
             registrations,
-            vps,
-            mesh_vps,
-            mesh_leader,
-            mesh_passes,
-            mesh_api_calls,
-            mesh_last_success,
             bootstrap_issued,
             bootstrap_duration,
+            inventory,
         }
     }
 }
 
+/// How old the inventory counts may grow while the inventory reports no change. Mesh statuses
+/// written by the reconciler (of any replica) and changes made through another replica before
+/// its change poll sees them do not wake this replica's counts; this bounds how late they show.
+pub const INVENTORY_COUNTS_MAX_AGE: Duration = Duration::from_secs(30);
+
+/// The inventory gauges (`sigma_api_vps{status}`, `sigma_api_mesh_vps{status}`) and when they
+/// were last counted.
+///
+/// A gauge refreshed by a timer would serve a count older than the change a client has just
+/// been told succeeded; a count at every scrape would cost the database two scans per scrape
+/// of every Prometheus. Instead [`InventoryGauges::refresh`] (called by the scrape) recounts
+/// only when the store has reported a change since the last count (its change notice is
+/// raised before the write's answer leaves) or the counts are older than
+/// [`INVENTORY_COUNTS_MAX_AGE`]; concurrent scrapes share one recount.
+#[derive(Default)]
+pub struct InventoryGauges {
+    vps: Family<StatusLabels, Gauge>,
+    mesh_vps: Family<StatusLabels, Gauge>,
+    counted: tokio::sync::Mutex<Option<Counted>>,
+}
+
+struct Counted {
+    at: Instant,
+    changes: tokio::sync::watch::Receiver<u64>,
+}
+
+impl InventoryGauges {
+    fn register(&self, registry: &mut Registry) {
+        registry.register("vps", "VPS in the inventory by status", self.vps.clone());
+        registry.register(
+            "mesh_vps",
+            "Live VPS by mesh status (pending, synced, error, not_meshed)",
+            self.mesh_vps.clone(),
+        );
+    }
+
+    /// Recounts when the inventory changed since the last count or the counts are older than
+    /// [`INVENTORY_COUNTS_MAX_AGE`]; returns whether it counted.
+    pub async fn refresh(&self, store: &sigma_store::Store) -> Result<bool, sigma_store::Error> {
+        let mut counted = self.counted.lock().await;
+        let fresh = counted.as_mut().is_some_and(|c| {
+            c.at.elapsed() < INVENTORY_COUNTS_MAX_AGE && !c.changes.has_changed().unwrap_or(true)
+        });
+        if fresh {
+            return Ok(false);
+        }
+        // Marked seen before counting: a change during the count is counted next time.
+        let mut changes = match counted.take() {
+            Some(c) => c.changes,
+            None => store.mesh_changes(),
+        };
+        changes.borrow_and_update();
+        for (status, n) in store.count_vps_by_status().await? {
+            self.vps
+                .get_or_create(&StatusLabels {
+                    status: status.as_str(),
+                })
+                .set(n);
+        }
+        for (status, n) in store.count_vps_by_mesh_status().await? {
+            self.mesh_vps
+                .get_or_create(&StatusLabels {
+                    status: status.as_str(),
+                })
+                .set(n);
+        }
+        *counted = Some(Counted {
+            at: Instant::now(),
+            changes,
+        });
+        Ok(true)
+    }
+}
+
 impl Metrics {
+    /// The registry, for subsystems to register what they count (before the metrics are
+    /// shared).
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -186,22 +234,18 @@ impl Metrics {
     where
         E: HasCode,
     {
-        let result = match r {
-            Ok(_) => "ok".to_string(),
-            Err(e) => e.code().to_string(),
-        };
-        family.get_or_create(&ResultLabels { result }).inc();
+        family.get_or_create(&ResultLabels::of(r)).inc();
     }
 }
 
 /// Something with a stable error code.
 pub trait HasCode {
     /// The code.
-    fn code(&self) -> &str;
+    fn code(&self) -> &'static str;
 }
 
 impl HasCode for crate::error::ApiError {
-    fn code(&self) -> &str {
+    fn code(&self) -> &'static str {
         self.code
     }
 }

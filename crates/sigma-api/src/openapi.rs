@@ -8,7 +8,7 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::routes::{
-    admin, agent, bootstrap, costs, envoy, export, install, inventory, mesh, prometheus, renewals,
+    admin, agent, bundle, costs, envoy, export, install, inventory, mesh, prometheus, renewals,
     system,
 };
 
@@ -102,5 +102,5 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(envoy::agent_config))
         .routes(routes!(mesh::manifests))
         .routes(routes!(mesh::vps_mesh))
-        .routes(routes!(bootstrap::istio_bootstrap))
+        .routes(routes!(bundle::istio_bootstrap))
 }

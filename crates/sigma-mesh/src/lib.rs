@@ -15,10 +15,10 @@
 //! * [`to_yaml`] — deterministic multi-document YAML for GitOps.
 //! * [`MeshSettings::from_json`] — parsing and validation of a purpose's `mesh` object with
 //!   errors per field path.
-//! * [`bootstrap`] — a VPS's Istio bootstrap bundle (`cluster.env`, `mesh.yaml`, `hosts`) from
+//! * [`bundle`] — a VPS's Istio bootstrap bundle (`cluster.env`, `mesh.yaml`, `hosts`) from
 //!   its WorkloadEntry and what was read from the cluster.
 
-pub mod bootstrap;
+pub mod bundle;
 mod diff;
 pub mod ingress;
 pub mod model;

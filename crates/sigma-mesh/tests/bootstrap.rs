@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use fixtures::{ip, purpose, vps};
 use serde_json::{Value, json};
-use sigma_mesh::bootstrap::*;
+use sigma_mesh::bundle::*;
 use sigma_mesh::model::workload_entry_name;
 use sigma_mesh::{Error, MeshPurpose, MeshTemplate, MeshVps, egress_bindings};
 use sigma_types::VpsStatus;

@@ -18,7 +18,7 @@ use std::net::IpAddr;
 
 use fixtures::{id, ip, purpose, vps};
 use serde_json::json;
-use sigma_mesh::bootstrap::{BundleInput, ControlPlane, bundle_workload, render_bundle};
+use sigma_mesh::bundle::{BundleInput, ControlPlane, bundle_workload, render_bundle};
 use sigma_mesh::objects::*;
 use sigma_mesh::{MeshObject, MeshPurpose, MeshTemplate, MeshVps, NetworkMode, desired_state};
 

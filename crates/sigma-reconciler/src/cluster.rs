@@ -2,7 +2,6 @@
 //! the five Istio kinds in the mesh namespace, each call rate-limited and bounded in time.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
@@ -10,6 +9,7 @@ use sigma_mesh::objects::{MANAGED_BY, MANAGED_BY_LABEL};
 use sigma_mesh::{Kind, MeshObject, ObjectKey};
 
 use crate::limiter::RateLimiter;
+use crate::metrics::{CallCounters, Verb, VerbLabels};
 use crate::{Error, Result};
 
 /// The field manager of every server-side apply sigma makes.
@@ -48,17 +48,7 @@ impl Default for ClusterSettings {
 }
 
 /// Calls made, by verb (for metrics, logs and the benchmark).
-#[derive(Debug, Default)]
-pub struct CallCounts {
-    /// List pages fetched.
-    pub list: AtomicU64,
-    /// Server-side applies.
-    pub apply: AtomicU64,
-    /// Deletes.
-    pub delete: AtomicU64,
-    /// Calls that failed (any verb).
-    pub failed: AtomicU64,
-}
+pub type CallCounts = CallCounters<VerbLabels>;
 
 /// What the cluster holds of the five kinds in the mesh namespace.
 #[derive(Debug, Default)]
@@ -127,11 +117,20 @@ impl Cluster {
 
     async fn call<T>(
         &self,
-        counter: &AtomicU64,
+        verb: Verb,
         f: impl Future<Output = kube::Result<T>>,
     ) -> Result<kube::Result<T>> {
         self.limiter.acquire().await;
-        timed_call(self.settings.timeout, counter, &self.calls.failed, f).await
+        timed_call(self.settings.timeout, &self.calls, VerbLabels { verb }, f).await
+    }
+
+    /// Registers the call counters into `registry` (sigma-api: its `mesh` sub-registry).
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.calls.register(
+            registry,
+            "of the mesh reconciler by verb (list, apply, delete)",
+            Verb::ALL.map(|verb| VerbLabels { verb }),
+        );
     }
 
     /// Lists every object of the five kinds in the namespace, page by page.
@@ -151,7 +150,7 @@ impl Cluster {
                     lp = lp.continue_token(&t);
                 }
                 let page = self
-                    .call(&self.calls.list, api.list(&lp))
+                    .call(Verb::List, api.list(&lp))
                     .await?
                     .map_err(|e| Error::kube(format!("listing {}", kind.plural()), e))?;
                 for obj in page.items {
@@ -220,7 +219,7 @@ impl Cluster {
         let api = self.api(Kind::WorkloadEntry);
         let lp = ListParams::default().fields(&format!("metadata.name={name}"));
         let page = self
-            .call(&self.calls.list, api.list(&lp))
+            .call(Verb::List, api.list(&lp))
             .await?
             .map_err(|e| Error::kube(format!("reading WorkloadEntry {name}"), e))?;
         // The selector is exact; the name check guards against a server that ignores it.
@@ -261,7 +260,7 @@ impl Cluster {
         })?;
         let pp = PatchParams::apply(FIELD_MANAGER).force();
         self.call(
-            &self.calls.apply,
+            Verb::Apply,
             api.patch(obj.name(), &pp, &Patch::Apply(&body)),
         )
         .await?
@@ -285,10 +284,7 @@ impl Cluster {
                 resource_version: None,
             });
         }
-        match self
-            .call(&self.calls.delete, api.delete(&key.name, &dp))
-            .await?
-        {
+        match self.call(Verb::Delete, api.delete(&key.name, &dp)).await? {
             Ok(_) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(Error::kube(
@@ -299,24 +295,35 @@ impl Cluster {
     }
 }
 
-/// One Kubernetes API call, counted in `counter` and, when it fails or outlasts `timeout`, in
-/// `failed`. The outer error is the timeout; the inner result is the API server's answer.
-pub(crate) async fn timed_call<T>(
+/// One Kubernetes API call, counted in `counters` under `labels`, and as failed when it
+/// fails or outlasts `timeout`. The outer error is the timeout; the inner result is the API
+/// server's answer.
+pub(crate) async fn timed_call<L, T>(
     timeout: Duration,
-    counter: &AtomicU64,
-    failed: &AtomicU64,
+    counters: &CallCounters<L>,
+    labels: L,
     f: impl Future<Output = kube::Result<T>>,
-) -> Result<kube::Result<T>> {
-    counter.fetch_add(1, Ordering::Relaxed);
+) -> Result<kube::Result<T>>
+where
+    L: Clone
+        + std::hash::Hash
+        + Eq
+        + prometheus_client::encoding::EncodeLabelSet
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    counters.started(&labels);
     match tokio::time::timeout(timeout, f).await {
         Ok(r) => {
             if r.is_err() {
-                failed.fetch_add(1, Ordering::Relaxed);
+                counters.failed(&labels);
             }
             Ok(r)
         }
         Err(_) => {
-            failed.fetch_add(1, Ordering::Relaxed);
+            counters.failed(&labels);
             Err(Error::Timeout(timeout))
         }
     }

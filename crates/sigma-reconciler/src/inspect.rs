@@ -1,11 +1,127 @@
 //! One VPS's WorkloadEntry, desired against actual, for diagnosis (`GET /api/vps/{id}/mesh`):
 //! the same model, names and comparison the reconciler uses, so what a person is told matches
-//! what the next pass will do.
+//! what the next pass will do. [`diagnose`] builds the whole report; the rest are its parts.
 
 use serde_json::Value;
-use sigma_mesh::{MeshObject, MeshVps};
+use sigma_mesh::objects::VPS_ID_LABEL;
+use sigma_mesh::{MeshObject, MeshTemplate, MeshVps};
+use sigma_store::mesh::MeshSubject;
 use sigma_types::VpsStatus;
-use sigma_types::mesh::WorkloadHealth;
+use sigma_types::mesh::{VpsMeshReport, WorkloadHealth};
+
+use crate::cluster::Cluster;
+use crate::{Error, Result};
+
+/// One VPS's place in the mesh: whether it belongs there and why not, the reconciler's stored
+/// result, the WorkloadEntry sigma wants for it (computed by the same model code as the
+/// reconciler's and the bootstrap bundle's), and, given the `cluster` (kubernetes mode), the
+/// entry the cluster holds, whether the two agree (the reconciler's own comparison) and
+/// istiod's `Healthy` condition. `mode` is what the report says the mesh mode is.
+///
+/// A cluster that cannot be read (unreachable, forbidden, too slow) is not an error: the
+/// report's `cluster_error` says why `actual` is missing. An error is only a model failure no
+/// input explains (a bug).
+pub async fn diagnose(
+    template: &MeshTemplate,
+    subject: &MeshSubject,
+    mode: &str,
+    cluster: Option<&Cluster>,
+) -> Result<VpsMeshReport> {
+    let desired = desired_entry(template, subject)?;
+    let mut report = VpsMeshReport {
+        vps_id: subject.vps.id,
+        hostname: subject.vps.hostname.clone(),
+        mode: mode.into(),
+        meshed: desired.is_ok(),
+        reason: desired.as_ref().err().cloned(),
+        sync: subject.status.clone(),
+        desired: None,
+        actual: None,
+        in_sync: None,
+        health: None,
+        cluster_error: None,
+    };
+    if let Ok(d) = &desired {
+        report.desired = Some(serde_json::to_value(d).map_err(|e| Error::Encoding {
+            what: format!("WorkloadEntry {}", d.name()),
+            reason: e.to_string(),
+        })?);
+    }
+    let Some(cluster) = cluster else {
+        return Ok(report);
+    };
+    // The entry a meshed VPS should have; otherwise the one the reconciler last recorded (a
+    // removal may have failed), else the name the model would give it.
+    let name = match &desired {
+        Ok(d) => d.name().to_string(),
+        Err(_) => subject
+            .status
+            .workload_entry
+            .clone()
+            .unwrap_or_else(|| sigma_mesh::model::workload_entry_name(&subject.vps.hostname)),
+    };
+    match cluster.workload_entry(&name).await {
+        Ok(actual) => {
+            let own = subject.vps.id.to_string();
+            // A VPS that should have no entry only claims one labelled with its own id: a
+            // deleted VPS's hostname may since belong to another VPS, whose entry it is.
+            let actual = actual.filter(|a| {
+                desired.is_ok()
+                    || a.pointer("/metadata/labels")
+                        .and_then(|l| l.get(VPS_ID_LABEL))
+                        .and_then(Value::as_str)
+                        == Some(own.as_str())
+            });
+            if let Some(a) = &actual {
+                report.health = entry_health(a);
+                if let Ok(d) = &desired {
+                    report.in_sync = Some(entry_in_sync(d, a));
+                }
+            }
+            report.actual = actual;
+        }
+        Err(e) => {
+            tracing::debug!(vps = %subject.vps.id, error = %e, "reading the VPS's WorkloadEntry failed");
+            report.cluster_error = Some(format!(
+                "reading WorkloadEntry {}/{name}: {e}",
+                cluster.namespace()
+            ));
+        }
+    }
+    Ok(report)
+}
+
+/// The WorkloadEntry sigma wants for the VPS, or why it wants none. Inventory reasons are
+/// answers, not errors; only a model failure that no input explains (a bug) is an error.
+fn desired_entry(
+    template: &MeshTemplate,
+    subject: &MeshSubject,
+) -> Result<std::result::Result<MeshObject, String>> {
+    let purpose = match &subject.purpose {
+        Ok(p) => p,
+        Err(invalid) => {
+            // Its own state first: a retired VPS stays out whatever its purpose holds.
+            if let Some(r) = not_meshed_reason(&subject.vps, true) {
+                return Ok(Err(r));
+            }
+            return Ok(Err(format!(
+                "the stored mesh settings of purpose {} are invalid ({}); fix them with PATCH /api/purposes/{}",
+                invalid.name, invalid.errors, invalid.name
+            )));
+        }
+    };
+    if let Some(r) = not_meshed_reason(&subject.vps, purpose.settings.enabled) {
+        return Ok(Err(r));
+    }
+    match sigma_mesh::bundle::bundle_workload(template, purpose, &subject.vps) {
+        Ok(w) => Ok(Ok(MeshObject::WorkloadEntry(w.entry))),
+        Err(sigma_mesh::Error::NotMeshed(m)) => Ok(Err(m)),
+        Err(sigma_mesh::Error::InvalidPurpose { purpose, errors }) => Ok(Err(format!(
+            "the mesh settings of purpose {purpose} are invalid ({errors})"
+        ))),
+        Err(other) => Err(Error::Model(other)),
+    }
+}
 
 /// Why a VPS gets no WorkloadEntry for a reason of its own or of its purpose's switch, or
 /// `None` when neither keeps it out (it may still lack a usable address). The same words the
@@ -99,7 +215,7 @@ mod tests {
             name: "xrayr".into(),
             settings: MeshSettings::from_json(&json!({"enabled": true})).unwrap(),
         };
-        let w = sigma_mesh::bootstrap::bundle_workload(&MeshTemplate::default(), &purpose, &vps())
+        let w = sigma_mesh::bundle::bundle_workload(&MeshTemplate::default(), &purpose, &vps())
             .unwrap();
         MeshObject::WorkloadEntry(w.entry)
     }

@@ -13,26 +13,30 @@
 //! * [`cluster`] — the API server calls: list, apply, delete, rate-limited.
 //! * [`reconcile`] — one pass, and the loop that schedules passes.
 //! * [`leader`] — leader election through a Kubernetes Lease.
-//! * [`inspect`] — one VPS's WorkloadEntry, desired against actual, for diagnosis.
-//! * [`bootstrap`] — the reads behind a VPS's Istio bootstrap bundle (root certificate, mesh
-//!   config, east-west gateway, service-account token).
+//! * [`inspect`] — one VPS's place in the mesh, desired against actual, for diagnosis.
+//! * [`bundle`] — issuing a VPS's Istio bootstrap bundle: the reads behind it (root
+//!   certificate, mesh config, east-west gateway, service-account token).
+//! * [`metrics`] — what the above count, registered by them into the caller's Prometheus
+//!   registry.
 
-pub mod bootstrap;
+pub mod bundle;
 pub mod cluster;
 pub mod desired;
 pub mod inspect;
 pub mod leader;
 pub mod limiter;
+pub mod metrics;
 pub mod reconcile;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use bootstrap::{Bootstrap, BootstrapSettings};
+pub use bundle::{BundleIssuer, BundleSettings};
 pub use cluster::{Cluster, ClusterSettings, FIELD_MANAGER};
 pub use desired::{Desired, desired, export_yaml};
 pub use leader::{Leadership, LeaseSettings};
-pub use reconcile::{PassReport, Reconciler, ReconcilerSettings, Stats};
+pub use metrics::Stats;
+pub use reconcile::{PassReport, Reconciler, ReconcilerSettings};
 
 /// Everything that can go wrong in the reconciler.
 #[derive(Debug, thiserror::Error)]

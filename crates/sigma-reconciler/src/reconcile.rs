@@ -2,7 +2,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -19,6 +18,7 @@ use uuid::Uuid;
 
 use crate::cluster::Cluster;
 use crate::desired::desired;
+use crate::metrics::{FailureKind, Stats};
 use crate::{Error, Result};
 
 /// When passes run.
@@ -51,23 +51,6 @@ impl Default for ReconcilerSettings {
     }
 }
 
-/// Counters the reconciler keeps (read by sigma-api's metrics).
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Passes that reached the desired state.
-    pub passes_ok: AtomicU64,
-    /// Passes that failed wholly or in part.
-    pub passes_failed: AtomicU64,
-    /// Objects applied.
-    pub applied: AtomicU64,
-    /// Objects deleted.
-    pub deleted: AtomicU64,
-    /// Unix seconds of the last pass that reached the desired state (0: never).
-    pub last_success: AtomicI64,
-    /// 1 while this replica is the one reconciling.
-    pub leader: AtomicI64,
-}
-
 /// What one pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PassReport {
@@ -90,8 +73,8 @@ pub struct Reconciler {
     store: Store,
     cluster: Arc<Cluster>,
     settings: ReconcilerSettings,
-    /// Counters.
-    pub stats: Arc<Stats>,
+    /// Counters (cloning shares them; [`Stats::register`] exports them).
+    pub stats: Stats,
 }
 
 /// Capped exponential backoff.
@@ -187,7 +170,7 @@ impl Reconciler {
             store,
             cluster,
             settings,
-            stats: Arc::new(Stats::default()),
+            stats: Stats::default(),
         }
     }
 
@@ -320,12 +303,7 @@ impl Reconciler {
 
         let updates = self.statuses(&inputs, &desired.state, &outcome);
         report.statuses_written = self.store.write_mesh_statuses(&updates, now_ms()).await?;
-        self.stats
-            .applied
-            .fetch_add(report.applied as u64, Ordering::Relaxed);
-        self.stats
-            .deleted
-            .fetch_add(report.deleted as u64, Ordering::Relaxed);
+        self.stats.wrote(report.applied, report.deleted);
         Ok(report)
     }
 
@@ -454,14 +432,14 @@ impl Reconciler {
         let mut changes = self.store.mesh_changes();
         loop {
             // Follow, until leading.
-            self.stats.leader.store(0, Ordering::Relaxed);
+            self.stats.set_leader(false);
             while !*leader.borrow_and_update() {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     r = leader.changed() => if r.is_err() { return },
                 }
             }
-            self.stats.leader.store(1, Ordering::Relaxed);
+            self.stats.set_leader(true);
             tracing::info!("leading: reconciling the mesh");
             if !self.lead(&mut leader, &mut changes, &shutdown).await {
                 return;
@@ -511,8 +489,7 @@ impl Reconciler {
                     match result {
                         Ok(r) if r.failures.is_empty() => {
                             backoff.reset();
-                            self.stats.passes_ok.fetch_add(1, Ordering::Relaxed);
-                            self.stats.last_success.store(now_ms() / 1000, Ordering::Relaxed);
+                            self.stats.pass_ok(now_ms() / 1000);
                             if r.applied + r.deleted + r.statuses_written as usize > 0 {
                                 tracing::info!(desired = r.desired, applied = r.applied, deleted = r.deleted,
                                     conflicts = r.conflicts, statuses = r.statuses_written, elapsed_ms, "mesh reconciled");
@@ -523,7 +500,7 @@ impl Reconciler {
                             hold_until = now;
                         }
                         Ok(r) => {
-                            self.stats.passes_failed.fetch_add(1, Ordering::Relaxed);
+                            self.stats.pass_failed(FailureKind::Objects);
                             let delay = backoff.next();
                             tracing::warn!(failed = r.failures.len(), applied = r.applied, deleted = r.deleted,
                                 retry_in_ms = delay.as_millis() as u64, "mesh partly reconciled");
@@ -533,7 +510,7 @@ impl Reconciler {
                             hold_until = now;
                         }
                         Err(e) => {
-                            self.stats.passes_failed.fetch_add(1, Ordering::Relaxed);
+                            self.stats.pass_failed(FailureKind::of(&e));
                             let delay = backoff.next();
                             tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "mesh not reconciled");
                             due = now + delay;

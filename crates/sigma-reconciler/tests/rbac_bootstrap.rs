@@ -1,4 +1,4 @@
-//! `k8s/base/rbac-bootstrap.yaml` grants exactly the calls [`sigma_reconciler::bootstrap`]
+//! `k8s/base/rbac-bootstrap.yaml` grants exactly the calls [`sigma_reconciler::bundle`]
 //! makes for a bundle with the default flags — each object by name, in its namespace — and
 //! nothing else.
 
@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use sigma_mesh::MeshTemplate;
-use sigma_mesh::bootstrap::{ControlPlane, EASTWEST_SERVICE, ROOT_CERT_CONFIG_MAP};
+use sigma_mesh::bundle::{ControlPlane, EASTWEST_SERVICE, ROOT_CERT_CONFIG_MAP};
 
 const RBAC: &str = include_str!("../../../k8s/base/rbac-bootstrap.yaml");
 

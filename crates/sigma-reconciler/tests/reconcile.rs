@@ -495,12 +495,7 @@ async fn unreachable_api_is_retried_with_capped_backoff_then_converges() {
     assert!(gaps[1] >= 95, "{gaps:?}");
     assert!(gaps[2] >= 195 && gaps[3] >= 195, "{gaps:?}");
     assert!(gaps.iter().all(|g| *g < 1000), "capped: {gaps:?}");
-    assert!(
-        stats
-            .passes_failed
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 4
-    );
+    assert!(stats.passes(sigma_reconciler::metrics::PassResult::Failed) >= 4);
 
     fake.state.lock().unwrap().fail_next = 0;
     wait_for("synced once the API is back", || {

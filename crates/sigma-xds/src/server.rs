@@ -95,6 +95,11 @@ impl XdsHandle {
     pub fn stats(&self) -> StatsSnapshot {
         self.shared.stats.snapshot()
     }
+
+    /// Registers the server's Prometheus metrics (see [`crate::Stats::register`]).
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.shared.stats.register(registry);
+    }
 }
 
 /// The ADS server. Its snapshot and counters live as long as any [`XdsHandle`], across

@@ -1,7 +1,13 @@
-//! Counters the agent exposes on /metrics and reports in heartbeats.
+//! Counters the agent exposes on /metrics and reports in heartbeats. Those on /metrics are
+//! Prometheus metrics kept here, where they are counted; [`Stats::register`] puts them in the
+//! agent's registry.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
 use sigma_types::NackReport;
 use time::OffsetDateTime;
@@ -11,13 +17,14 @@ use crate::resources::{CLUSTER_TYPE_URL, LISTENER_TYPE_URL};
 /// Live counters of one xDS server, shared by all its streams.
 #[derive(Debug, Default)]
 pub struct Stats {
-    clients: AtomicU32,
-    /// Last published version; meaningful once `published` is set.
-    version_served: AtomicI64,
+    /// ADS streams open.
+    clients: Gauge,
+    /// Last published version (0 before the first publish; see `published`).
+    version_served: Gauge,
     published: AtomicU64,
-    pushes: AtomicU64,
+    pushes: Counter,
     acks: AtomicU64,
-    nacks: AtomicU64,
+    nacks: Counter,
     stale: AtomicU64,
     acked: Mutex<Acked>,
 }
@@ -93,21 +100,46 @@ fn report_detail(detail: &str) -> String {
 }
 
 impl Stats {
+    /// Registers what the agent exports about its xDS server into `registry` (the agent: its
+    /// `xds` sub-registry): connected Envoys, the version served, pushes and NACKs.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "clients",
+            "Envoys connected to the xDS server",
+            self.clients.clone(),
+        );
+        registry.register(
+            "config_version",
+            "Envoy routes version served",
+            self.version_served.clone(),
+        );
+        registry.register(
+            "pushes",
+            "Configuration pushes to Envoy",
+            self.pushes.clone(),
+        );
+        registry.register(
+            "nacks",
+            "Configuration updates Envoy rejected",
+            self.nacks.clone(),
+        );
+    }
+
     pub(crate) fn client_connected(&self) {
-        self.clients.fetch_add(1, Ordering::Relaxed);
+        self.clients.inc();
     }
 
     pub(crate) fn client_disconnected(&self) {
-        self.clients.fetch_sub(1, Ordering::Relaxed);
+        self.clients.dec();
     }
 
     pub(crate) fn published(&self, version: i64) {
-        self.version_served.store(version, Ordering::Relaxed);
+        self.version_served.set(version);
         self.published.fetch_add(1, Ordering::Release);
     }
 
     pub(crate) fn pushed(&self) {
-        self.pushes.fetch_add(1, Ordering::Relaxed);
+        self.pushes.inc();
     }
 
     pub(crate) fn stale(&self) {
@@ -143,12 +175,12 @@ impl Stats {
         });
         a.nack_current = true;
         drop(a);
-        self.nacks.fetch_add(1, Ordering::Relaxed);
+        self.nacks.inc();
     }
 
     /// ADS streams open.
     pub fn clients(&self) -> u32 {
-        self.clients.load(Ordering::Relaxed)
+        u32::try_from(self.clients.get()).unwrap_or(0)
     }
 
     /// Latest version ACKed on both CDS and LDS.
@@ -171,11 +203,11 @@ impl Stats {
         let publishes = self.published.load(Ordering::Acquire);
         StatsSnapshot {
             clients: self.clients(),
-            version_served: (publishes > 0).then(|| self.version_served.load(Ordering::Relaxed)),
+            version_served: (publishes > 0).then(|| self.version_served.get()),
             publishes,
-            pushes: self.pushes.load(Ordering::Relaxed),
+            pushes: self.pushes.get(),
             acks: self.acks.load(Ordering::Relaxed),
-            nacks: self.nacks.load(Ordering::Relaxed),
+            nacks: self.nacks.get(),
             stale: self.stale.load(Ordering::Relaxed),
             acked_cluster_version: a.cluster,
             acked_listener_version: a.listener,
@@ -219,6 +251,27 @@ mod tests {
         s.ack(LISTENER_TYPE_URL, "4");
         assert_eq!(s.accepted_version(), Some(4));
         assert_eq!(s.snapshot().acks, 4);
+    }
+
+    #[test]
+    fn registered_counters_are_counters() {
+        let s = Stats::default();
+        let mut registry = Registry::with_prefix("sigma_agent");
+        s.register(registry.sub_registry_with_prefix("xds"));
+        s.client_connected();
+        s.published(7);
+        s.pushed();
+        s.nack(LISTENER_TYPE_URL, "7", "cannot bind");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for want in [
+            "# TYPE sigma_agent_xds_pushes counter\nsigma_agent_xds_pushes_total 1\n",
+            "# TYPE sigma_agent_xds_nacks counter\nsigma_agent_xds_nacks_total 1\n",
+            "# TYPE sigma_agent_xds_clients gauge\nsigma_agent_xds_clients 1\n",
+            "# TYPE sigma_agent_xds_config_version gauge\nsigma_agent_xds_config_version 7\n",
+        ] {
+            assert!(text.contains(want), "{want} missing from:\n{text}");
+        }
     }
 
     #[test]

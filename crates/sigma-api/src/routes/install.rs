@@ -47,7 +47,7 @@ pub fn render(binary_url: Option<&str>, api_url: Option<&str>) -> String {
             BINARY_URL_LINE,
             &format!(
                 "DEFAULT_BINARY_URL={}\n",
-                sigma_mesh::bootstrap::shell_quote(u)
+                sigma_mesh::bundle::shell_quote(u)
             ),
             1,
         );
@@ -55,10 +55,7 @@ pub fn render(binary_url: Option<&str>, api_url: Option<&str>) -> String {
     if let Some(u) = api_url {
         out = out.replacen(
             API_URL_LINE,
-            &format!(
-                "DEFAULT_API_URL={}\n",
-                sigma_mesh::bootstrap::shell_quote(u)
-            ),
+            &format!("DEFAULT_API_URL={}\n", sigma_mesh::bundle::shell_quote(u)),
             1,
         );
     }

@@ -2,7 +2,7 @@
 
 pub mod admin;
 pub mod agent;
-pub mod bootstrap;
+pub mod bundle;
 pub mod costs;
 pub mod envoy;
 pub mod export;

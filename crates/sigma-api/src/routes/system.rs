@@ -8,7 +8,6 @@ use axum::response::IntoResponse;
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Auth, Reader};
-use crate::metrics::{ResultLabels, StatusLabels, VerbLabels};
 
 /// The process is alive (no database check; no credentials needed).
 #[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, body = String)))]
@@ -35,49 +34,7 @@ pub async fn readyz(State(s): State<AppState>) -> ApiResult<&'static str> {
 #[utoipa::path(get, path = "/metrics", tag = "system",
     responses((status = 200, body = String, content_type = "text/plain")), security(("bearer" = [])))]
 pub async fn metrics(State(s): State<AppState>, Reader(_): Reader) -> ApiResult<impl IntoResponse> {
-    for (status, n) in s.store.count_vps_by_status().await? {
-        s.metrics
-            .vps
-            .get_or_create(&StatusLabels {
-                status: status.as_str().into(),
-            })
-            .set(n);
-    }
-    for (status, n) in s.store.count_vps_by_mesh_status().await? {
-        s.metrics
-            .mesh_vps
-            .get_or_create(&StatusLabels {
-                status: status.as_str().into(),
-            })
-            .set(n);
-    }
-    if let Some((stats, cluster)) = &s.mesh.reconciler {
-        use std::sync::atomic::Ordering::Relaxed;
-        let m = &s.metrics;
-        m.mesh_leader.set(stats.leader.load(Relaxed));
-        m.mesh_last_success.set(stats.last_success.load(Relaxed));
-        for (result, n) in [
-            ("ok", stats.passes_ok.load(Relaxed)),
-            ("failed", stats.passes_failed.load(Relaxed)),
-        ] {
-            m.mesh_passes
-                .get_or_create(&ResultLabels {
-                    result: result.into(),
-                })
-                .set(n as i64);
-        }
-        let c = &cluster.calls;
-        for (verb, n) in [
-            ("list", c.list.load(Relaxed)),
-            ("apply", c.apply.load(Relaxed)),
-            ("delete", c.delete.load(Relaxed)),
-            ("failed", c.failed.load(Relaxed)),
-        ] {
-            m.mesh_api_calls
-                .get_or_create(&VerbLabels { verb: verb.into() })
-                .set(n as i64);
-        }
-    }
+    s.metrics.inventory.refresh(&s.store).await?;
     Ok((
         [(
             header::CONTENT_TYPE,

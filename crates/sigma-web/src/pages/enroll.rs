@@ -28,7 +28,7 @@ const TTL_PRESETS: [(i64, &str); 4] = [
 /// prints (`crates/sigma-ctl/src/install.rs`), every value shell-quoted.
 pub fn install_command(api_url: &str, token: &str) -> String {
     let api = api_url.trim_end_matches('/');
-    let q = sigma_mesh::bootstrap::shell_quote;
+    let q = sigma_mesh::bundle::shell_quote;
     format!(
         "curl -fsSL {} | SIGMA_API_URL={} SIGMA_ENROLLMENT_TOKEN={} sh",
         q(&format!("{api}/install.sh")),

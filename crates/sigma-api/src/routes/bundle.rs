@@ -10,13 +10,12 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use sigma_store::Principal;
 use sigma_store::mesh::MeshSubject;
+use sigma_types::Role;
 use sigma_types::mesh::IstioBootstrapBundle;
-use sigma_types::{FieldErrors, Role};
 use utoipa::IntoParams;
 
 use crate::AppState;
-use crate::config::MeshMode;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, fields_under};
 use crate::extract::{ApiQuery, MeshIdentity};
 use crate::metrics::ResultLabels;
 
@@ -69,11 +68,7 @@ pub async fn istio_bootstrap(
         issue(&s, &p, q).await
     }
     .await;
-    let result = match &r {
-        Ok(_) => "ok".to_string(),
-        Err(e) => e.code.to_string(),
-    };
-    let labels = ResultLabels { result };
+    let labels = ResultLabels::of(&r);
     s.metrics.bootstrap_issued.get_or_create(&labels).inc();
     s.metrics
         .bootstrap_duration
@@ -139,29 +134,9 @@ async fn issue(s: &AppState, p: &Principal, q: BootstrapQuery) -> ApiResult<Isti
     };
     let subject = subject(s, p, &hostname).await?;
 
-    let Some(source) = s
-        .mesh
-        .bootstrap
-        .as_ref()
-        .filter(|_| s.mesh.mode == MeshMode::Kubernetes)
-    else {
-        let mode = match s.mesh.mode {
-            MeshMode::Off => "off",
-            MeshMode::Export => "export",
-            MeshMode::Kubernetes => "kubernetes without a cluster client",
-        };
-        return Err(conflict(
-            "mesh_mode",
-            format!(
-                "sigma-api runs with --mesh {mode}; Istio bootstrap bundles are built from the cluster and need --mesh kubernetes"
-            ),
-        ));
-    };
+    let bundles = s.mesh.bundles()?;
     let purpose = subject.purpose.map_err(|invalid| {
-        let mut fields = FieldErrors::new();
-        for (k, v) in invalid.errors.0 {
-            fields.add(format!("purposes.{}.{k}", invalid.name), v);
-        }
+        let fields = fields_under(&format!("purposes.{}", invalid.name), invalid.errors);
         ApiError {
             status: StatusCode::CONFLICT,
             code: "mesh_invalid",
@@ -173,10 +148,10 @@ async fn issue(s: &AppState, p: &Principal, q: BootstrapQuery) -> ApiResult<Isti
         }
     })?;
 
-    let bundle = source
+    let bundle = bundles
         .issue(&s.mesh.template, &purpose, &subject.vps)
         .await
-        .map_err(|e| bootstrap_error(&hostname, e))?;
+        .map_err(|e| issue_error(&hostname, e))?;
 
     if matches!(p.role, Role::Admin | Role::Operator) {
         // Recorded before the answer leaves: a credential handed to a person is never
@@ -200,15 +175,12 @@ async fn issue(s: &AppState, p: &Principal, q: BootstrapQuery) -> ApiResult<Isti
 
 /// Inventory reasons are the client's to fix (409); everything else is the cluster's state
 /// (503), logged with the VPS it stopped.
-fn bootstrap_error(hostname: &str, e: sigma_reconciler::Error) -> ApiError {
+fn issue_error(hostname: &str, e: sigma_reconciler::Error) -> ApiError {
     use sigma_reconciler::Error as E;
     match e {
         E::Model(sigma_mesh::Error::NotMeshed(m)) => conflict("not_meshed", m),
         E::Model(sigma_mesh::Error::InvalidPurpose { purpose, errors }) => {
-            let mut fields = FieldErrors::new();
-            for (k, v) in errors.0 {
-                fields.add(format!("purposes.{purpose}.mesh.{k}"), v);
-            }
+            let fields = fields_under(&format!("purposes.{purpose}.mesh"), errors);
             ApiError {
                 status: StatusCode::CONFLICT,
                 code: "mesh_invalid",

@@ -1,6 +1,6 @@
 //! The Kubernetes reads behind a VPS's Istio bootstrap bundle (`GET
 //! /api/agent/istio-bootstrap`): the same objects `istioctl x workload entry configure` reads,
-//! read directly by sigma-api, then rendered by [`sigma_mesh::bootstrap`].
+//! read directly by sigma-api, then rendered by [`sigma_mesh::bundle`].
 //!
 //! * ConfigMap `istio-ca-root-cert` in the mesh namespace → `root-cert.pem`;
 //! * ConfigMap `istio[-<rev>]` in Istio's namespace → the mesh config behind `mesh.yaml`;
@@ -18,14 +18,13 @@
 //! fault, and sigma-api answers them with 503.
 
 use std::net::IpAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use kube::api::{Api, PostParams};
-use sigma_mesh::bootstrap::{
+use sigma_mesh::bundle::{
     BundleInput, ControlPlane, EASTWEST_SERVICE, ISTIOD_PORT, MESH_CONFIG_KEY,
     ROOT_CERT_CONFIG_MAP, ROOT_CERT_KEY, TOKEN_AUDIENCE, bundle_workload, render_bundle,
 };
@@ -33,6 +32,7 @@ use sigma_mesh::{MeshPurpose, MeshTemplate, MeshVps};
 use sigma_types::mesh::{IstioBootstrapBundle, IstioBootstrapFiles, IstioProxyArchive};
 use time::OffsetDateTime;
 
+use crate::metrics::{BundleCall, BundleCallLabels, CallCounters};
 use crate::{Error, Result};
 
 /// How long a failure to read the shared pieces is answered from memory.
@@ -48,7 +48,7 @@ pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// How bundles are built.
 #[derive(Debug, Clone)]
-pub struct BootstrapSettings {
+pub struct BundleSettings {
     /// Namespace of the workloads (root certificate ConfigMap, service accounts).
     pub mesh_namespace: String,
     /// Where Istio runs and how it is named.
@@ -69,9 +69,9 @@ pub struct BootstrapSettings {
     pub istio_proxy: Option<IstioProxyArchive>,
 }
 
-impl Default for BootstrapSettings {
+impl Default for BundleSettings {
     fn default() -> Self {
-        BootstrapSettings {
+        BundleSettings {
             mesh_namespace: "sigma".into(),
             control_plane: ControlPlane::default(),
             token_ttl: Duration::from_secs(3600),
@@ -113,18 +113,8 @@ impl std::fmt::Debug for IssuedToken {
     }
 }
 
-/// API calls made for bundles, by kind (for metrics and the benchmark).
-#[derive(Debug, Default)]
-pub struct BootstrapCalls {
-    /// ConfigMap reads.
-    pub config_maps: AtomicU64,
-    /// Service reads.
-    pub services: AtomicU64,
-    /// TokenRequests.
-    pub tokens: AtomicU64,
-    /// Calls that failed (any kind).
-    pub failed: AtomicU64,
-}
+/// API calls made for bundles, by what was called (for metrics and the benchmark).
+pub type BundleCalls = CallCounters<BundleCallLabels>;
 
 /// Where the east-west gateway's address is found on its Service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,13 +175,13 @@ struct Cached {
     result: std::result::Result<Arc<SharedPieces>, Error>,
 }
 
-/// The API server, as bundle issuance uses it.
-pub struct Bootstrap {
+/// Issues Istio bootstrap bundles: the API server, as bundle issuance uses it.
+pub struct BundleIssuer {
     client: kube::Client,
-    settings: BootstrapSettings,
+    settings: BundleSettings,
     cache: Mutex<Option<Cached>>,
     /// Calls made so far.
-    pub calls: BootstrapCalls,
+    pub calls: BundleCalls,
 }
 
 /// A copy of a failure to hand to the next callers within [`FAILURE_TTL`].
@@ -224,35 +214,50 @@ fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 
-impl Bootstrap {
+impl BundleIssuer {
     /// Wraps a client (a real one, or one over a test service). The settings are taken as
     /// validated by the caller (sigma-api checks its flags at start).
-    pub fn new(client: kube::Client, settings: BootstrapSettings) -> Self {
-        Bootstrap {
+    pub fn new(client: kube::Client, settings: BundleSettings) -> Self {
+        BundleIssuer {
             client,
             settings,
             cache: Mutex::new(None),
-            calls: BootstrapCalls::default(),
+            calls: BundleCalls::default(),
         }
     }
 
     /// The settings.
-    pub fn settings(&self) -> &BootstrapSettings {
+    pub fn settings(&self) -> &BundleSettings {
         &self.settings
+    }
+
+    /// Registers the call counters into `registry` (sigma-api: its `bootstrap` sub-registry).
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.calls.register(
+            registry,
+            "made for Istio bootstrap bundles by call (config_map, service, token_request)",
+            BundleCall::ALL.map(|call| BundleCallLabels { call }),
+        );
     }
 
     async fn timed<T>(
         &self,
-        counter: &AtomicU64,
+        call: BundleCall,
         f: impl Future<Output = kube::Result<T>>,
     ) -> Result<kube::Result<T>> {
-        crate::cluster::timed_call(self.settings.timeout, counter, &self.calls.failed, f).await
+        crate::cluster::timed_call(
+            self.settings.timeout,
+            &self.calls,
+            BundleCallLabels { call },
+            f,
+        )
+        .await
     }
 
     /// One key of one ConfigMap; `hint` says what its absence usually means.
     async fn config_map_key(&self, ns: &str, name: &str, key: &str, hint: &str) -> Result<String> {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
-        let cm = match self.timed(&self.calls.config_maps, api.get(name)).await? {
+        let cm = match self.timed(BundleCall::ConfigMap, api.get(name)).await? {
             Ok(cm) => cm,
             Err(e) if is_not_found(&e) => {
                 return Err(Error::Missing(format!(
@@ -293,7 +298,7 @@ impl Bootstrap {
         let ns = &self.settings.control_plane.namespace;
         let name = &self.settings.eastwest_service;
         let api: Api<Service> = Api::namespaced(self.client.clone(), ns);
-        let svc = match self.timed(&self.calls.services, api.get(name)).await? {
+        let svc = match self.timed(BundleCall::Service, api.get(name)).await? {
             Ok(s) => s,
             Err(e) if is_not_found(&e) => {
                 return Err(Error::Missing(format!(
@@ -377,7 +382,7 @@ impl Bootstrap {
         };
         let resp = match self
             .timed(
-                &self.calls.tokens,
+                BundleCall::TokenRequest,
                 api.create_token_request(service_account, &PostParams::default(), &req),
             )
             .await?
@@ -475,7 +480,6 @@ mod tests {
     use kube::client::Body;
     use serde_json::{Value, json};
     use sigma_types::{IpAddress, VpsStatus};
-    use std::sync::atomic::Ordering;
 
     const ROOT_CERT: &str = "-----BEGIN CERTIFICATE-----
 MIIBhzCCAS2gAwIBAgIUF3GR9qK/V/q7AyjZ9Jt22RTjzE8wCgYIKoZIzj0EAwIw
@@ -600,11 +604,11 @@ vyVeKa5+VNr6gQ8=
     }
 
     fn source(
-        settings: BootstrapSettings,
+        settings: BundleSettings,
         answer: impl Fn(&str, &str, &Value) -> Reply + Send + Sync + 'static,
-    ) -> (Bootstrap, Seen) {
+    ) -> (BundleIssuer, Seen) {
         let (client, seen) = mock_client(answer);
-        (Bootstrap::new(client, settings), seen)
+        (BundleIssuer::new(client, settings), seen)
     }
 
     fn purpose() -> MeshPurpose {
@@ -635,7 +639,7 @@ vyVeKa5+VNr6gQ8=
         }
     }
 
-    async fn issue(b: &Bootstrap) -> Result<IstioBootstrapBundle> {
+    async fn issue(b: &BundleIssuer) -> Result<IstioBootstrapBundle> {
         b.issue(&MeshTemplate::default(), &purpose(), &vps()).await
     }
 
@@ -652,7 +656,7 @@ vyVeKa5+VNr6gQ8=
 
     #[tokio::test]
     async fn a_bundle_reads_the_four_objects_and_mints_a_token() {
-        let (b, seen) = source(BootstrapSettings::default(), healthy);
+        let (b, seen) = source(BundleSettings::default(), healthy);
         let bundle = issue(&b).await.unwrap();
         let mut want = vec![
             format!("GET {MESH_PATH}"),
@@ -701,9 +705,9 @@ vyVeKa5+VNr6gQ8=
     #[tokio::test]
     async fn the_token_lifetime_and_service_account_are_the_ones_asked_for() {
         let (b, seen) = source(
-            BootstrapSettings {
+            BundleSettings {
                 token_ttl: Duration::from_secs(900),
-                ..BootstrapSettings::default()
+                ..BundleSettings::default()
             },
             |m, p, body| {
                 if m == "POST" && p == "/api/v1/namespaces/sigma/serviceaccounts/xrayr-sa/token" {
@@ -732,7 +736,7 @@ vyVeKa5+VNr6gQ8=
 
     #[tokio::test]
     async fn missing_config_maps_are_named() {
-        let (b, _) = source(BootstrapSettings::default(), |m, p, body| {
+        let (b, _) = source(BundleSettings::default(), |m, p, body| {
             if p == ROOT_PATH {
                 status(
                     404,
@@ -752,12 +756,12 @@ vyVeKa5+VNr6gQ8=
         );
         assert!(m.contains("istiod"), "{m}");
 
-        let rev = BootstrapSettings {
+        let rev = BundleSettings {
             control_plane: ControlPlane {
                 revision: Some("1-24".into()),
                 ..ControlPlane::default()
             },
-            ..BootstrapSettings::default()
+            ..BundleSettings::default()
         };
         let (b, seen) = source(rev, healthy);
         let m = issue(&b).await.unwrap_err().to_string();
@@ -771,7 +775,7 @@ vyVeKa5+VNr6gQ8=
                 .contains(&"GET /api/v1/namespaces/istio-system/configmaps/istio-1-24".to_string())
         );
 
-        let (b, _) = source(BootstrapSettings::default(), |m, p, body| {
+        let (b, _) = source(BundleSettings::default(), |m, p, body| {
             if p == MESH_PATH {
                 config_map("istio-system", "istio", "meshNetworks", "{}")
             } else {
@@ -784,7 +788,7 @@ vyVeKa5+VNr6gQ8=
 
     #[tokio::test]
     async fn bad_cluster_data_is_named_not_rendered() {
-        let (b, _) = source(BootstrapSettings::default(), |m, p, body| {
+        let (b, _) = source(BundleSettings::default(), |m, p, body| {
             if p == ROOT_PATH {
                 config_map("sigma", "istio-ca-root-cert", "root-cert.pem", "garbage")
             } else {
@@ -825,7 +829,7 @@ vyVeKa5+VNr6gQ8=
         ];
         for (reply, want) in cases {
             let reply = Arc::new(Mutex::new(Some(reply)));
-            let (b, _) = source(BootstrapSettings::default(), move |m, p, body| {
+            let (b, _) = source(BundleSettings::default(), move |m, p, body| {
                 if p == SVC_PATH {
                     reply.lock().unwrap().take().unwrap()
                 } else {
@@ -846,7 +850,7 @@ vyVeKa5+VNr6gQ8=
 
     #[tokio::test]
     async fn a_gateway_without_an_address_is_a_clear_error() {
-        let (b, _) = source(BootstrapSettings::default(), |m, p, body| {
+        let (b, _) = source(BundleSettings::default(), |m, p, body| {
             if p == SVC_PATH {
                 service(json!({"loadBalancer": {}}), json!({"type": "LoadBalancer"}))
             } else {
@@ -857,7 +861,7 @@ vyVeKa5+VNr6gQ8=
         assert!(m.contains("has no load-balancer address"), "{m}");
         assert!(m.contains("--eastwest-address"), "{m}");
 
-        let (b, _) = source(BootstrapSettings::default(), |m, p, body| {
+        let (b, _) = source(BundleSettings::default(), |m, p, body| {
             if p == SVC_PATH {
                 status(
                     404,
@@ -875,9 +879,9 @@ vyVeKa5+VNr6gQ8=
         );
 
         let (b, _) = source(
-            BootstrapSettings {
+            BundleSettings {
                 timeout: Duration::from_secs(3),
-                ..BootstrapSettings::default()
+                ..BundleSettings::default()
             },
             |m, p, body| {
                 if p == SVC_PATH {
@@ -901,9 +905,9 @@ vyVeKa5+VNr6gQ8=
     #[tokio::test]
     async fn an_address_given_by_the_operator_skips_the_service() {
         let (b, seen) = source(
-            BootstrapSettings {
+            BundleSettings {
                 eastwest_address: Some("2001:db8::1".parse().unwrap()),
-                ..BootstrapSettings::default()
+                ..BundleSettings::default()
             },
             healthy,
         );
@@ -923,7 +927,7 @@ vyVeKa5+VNr6gQ8=
 
     #[tokio::test]
     async fn refused_token_requests_and_a_lost_api_server_are_named() {
-        let (b, _) = source(BootstrapSettings::default(), |m, p, body| {
+        let (b, _) = source(BundleSettings::default(), |m, p, body| {
             if p == TOKEN_PATH {
                 status(
                     403,
@@ -940,7 +944,7 @@ vyVeKa5+VNr6gQ8=
             "{m}"
         );
 
-        let (b, _) = source(BootstrapSettings::default(), |m, p, body| {
+        let (b, _) = source(BundleSettings::default(), |m, p, body| {
             if p == TOKEN_PATH {
                 status(404, "NotFound", "serviceaccounts \"sigma-vm\" not found")
             } else {
@@ -950,16 +954,26 @@ vyVeKa5+VNr6gQ8=
         let m = issue(&b).await.unwrap_err().to_string();
         assert!(m.contains("ServiceAccount sigma/sigma-vm not found"), "{m}");
 
-        let (b, _) = source(BootstrapSettings::default(), |_, _, _| Reply::Down);
+        let (b, _) = source(BundleSettings::default(), |_, _, _| Reply::Down);
         let e = issue(&b).await.unwrap_err();
         assert!(matches!(e, Error::Kube { .. }), "{e:?}");
         assert!(e.to_string().contains("unreachable"), "{e}");
-        assert!(b.calls.failed.load(Ordering::Relaxed) >= 1);
+        assert!(
+            [
+                BundleCall::ConfigMap,
+                BundleCall::Service,
+                BundleCall::TokenRequest
+            ]
+            .into_iter()
+            .map(|call| b.calls.failures(&BundleCallLabels { call }))
+            .sum::<u64>()
+                >= 1
+        );
     }
 
     #[tokio::test]
     async fn shared_pieces_are_cached_and_failures_briefly_too() {
-        let (b, seen) = source(BootstrapSettings::default(), healthy);
+        let (b, seen) = source(BundleSettings::default(), healthy);
         for _ in 0..3 {
             issue(&b).await.unwrap();
         }
@@ -974,13 +988,23 @@ vyVeKa5+VNr6gQ8=
             3,
             "a token per bundle"
         );
-        assert_eq!(b.calls.config_maps.load(Ordering::Relaxed), 2);
-        assert_eq!(b.calls.tokens.load(Ordering::Relaxed), 3);
+        assert_eq!(
+            b.calls.calls(&BundleCallLabels {
+                call: BundleCall::ConfigMap
+            }),
+            2
+        );
+        assert_eq!(
+            b.calls.calls(&BundleCallLabels {
+                call: BundleCall::TokenRequest
+            }),
+            3
+        );
 
         let (b, seen) = source(
-            BootstrapSettings {
+            BundleSettings {
                 cache_ttl: Duration::ZERO,
-                ..BootstrapSettings::default()
+                ..BundleSettings::default()
             },
             healthy,
         );
@@ -992,7 +1016,7 @@ vyVeKa5+VNr6gQ8=
             6
         );
 
-        let (b, seen) = source(BootstrapSettings::default(), |m, p, body| {
+        let (b, seen) = source(BundleSettings::default(), |m, p, body| {
             if p == ROOT_PATH {
                 status(404, "NotFound", "gone")
             } else {
@@ -1014,7 +1038,7 @@ vyVeKa5+VNr6gQ8=
 
     #[tokio::test]
     async fn a_vps_without_a_proxy_costs_no_api_call() {
-        let (b, seen) = source(BootstrapSettings::default(), healthy);
+        let (b, seen) = source(BundleSettings::default(), healthy);
         let mut v = vps();
         v.status = VpsStatus::Retired;
         let e = b
