@@ -1,7 +1,9 @@
 //! The classic-mode sink: routes go to the local xDS server (sigma-xds), which pushes them to
 //! Envoy; its counters feed the agent's metrics.
 
-use sigma_types::{EnvoyRoute, NackReport};
+use std::collections::BTreeMap;
+
+use sigma_types::{EnvoyRoute, NackReport, RouteEndpoint};
 
 use crate::classic::RoutesSink;
 use crate::metrics::Metrics;
@@ -37,8 +39,13 @@ impl XdsSink {
 }
 
 impl RoutesSink for XdsSink {
-    fn publish(&self, version: i64, routes: Vec<EnvoyRoute>) {
-        self.handle.publish(version, routes);
+    fn publish(
+        &self,
+        version: i64,
+        routes: Vec<EnvoyRoute>,
+        endpoints: BTreeMap<String, Vec<RouteEndpoint>>,
+    ) {
+        self.handle.publish_with(version, routes, endpoints);
         self.sync_metrics();
     }
 

@@ -180,6 +180,51 @@ pub enum RouteTarget {
     },
 }
 
+impl std::fmt::Display for Upstream {
+    /// `host:port` (`[v6]:port`), `vps exit-1:vpn` or `pool vpn-exit:vpn (DE,FI)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upstream::Backend {
+                backend_host,
+                backend_port,
+                ..
+            } if backend_host.contains(':') => write!(f, "[{backend_host}]:{backend_port}"),
+            Upstream::Backend {
+                backend_host,
+                backend_port,
+                ..
+            } => write!(f, "{backend_host}:{backend_port}"),
+            Upstream::Target {
+                target: RouteTarget::Vps { hostname, port, .. },
+            } => write!(f, "vps {hostname}:{port}"),
+            Upstream::Target {
+                target:
+                    RouteTarget::Pool {
+                        purpose,
+                        port,
+                        countries,
+                    },
+            } => {
+                write!(f, "pool {purpose}:{port}")?;
+                if !countries.is_empty() {
+                    write!(f, " ({})", countries.join(","))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Upstream {
+    /// The backend's cluster type, or `fleet` for a target sigma resolves.
+    pub fn kind_label(&self) -> &'static str {
+        match self {
+            Upstream::Backend { cluster_type, .. } => cluster_type.as_str(),
+            Upstream::Target { .. } => "fleet",
+        }
+    }
+}
+
 impl RouteTarget {
     /// The name of the target's port.
     pub fn port(&self) -> &str {
