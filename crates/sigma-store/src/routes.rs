@@ -323,11 +323,7 @@ impl Store {
                     port: port.clone(),
                 }
             }
-            TargetSpec::Pool {
-                purpose,
-                port,
-                countries,
-            } => {
+            TargetSpec::Pool { purpose, port, .. } => {
                 let exists = sqlx::query("SELECT name FROM purposes WHERE name = $1")
                     .bind(purpose.clone())
                     .fetch_optional(&mut **tx)

@@ -1,10 +1,7 @@
 //! `sigmactl routes …`: Envoy routes of a VPS.
 
 use serde_json::Value;
-use sigma_types::{
-    EnvoyRoute, EnvoyRouteBatch, EnvoyRouteCreate, EnvoyRoutePatch, RouteStatus, RouteTarget,
-    Upstream,
-};
+use sigma_types::{EnvoyRoute, EnvoyRouteBatch, EnvoyRouteCreate, EnvoyRoutePatch, RouteStatus};
 use time::OffsetDateTime;
 
 use super::Ctx;
@@ -222,6 +219,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use sigma_types::{RouteTarget, Upstream};
 
     #[test]
     fn documents_become_batches() {
