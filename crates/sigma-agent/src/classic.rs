@@ -1,10 +1,11 @@
 //! Classic mode: the agent follows its VPS's Envoy routes in sigma-api (long poll) and hands
 //! each new version to the local xDS server, which pushes it to Envoy.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sigma_types::{AgentMode, AgentState, EnvoyRoute, NackReport};
+use sigma_types::{AgentMode, AgentState, EnvoyRoute, NackReport, RouteEndpoint};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -16,7 +17,12 @@ use crate::runner::{Desired, Managed};
 /// Where route snapshots go (the xDS server), and what it tells back.
 pub trait RoutesSink: Send + Sync + 'static {
     /// Replaces the served routes.
-    fn publish(&self, version: i64, routes: Vec<EnvoyRoute>);
+    fn publish(
+        &self,
+        version: i64,
+        routes: Vec<EnvoyRoute>,
+        endpoints: BTreeMap<String, Vec<RouteEndpoint>>,
+    );
     /// Envoys connected.
     fn clients(&self) -> u32;
     /// Latest version Envoy accepted (both listeners and clusters), if any.
@@ -80,7 +86,7 @@ impl<S: RoutesSink> Classic<S> {
                             backoff.reset();
                             if known != Some(cfg.version) {
                                 tracing::info!(version = cfg.version, routes = cfg.routes.len(), "Envoy routes changed");
-                                sink.publish(cfg.version, cfg.routes);
+                                sink.publish(cfg.version, cfg.routes, cfg.endpoints);
                                 known = Some(cfg.version);
                             }
                         }
@@ -115,7 +121,7 @@ impl<S: RoutesSink> Managed for Classic<S> {
         } else {
             self.stop().await;
             // No listeners: Envoy stops forwarding, user traffic to these ports ends here.
-            self.sink.publish(-1, Vec::new());
+            self.sink.publish(-1, Vec::new(), BTreeMap::new());
         }
         Ok(())
     }

@@ -2,7 +2,9 @@
 //! Envoy. The server's counters are in the agent's registry already
 //! ([`crate::metrics::Metrics::classic`]).
 
-use sigma_types::{EnvoyRoute, NackReport};
+use std::collections::BTreeMap;
+
+use sigma_types::{EnvoyRoute, NackReport, RouteEndpoint};
 
 use crate::classic::RoutesSink;
 
@@ -19,8 +21,13 @@ impl XdsSink {
 }
 
 impl RoutesSink for XdsSink {
-    fn publish(&self, version: i64, routes: Vec<EnvoyRoute>) {
-        self.handle.publish(version, routes);
+    fn publish(
+        &self,
+        version: i64,
+        routes: Vec<EnvoyRoute>,
+        endpoints: BTreeMap<String, Vec<RouteEndpoint>>,
+    ) {
+        self.handle.publish_with(version, routes, endpoints);
     }
 
     fn clients(&self) -> u32 {

@@ -57,6 +57,12 @@ pub struct Config {
     #[arg(long, env = "SIGMA_HEARTBEAT_FLUSH_INTERVAL", default_value = "1s", value_parser = duration)]
     pub heartbeat_flush_interval: Duration,
 
+    /// How long a VPS's agent may be silent before the VPS stops receiving route traffic as a
+    /// fleet target (a route to that VPS, or to a pool it belongs to). Longer than the agents'
+    /// heartbeat interval plus the flush interval.
+    #[arg(long, env = "SIGMA_ROUTE_TARGET_SILENCE", default_value = "90s", value_parser = duration)]
+    pub route_target_silence: Duration,
+
     /// How often changes made by other replicas (status, revoked keys) are picked up.
     #[arg(long, env = "SIGMA_CHANGE_POLL_INTERVAL", default_value = "2s", value_parser = duration)]
     pub change_poll_interval: Duration,

@@ -136,6 +136,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         StoreSettings {
             flush_interval: cfg.heartbeat_flush_interval,
             refresh_interval: cfg.change_poll_interval,
+            target_silence: cfg.route_target_silence,
         },
     )
     .await

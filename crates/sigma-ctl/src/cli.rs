@@ -769,12 +769,14 @@ pub struct RouteAddArgs {
     /// Port Envoy listens on
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub listen_port: u16,
-    /// Backend IP address or DNS name
-    #[arg(long)]
-    pub backend_host: String,
+    /// Backend IP address or DNS name outside the fleet (with --backend-port)
+    #[arg(long, required_unless_present_any = ["to_vps", "to_pool"], conflicts_with_all = ["to_vps", "to_pool"])]
+    pub backend_host: Option<String>,
     /// Backend port
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
-    pub backend_port: u16,
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..), required_unless_present_any = ["to_vps", "to_pool"])]
+    pub backend_port: Option<u16>,
+    #[command(flatten)]
+    pub target: RouteTargetArgs,
     /// How Envoy resolves the backend [default: static for an IP, strict_dns for a name]
     #[arg(long, value_parser = cluster_type())]
     pub cluster_type: Option<ClusterType>,
@@ -789,12 +791,44 @@ pub struct RouteAddArgs {
     pub status: Option<RouteStatus>,
 }
 
+/// A route's target inside the fleet (`routes add`/`edit`).
+#[derive(Debug, Clone, Args)]
+pub struct RouteTargetArgs {
+    /// Forward to this VPS of the fleet (hostname or id), at --target-port
+    #[arg(long, value_name = "VPS", conflicts_with = "to_pool", requires = "target_port")]
+    pub to_vps: Option<String>,
+    /// Forward to the pool of this purpose's active, healthy VPS, at --target-port
+    #[arg(long, value_name = "PURPOSE", requires = "target_port")]
+    pub to_pool: Option<String>,
+    /// Name of the port the target's purpose serves (its mesh.ports[].name)
+    #[arg(long, value_name = "PORT-NAME")]
+    pub target_port: Option<String>,
+    /// With --to-pool: only VPS in this country (repeatable)
+    #[arg(long = "country", value_name = "CC", requires = "to_pool")]
+    pub countries: Vec<String>,
+}
+
+impl RouteTargetArgs {
+    /// The API's target object, when a target was given.
+    pub fn input(&self) -> Option<sigma_types::RouteTargetInput> {
+        if self.to_vps.is_none() && self.to_pool.is_none() {
+            return None;
+        }
+        Some(sigma_types::RouteTargetInput {
+            vps: self.to_vps.clone(),
+            purpose: self.to_pool.clone(),
+            port: self.target_port.clone().unwrap_or_default(),
+            countries: (!self.countries.is_empty()).then(|| self.countries.clone()),
+        })
+    }
+}
+
 /// Fields of `routes edit`.
 #[derive(Debug, Clone, Args)]
 #[command(override_usage = "sigmactl routes edit <ROUTE-ID | VPS NAME> <--FIELD VALUE>...")]
 #[command(group(ArgGroup::new("change").required(true).multiple(true).args([
     "rename", "listen_port", "backend_host", "backend_port", "cluster_type",
-    "connect_timeout_ms", "proxy_protocol", "status",
+    "connect_timeout_ms", "proxy_protocol", "status", "to_vps", "to_pool",
 ])))]
 pub struct RouteEditArgs {
     /// A route id, or the VPS (hostname or id) when NAME follows
@@ -813,6 +847,9 @@ pub struct RouteEditArgs {
     /// New backend port
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub backend_port: Option<u16>,
+    /// A new fleet target instead of the backend or target it has
+    #[command(flatten)]
+    pub target_to: RouteTargetArgs,
     /// New cluster type
     #[arg(long, value_parser = cluster_type())]
     pub cluster_type: Option<ClusterType>,

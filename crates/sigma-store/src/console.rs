@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::db::{Sql, now_ms};
 use crate::error::{Error, Result};
 use crate::inventory::VPS_SELECT;
-use crate::routes::{ROUTE_COLS, route_from_row};
+use crate::routes::{route_cols, route_from_row};
 use crate::{Backend, Store};
 
 /// A column the console's VPS list can be sorted by.
@@ -540,11 +540,10 @@ impl Store {
     pub async fn chain_routes(&self) -> Result<ChainRoutes> {
         let read = &self.pools.read;
         // Route columns qualified by the table: both tables have id, status and timestamps.
-        let cols: Vec<String> = ROUTE_COLS.split(", ").map(|c| format!("r.{c}")).collect();
         let rows = sqlx::query(dynsql!(
             "SELECT {} FROM envoy_routes r JOIN vps v ON v.id = r.vps_id \
              WHERE v.deleted_at IS NULL ORDER BY v.hostname, r.name LIMIT $1",
-            cols.join(", ")
+            route_cols("r")
         ))
         .bind(MAX_CHAIN_ROUTES + 1)
         .fetch_all(read)
@@ -578,8 +577,18 @@ impl Store {
                 }
             }
         }
-        let hosts: std::collections::BTreeSet<&str> =
-            routes.iter().map(|r| r.backend_host.as_str()).collect();
+        // Backends by name or address, and target VPS by their current hostname (pools are
+        // shown by purpose, not member by member).
+        let hosts: std::collections::BTreeSet<&str> = routes
+            .iter()
+            .filter_map(|r| match &r.upstream {
+                sigma_types::Upstream::Backend { backend_host, .. } => Some(backend_host.as_str()),
+                sigma_types::Upstream::Target {
+                    target: sigma_types::RouteTarget::Vps { hostname, .. },
+                } => Some(hostname.as_str()),
+                sigma_types::Upstream::Target { .. } => None,
+            })
+            .collect();
         let (ips, names): (Vec<&str>, Vec<&str>) = hosts
             .into_iter()
             .partition(|h| h.parse::<std::net::IpAddr>().is_ok());

@@ -56,7 +56,7 @@ fn purpose_from_row(r: &AnyRow) -> Result<Purpose> {
     })
 }
 
-fn json_col<T: serde::de::DeserializeOwned>(r: &AnyRow, col: &str) -> Result<T> {
+pub(crate) fn json_col<T: serde::de::DeserializeOwned>(r: &AnyRow, col: &str) -> Result<T> {
     let s: String = r.try_get(col)?;
     serde_json::from_str(&s).map_err(|e| Error::Corrupt(format!("vps {col}: {e}")))
 }
@@ -485,6 +485,18 @@ impl Store {
             return Err(Error::Conflict(format!(
                 "purpose {name:?} is used by {} VPS (deleted ones included); change their purpose first",
                 before.vps_count
+            )));
+        }
+        let targeted: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM envoy_routes WHERE target_purpose = $1",
+        )
+        .bind(name.to_string())
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("n")?;
+        if targeted > 0 {
+            return Err(Error::Conflict(format!(
+                "purpose {name:?} is the pool target of {targeted} route(s); change or delete them first"
             )));
         }
         self.revoke_tokens_referring(&mut tx, actor, TokenRef::Purpose, name)

@@ -47,6 +47,9 @@ pub struct StoreSettings {
     pub flush_interval: Duration,
     /// How often changes made by other replicas are picked up.
     pub refresh_interval: Duration,
+    /// How long a VPS's agent may be silent before the VPS leaves the addresses of route
+    /// targets (a pool member, or a single target VPS).
+    pub target_silence: Duration,
 }
 
 impl Default for StoreSettings {
@@ -54,6 +57,7 @@ impl Default for StoreSettings {
         StoreSettings {
             flush_interval: Duration::from_secs(1),
             refresh_interval: Duration::from_secs(2),
+            target_silence: Duration::from_secs(90),
         }
     }
 }

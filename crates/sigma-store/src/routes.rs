@@ -2,12 +2,18 @@
 //!
 //! Every change bumps `vps.envoy_version` in the same transaction, so an agent that has seen
 //! version N and asks for the config again gets either N (nothing changed) or a newer version
-//! whose routes are exactly what was committed with it.
+//! whose routes are exactly what was committed with it. Routes to fleet targets (a VPS, or a
+//! purpose's pool) are checked when written (the target exists, serves the port, is not the
+//! route's own VPS) and resolved into addresses when an agent reads its config; the config's
+//! version then also follows those addresses.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
 use sigma_types::{
-    ClusterType, EnvoyConfig, EnvoyRoute, ProxyProtocol, RouteSpec, RouteStatus, VpsStatus,
+    ClusterType, EnvoyConfig, EnvoyRoute, IpAddress, ProxyProtocol, RouteEndpoint, RouteSpec,
+    RouteStatus, RouteTarget, TargetSpec, Upstream, UpstreamSpec, VpsRef, VpsStatus,
 };
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
@@ -19,15 +25,30 @@ use crate::auth::Principal;
 use crate::db::{from_ms, now_ms};
 use crate::error::{Error, Result, is_unique_violation};
 
-pub(crate) const ROUTE_COLS: &str = "id, vps_id, name, listen_port, backend_host, backend_port, cluster_type, \
-                          connect_timeout_ms, proxy_protocol, status, created_at, updated_at";
+/// The route columns of table alias `a`, with the target VPS's current hostname.
+pub(crate) fn route_cols(a: &str) -> String {
+    format!(
+        "{a}.id, {a}.vps_id, {a}.name, {a}.listen_port, {a}.backend_host, {a}.backend_port, \
+         {a}.cluster_type, {a}.target_kind, {a}.target_vps_id, {a}.target_purpose, {a}.target_port, \
+         {a}.target_countries, {a}.connect_timeout_ms, {a}.proxy_protocol, {a}.status, \
+         {a}.created_at, {a}.updated_at, \
+         (SELECT t.hostname FROM vps t WHERE t.id = {a}.target_vps_id) AS target_hostname"
+    )
+}
+
+/// Most endpoints one fleet-target route resolves to (a pool larger than this is cut, by
+/// hostname order, and the cut logged).
+pub const MAX_ROUTE_ENDPOINTS: usize = 4096;
+
+/// How often a long poll re-resolves fleet targets while nothing in the inventory changed: a
+/// target whose agent falls silent changes nothing stored, so only time reveals it.
+const TARGET_RECHECK: Duration = Duration::from_secs(5);
 
 pub(crate) fn route_from_row(r: &AnyRow) -> Result<EnvoyRoute> {
     let corrupt =
         |what: &str, v: &dyn std::fmt::Debug| Error::Corrupt(format!("route {what} {v:?}"));
     let id: String = r.try_get("id")?;
     let vps: String = r.try_get("vps_id")?;
-    let ct: String = r.try_get("cluster_type")?;
     let pp: String = r.try_get("proxy_protocol")?;
     let st: String = r.try_get("status")?;
     let port = |col: &str| -> Result<u16> {
@@ -35,14 +56,46 @@ pub(crate) fn route_from_row(r: &AnyRow) -> Result<EnvoyRoute> {
         u16::try_from(p).map_err(|_| corrupt(col, &p))
     };
     let timeout: i64 = r.try_get("connect_timeout_ms")?;
+    let kind: String = r.try_get("target_kind")?;
+    let upstream = match kind.as_str() {
+        "backend" => {
+            let ct: String = r.try_get("cluster_type")?;
+            let p: i64 = r.try_get("backend_port")?;
+            Upstream::Backend {
+                backend_host: r.try_get("backend_host")?,
+                backend_port: u16::try_from(p).map_err(|_| corrupt("backend_port", &p))?,
+                cluster_type: ClusterType::parse(&ct).ok_or_else(|| corrupt("cluster_type", &ct))?,
+            }
+        }
+        "vps" => {
+            let t: String = r.try_get("target_vps_id")?;
+            Upstream::Target {
+                target: RouteTarget::Vps {
+                    vps_id: Uuid::parse_str(&t).map_err(|_| corrupt("target_vps_id", &t))?,
+                    hostname: r.try_get("target_hostname")?,
+                    port: r.try_get("target_port")?,
+                },
+            }
+        }
+        "pool" => {
+            let c: String = r.try_get("target_countries")?;
+            Upstream::Target {
+                target: RouteTarget::Pool {
+                    purpose: r.try_get("target_purpose")?,
+                    port: r.try_get("target_port")?,
+                    countries: serde_json::from_str(&c)
+                        .map_err(|_| corrupt("target_countries", &c))?,
+                },
+            }
+        }
+        other => return Err(corrupt("target_kind", &other)),
+    };
     Ok(EnvoyRoute {
         id: Uuid::parse_str(&id).map_err(|_| corrupt("id", &id))?,
         vps_id: Uuid::parse_str(&vps).map_err(|_| corrupt("vps_id", &vps))?,
         name: r.try_get("name")?,
         listen_port: port("listen_port")?,
-        backend_host: r.try_get("backend_host")?,
-        backend_port: port("backend_port")?,
-        cluster_type: ClusterType::parse(&ct).ok_or_else(|| corrupt("cluster_type", &ct))?,
+        upstream,
         connect_timeout_ms: u32::try_from(timeout).map_err(|_| corrupt("timeout", &timeout))?,
         proxy_protocol: ProxyProtocol::parse(&pp).ok_or_else(|| corrupt("proxy_protocol", &pp))?,
         status: RouteStatus::parse(&st).ok_or_else(|| corrupt("status", &st))?,
@@ -95,12 +148,13 @@ impl Store {
         E: sqlx::Executor<'c, Database = Any>,
     {
         let filter = if active_only {
-            " AND status = 'active'"
+            " AND r.status = 'active'"
         } else {
             ""
         };
         let rows = sqlx::query(dynsql!(
-            "SELECT {ROUTE_COLS} FROM envoy_routes WHERE vps_id = $1{filter} ORDER BY name"
+            "SELECT {} FROM envoy_routes r WHERE r.vps_id = $1{filter} ORDER BY r.name",
+            route_cols("r")
         ))
         .bind(vps_id.to_string())
         .fetch_all(exec)
@@ -110,7 +164,8 @@ impl Store {
 
     async fn route_in(&self, tx: &mut Transaction<'_, Any>, id: Uuid) -> Result<EnvoyRoute> {
         let row = sqlx::query(dynsql!(
-            "SELECT {ROUTE_COLS} FROM envoy_routes WHERE id = $1"
+            "SELECT {} FROM envoy_routes r WHERE r.id = $1",
+            route_cols("r")
         ))
         .bind(id.to_string())
         .fetch_optional(&mut **tx)
@@ -144,18 +199,25 @@ impl Store {
     ) -> Result<Uuid> {
         let id = Uuid::new_v4();
         let now = now_ms();
+        let u = UpstreamCols::of(&s.upstream)?;
         let res = sqlx::query(
             "INSERT INTO envoy_routes (id, vps_id, name, listen_port, backend_host, backend_port, cluster_type, \
+             target_kind, target_vps_id, target_purpose, target_port, target_countries, \
              connect_timeout_ms, proxy_protocol, status, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16)",
         )
         .bind(id.to_string())
         .bind(vps_id.to_string())
         .bind(s.name.clone())
         .bind(i64::from(s.listen_port))
-        .bind(s.backend_host.clone())
-        .bind(i64::from(s.backend_port))
-        .bind(s.cluster_type.as_str())
+        .bind(u.backend_host)
+        .bind(u.backend_port)
+        .bind(u.cluster_type)
+        .bind(u.kind)
+        .bind(u.target_vps_id)
+        .bind(u.target_purpose)
+        .bind(u.target_port)
+        .bind(u.target_countries)
         .bind(i64::from(s.connect_timeout_ms))
         .bind(s.proxy_protocol.as_str())
         .bind(s.status.as_str())
@@ -174,15 +236,23 @@ impl Store {
         id: Uuid,
         s: &RouteSpec,
     ) -> Result<()> {
+        let u = UpstreamCols::of(&s.upstream)?;
         let res = sqlx::query(
             "UPDATE envoy_routes SET name = $1, listen_port = $2, backend_host = $3, backend_port = $4, \
-             cluster_type = $5, connect_timeout_ms = $6, proxy_protocol = $7, status = $8, updated_at = $9 WHERE id = $10",
+             cluster_type = $5, target_kind = $6, target_vps_id = $7, target_purpose = $8, target_port = $9, \
+             target_countries = $10, connect_timeout_ms = $11, proxy_protocol = $12, status = $13, \
+             updated_at = $14 WHERE id = $15",
         )
         .bind(s.name.clone())
         .bind(i64::from(s.listen_port))
-        .bind(s.backend_host.clone())
-        .bind(i64::from(s.backend_port))
-        .bind(s.cluster_type.as_str())
+        .bind(u.backend_host)
+        .bind(u.backend_port)
+        .bind(u.cluster_type)
+        .bind(u.kind)
+        .bind(u.target_vps_id)
+        .bind(u.target_purpose)
+        .bind(u.target_port)
+        .bind(u.target_countries)
         .bind(i64::from(s.connect_timeout_ms))
         .bind(s.proxy_protocol.as_str())
         .bind(s.status.as_str())
@@ -196,6 +266,114 @@ impl Store {
         }
     }
 
+    /// Checks a route's fleet target against the inventory (named fields under `prefix`) and
+    /// names its VPS by id, so specs compare equal however the operator named the VPS.
+    async fn resolve_spec(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        vps_id: Uuid,
+        spec: &RouteSpec,
+        prefix: &str,
+    ) -> Result<RouteSpec> {
+        let UpstreamSpec::Target(t) = &spec.upstream else {
+            return Ok(spec.clone());
+        };
+        let f = |n: &str| format!("{prefix}target.{n}");
+        let own_purpose: String = sqlx::query("SELECT purpose FROM vps WHERE id = $1")
+            .bind(vps_id.to_string())
+            .fetch_one(&mut **tx)
+            .await?
+            .try_get("purpose")?;
+        let resolved = match t {
+            TargetSpec::Vps { vps, port } => {
+                let q = match vps {
+                    VpsRef::Id(id) => sqlx::query(
+                        "SELECT id, hostname, purpose FROM vps WHERE id = $1 AND deleted_at IS NULL",
+                    )
+                    .bind(id.to_string()),
+                    VpsRef::Hostname(h) => sqlx::query(
+                        "SELECT id, hostname, purpose FROM vps WHERE hostname = $1 AND deleted_at IS NULL",
+                    )
+                    .bind(h.clone()),
+                };
+                let row = q.fetch_optional(&mut **tx).await?.ok_or_else(|| {
+                    Error::invalid(&f("vps"), "no VPS of that id or hostname (deleted ones excluded)")
+                })?;
+                let id: String = row.try_get("id")?;
+                let id = Uuid::parse_str(&id).map_err(|_| Error::Corrupt(format!("vps id {id:?}")))?;
+                if id == vps_id {
+                    return Err(Error::invalid(
+                        &f("vps"),
+                        "is this route's own VPS: the route would forward to itself",
+                    ));
+                }
+                let purpose: String = row.try_get("purpose")?;
+                let hostname: String = row.try_get("hostname")?;
+                self.check_served_port(tx, &purpose, port, &f("port"))
+                    .await
+                    .map_err(|e| match e {
+                        Error::Invalid(mut fe) => {
+                            let reason = fe.0.remove(&f("port")).unwrap_or_default();
+                            Error::invalid(&f("port"), format!("VPS {hostname}: {reason}"))
+                        }
+                        e => e,
+                    })?;
+                TargetSpec::Vps {
+                    vps: VpsRef::Id(id),
+                    port: port.clone(),
+                }
+            }
+            TargetSpec::Pool { purpose, port, .. } => {
+                let exists = sqlx::query("SELECT name FROM purposes WHERE name = $1")
+                    .bind(purpose.clone())
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                if exists.is_none() {
+                    return Err(Error::invalid(&f("purpose"), "no such purpose"));
+                }
+                if *purpose == own_purpose {
+                    return Err(Error::invalid(
+                        &f("purpose"),
+                        "is this VPS's own purpose: the pool would hold VPS that forward back into it",
+                    ));
+                }
+                self.check_served_port(tx, purpose, port, &f("port")).await?;
+                t.clone()
+            }
+        };
+        Ok(RouteSpec {
+            upstream: UpstreamSpec::Target(resolved),
+            ..spec.clone()
+        })
+    }
+
+    /// The application port a purpose serves under `port_name`, or a 422 naming `field`.
+    async fn check_served_port(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        purpose: &str,
+        port_name: &str,
+        field: &str,
+    ) -> Result<u16> {
+        let settings = purpose_settings(&mut **tx, purpose).await?;
+        served_port(&settings, port_name).ok_or_else(|| {
+            let names: Vec<&str> = settings.ports.iter().map(|p| p.name.as_str()).collect();
+            Error::invalid(
+                field,
+                if names.is_empty() {
+                    format!(
+                        "purpose {purpose} serves no ports (name them in the purpose's mesh.ports)"
+                    )
+                } else {
+                    format!(
+                        "purpose {purpose} serves no port named {port_name} (it serves {})",
+                        names.join(", ")
+                    )
+                },
+            )
+        })
+    }
+
     /// Adds a route to a VPS.
     pub async fn create_route(
         &self,
@@ -205,6 +383,7 @@ impl Store {
     ) -> Result<EnvoyRoute> {
         let mut tx = self.pools.write.begin().await?;
         self.live_vps_for_routes(&mut tx, vps_id).await?;
+        let s = &self.resolve_spec(&mut tx, vps_id, s, "").await?;
         let id = self.insert_route(&mut tx, vps_id, s).await?;
         self.bump_envoy_version(&mut tx, vps_id).await?;
         let r = self.route_in(&mut tx, id).await?;
@@ -244,6 +423,7 @@ impl Store {
         let before = self.route_in(&mut tx, id).await?;
         self.live_vps_for_routes(&mut tx, before.vps_id).await?;
         let spec = change(&before)?;
+        let spec = self.resolve_spec(&mut tx, before.vps_id, &spec, "").await?;
         self.write_route(&mut tx, id, &spec).await?;
         self.bump_envoy_version(&mut tx, before.vps_id).await?;
         let after = self.route_in(&mut tx, id).await?;
@@ -302,6 +482,20 @@ impl Store {
     ) -> Result<Vec<EnvoyRoute>> {
         let mut tx = self.pools.write.begin().await?;
         self.live_vps_for_routes(&mut tx, vps_id).await?;
+        let mut resolved = Vec::with_capacity(specs.len());
+        let mut bad = sigma_types::FieldErrors::new();
+        for (i, s) in specs.iter().enumerate() {
+            match self
+                .resolve_spec(&mut tx, vps_id, s, &format!("routes[{i}]."))
+                .await
+            {
+                Ok(s) => resolved.push(s),
+                Err(Error::Invalid(e)) => bad.0.extend(e.0),
+                Err(e) => return Err(e),
+            }
+        }
+        bad.into_result()?;
+        let specs = &resolved[..];
         let before = self.routes_in(&mut *tx, vps_id, false).await?;
         // Deletes first, then updates, then inserts, so that swapping ports between routes or
         // reusing a pruned route's port in one batch does not trip the uniqueness checks.
@@ -364,27 +558,137 @@ impl Store {
         Ok(after)
     }
 
-    /// The config an agent serves: its VPS's active routes and their version.
+    /// The config an agent serves: its VPS's active routes, the current addresses of their
+    /// fleet targets, and a version that changes with either.
     pub async fn envoy_config(&self, vps_id: Uuid) -> Result<EnvoyConfig> {
-        // One read transaction, so version and routes belong together.
+        // One read transaction, so version, routes and addresses belong together.
         let mut tx = self.pools.read.begin().await?;
-        let version: i64 = sqlx::query("SELECT envoy_version FROM vps WHERE id = $1")
+        let envoy_version: i64 = sqlx::query("SELECT envoy_version FROM vps WHERE id = $1")
             .bind(vps_id.to_string())
             .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| Error::NotFound(format!("no VPS with id {vps_id}")))?
             .try_get("envoy_version")?;
         let routes = self.routes_in(&mut *tx, vps_id, true).await?;
+        let mut endpoints = BTreeMap::new();
+        let mut settings: HashMap<String, Option<sigma_mesh::MeshSettings>> = HashMap::new();
+        let healthy_since = now_ms().saturating_sub(
+            i64::try_from(self.settings.target_silence.as_millis()).unwrap_or(i64::MAX),
+        );
+        for r in &routes {
+            if let Upstream::Target { target } = &r.upstream {
+                let eps = self
+                    .target_endpoints(&mut tx, vps_id, target, healthy_since, &mut settings)
+                    .await?;
+                endpoints.insert(r.name.clone(), eps);
+            }
+        }
         tx.rollback().await?;
+        let version = if endpoints.is_empty() {
+            envoy_version
+        } else {
+            // A digest of the route version and every address: equal configs, equal versions.
+            let mut h = Sha256::new();
+            h.update(envoy_version.to_be_bytes());
+            h.update(serde_json::to_vec(&endpoints).unwrap_or_default());
+            let d = h.finalize();
+            i64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]) & i64::MAX
+        };
         Ok(EnvoyConfig {
             vps_id,
             version,
             routes,
+            endpoints,
         })
     }
 
+    /// The addresses a fleet target stands for now: its VPS (or the pool's) that are active,
+    /// not deleted and heard from since `healthy_since`, never the route's own VPS, each at
+    /// its public address (as its WorkloadEntry would have it) and its purpose's application
+    /// port of that name. A purpose that no longer serves the port gives no addresses.
+    async fn target_endpoints(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        own: Uuid,
+        target: &RouteTarget,
+        healthy_since: i64,
+        settings: &mut HashMap<String, Option<sigma_mesh::MeshSettings>>,
+    ) -> Result<Vec<RouteEndpoint>> {
+        const COLS: &str = "id, hostname, purpose, ip_addresses";
+        const LIVE: &str = "deleted_at IS NULL AND status = 'active' AND last_heartbeat_at >= $1";
+        let rows = match target {
+            RouteTarget::Vps { vps_id, .. } => {
+                sqlx::query(dynsql!("SELECT {COLS} FROM vps WHERE {LIVE} AND id = $2"))
+                    .bind(healthy_since)
+                    .bind(vps_id.to_string())
+                    .fetch_all(&mut **tx)
+                    .await?
+            }
+            RouteTarget::Pool {
+                purpose,
+                countries,
+                ..
+            } => {
+                let mut sql = format!(
+                    "SELECT {COLS} FROM vps WHERE {LIVE} AND purpose = $2 AND id <> $3"
+                );
+                if !countries.is_empty() {
+                    let marks: Vec<String> =
+                        (0..countries.len()).map(|i| format!("${}", i + 4)).collect();
+                    sql.push_str(&format!(" AND country IN ({})", marks.join(", ")));
+                }
+                sql.push_str(&format!(
+                    " ORDER BY hostname LIMIT {}",
+                    MAX_ROUTE_ENDPOINTS + 1
+                ));
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(healthy_since)
+                    .bind(purpose.clone())
+                    .bind(own.to_string());
+                for c in countries {
+                    q = q.bind(c.clone());
+                }
+                q.fetch_all(&mut **tx).await?
+            }
+        };
+        if rows.len() > MAX_ROUTE_ENDPOINTS {
+            tracing::warn!(
+                vps = %own,
+                max = MAX_ROUTE_ENDPOINTS,
+                "a route's pool is larger than the endpoints one route carries; the first by hostname are used"
+            );
+        }
+        let mut out = Vec::new();
+        for r in rows.iter().take(MAX_ROUTE_ENDPOINTS) {
+            let purpose: String = r.try_get("purpose")?;
+            if !settings.contains_key(&purpose) {
+                let s = purpose_settings(&mut **tx, &purpose).await.ok();
+                settings.insert(purpose.clone(), s);
+            }
+            let Some(port) = settings[&purpose]
+                .as_ref()
+                .and_then(|s| served_port(s, target.port()))
+            else {
+                continue;
+            };
+            let ips: Vec<IpAddress> = crate::inventory::json_col(r, "ip_addresses")?;
+            let Some(address) = sigma_mesh::select_address(&ips) else {
+                continue;
+            };
+            out.push(RouteEndpoint {
+                address,
+                port,
+                hostname: r.try_get("hostname")?,
+            });
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// An agent's view of its routes: returns at once when the version differs from
-    /// `known_version`, otherwise waits up to `wait` for a change (long poll).
+    /// `known_version`, otherwise waits up to `wait` for a change (long poll). Fleet targets
+    /// are re-resolved on every inventory change and every few seconds, so a target that
+    /// retires or falls silent leaves the config within about that time.
     pub async fn agent_envoy_config(
         &self,
         p: &Principal,
@@ -398,18 +702,125 @@ impl Store {
         if hot.status == VpsStatus::Deleted {
             return Err(Error::Conflict(format!("VPS {hostname} is deleted")));
         }
-        if let Some(known) = known_version {
-            let mut changes = self.fleet.subscribe();
-            let deadline = tokio::time::Instant::now() + wait;
-            while self.hot_vps(id).await?.envoy_version == known {
-                if tokio::time::timeout_at(deadline, changes.changed())
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
+        // Subscribed before reading, so a change between the read and the wait still wakes it.
+        let mut changes = self.fleet.subscribe();
+        let mut cfg = self.envoy_config(id).await?;
+        let Some(known) = known_version else {
+            return Ok(cfg);
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        while cfg.version == known {
+            let fleet_targets = !cfg.endpoints.is_empty();
+            let wake = if fleet_targets {
+                (tokio::time::Instant::now() + TARGET_RECHECK).min(deadline)
+            } else {
+                deadline
+            };
+            let changed = tokio::time::timeout_at(wake, changes.changed()).await.is_ok();
+            if !changed && wake == deadline {
+                break;
             }
+            // Without fleet targets only this VPS's own route version matters: a cheap check
+            // on the cached row instead of a read of its routes.
+            if !fleet_targets && self.hot_vps(id).await?.envoy_version == known {
+                continue;
+            }
+            cfg = self.envoy_config(id).await?;
         }
-        self.envoy_config(id).await
+        Ok(cfg)
     }
+}
+
+/// A route upstream as the columns that store it.
+struct UpstreamCols {
+    kind: &'static str,
+    backend_host: Option<String>,
+    backend_port: Option<i64>,
+    cluster_type: Option<&'static str>,
+    target_vps_id: Option<String>,
+    target_purpose: Option<String>,
+    target_port: Option<String>,
+    target_countries: String,
+}
+
+impl UpstreamCols {
+    fn of(u: &UpstreamSpec) -> Result<UpstreamCols> {
+        let none = UpstreamCols {
+            kind: "backend",
+            backend_host: None,
+            backend_port: None,
+            cluster_type: None,
+            target_vps_id: None,
+            target_purpose: None,
+            target_port: None,
+            target_countries: "[]".into(),
+        };
+        Ok(match u {
+            UpstreamSpec::Backend {
+                host,
+                port,
+                cluster_type,
+            } => UpstreamCols {
+                backend_host: Some(host.clone()),
+                backend_port: Some(i64::from(*port)),
+                cluster_type: Some(cluster_type.as_str()),
+                ..none
+            },
+            UpstreamSpec::Target(TargetSpec::Vps {
+                vps: VpsRef::Id(id),
+                port,
+            }) => UpstreamCols {
+                kind: "vps",
+                target_vps_id: Some(id.to_string()),
+                target_port: Some(port.clone()),
+                ..none
+            },
+            UpstreamSpec::Target(TargetSpec::Vps {
+                vps: VpsRef::Hostname(h),
+                ..
+            }) => {
+                // resolve_spec names every target VPS by id before anything is written.
+                return Err(Error::Corrupt(format!(
+                    "route target VPS {h:?} was not looked up before writing"
+                )));
+            }
+            UpstreamSpec::Target(TargetSpec::Pool {
+                purpose,
+                port,
+                countries,
+            }) => UpstreamCols {
+                kind: "pool",
+                target_purpose: Some(purpose.clone()),
+                target_port: Some(port.clone()),
+                target_countries: serde_json::to_string(countries).unwrap_or_else(|_| "[]".into()),
+                ..none
+            },
+        })
+    }
+}
+
+/// A purpose's mesh settings (its served ports), as stored.
+async fn purpose_settings<'c, E>(exec: E, purpose: &str) -> Result<sigma_mesh::MeshSettings>
+where
+    E: sqlx::Executor<'c, Database = Any>,
+{
+    let mesh: String = sqlx::query("SELECT mesh FROM purposes WHERE name = $1")
+        .bind(purpose.to_string())
+        .fetch_optional(exec)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no purpose {purpose:?}")))?
+        .try_get("mesh")?;
+    let value: serde_json::Value = serde_json::from_str(&mesh)
+        .map_err(|_| Error::Corrupt(format!("purpose {purpose} mesh settings")))?;
+    sigma_mesh::MeshSettings::from_json(&value)
+        .map_err(|e| Error::Corrupt(format!("purpose {purpose} mesh settings: {e:?}")))
+}
+
+/// The application port of a purpose's port named `name` (where the application listens on
+/// the VPS: `target_port`, else the service port).
+fn served_port(s: &sigma_mesh::MeshSettings, name: &str) -> Option<u16> {
+    s.ports
+        .iter()
+        .find(|p| p.name == name)
+        .map(|p| p.target_port.unwrap_or(p.number))
 }

@@ -1,5 +1,9 @@
-//! Envoy routes of the classic mode: "listen on port P, forward TCP to backend H:Q", kept per
-//! VPS in sigma-api and served to the VPS's Envoy by sigma-agent over xDS.
+//! Envoy routes: "listen on port P of this VPS, forward TCP to an upstream", kept per VPS in
+//! sigma-api. The upstream is either a backend outside the fleet (an address or DNS name and
+//! port) or a target inside it: one VPS, or a pool (every active, healthy VPS of a purpose,
+//! optionally of some countries), at a port its purpose serves. Classic mode serves routes to
+//! the VPS's Envoy through sigma-agent's xDS, with fleet targets resolved by sigma-api into
+//! addresses ([`EnvoyConfig::endpoints`]).
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -107,12 +111,9 @@ pub struct EnvoyRoute {
     pub name: String,
     /// Port Envoy listens on (unique per VPS).
     pub listen_port: u16,
-    /// Backend IP address or DNS name.
-    pub backend_host: String,
-    /// Backend port.
-    pub backend_port: u16,
-    /// How Envoy resolves the backend.
-    pub cluster_type: ClusterType,
+    /// Where it forwards to: `backend_host`/`backend_port`/`cluster_type`, or `target`.
+    #[serde(flatten)]
+    pub upstream: Upstream,
     /// Connect timeout to the backend, in milliseconds.
     pub connect_timeout_ms: u32,
     /// PROXY protocol towards the backend.
@@ -127,6 +128,276 @@ pub struct EnvoyRoute {
     #[schema(value_type = String, format = DateTime)]
     /// Last changed at.
     pub updated_at: OffsetDateTime,
+}
+
+/// Where a route forwards to.
+///
+/// Serialized flat into the route: a backend route has `backend_host`, `backend_port` and
+/// `cluster_type` (as before fleet targets existed, so existing clients read it unchanged), a
+/// fleet route has `target`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Upstream {
+    /// An address or DNS name outside the fleet.
+    Backend {
+        /// Backend IP address or DNS name.
+        backend_host: String,
+        /// Backend port.
+        backend_port: u16,
+        /// How Envoy resolves the backend.
+        cluster_type: ClusterType,
+    },
+    /// A VPS or a pool of VPS of the fleet.
+    Target {
+        /// The target.
+        target: RouteTarget,
+    },
+}
+
+/// A target inside the fleet, named by what it is rather than by address: sigma-api resolves
+/// it (classic mode) or renders it as mesh configuration (mesh mode).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RouteTarget {
+    /// One VPS, at a port its purpose serves.
+    Vps {
+        /// The VPS.
+        vps_id: Uuid,
+        /// Its hostname (current, for people).
+        hostname: String,
+        /// Name of the port (one of its purpose's `mesh.ports`).
+        port: String,
+    },
+    /// Every active VPS of a purpose whose agent is heard from, at a port the purpose serves.
+    Pool {
+        /// The purpose.
+        purpose: String,
+        /// Name of the port (one of the purpose's `mesh.ports`).
+        port: String,
+        /// Only VPS in these countries (ISO 3166-1 alpha-2); empty: every country.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        countries: Vec<String>,
+    },
+}
+
+impl std::fmt::Display for Upstream {
+    /// `host:port` (`[v6]:port`), `vps exit-1:vpn` or `pool vpn-exit:vpn (DE,FI)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upstream::Backend {
+                backend_host,
+                backend_port,
+                ..
+            } if backend_host.contains(':') => write!(f, "[{backend_host}]:{backend_port}"),
+            Upstream::Backend {
+                backend_host,
+                backend_port,
+                ..
+            } => write!(f, "{backend_host}:{backend_port}"),
+            Upstream::Target {
+                target: RouteTarget::Vps { hostname, port, .. },
+            } => write!(f, "vps {hostname}:{port}"),
+            Upstream::Target {
+                target:
+                    RouteTarget::Pool {
+                        purpose,
+                        port,
+                        countries,
+                    },
+            } => {
+                write!(f, "pool {purpose}:{port}")?;
+                if !countries.is_empty() {
+                    write!(f, " ({})", countries.join(","))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Upstream {
+    /// The backend's cluster type, or `fleet` for a target sigma resolves.
+    pub fn kind_label(&self) -> &'static str {
+        match self {
+            Upstream::Backend { cluster_type, .. } => cluster_type.as_str(),
+            Upstream::Target { .. } => "fleet",
+        }
+    }
+}
+
+impl RouteTarget {
+    /// The name of the target's port.
+    pub fn port(&self) -> &str {
+        match self {
+            RouteTarget::Vps { port, .. } | RouteTarget::Pool { port, .. } => port,
+        }
+    }
+}
+
+/// A fleet target as an operator writes it: exactly one of `vps` (id or hostname) and
+/// `purpose`, and the name of the port.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTargetInput {
+    /// A VPS by id or hostname.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vps: Option<String>,
+    /// A purpose: the pool of its active, healthy VPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    /// Name of a port the target's purpose serves (its `mesh.ports[].name`).
+    pub port: String,
+    /// With `purpose`: only VPS in these countries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub countries: Option<Vec<String>>,
+}
+
+/// A VPS named by an operator: by id, or by hostname (looked up among live VPS).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum VpsRef {
+    /// By id.
+    Id(Uuid),
+    /// By hostname (lower case).
+    Hostname(String),
+}
+
+/// A checked fleet target, its VPS not yet looked up.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TargetSpec {
+    /// One VPS.
+    Vps {
+        /// The VPS.
+        vps: VpsRef,
+        /// Port name.
+        port: String,
+    },
+    /// A pool.
+    Pool {
+        /// Purpose.
+        purpose: String,
+        /// Port name.
+        port: String,
+        /// Countries (sorted, unique); empty: all.
+        countries: Vec<String>,
+    },
+}
+
+/// A checked upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum UpstreamSpec {
+    /// Outside the fleet.
+    Backend {
+        /// Host.
+        host: String,
+        /// Port.
+        port: u16,
+        /// Cluster type.
+        cluster_type: ClusterType,
+    },
+    /// Inside the fleet.
+    Target(TargetSpec),
+}
+
+impl From<&Upstream> for UpstreamSpec {
+    fn from(u: &Upstream) -> Self {
+        match u {
+            Upstream::Backend {
+                backend_host,
+                backend_port,
+                cluster_type,
+            } => UpstreamSpec::Backend {
+                host: backend_host.clone(),
+                port: *backend_port,
+                cluster_type: *cluster_type,
+            },
+            Upstream::Target {
+                target: RouteTarget::Vps { vps_id, port, .. },
+            } => UpstreamSpec::Target(TargetSpec::Vps {
+                vps: VpsRef::Id(*vps_id),
+                port: port.clone(),
+            }),
+            Upstream::Target {
+                target:
+                    RouteTarget::Pool {
+                        purpose,
+                        port,
+                        countries,
+                    },
+            } => UpstreamSpec::Target(TargetSpec::Pool {
+                purpose: purpose.clone(),
+                port: port.clone(),
+                countries: countries.clone(),
+            }),
+        }
+    }
+}
+
+/// Most countries one pool may name.
+pub const MAX_POOL_COUNTRIES: usize = 64;
+
+impl RouteTargetInput {
+    /// Checks the target, naming fields under `prefix` (`"target."`).
+    pub fn spec(&self, prefix: &str, e: &mut FieldErrors) -> Option<TargetSpec> {
+        let f = |n: &str| format!("{prefix}{n}");
+        let port = e.check(&f("port"), v::dns_label(&self.port));
+        match (&self.vps, &self.purpose) {
+            (Some(_), Some(_)) => {
+                e.add(f("purpose"), "give either vps or purpose, not both");
+                None
+            }
+            (None, None) => {
+                e.add(
+                    prefix.trim_end_matches('.'),
+                    "needs vps (a VPS by id or hostname) or purpose (a pool)",
+                );
+                None
+            }
+            (Some(vps), None) => {
+                if self.countries.is_some() {
+                    e.add(f("countries"), "only a pool (purpose) is narrowed by countries");
+                }
+                let vps = match Uuid::parse_str(vps.trim()) {
+                    Ok(id) => Some(VpsRef::Id(id)),
+                    Err(_) => e
+                        .check(&f("vps"), v::hostname(vps))
+                        .map(VpsRef::Hostname),
+                };
+                Some(TargetSpec::Vps { vps: vps?, port: port? })
+            }
+            (None, Some(purpose)) => {
+                let purpose = e.check(&f("purpose"), v::dns_label(purpose));
+                let mut countries = Vec::new();
+                let given = self.countries.as_deref().unwrap_or_default();
+                if given.len() > MAX_POOL_COUNTRIES {
+                    e.add(f("countries"), format!("at most {MAX_POOL_COUNTRIES}"));
+                }
+                for (i, c) in given.iter().enumerate() {
+                    if let Some(c) = e.check(&f(&format!("countries[{i}]")), v::country(c)) {
+                        countries.push(c);
+                    }
+                }
+                countries.sort();
+                countries.dedup();
+                Some(TargetSpec::Pool {
+                    purpose: purpose?,
+                    port: port?,
+                    countries,
+                })
+            }
+        }
+    }
+}
+
+/// One address of a fleet target, as sigma-api resolved it for a classic-mode agent.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+pub struct RouteEndpoint {
+    /// The target VPS's address (the one its WorkloadEntry would carry).
+    #[schema(value_type = String)]
+    pub address: std::net::IpAddr,
+    /// The application's port on it.
+    pub port: u16,
+    /// The VPS's hostname (for logs and people).
+    pub hostname: String,
 }
 
 /// Longest connect timeout accepted: one minute.
@@ -188,37 +459,39 @@ pub struct EnvoyRouteCreate {
     pub name: String,
     /// Port Envoy listens on.
     pub listen_port: i64,
-    /// Backend IP address or DNS name.
-    pub backend_host: String,
+    /// Backend IP address or DNS name outside the fleet (with `backend_port`; not with
+    /// `target`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_host: Option<String>,
     /// Backend port.
-    pub backend_port: i64,
-    /// Default: `static` for an IP address, `strict_dns` for a name.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_port: Option<i64>,
+    /// A target inside the fleet instead of a backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<RouteTargetInput>,
+    /// Default: `static` for an IP address, `strict_dns` for a name (backends only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_type: Option<ClusterType>,
     /// Default 5000.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout_ms: Option<i64>,
     /// Default `none`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<ProxyProtocol>,
     /// Default `active`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<RouteStatus>,
 }
 
-/// A checked route, ready to store.
+/// A checked route, ready to store (a fleet target's VPS still to be looked up).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteSpec {
     /// Name.
     pub name: String,
     /// Listen port.
     pub listen_port: u16,
-    /// Backend host.
-    pub backend_host: String,
-    /// Backend port.
-    pub backend_port: u16,
-    /// Cluster type.
-    pub cluster_type: ClusterType,
+    /// Where it forwards to.
+    pub upstream: UpstreamSpec,
     /// Connect timeout.
     pub connect_timeout_ms: u32,
     /// PROXY protocol.
@@ -232,9 +505,7 @@ impl From<&EnvoyRoute> for RouteSpec {
         RouteSpec {
             name: r.name.clone(),
             listen_port: r.listen_port,
-            backend_host: r.backend_host.clone(),
-            backend_port: r.backend_port,
-            cluster_type: r.cluster_type,
+            upstream: UpstreamSpec::from(&r.upstream),
             connect_timeout_ms: r.connect_timeout_ms,
             proxy_protocol: r.proxy_protocol,
             status: r.status,
@@ -248,8 +519,6 @@ impl EnvoyRouteCreate {
         let f = |n: &str| format!("{prefix}{n}");
         let name = e.check(&f("name"), route_name(&self.name));
         let listen_port = e.check(&f("listen_port"), v::port(self.listen_port));
-        let backend_host = e.check(&f("backend_host"), backend_host(&self.backend_host));
-        let backend_port = e.check(&f("backend_port"), v::port(self.backend_port));
         let timeout = e.check(
             &f("connect_timeout_ms"),
             timeout(
@@ -257,21 +526,57 @@ impl EnvoyRouteCreate {
                     .unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS),
             ),
         );
-        let backend_host = backend_host?;
-        let cluster_type =
-            self.cluster_type
-                .unwrap_or(if backend_host.parse::<std::net::IpAddr>().is_ok() {
-                    ClusterType::Static
-                } else {
-                    ClusterType::StrictDns
-                });
-        check_type_and_host(cluster_type, &backend_host, &f("backend_host"), e);
+        let upstream = match (&self.target, &self.backend_host, self.backend_port) {
+            (Some(t), host, port) => {
+                if host.is_some() {
+                    e.add(f("backend_host"), "give either target or backend_host, not both");
+                }
+                if port.is_some() {
+                    e.add(f("backend_port"), "give either target or backend_port, not both");
+                }
+                if self.cluster_type.is_some() {
+                    e.add(
+                        f("cluster_type"),
+                        "a fleet target is resolved by sigma; cluster_type is for backends",
+                    );
+                }
+                t.spec(&f("target."), e).map(UpstreamSpec::Target)
+            }
+            (None, host, port) => {
+                let host = match host {
+                    Some(h) => e.check(&f("backend_host"), backend_host(h)),
+                    None => {
+                        e.add(f("backend_host"), "required (or a fleet target in target)");
+                        None
+                    }
+                };
+                let port = match port {
+                    Some(p) => e.check(&f("backend_port"), v::port(p)),
+                    None => {
+                        e.add(f("backend_port"), "required (or a fleet target in target)");
+                        None
+                    }
+                };
+                let host = host?;
+                let cluster_type =
+                    self.cluster_type
+                        .unwrap_or(if host.parse::<std::net::IpAddr>().is_ok() {
+                            ClusterType::Static
+                        } else {
+                            ClusterType::StrictDns
+                        });
+                check_type_and_host(cluster_type, &host, &f("backend_host"), e);
+                Some(UpstreamSpec::Backend {
+                    host,
+                    port: port?,
+                    cluster_type,
+                })
+            }
+        };
         Some(RouteSpec {
             name: name?,
             listen_port: listen_port?,
-            backend_host,
-            backend_port: backend_port?,
-            cluster_type,
+            upstream: upstream?,
             connect_timeout_ms: timeout?,
             proxy_protocol: self.proxy_protocol.unwrap_or(ProxyProtocol::None),
             status: self.status.unwrap_or(RouteStatus::Active),
@@ -315,6 +620,14 @@ pub struct EnvoyRoutePatch {
     )]
     #[schema(value_type = Option<i64>)]
     pub backend_port: Option<Option<i64>>,
+    /// New fleet target (replaces a backend; a new backend replaces a target).
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<RouteTargetInput>)]
+    pub target: Option<Option<RouteTargetInput>>,
     /// New cluster type.
     #[serde(
         default,
@@ -350,34 +663,61 @@ pub struct EnvoyRoutePatch {
 }
 
 impl EnvoyRoutePatch {
-    /// Applies the patch to a stored route and checks the result.
+    /// Applies the patch to a stored route and checks the result. A stored fleet target
+    /// stays unless the patch names a new target or a new backend (host and port).
     pub fn apply(&self, r: &EnvoyRoute) -> Result<RouteSpec, FieldErrors> {
         let mut e = FieldErrors::new();
         let name = non_null(self.name.clone(), "name", &mut e).unwrap_or_else(|| r.name.clone());
         let listen_port =
             non_null(self.listen_port, "listen_port", &mut e).unwrap_or(i64::from(r.listen_port));
-        let backend_host = non_null(self.backend_host.clone(), "backend_host", &mut e)
-            .unwrap_or_else(|| r.backend_host.clone());
-        let backend_port = non_null(self.backend_port, "backend_port", &mut e)
-            .unwrap_or(i64::from(r.backend_port));
-        // A new backend host without a new type re-derives the type from the host's form.
-        let cluster_type = non_null(self.cluster_type, "cluster_type", &mut e).or(
-            if self.backend_host.is_some() {
-                None
-            } else {
-                Some(r.cluster_type)
-            },
-        );
+        let new_host = non_null(self.backend_host.clone(), "backend_host", &mut e);
+        let new_port = non_null(self.backend_port, "backend_port", &mut e);
+        let new_target = non_null(self.target.clone(), "target", &mut e);
+        let new_type = non_null(self.cluster_type, "cluster_type", &mut e);
         let connect_timeout_ms = non_null(self.connect_timeout_ms, "connect_timeout_ms", &mut e)
             .unwrap_or(i64::from(r.connect_timeout_ms));
         let proxy_protocol =
             non_null(self.proxy_protocol, "proxy_protocol", &mut e).unwrap_or(r.proxy_protocol);
         let status = non_null(self.status, "status", &mut e).unwrap_or(r.status);
+        let (backend_host, backend_port, target, cluster_type) = match (&r.upstream, new_target) {
+            (_, Some(t)) => (new_host, new_port, Some(t), new_type),
+            (
+                Upstream::Backend {
+                    backend_host,
+                    backend_port,
+                    cluster_type,
+                },
+                None,
+            ) => {
+                // A new backend host without a new type re-derives the type from the host's
+                // form.
+                let ty = new_type.or(if new_host.is_some() {
+                    None
+                } else {
+                    Some(*cluster_type)
+                });
+                (
+                    Some(new_host.unwrap_or_else(|| backend_host.clone())),
+                    Some(new_port.unwrap_or(i64::from(*backend_port))),
+                    None,
+                    ty,
+                )
+            }
+            (Upstream::Target { target }, None) => {
+                if new_host.is_some() || new_port.is_some() {
+                    // Moving from a fleet target to a backend needs both halves of it.
+                    (new_host, new_port, None, new_type)
+                } else {
+                    (None, None, Some(target_input(target)), new_type)
+                }
+            }
+        };
         let spec = EnvoyRouteCreate {
             name,
             listen_port,
             backend_host,
             backend_port,
+            target,
             cluster_type,
             connect_timeout_ms: Some(connect_timeout_ms),
             proxy_protocol: Some(proxy_protocol),
@@ -386,6 +726,27 @@ impl EnvoyRoutePatch {
         .spec("", &mut e);
         e.into_result()?;
         spec.ok_or_else(FieldErrors::new)
+    }
+}
+
+/// A stored target as an operator would write it (by id).
+fn target_input(t: &RouteTarget) -> RouteTargetInput {
+    match t {
+        RouteTarget::Vps { vps_id, port, .. } => RouteTargetInput {
+            vps: Some(vps_id.to_string()),
+            port: port.clone(),
+            ..Default::default()
+        },
+        RouteTarget::Pool {
+            purpose,
+            port,
+            countries,
+        } => RouteTargetInput {
+            purpose: Some(purpose.clone()),
+            port: port.clone(),
+            countries: (!countries.is_empty()).then(|| countries.clone()),
+            ..Default::default()
+        },
     }
 }
 
@@ -436,12 +797,21 @@ impl Normalize for EnvoyRouteCreate {
         let spec = self.spec("", &mut e);
         e.into_result()?;
         let s = spec.ok_or_else(FieldErrors::new)?;
+        let (backend_host, backend_port, cluster_type, target) = match s.upstream {
+            UpstreamSpec::Backend {
+                host,
+                port,
+                cluster_type,
+            } => (Some(host), Some(i64::from(port)), Some(cluster_type), None),
+            UpstreamSpec::Target(_) => (None, None, None, self.target),
+        };
         Ok(EnvoyRouteCreate {
             name: s.name,
             listen_port: i64::from(s.listen_port),
-            backend_host: s.backend_host,
-            backend_port: i64::from(s.backend_port),
-            cluster_type: Some(s.cluster_type),
+            backend_host,
+            backend_port,
+            target,
+            cluster_type,
             connect_timeout_ms: Some(i64::from(s.connect_timeout_ms)),
             proxy_protocol: Some(s.proxy_protocol),
             status: Some(s.status),
@@ -454,10 +824,16 @@ impl Normalize for EnvoyRouteCreate {
 pub struct EnvoyConfig {
     /// The VPS.
     pub vps_id: Uuid,
-    /// Changes in the same transaction as any change of the VPS's routes.
+    /// Compare for equality only. Without fleet targets it is the VPS's route version, which
+    /// changes in the same transaction as any change of its routes; with fleet targets it also
+    /// changes when a target's addresses change (a digest of both).
     pub version: i64,
     /// Active routes, by name.
     pub routes: Vec<EnvoyRoute>,
+    /// The current addresses of each active fleet-target route, by route name (sorted; empty
+    /// when no target VPS is active and heard from).
+    #[serde(default)]
+    pub endpoints: std::collections::BTreeMap<String, Vec<RouteEndpoint>>,
 }
 
 #[cfg(test)]
@@ -475,14 +851,27 @@ mod tests {
             .spec("", &mut e)
             .unwrap();
         assert!(e.is_empty());
-        assert_eq!(s.cluster_type, ClusterType::Static);
+        assert_eq!(
+            s.upstream,
+            UpstreamSpec::Backend {
+                host: "10.0.0.1".into(),
+                port: 8443,
+                cluster_type: ClusterType::Static
+            }
+        );
         assert_eq!(s.connect_timeout_ms, 5000);
         assert_eq!(s.proxy_protocol, ProxyProtocol::None);
         let s = create(serde_json::json!({"name": "r2", "listen_port": 443, "backend_host": "Backend.Example.com", "backend_port": 8443}))
             .spec("", &mut e)
             .unwrap();
-        assert_eq!(s.cluster_type, ClusterType::StrictDns);
-        assert_eq!(s.backend_host, "backend.example.com");
+        assert_eq!(
+            s.upstream,
+            UpstreamSpec::Backend {
+                host: "backend.example.com".into(),
+                port: 8443,
+                cluster_type: ClusterType::StrictDns
+            }
+        );
     }
 
     #[test]
@@ -526,22 +915,134 @@ mod tests {
             vps_id: Uuid::nil(),
             name: "r".into(),
             listen_port: 1000,
-            backend_host: "10.0.0.1".into(),
-            backend_port: 80,
-            cluster_type: ClusterType::Static,
+            upstream: Upstream::Backend {
+                backend_host: "10.0.0.1".into(),
+                backend_port: 80,
+                cluster_type: ClusterType::Static,
+            },
             connect_timeout_ms: 5000,
             proxy_protocol: ProxyProtocol::None,
             status: RouteStatus::Active,
             created_at: OffsetDateTime::UNIX_EPOCH,
             updated_at: OffsetDateTime::UNIX_EPOCH,
         };
+        let ty = |s: RouteSpec| match s.upstream {
+            UpstreamSpec::Backend { cluster_type, .. } => cluster_type,
+            other => panic!("{other:?}"),
+        };
         let p: EnvoyRoutePatch =
             serde_json::from_str(r#"{"backend_host": "db.example.com"}"#).unwrap();
-        assert_eq!(p.apply(&r).unwrap().cluster_type, ClusterType::StrictDns);
+        assert_eq!(ty(p.apply(&r).unwrap()), ClusterType::StrictDns);
         let p: EnvoyRoutePatch =
             serde_json::from_str(r#"{"cluster_type": "logical_dns"}"#).unwrap();
-        assert_eq!(p.apply(&r).unwrap().cluster_type, ClusterType::LogicalDns);
+        assert_eq!(ty(p.apply(&r).unwrap()), ClusterType::LogicalDns);
         let p: EnvoyRoutePatch = serde_json::from_str(r#"{"listen_port": null}"#).unwrap();
         assert!(p.apply(&r).unwrap_err().0.contains_key("listen_port"));
+
+        // Backend -> pool -> (other fields kept) -> backend again.
+        let p: EnvoyRoutePatch = serde_json::from_str(
+            r#"{"target": {"purpose": "vpn-exit", "port": "vpn", "countries": ["de", "FI", "DE"]}}"#,
+        )
+        .unwrap();
+        let pool = p.apply(&r).unwrap();
+        assert_eq!(
+            pool.upstream,
+            UpstreamSpec::Target(TargetSpec::Pool {
+                purpose: "vpn-exit".into(),
+                port: "vpn".into(),
+                countries: vec!["DE".into(), "FI".into()],
+            })
+        );
+        let mut fleet = r.clone();
+        fleet.upstream = Upstream::Target {
+            target: RouteTarget::Pool {
+                purpose: "vpn-exit".into(),
+                port: "vpn".into(),
+                countries: vec![],
+            },
+        };
+        let p: EnvoyRoutePatch = serde_json::from_str(r#"{"listen_port": 1001}"#).unwrap();
+        assert_eq!(p.apply(&fleet).unwrap().upstream, UpstreamSpec::from(&fleet.upstream));
+        // Half a backend is not enough to leave a fleet target.
+        let p: EnvoyRoutePatch = serde_json::from_str(r#"{"backend_host": "10.0.0.9"}"#).unwrap();
+        assert!(p.apply(&fleet).unwrap_err().0.contains_key("backend_port"));
+        let p: EnvoyRoutePatch =
+            serde_json::from_str(r#"{"backend_host": "10.0.0.9", "backend_port": 22}"#).unwrap();
+        assert!(matches!(
+            p.apply(&fleet).unwrap().upstream,
+            UpstreamSpec::Backend { port: 22, .. }
+        ));
+    }
+
+    #[test]
+    fn fleet_targets_name_their_fields() {
+        let check = |v: serde_json::Value| {
+            let mut e = FieldErrors::new();
+            let s = create(v).spec("", &mut e);
+            (s, e)
+        };
+        let (s, e) = check(serde_json::json!({"name": "r", "listen_port": 443,
+            "target": {"vps": "Exit-1.Example", "port": "vpn"}}));
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(
+            s.unwrap().upstream,
+            UpstreamSpec::Target(TargetSpec::Vps {
+                vps: VpsRef::Hostname("exit-1.example".into()),
+                port: "vpn".into()
+            })
+        );
+        let id = Uuid::new_v4();
+        let (s, _) = check(serde_json::json!({"name": "r", "listen_port": 443,
+            "target": {"vps": id.to_string(), "port": "vpn"}}));
+        assert!(matches!(
+            s.unwrap().upstream,
+            UpstreamSpec::Target(TargetSpec::Vps { vps: VpsRef::Id(i), .. }) if i == id
+        ));
+        for (v, field) in [
+            (serde_json::json!({"port": "vpn"}), "target"),
+            (serde_json::json!({"vps": "a", "purpose": "b", "port": "vpn"}), "target.purpose"),
+            (serde_json::json!({"vps": "a b", "port": "vpn"}), "target.vps"),
+            (serde_json::json!({"vps": "a", "port": "Not A Label"}), "target.port"),
+            (serde_json::json!({"vps": "a", "port": "vpn", "countries": ["DE"]}), "target.countries"),
+            (serde_json::json!({"purpose": "vpn-exit", "port": "vpn", "countries": ["DE", "Germany"]}), "target.countries[1]"),
+            (serde_json::json!({"purpose": "Bad Purpose", "port": "vpn"}), "target.purpose"),
+        ] {
+            let (_, e) = check(serde_json::json!({"name": "r", "listen_port": 443, "target": v}));
+            assert!(e.0.contains_key(field), "{field}: {e:?}");
+        }
+        // A backend and a target at once, or a cluster type for a target.
+        let (_, e) = check(serde_json::json!({"name": "r", "listen_port": 443, "backend_host": "10.0.0.1",
+            "backend_port": 1, "cluster_type": "static", "target": {"vps": "a", "port": "vpn"}}));
+        for f in ["backend_host", "backend_port", "cluster_type"] {
+            assert!(e.0.contains_key(f), "{f}: {e:?}");
+        }
+        // Neither.
+        let (_, e) = check(serde_json::json!({"name": "r", "listen_port": 443}));
+        assert!(e.0.contains_key("backend_host") && e.0.contains_key("backend_port"), "{e:?}");
+    }
+
+    #[test]
+    fn routes_serialize_flat_for_both_kinds() {
+        let backend = Upstream::Backend {
+            backend_host: "10.0.0.1".into(),
+            backend_port: 80,
+            cluster_type: ClusterType::Static,
+        };
+        assert_eq!(
+            serde_json::to_value(&backend).unwrap(),
+            serde_json::json!({"backend_host": "10.0.0.1", "backend_port": 80, "cluster_type": "static"})
+        );
+        let id = Uuid::nil();
+        let vps = Upstream::Target {
+            target: RouteTarget::Vps {
+                vps_id: id,
+                hostname: "exit-1".into(),
+                port: "vpn".into(),
+            },
+        };
+        let json = serde_json::to_value(&vps).unwrap();
+        assert_eq!(json["target"]["kind"], "vps");
+        assert_eq!(serde_json::from_value::<Upstream>(json).unwrap(), vps);
+        assert_eq!(serde_json::from_value::<Upstream>(serde_json::to_value(&backend).unwrap()).unwrap(), backend);
     }
 }

@@ -1,6 +1,8 @@
 //! Envoy resources built from sigma's routes: one TCP-proxy listener and one cluster per
-//! active route.
+//! active route. A backend route's cluster resolves its one host as the route says; a fleet
+//! route's cluster is static, holding the addresses sigma-api resolved for its target.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use envoy_types::pb::envoy::config::cluster::v3::{
@@ -20,7 +22,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::proxy_protocol::v3::P
 use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
 use envoy_types::pb::google::protobuf::{Any, Duration};
 use envoy_types::util::pack_any;
-use sigma_types::{ClusterType, EnvoyRoute, ProxyProtocol, RouteStatus};
+use sigma_types::{ClusterType, EnvoyRoute, ProxyProtocol, RouteEndpoint, RouteStatus, Upstream};
 
 /// Type URL of CDS resources.
 pub const CLUSTER_TYPE_URL: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
@@ -91,11 +93,27 @@ pub fn build_listener(route: &EnvoyRoute, options: &ResourceOptions) -> Listener
     }
 }
 
-/// The cluster of a route: its one backend, how it is resolved, and the PROXY protocol
-/// header sent to it.
-pub fn build_cluster(route: &EnvoyRoute) -> Cluster {
+/// The cluster of a route: its backend and how it is resolved, or the resolved addresses of
+/// its fleet target (`endpoints`; none while no target VPS is active and heard from, so
+/// connections are refused rather than sent somewhere stale), and the PROXY protocol header
+/// sent upstream.
+pub fn build_cluster(route: &EnvoyRoute, endpoints: &[RouteEndpoint]) -> Cluster {
     let name = resource_name(&route.name);
-    let discovery = match route.cluster_type {
+    let (cluster_type, addresses): (ClusterType, Vec<(String, u16)>) = match &route.upstream {
+        Upstream::Backend {
+            backend_host,
+            backend_port,
+            cluster_type,
+        } => (*cluster_type, vec![(backend_host.clone(), *backend_port)]),
+        Upstream::Target { .. } => (
+            ClusterType::Static,
+            endpoints
+                .iter()
+                .map(|e| (e.address.to_string(), e.port))
+                .collect(),
+        ),
+    };
+    let discovery = match cluster_type {
         ClusterType::Static => DiscoveryType::Static,
         ClusterType::StrictDns => DiscoveryType::StrictDns,
         ClusterType::LogicalDns => DiscoveryType::LogicalDns,
@@ -115,20 +133,23 @@ pub fn build_cluster(route: &EnvoyRoute) -> Cluster {
         }),
         // VPSes often have an IPv6 address but no IPv6 route; Envoy's default (AUTO) would
         // try AAAA first. A name with only AAAA records still works.
-        dns_lookup_family: match route.cluster_type {
+        dns_lookup_family: match cluster_type {
             ClusterType::Static => DnsLookupFamily::Auto as i32,
             _ => DnsLookupFamily::V4Preferred as i32,
         },
         load_assignment: Some(ClusterLoadAssignment {
             cluster_name: name,
             endpoints: vec![LocalityLbEndpoints {
-                lb_endpoints: vec![LbEndpoint {
-                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
-                        address: Some(socket_address(&route.backend_host, route.backend_port)),
+                lb_endpoints: addresses
+                    .iter()
+                    .map(|(host, port)| LbEndpoint {
+                        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                            address: Some(socket_address(host, *port)),
+                            ..Default::default()
+                        })),
                         ..Default::default()
-                    })),
-                    ..Default::default()
-                }],
+                    })
+                    .collect(),
                 ..Default::default()
             }],
             ..Default::default()
@@ -172,8 +193,20 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds the resources of the active routes; disabled routes produce nothing.
+    /// Builds the resources of the active routes; disabled routes produce nothing. Fleet
+    /// routes get no endpoints: see [`Snapshot::build_with`].
     pub fn build(version: i64, routes: &[EnvoyRoute], options: &ResourceOptions) -> Self {
+        Self::build_with(version, routes, &BTreeMap::new(), options)
+    }
+
+    /// Builds the resources of the active routes, fleet routes with their resolved
+    /// `endpoints` (by route name).
+    pub fn build_with(
+        version: i64,
+        routes: &[EnvoyRoute],
+        endpoints: &BTreeMap<String, Vec<RouteEndpoint>>,
+        options: &ResourceOptions,
+    ) -> Self {
         let mut active: Vec<&EnvoyRoute> = routes
             .iter()
             .filter(|r| r.status == RouteStatus::Active)
@@ -183,7 +216,13 @@ impl Snapshot {
         active.sort_by(|a, b| a.name.cmp(&b.name));
         Snapshot {
             version,
-            clusters: active.iter().map(|r| pack_any(build_cluster(r))).collect(),
+            clusters: active
+                .iter()
+                .map(|r| {
+                    let eps = endpoints.get(&r.name).map(Vec::as_slice).unwrap_or_default();
+                    pack_any(build_cluster(r, eps))
+                })
+                .collect(),
             listeners: active
                 .iter()
                 .map(|r| pack_any(build_listener(r, options)))
@@ -219,9 +258,11 @@ pub(crate) mod tests {
             vps_id: uuid::Uuid::nil(),
             name: name.into(),
             listen_port: port,
-            backend_host: "10.1.2.3".into(),
-            backend_port: 8080,
-            cluster_type: ClusterType::Static,
+            upstream: Upstream::Backend {
+                backend_host: "10.1.2.3".into(),
+                backend_port: 8080,
+                cluster_type: ClusterType::Static,
+            },
             connect_timeout_ms: 1500,
             proxy_protocol: ProxyProtocol::None,
             status: RouteStatus::Active,
@@ -279,11 +320,14 @@ pub(crate) mod tests {
     #[test]
     fn cluster_carries_type_timeout_and_backend() {
         let mut r = route("db", 5432);
-        r.backend_host = "db.internal".into();
-        r.backend_port = 5433;
-        r.cluster_type = ClusterType::LogicalDns;
+        let backend = |t: ClusterType| Upstream::Backend {
+            backend_host: "db.internal".into(),
+            backend_port: 5433,
+            cluster_type: t,
+        };
+        r.upstream = backend(ClusterType::LogicalDns);
         r.connect_timeout_ms = 2250;
-        let c = build_cluster(&r);
+        let c = build_cluster(&r, &[]);
         assert_eq!(c.name, "route_db");
         assert_eq!(
             c.cluster_discovery_type,
@@ -309,9 +353,9 @@ pub(crate) mod tests {
             (ClusterType::Static, DiscoveryType::Static),
             (ClusterType::StrictDns, DiscoveryType::StrictDns),
         ] {
-            r.cluster_type = t;
+            r.upstream = backend(t);
             assert_eq!(
-                build_cluster(&r).cluster_discovery_type,
+                build_cluster(&r, &[]).cluster_discovery_type,
                 Some(ClusterDiscoveryType::Type(d as i32))
             );
         }
@@ -325,7 +369,7 @@ pub(crate) mod tests {
         ] {
             let mut r = route("pp", 1);
             r.proxy_protocol = p;
-            let ts = build_cluster(&r).transport_socket.unwrap();
+            let ts = build_cluster(&r, &[]).transport_socket.unwrap();
             assert_eq!(ts.name, "envoy.transport_sockets.upstream_proxy_protocol");
             let Some(transport_socket::ConfigType::TypedConfig(any)) = &ts.config_type else {
                 panic!("no typed config")
@@ -335,6 +379,59 @@ pub(crate) mod tests {
             let inner = up.transport_socket.unwrap();
             assert_eq!(inner.name, "envoy.transport_sockets.raw_buffer");
         }
+    }
+
+    #[test]
+    fn fleet_routes_get_the_resolved_addresses_as_a_static_cluster() {
+        let mut r = route("exit", 443);
+        r.upstream = Upstream::Target {
+            target: sigma_types::RouteTarget::Pool {
+                purpose: "vpn-exit".into(),
+                port: "vpn".into(),
+                countries: vec![],
+            },
+        };
+        let eps = vec![
+            RouteEndpoint {
+                address: "10.77.1.2".parse().unwrap(),
+                port: 1194,
+                hostname: "exit-1".into(),
+            },
+            RouteEndpoint {
+                address: "10.77.2.2".parse().unwrap(),
+                port: 1194,
+                hostname: "exit-2".into(),
+            },
+        ];
+        let c = build_cluster(&r, &eps);
+        assert_eq!(
+            c.cluster_discovery_type,
+            Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32))
+        );
+        let got: Vec<(String, u32)> = c.load_assignment.unwrap().endpoints[0]
+            .lb_endpoints
+            .iter()
+            .map(|e| match &e.host_identifier {
+                Some(lb_endpoint::HostIdentifier::Endpoint(e)) => port_of(&e.address),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [("10.77.1.2".into(), 1194), ("10.77.2.2".into(), 1194)]
+        );
+        // No target VPS: a cluster without endpoints (connections refused, never stale).
+        let c = build_cluster(&r, &[]);
+        assert!(c.load_assignment.unwrap().endpoints[0].lb_endpoints.is_empty());
+        // The snapshot takes each route's endpoints by name.
+        let snap = Snapshot::build_with(
+            1,
+            std::slice::from_ref(&r),
+            &BTreeMap::from([("exit".to_string(), eps)]),
+            &ResourceOptions::default(),
+        );
+        let c: Cluster = unpack(&snap.clusters[0]);
+        assert_eq!(c.load_assignment.unwrap().endpoints[0].lb_endpoints.len(), 2);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The gRPC side: the aggregated discovery service and the handle the agent publishes into.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +11,7 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
-use sigma_types::{EnvoyRoute, NackReport};
+use sigma_types::{EnvoyRoute, NackReport, RouteEndpoint};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -60,7 +61,17 @@ impl XdsHandle {
     /// A version names one set of routes: publishing the version a stream already has sends
     /// nothing to it.
     pub fn publish(&self, version: i64, routes: Vec<EnvoyRoute>) {
-        let snapshot = Snapshot::build(version, &routes, &self.shared.options);
+        self.publish_with(version, routes, BTreeMap::new());
+    }
+
+    /// [`XdsHandle::publish`] with the resolved addresses of fleet routes, by route name.
+    pub fn publish_with(
+        &self,
+        version: i64,
+        routes: Vec<EnvoyRoute>,
+        endpoints: BTreeMap<String, Vec<RouteEndpoint>>,
+    ) {
+        let snapshot = Snapshot::build_with(version, &routes, &endpoints, &self.shared.options);
         tracing::info!(
             version,
             listeners = snapshot.listeners.len(),

@@ -1,4 +1,4 @@
-//! `sigmactl routes …`: Envoy routes of a VPS (classic mode).
+//! `sigmactl routes …`: Envoy routes of a VPS.
 
 use serde_json::Value;
 use sigma_types::{EnvoyRoute, EnvoyRouteBatch, EnvoyRouteCreate, EnvoyRoutePatch, RouteStatus};
@@ -15,12 +15,15 @@ use crate::output::{self, Cell, Details, Paint};
 /// dropped when a file is applied, so `routes list -o yaml` output can be applied.
 pub const OUTPUT_ONLY_FIELDS: [&str; 4] = ["id", "vps_id", "created_at", "updated_at"];
 
+/// Where a route forwards to, in one cell: `host:port`, `vps exit-1:vpn` or
+/// `pool vpn-exit:vpn (DE,FI)`.
 fn backend(r: &EnvoyRoute) -> String {
-    if r.backend_host.contains(':') {
-        format!("[{}]:{}", r.backend_host, r.backend_port)
-    } else {
-        format!("{}:{}", r.backend_host, r.backend_port)
-    }
+    r.upstream.to_string()
+}
+
+/// The cluster type of a backend route; fleet targets are resolved by sigma.
+fn cluster(r: &EnvoyRoute) -> &'static str {
+    r.upstream.kind_label()
 }
 
 fn status_cell(s: RouteStatus) -> Cell {
@@ -35,7 +38,7 @@ fn row(r: &EnvoyRoute, _: OffsetDateTime) -> Vec<Cell> {
         Cell::new(r.name.clone()),
         Cell::new(r.listen_port.to_string()),
         Cell::new(backend(r)),
-        Cell::new(r.cluster_type.as_str()),
+        Cell::new(cluster(r)),
         Cell::new(format!("{}ms", r.connect_timeout_ms)),
         Cell::new(r.proxy_protocol.as_str()),
         status_cell(r.status),
@@ -53,7 +56,7 @@ fn details(r: &EnvoyRoute, _: OffsetDateTime) -> Details {
         .field("Name", r.name.clone())
         .field("Listen port", r.listen_port.to_string())
         .field("Backend", backend(r))
-        .field("Cluster type", r.cluster_type.as_str())
+        .field("Cluster type", cluster(r))
         .field("Connect timeout", format!("{} ms", r.connect_timeout_ms))
         .field("PROXY protocol", r.proxy_protocol.as_str())
         .field("Status", status_cell(r.status))
@@ -67,7 +70,8 @@ fn create_body(a: RouteAddArgs) -> EnvoyRouteCreate {
         name: a.name,
         listen_port: i64::from(a.listen_port),
         backend_host: a.backend_host,
-        backend_port: i64::from(a.backend_port),
+        backend_port: a.backend_port.map(i64::from),
+        target: a.target.input(),
         cluster_type: a.cluster_type,
         connect_timeout_ms: a.connect_timeout_ms,
         proxy_protocol: a.proxy_protocol,
@@ -82,6 +86,7 @@ pub fn patch_body(a: &RouteEditArgs) -> EnvoyRoutePatch {
         listen_port: a.listen_port.map(|p| Some(i64::from(p))),
         backend_host: a.backend_host.clone().map(Some),
         backend_port: a.backend_port.map(|p| Some(i64::from(p))),
+        target: a.target_to.input().map(Some),
         cluster_type: a.cluster_type.map(Some),
         connect_timeout_ms: a.connect_timeout_ms.map(Some),
         proxy_protocol: a.proxy_protocol.map(Some),
@@ -127,6 +132,18 @@ pub fn batch(doc: Value, prune_flag: bool, source: &str) -> Result<EnvoyRouteBat
         if let Value::Object(o) = &mut r {
             for f in OUTPUT_ONLY_FIELDS {
                 o.remove(f);
+            }
+            // A listed fleet target (`kind`, `vps_id`, `hostname`) is written back the way an
+            // operator names one (`vps` by id).
+            if let Some(Value::Object(t)) = o.get_mut("target")
+                && let Some(kind) = t.remove("kind")
+            {
+                t.remove("hostname");
+                if kind == "vps"
+                    && let Some(id) = t.remove("vps_id")
+                {
+                    t.insert("vps".into(), id);
+                }
             }
         }
         out.push(
@@ -202,6 +219,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use sigma_types::{RouteTarget, Upstream};
 
     #[test]
     fn documents_become_batches() {
@@ -212,6 +230,14 @@ mod tests {
         let b = batch(list, false, "r.yaml").unwrap();
         assert_eq!(b.routes.len(), 1);
         assert!(!b.prune);
+        let listed = json!([
+            {"name": "b", "listen_port": 1001, "target": {"kind": "vps", "vps_id": "8d0c9c52-5b0e-4c39-9d55-0b1a3c2e4f61", "hostname": "exit-1", "port": "vpn"},
+             "connect_timeout_ms": 5000, "proxy_protocol": "none", "status": "active"},
+        ]);
+        let b = batch(listed, false, "r.yaml").unwrap();
+        let t = b.routes[0].target.clone().unwrap();
+        assert_eq!(t.vps.as_deref(), Some("8d0c9c52-5b0e-4c39-9d55-0b1a3c2e4f61"));
+        assert_eq!(t.port, "vpn");
         let obj = json!({"routes": [{"name": "a", "listen_port": 1, "backend_host": "h", "backend_port": 2}], "prune": true});
         assert!(batch(obj.clone(), false, "r.json").unwrap().prune);
         let obj = json!({"routes": []});
@@ -243,6 +269,12 @@ mod tests {
             listen_port: Some(8443),
             backend_host: None,
             backend_port: None,
+            target_to: crate::cli::RouteTargetArgs {
+                to_vps: None,
+                to_pool: None,
+                target_port: None,
+                countries: vec![],
+            },
             cluster_type: None,
             connect_timeout_ms: None,
             proxy_protocol: None,
@@ -261,9 +293,11 @@ mod tests {
             vps_id: uuid::Uuid::nil(),
             name: "r".into(),
             listen_port: 1,
-            backend_host: "2001:db8::1".into(),
-            backend_port: 443,
-            cluster_type: sigma_types::ClusterType::Static,
+            upstream: Upstream::Backend {
+                backend_host: "2001:db8::1".into(),
+                backend_port: 443,
+                cluster_type: sigma_types::ClusterType::Static,
+            },
             connect_timeout_ms: 5000,
             proxy_protocol: sigma_types::ProxyProtocol::None,
             status: RouteStatus::Active,
@@ -271,7 +305,20 @@ mod tests {
             updated_at: OffsetDateTime::UNIX_EPOCH,
         };
         assert_eq!(backend(&r), "[2001:db8::1]:443");
-        r.backend_host = "db.example".into();
+        r.upstream = Upstream::Backend {
+            backend_host: "db.example".into(),
+            backend_port: 443,
+            cluster_type: sigma_types::ClusterType::StrictDns,
+        };
         assert_eq!(backend(&r), "db.example:443");
+        r.upstream = Upstream::Target {
+            target: RouteTarget::Pool {
+                purpose: "vpn-exit".into(),
+                port: "vpn".into(),
+                countries: vec!["DE".into(), "FI".into()],
+            },
+        };
+        assert_eq!(backend(&r), "pool vpn-exit:vpn (DE,FI)");
+        assert_eq!(cluster(&r), "fleet");
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::extract::State;
 use maud::{Markup, html};
 use sigma_store::console::{ChainRoutes, ChainVps, MAX_CHAIN_ROUTES};
-use sigma_types::{EnvoyRoute, RouteStatus, VpsStatus};
+use sigma_types::{EnvoyRoute, RouteStatus, RouteTarget, Upstream, VpsStatus};
 use uuid::Uuid;
 
 use crate::Web;
@@ -28,6 +28,8 @@ pub enum Target {
     Vps(Uuid),
     /// A host that is not a live VPS (the exit's own service, or something outside sigma).
     External(String),
+    /// A pool of a purpose's VPS (`pool vpn-exit:vpn (DE)`), resolved when forwarding.
+    Pool(String),
     /// A VPS already on this chain: the routes form a loop.
     Loop(Uuid),
 }
@@ -78,10 +80,14 @@ pub fn build(c: &ChainRoutes) -> Vec<Chain> {
         routes_of.entry(r.vps_id).or_default().push(r);
     }
     let target_of = |r: &EnvoyRoute| {
-        by_host
-            .get(r.backend_host.as_str())
-            .copied()
-            .filter(|t| *t != r.vps_id)
+        match &r.upstream {
+            Upstream::Backend { backend_host, .. } => by_host.get(backend_host.as_str()).copied(),
+            Upstream::Target {
+                target: RouteTarget::Vps { vps_id, .. },
+            } => Some(*vps_id),
+            Upstream::Target { .. } => None,
+        }
+        .filter(|t| *t != r.vps_id)
     };
     let reached: HashSet<Uuid> = c.routes.iter().filter_map(target_of).collect();
     let mut entries: Vec<Uuid> = routes_of
@@ -119,7 +125,10 @@ fn walk<'a>(
         let target = match target_of(r) {
             Some(t) if t == at || path.iter().any(|h| h.vps == t) => Target::Loop(t),
             Some(t) => Target::Vps(t),
-            None => Target::External(r.backend_host.clone()),
+            None => match &r.upstream {
+                Upstream::Backend { backend_host, .. } => Target::External(backend_host.clone()),
+                u @ Upstream::Target { .. } => Target::Pool(u.to_string()),
+            },
         };
         path.push(Hop {
             vps: at,
@@ -219,9 +228,13 @@ pub async fn page(State(web): State<Web>, Signed(s): Signed) -> WebResult<maud::
                                         }
                                     }
                                     Target::Loop(t) => { (vps_link(t)) span.badge.doctor-warning { "loop" } }
-                                    Target::External(host) => {
-                                        span.mono { (host) @if let Some(r) = r { ":" (r.backend_port) } }
+                                    Target::External(_) => {
+                                        span.mono { @if let Some(r) = r { (r.upstream.to_string()) } }
                                         span.badge title="not a VPS of the inventory; its health is not known here" { "outside" }
+                                    }
+                                    Target::Pool(pool) => {
+                                        span.mono { (pool) }
+                                        span.badge title="every active VPS of the purpose whose agent is heard from" { "pool" }
                                     }
                                 }
                             }
@@ -258,9 +271,11 @@ mod tests {
             vps_id: Uuid::from_u128(on),
             name: format!("r{n}"),
             listen_port: 443,
-            backend_host: backend.into(),
-            backend_port: 443,
-            cluster_type: ClusterType::Static,
+            upstream: Upstream::Backend {
+                backend_host: backend.into(),
+                backend_port: 443,
+                cluster_type: ClusterType::Static,
+            },
             connect_timeout_ms: 5000,
             proxy_protocol: ProxyProtocol::None,
             status: RouteStatus::Active,

@@ -12,7 +12,7 @@ use maud::{Markup, html};
 use sigma_store::sessions::Session;
 use sigma_types::{
     ClusterType, EnvoyRoute, EnvoyRouteCreate, EnvoyRoutePatch, FieldErrors, ProxyProtocol,
-    RouteStatus, Vps, VpsStatus,
+    RouteStatus, RouteTarget, RouteTargetInput, Upstream, Vps, VpsStatus,
 };
 use uuid::Uuid;
 
@@ -60,8 +60,8 @@ pub fn section(s: &Session, v: &Vps, routes: &[EnvoyRoute]) -> Markup {
                     tbody { @for r in routes { tr {
                         td { (r.name) }
                         td.num { (r.listen_port) }
-                        td.mono { (r.backend_host) ":" (r.backend_port) }
-                        td { (r.cluster_type.as_str()) }
+                        td.mono { (r.upstream.to_string()) }
+                        td { (r.upstream.kind_label()) }
                         td { (r.proxy_protocol.as_str()) }
                         td { span class={ "badge route-" (r.status.as_str()) } { (r.status.as_str()) } }
                         @if operate { td.actions {
@@ -84,6 +84,22 @@ pub fn section(s: &Session, v: &Vps, routes: &[EnvoyRoute]) -> Markup {
         }
     }
 }
+
+/// The fields the route form shows its errors at; others are listed above the button.
+const FORM_FIELDS: [&str; 12] = [
+    "name",
+    "listen_port",
+    "backend_host",
+    "backend_port",
+    "target.vps",
+    "target.purpose",
+    "target.port",
+    "target.countries",
+    "cluster_type",
+    "connect_timeout_ms",
+    "proxy_protocol",
+    "status",
+];
 
 fn route_form(s: &Session, v: &Vps, action: &str, d: &Form, errors: &FieldErrors) -> Markup {
     let text = |name: &str, label: &str, hint: &str| {
@@ -116,15 +132,25 @@ fn route_form(s: &Session, v: &Vps, action: &str, d: &Form, errors: &FieldErrors
             (layout::csrf(s))
             (text("name", "Name", "lower-case letters, digits, '-', '_' and '.'"))
             (text("listen_port", "Listen port", "the port Envoy listens on, on this VPS"))
-            (text("backend_host", "Backend host", "IP address or DNS name"))
-            (text("backend_port", "Backend port", ""))
+            fieldset {
+                legend { "Forward to a backend outside the fleet…" }
+                (text("backend_host", "Backend host", "IP address or DNS name"))
+                (text("backend_port", "Backend port", ""))
+            }
+            fieldset {
+                legend { "…or to a target in the fleet" }
+                (text("target.vps", "Target VPS", "hostname or id of one VPS"))
+                (text("target.purpose", "Target pool", "a purpose: its active VPS whose agents are heard from"))
+                (text("target.port", "Target port name", "a port the target's purpose serves (mesh.ports)"))
+                (text("target.countries", "Pool countries", "comma-separated ISO codes, e.g. DE,FI; empty for all"))
+            }
             (choice("cluster_type", "Cluster type", &[("", "from the host (static for an IP, strict_dns for a name)"),
                 ("static", "static"), ("strict_dns", "strict_dns"), ("logical_dns", "logical_dns")]))
             (text("connect_timeout_ms", "Connect timeout (ms)", "1-60000; empty for 5000"))
             (choice("proxy_protocol", "PROXY protocol", &[("none", "none"), ("v1", "v1"), ("v2", "v2")]))
             (choice("status", "Status", &[("active", "active (served)"), ("disabled", "disabled (kept, not served)")]))
             @for (k, m) in &errors.0 {
-                @if !["name", "listen_port", "backend_host", "backend_port", "cluster_type", "connect_timeout_ms", "proxy_protocol", "status"].contains(&k.as_str()) {
+                @if !FORM_FIELDS.contains(&k.as_str()) {
                     p.field-error role="alert" { (k) ": " (m) }
                 }
             }
@@ -182,17 +208,50 @@ fn create_of(f: &Form, e: &mut FieldErrors) -> EnvoyRouteCreate {
     let listen_port = number(f, "listen_port", e);
     let backend_port = number(f, "backend_port", e);
     let connect_timeout_ms = number(f, "connect_timeout_ms", e);
+    let target = target_of(f);
+    // With a target the backend fields are sent only when filled, so the API names the clash.
+    let (backend_host, backend_port) = if target.is_some() {
+        (f.text("backend_host"), backend_port)
+    } else {
+        (
+            Some(f.get("backend_host").unwrap_or("").trim().to_string()),
+            Some(backend_port.unwrap_or(0)),
+        )
+    };
     EnvoyRouteCreate {
         name: f.get("name").unwrap_or("").trim().to_string(),
         // A missing or malformed port is checked (and named) by the API's own rule.
         listen_port: listen_port.unwrap_or(0),
-        backend_host: f.get("backend_host").unwrap_or("").trim().to_string(),
-        backend_port: backend_port.unwrap_or(0),
+        backend_host,
+        backend_port,
+        target,
         cluster_type,
         connect_timeout_ms,
         proxy_protocol,
         status,
     }
+}
+
+/// The fleet target the form names, when any of its fields is filled.
+fn target_of(f: &Form) -> Option<RouteTargetInput> {
+    let vps = f.text("target.vps");
+    let purpose = f.text("target.purpose");
+    let port = f.text("target.port");
+    let countries = f.text("target.countries").map(|c| {
+        c.split(',')
+            .map(|x| x.trim().to_string())
+            .filter(|x| !x.is_empty())
+            .collect::<Vec<_>>()
+    });
+    if vps.is_none() && purpose.is_none() && port.is_none() && countries.is_none() {
+        return None;
+    }
+    Some(RouteTargetInput {
+        vps,
+        purpose,
+        port: port.unwrap_or_default(),
+        countries,
+    })
 }
 
 /// A conflict from the store (a taken name or port) shown at the field it is about.
@@ -210,19 +269,49 @@ fn conflict_field(message: String) -> FieldErrors {
 }
 
 fn draft_of(r: &EnvoyRoute) -> Form {
-    Form::from_pairs(vec![
+    let upstream: Vec<(String, String)> = match &r.upstream {
+        Upstream::Backend {
+            backend_host,
+            backend_port,
+            cluster_type,
+        } => vec![
+            ("backend_host".into(), backend_host.clone()),
+            ("backend_port".into(), backend_port.to_string()),
+            ("cluster_type".into(), cluster_type.as_str().into()),
+        ],
+        Upstream::Target {
+            target: RouteTarget::Vps { hostname, port, .. },
+        } => vec![
+            ("target.vps".into(), hostname.clone()),
+            ("target.port".into(), port.clone()),
+        ],
+        Upstream::Target {
+            target:
+                RouteTarget::Pool {
+                    purpose,
+                    port,
+                    countries,
+                },
+        } => vec![
+            ("target.purpose".into(), purpose.clone()),
+            ("target.port".into(), port.clone()),
+            ("target.countries".into(), countries.join(",")),
+        ],
+    };
+    let mut pairs = vec![
         ("name".into(), r.name.clone()),
         ("listen_port".into(), r.listen_port.to_string()),
-        ("backend_host".into(), r.backend_host.clone()),
-        ("backend_port".into(), r.backend_port.to_string()),
-        ("cluster_type".into(), r.cluster_type.as_str().into()),
+    ];
+    pairs.extend(upstream);
+    pairs.extend([
         (
             "connect_timeout_ms".into(),
             r.connect_timeout_ms.to_string(),
         ),
         ("proxy_protocol".into(), r.proxy_protocol.as_str().into()),
         ("status".into(), r.status.as_str().into()),
-    ])
+    ]);
+    Form::from_pairs(pairs)
 }
 
 /// `GET /vps/{id}/routes/new`.
@@ -317,8 +406,9 @@ fn patch_of(f: &Form, e: &mut FieldErrors) -> EnvoyRoutePatch {
     EnvoyRoutePatch {
         name: Some(Some(c.name)),
         listen_port: Some(Some(c.listen_port)),
-        backend_host: Some(Some(c.backend_host)),
-        backend_port: Some(Some(c.backend_port)),
+        backend_host: c.backend_host.map(Some),
+        backend_port: c.backend_port.map(Some),
+        target: c.target.map(Some),
         cluster_type: c.cluster_type.map(Some),
         connect_timeout_ms: Some(Some(
             c.connect_timeout_ms
@@ -408,7 +498,7 @@ pub async fn delete_confirm(
         h1 { "Delete route " (r.name) "?" }
         section.card {
             p { "Envoy on " (v.hostname) " stops listening on port " (r.listen_port) " and forwarding to "
-                span.mono { (r.backend_host) ":" (r.backend_port) } ". To keep the route but stop serving it, disable it instead." }
+                span.mono { (r.upstream.to_string()) } ". To keep the route but stop serving it, disable it instead." }
             form method="post" action={ "/vps/" (v.id) "/routes/" (r.id) "/delete" } {
                 (layout::csrf(&s))
                 button.danger type="submit" { "Delete route " (r.name) }
@@ -469,7 +559,34 @@ mod tests {
         let mut e = FieldErrors::new();
         let spec = create_of(&f, &mut e).spec("", &mut e).expect("valid");
         assert!(e.is_empty(), "{e:?}");
-        assert_eq!(spec.cluster_type, ClusterType::Static);
+        assert!(matches!(
+            spec.upstream,
+            sigma_types::UpstreamSpec::Backend {
+                cluster_type: ClusterType::Static,
+                ..
+            }
+        ));
+        // A pool target from the form's target fields.
+        let f = Form::from_pairs(vec![
+            ("name".into(), "exit".into()),
+            ("listen_port".into(), "1194".into()),
+            ("backend_host".into(), "".into()),
+            ("backend_port".into(), "".into()),
+            ("target.purpose".into(), "vpn-exit".into()),
+            ("target.port".into(), "vpn".into()),
+            ("target.countries".into(), "de, fi".into()),
+        ]);
+        let mut e = FieldErrors::new();
+        let spec = create_of(&f, &mut e).spec("", &mut e).expect("valid");
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(
+            spec.upstream,
+            sigma_types::UpstreamSpec::Target(sigma_types::TargetSpec::Pool {
+                purpose: "vpn-exit".into(),
+                port: "vpn".into(),
+                countries: vec!["DE".into(), "FI".into()],
+            })
+        );
         assert_eq!(spec.status, RouteStatus::Active);
         assert_eq!(
             conflict_field("listen port 8443 is used by another route of this VPS".into())
