@@ -857,7 +857,7 @@ async fn heartbeat_survives_clean_shutdown(db: TestDb) {
             .store(&db)
             .env("SIGMA_HEARTBEAT_FLUSH_INTERVAL", "1h")
     };
-    let s = opts().start();
+    let mut s = opts().start();
     let token = s.token(json!({"purpose": "xrayr"})).await;
     let (_, r) = s
         .post(
@@ -1023,7 +1023,7 @@ async fn metrics_and_probes(db: TestDb) {
     s.get("/api/vps/00000000-0000-0000-0000-000000000000", ADMIN_KEY)
         .await;
     let resp = s
-        .client
+        .http
         .get(s.url("/metrics"))
         .bearer_auth(ADMIN_KEY)
         .send()

@@ -92,7 +92,7 @@ async fn agents_get_their_own_bundle_and_people_any_audited(db: TestDb) {
 
     // The agent's own bundle, with every file and the metadata.
     let resp = s
-        .client
+        .http
         .get(s.url(&path("edge-a.example.com")))
         .bearer_auth(&key_a)
         .send()
@@ -264,7 +264,7 @@ async fn agents_get_their_own_bundle_and_people_any_audited(db: TestDb) {
 }
 
 async fn only_active_meshed_vps_get_a_bundle(db: TestDb) {
-    let (s, kube) = kube_server_with(
+    let (mut s, kube) = kube_server_with(
         &db,
         Cluster::default(),
         vec![
@@ -388,7 +388,7 @@ async fn cluster_gaps_are_503_naming_the_missing_piece(db: TestDb) {
     cluster
         .config_maps
         .remove(&("sigma".to_string(), "istio-ca-root-cert".to_string()));
-    let (s, kube) = kube_server(&db, cluster).await;
+    let (mut s, kube) = kube_server(&db, cluster).await;
     mesh_on(&s).await;
     let (key, _) = enroll(&s, "edge-1.example.com", "203.0.113.30").await;
 
@@ -397,7 +397,7 @@ async fn cluster_gaps_are_503_naming_the_missing_piece(db: TestDb) {
         let key = key.clone();
         async move {
             let resp = s
-                .client
+                .http
                 .get(s.url(&path("edge-1.example.com")))
                 .bearer_auth(&key)
                 .send()
@@ -476,7 +476,7 @@ async fn cluster_gaps_are_503_naming_the_missing_piece(db: TestDb) {
 
 async fn bundles_need_kubernetes_mode(db: TestDb) {
     for mode in ["off", "export"] {
-        let s = SigmaApi::builder()
+        let mut s = SigmaApi::builder()
             .store(&db)
             .envs(vec![("SIGMA_MESH_MODE".into(), mode.into())])
             .start();

@@ -27,7 +27,7 @@ fn xrayr_mesh() -> Value {
 
 async fn manifests(s: &SigmaApi, key: &str) -> (u16, String, String) {
     let resp = s
-        .client
+        .http
         .get(s.url("/api/mesh/manifests"))
         .bearer_auth(key)
         .send()
@@ -388,7 +388,7 @@ async fn manifests_are_deterministic_and_follow_the_inventory(db: TestDb) {
 async fn manifests_refuse_invalid_stored_settings(db: TestDb) {
     // Settings stored before validation existed: the export must refuse rather than leave the
     // purpose's objects out (a GitOps sync would then delete them).
-    let s = SigmaApi::builder().store(&db).start();
+    let mut s = SigmaApi::builder().store(&db).start();
     s.stop();
     {
         sqlx::any::install_default_drivers();

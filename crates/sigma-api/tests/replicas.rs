@@ -176,7 +176,7 @@ async fn replicas_starting_together_apply_the_migrations_once() {
 
 fn replica(db: &TestDb, poll: &str) -> SigmaApi {
     SigmaApi::builder()
-        .store(&db)
+        .store(db)
         .envs(vec![
             ("SIGMA_CHANGE_POLL_INTERVAL".into(), poll.into()),
             ("SIGMA_HEARTBEAT_FLUSH_INTERVAL".into(), "200ms".into()),

@@ -87,7 +87,7 @@ async fn mesh_off_reports_the_desired_entry_only(db: TestDb) {
     assert_eq!(d["metadata"]["labels"]["app"], "xrayr");
     // The mesh manifests hold the very same entry.
     let resp = s
-        .client
+        .http
         .get(s.url("/api/mesh/manifests"))
         .bearer_auth(ADMIN_KEY)
         .send()

@@ -15,7 +15,7 @@ async fn address_edit_beats_an_older_queued_heartbeat(db: TestDb) {
             .store(&db)
             .env("SIGMA_HEARTBEAT_FLUSH_INTERVAL", "1h")
     };
-    let s = opts().start();
+    let mut s = opts().start();
     let token = s.token(json!({"purpose": "xrayr"})).await;
     let host = "edited.example.com";
     let (st, r) = s
@@ -63,7 +63,7 @@ async fn address_edit_beats_an_older_queued_heartbeat(db: TestDb) {
     assert_eq!(st, 200);
     let status = s.stop();
     assert!(status.success(), "clean exit: {status}");
-    let s = opts().start();
+    let mut s = opts().start();
     let (_, v) = s.get(&format!("/api/vps/{id}"), ADMIN_KEY).await;
     assert_eq!(
         v["ip_addresses"], edited,
