@@ -1,6 +1,6 @@
 //! Bundle issuance latency: `GET /api/agent/istio-bootstrap` through the real sigma-api
 //! binary (SQLite) in `--mesh kubernetes` mode, with the Kubernetes API server in the path —
-//! here the stand-in of `tests/common/fake_kube.rs` over real HTTP on loopback, with a
+//! here the stand-in of `sigma_testkit::fake_kube` over real HTTP on loopback, with a
 //! configurable delay per API call to stand for a real API server's. The figure against a real
 //! kube-apiserver comes from the end-to-end harness.
 //!
@@ -14,14 +14,11 @@
 //! per bundle (showing what the cache of the root certificate, mesh config and gateway address
 //! saves: with it, one TokenRequest per bundle).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::fake_kube::{Cluster, FakeKube, kube_env};
-use common::{ADMIN_KEY, Db, Server, ServerOpts, TestDb};
 use serde_json::json;
+use sigma_testkit::fake_kube::{Cluster, FakeKube};
+use sigma_testkit::{ADMIN_KEY, Backend, SigmaApi, TestDb};
 
 fn env_or(key: &str, default: usize) -> usize {
     std::env::var(key)
@@ -47,19 +44,14 @@ async fn scenario(
     requests: usize,
     concurrency: usize,
 ) {
-    let db = TestDb::new(Db::Sqlite).await.unwrap();
-    let kube = FakeKube::start(&db.dir, Cluster::default()).await;
-    let mut env = kube_env(&kube.kubeconfig);
-    env.retain(|(k, _)| k != "SIGMA_ISTIO_BOOTSTRAP_CACHE");
-    env.push(("SIGMA_ISTIO_BOOTSTRAP_CACHE".into(), cache.into()));
-    env.push(("SIGMA_LOG".into(), "error".into()));
-    let s = Server::start_with(
-        &db,
-        ServerOpts {
-            env,
-            ..ServerOpts::default()
-        },
-    );
+    let db = TestDb::new(Backend::Sqlite).await.unwrap();
+    let kube = FakeKube::start(&db.dir, Cluster::default().discarding_writes()).await;
+    let mut s = SigmaApi::builder()
+        .store(&db)
+        .mesh(kube.mesh())
+        .env("SIGMA_ISTIO_BOOTSTRAP_CACHE", cache)
+        .env("SIGMA_LOG", "error")
+        .start();
     let (st, v) = s
         .patch(
             "/api/purposes/xrayr",
@@ -78,7 +70,7 @@ async fn scenario(
         let host = format!("edge-{i}.bench.example.com");
         let ip = format!("203.0.{}.{}", 113 + i / 250, 1 + i % 250);
         let (st, v) = s
-            .call(
+            .request(
                 "POST",
                 "/api/agent/register",
                 Some(&token),
@@ -101,8 +93,8 @@ async fn scenario(
     });
 
     let keys = std::sync::Arc::new(keys);
-    let client = s.client.clone();
-    let base = s.base.clone();
+    let client = s.http.clone();
+    let base = s.url.clone();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..concurrency {
@@ -138,7 +130,7 @@ async fn scenario(
     let calls = kube
         .calls()
         .iter()
-        .filter(|c| c.contains(" /api/v1/"))
+        .filter(|c| c.path.starts_with("/api/v1/"))
         .count();
     println!(
         "{name:<44} {:>6} bundles {:>8.0}/s  p50 {:>9}  p90 {:>9}  p99 {:>9}  max {:>9}  API calls/bundle {:.2}",

@@ -1,9 +1,7 @@
 //! Integration tests: the real sigma-api binary, on SQLite and on PostgreSQL.
 
-mod common;
-
-use common::{ADMIN_KEY, Server, ServerOpts, TestDb, VpsBuilder};
 use serde_json::{Value, json};
+use sigma_testkit::{ADMIN_KEY, SigmaApi, TestDb, VpsBuilder, both_backends};
 
 both_backends!(
     providers_and_purposes,
@@ -27,7 +25,7 @@ fn field<'a>(v: &'a Value, f: &str) -> &'a str {
 }
 
 async fn providers_and_purposes(db: TestDb) {
-    let s = Server::start(&db);
+    let s = SigmaApi::builder().store(&db).start();
     let k = ADMIN_KEY;
     let (st, p) = s
         .post(
@@ -124,7 +122,7 @@ async fn providers_and_purposes(db: TestDb) {
 }
 
 async fn vps_lifecycle_and_filters(db: TestDb) {
-    let s = Server::start(&db);
+    let s = SigmaApi::builder().store(&db).start();
     let k = ADMIN_KEY;
     s.post("/api/providers", k, json!({"name": "ovh"})).await;
     let mut ids = vec![];
@@ -231,11 +229,11 @@ async fn vps_lifecycle_and_filters(db: TestDb) {
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["status"], "retiring");
     let (_, v) = s
-        .call("POST", &format!("/api/vps/{id}/retire"), Some(k), None)
+        .request("POST", &format!("/api/vps/{id}/retire"), Some(k), None)
         .await;
     assert_eq!(v["status"], "retiring");
     let (_, v) = s
-        .call(
+        .request(
             "POST",
             &format!("/api/vps/{id}/retire?force=true"),
             Some(k),
@@ -244,7 +242,7 @@ async fn vps_lifecycle_and_filters(db: TestDb) {
         .await;
     assert_eq!(v["status"], "retired");
     let (st, _) = s
-        .call(
+        .request(
             "POST",
             &format!("/api/vps/{id}/retire?force=maybe"),
             Some(k),
@@ -305,7 +303,7 @@ async fn vps_lifecycle_and_filters(db: TestDb) {
 }
 
 async fn bad_input_is_named_and_never_loses_data(db: TestDb) {
-    let s = Server::start(&db);
+    let s = SigmaApi::builder().store(&db).start();
     let k = ADMIN_KEY;
     let (_, vps) = s
         .post(
@@ -465,7 +463,7 @@ async fn bad_input_is_named_and_never_loses_data(db: TestDb) {
         .await;
     assert_eq!(st, 422, "{v}");
     assert_eq!(s.get("/api/nowhere", k).await.0, 404);
-    assert_eq!(s.call("PUT", "/api/vps", Some(k), None).await.0, 405);
+    assert_eq!(s.request("PUT", "/api/vps", Some(k), None).await.0, 405);
 
     // Nothing stored was lost or changed.
     let (_, after) = s.get(&format!("/api/vps/{id}"), k).await;
@@ -474,10 +472,10 @@ async fn bad_input_is_named_and_never_loses_data(db: TestDb) {
 }
 
 async fn credentials_and_scopes(db: TestDb) {
-    let s = Server::start(&db);
-    assert_eq!(s.call("GET", "/api/vps", None, None).await.0, 401);
+    let s = SigmaApi::builder().store(&db).start();
+    assert_eq!(s.request("GET", "/api/vps", None, None).await.0, 401);
     assert_eq!(
-        s.call(
+        s.request(
             "GET",
             "/api/vps",
             Some("sgm_deadbeef_0000000000000000000000000000000000000000"),
@@ -488,11 +486,11 @@ async fn credentials_and_scopes(db: TestDb) {
         401
     );
     assert_eq!(
-        s.call("GET", "/api/vps", Some("garbage"), None).await.0,
+        s.request("GET", "/api/vps", Some("garbage"), None).await.0,
         401
     );
     let (st, v) = s
-        .call(
+        .request(
             "GET",
             "/api/vps",
             Some(&ADMIN_KEY.replace("test", "tesT")),
@@ -611,7 +609,7 @@ async fn credentials_and_scopes(db: TestDb) {
 }
 
 async fn agent_enrollment_and_heartbeats(db: TestDb) {
-    let s = Server::start(&db);
+    let s = SigmaApi::builder().store(&db).start();
     s.post("/api/providers", ADMIN_KEY, json!({"name": "netcup"}))
         .await;
     let token = s
@@ -820,11 +818,11 @@ async fn agent_enrollment_and_heartbeats(db: TestDb) {
 }
 
 async fn concurrent_registers_make_one_vps(db: TestDb) {
-    let s = Server::start(&db);
+    let s = SigmaApi::builder().store(&db).start();
     let token = s.token(json!({"purpose": "xrayr", "max_uses": 50})).await;
     let mut tasks = vec![];
     for _ in 0..20 {
-        let client = s.client.clone();
+        let client = s.http.clone();
         let url = s.url("/api/agent/register");
         let token = token.clone();
         tasks.push(tokio::spawn(async move {
@@ -854,11 +852,12 @@ async fn concurrent_registers_make_one_vps(db: TestDb) {
 
 async fn heartbeat_survives_clean_shutdown(db: TestDb) {
     // A flush interval far longer than the test: only the final flush on SIGTERM writes.
-    let opts = || ServerOpts {
-        env: vec![("SIGMA_HEARTBEAT_FLUSH_INTERVAL".into(), "1h".into())],
-        ..Default::default()
+    let opts = || {
+        SigmaApi::builder()
+            .store(&db)
+            .env("SIGMA_HEARTBEAT_FLUSH_INTERVAL", "1h")
     };
-    let s = Server::start_with(&db, opts());
+    let mut s = opts().start();
     let token = s.token(json!({"purpose": "xrayr"})).await;
     let (_, r) = s
         .post(
@@ -882,7 +881,7 @@ async fn heartbeat_survives_clean_shutdown(db: TestDb) {
     );
     let status = s.stop();
     assert!(status.success(), "clean exit: {status}");
-    let s = Server::start_with(&db, opts());
+    let s = opts().start();
     let (_, after) = s.get(&format!("/api/vps/{id}"), ADMIN_KEY).await;
     assert_eq!(after["system_info"]["uptime_seconds"], 5, "{after}");
     assert_eq!(after["ip_addresses"][0]["ip"], "192.0.2.99");
@@ -890,7 +889,7 @@ async fn heartbeat_survives_clean_shutdown(db: TestDb) {
 }
 
 async fn audit_log_records_mutations(db: TestDb) {
-    let s = Server::start(&db);
+    let s = SigmaApi::builder().store(&db).start();
     let op = s.key("operator").await;
     let (_, v) = s
         .post("/api/vps", &op, VpsBuilder::new("audited").build())
@@ -930,8 +929,11 @@ async fn audit_log_records_mutations(db: TestDb) {
 }
 
 async fn openapi_documents_every_route(db: TestDb) {
-    let s = Server::start(&db);
-    assert_eq!(s.call("GET", "/api/openapi.json", None, None).await.0, 401);
+    let s = SigmaApi::builder().store(&db).start();
+    assert_eq!(
+        s.request("GET", "/api/openapi.json", None, None).await.0,
+        401
+    );
     let (st, doc) = s.get("/api/openapi.json", ADMIN_KEY).await;
     assert_eq!(st, 200);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
@@ -1000,7 +1002,7 @@ async fn openapi_documents_every_route(db: TestDb) {
                 .replace("{id}", "00000000-0000-0000-0000-000000000000")
                 .replace("{name}", "nope");
             let (st, v) = s
-                .call(&method.to_uppercase(), &concrete, Some(ADMIN_KEY), None)
+                .request(&method.to_uppercase(), &concrete, Some(ADMIN_KEY), None)
                 .await;
             assert!(
                 st != 405 && v.get("message").and_then(|m| m.as_str()) != Some("no such route"),
@@ -1012,16 +1014,16 @@ async fn openapi_documents_every_route(db: TestDb) {
 }
 
 async fn metrics_and_probes(db: TestDb) {
-    let s = Server::start(&db);
-    assert_eq!(s.call("GET", "/healthz", None, None).await.0, 200);
-    assert_eq!(s.call("GET", "/readyz", None, None).await.0, 200);
-    assert_eq!(s.call("GET", "/metrics", None, None).await.0, 401);
+    let s = SigmaApi::builder().store(&db).start();
+    assert_eq!(s.request("GET", "/healthz", None, None).await.0, 200);
+    assert_eq!(s.request("GET", "/readyz", None, None).await.0, 200);
+    assert_eq!(s.request("GET", "/metrics", None, None).await.0, 401);
     s.post("/api/vps", ADMIN_KEY, VpsBuilder::new("m1").build())
         .await;
     s.get("/api/vps/00000000-0000-0000-0000-000000000000", ADMIN_KEY)
         .await;
     let resp = s
-        .client
+        .http
         .get(s.url("/metrics"))
         .bearer_auth(ADMIN_KEY)
         .send()
@@ -1039,13 +1041,7 @@ async fn metrics_and_probes(db: TestDb) {
 }
 
 async fn first_run_prints_one_admin_key(db: TestDb) {
-    let s = Server::start_with(
-        &db,
-        ServerOpts {
-            admin_key: None,
-            env: vec![],
-        },
-    );
+    let s = SigmaApi::builder().store(&db).admin_key(None).start();
     let idx = s
         .stdout_lines
         .iter()
@@ -1065,13 +1061,7 @@ async fn first_run_prints_one_admin_key(db: TestDb) {
         201
     );
     drop(s);
-    let s = Server::start_with(
-        &db,
-        ServerOpts {
-            admin_key: None,
-            env: vec![],
-        },
-    );
+    let s = SigmaApi::builder().store(&db).admin_key(None).start();
     assert!(
         s.stdout_lines.iter().all(|l| !l.contains("admin key")),
         "printed again: {:?}",
@@ -1090,7 +1080,7 @@ async fn first_run_prints_one_admin_key(db: TestDb) {
 }
 
 async fn envoy_routes_and_agent_long_poll(db: TestDb) {
-    let s = Server::start(&db);
+    let s = SigmaApi::builder().store(&db).start();
     let k = ADMIN_KEY;
     let token = s
         .token(json!({"purpose": "vpn-relay", "max_uses": 2}))
@@ -1209,7 +1199,7 @@ async fn envoy_routes_and_agent_long_poll(db: TestDb) {
     assert!(t0.elapsed() < std::time::Duration::from_secs(2));
     let waiter = {
         let (client, url, agent) = (
-            s.client.clone(),
+            s.http.clone(),
             s.url(&format!("{cfg_path}&known_version=3&wait_seconds=30")),
             agent.clone(),
         );
@@ -1249,7 +1239,7 @@ async fn envoy_routes_and_agent_long_poll(db: TestDb) {
 
     // Batch upsert: replace by name, add, swap ports, prune; one version step.
     let (st, v) = s
-        .call("PUT", &routes, Some(k), Some(json!({"prune": true, "routes": [
+        .request("PUT", &routes, Some(k), Some(json!({"prune": true, "routes": [
             {"name": "wg", "listen_port": 8443, "backend_host": "192.0.2.2", "backend_port": 51820},
             {"name": "dns", "listen_port": 51820, "backend_host": "192.0.2.53", "backend_port": 53, "proxy_protocol": "v1"},
         ]})))
@@ -1265,7 +1255,7 @@ async fn envoy_routes_and_agent_long_poll(db: TestDb) {
     let (_, cfg) = s.get(cfg_path, &agent).await;
     assert_eq!(cfg["version"], 5);
     let (st, v) = s
-        .call(
+        .request(
             "PUT",
             &routes,
             Some(k),
@@ -1278,7 +1268,7 @@ async fn envoy_routes_and_agent_long_poll(db: TestDb) {
     assert_eq!(st, 422, "{v}");
     field(&v, "routes[1].name");
     let (_, same) = s
-        .call("PUT", &routes, Some(k), Some(json!({"routes": [
+        .request("PUT", &routes, Some(k), Some(json!({"routes": [
             {"name": "wg", "listen_port": 8443, "backend_host": "192.0.2.2", "backend_port": 51820},
         ]})))
         .await;

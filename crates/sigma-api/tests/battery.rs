@@ -29,14 +29,12 @@
 //! - afterwards: the inventory seeded before (providers, purposes, VPS with addresses, routes,
 //!   keys, tokens, read back through the API) is unchanged and the server is healthy.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use common::{ADMIN_KEY, Server, ServerOpts, TestDb};
 use serde_json::{Map, Value, json};
+use sigma_testkit::{ADMIN_KEY, SigmaApi, TestDb, both_backends};
 
 both_backends!(battery);
 
@@ -781,7 +779,7 @@ struct ClassTally {
 }
 
 struct Battery<'a> {
-    s: &'a Server,
+    s: &'a SigmaApi,
     http: reqwest::Client,
     /// For oversized bodies: a server may answer before reading such a body and then close the
     /// connection, which a pooled connection would only notice on its next request.
@@ -791,7 +789,7 @@ struct Battery<'a> {
 }
 
 impl<'a> Battery<'a> {
-    fn new(s: &'a Server) -> Self {
+    fn new(s: &'a SigmaApi) -> Self {
         Battery {
             s,
             http: reqwest::Client::builder()
@@ -984,7 +982,7 @@ impl Seed {
     }
 }
 
-async fn created(s: &Server, path: &str, body: Value) -> Value {
+async fn created(s: &SigmaApi, path: &str, body: Value) -> Value {
     let (st, v) = s.post(path, ADMIN_KEY, body).await;
     assert!(st == 201 || st == 200, "seeding {path}: {st} {v}");
     v
@@ -1000,7 +998,7 @@ fn id_of(v: &Value) -> String {
         .to_string()
 }
 
-async fn seed(s: &Server) -> Seed {
+async fn seed(s: &SigmaApi) -> Seed {
     let provider = created(
         s,
         "/api/providers",
@@ -1116,7 +1114,7 @@ async fn seed(s: &Server) -> Seed {
     assert_eq!(st, 200, "{v}");
 
     let (st, v) = s
-        .call(
+        .request(
             "PUT",
             "/api/exchange-rates/USD/EUR",
             Some(ADMIN_KEY),
@@ -1166,7 +1164,7 @@ async fn seed(s: &Server) -> Seed {
 
 /// The stored inventory as the API shows it, minus what reading it changes (a key's
 /// `last_used_at`).
-async fn snapshot(s: &Server, seed: &Seed) -> BTreeMap<String, Value> {
+async fn snapshot(s: &SigmaApi, seed: &Seed) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
     let get = async |path: &str| {
         let (st, v) = s.get(path, ADMIN_KEY).await;
@@ -1575,13 +1573,10 @@ fn query_base(doc: &Value, seed: &Seed, name: &str, schema: &Value) -> String {
 
 async fn battery(db: TestDb) {
     let started = Instant::now();
-    let s = Server::start_with(
-        &db,
-        ServerOpts {
-            env: vec![("SIGMA_MAX_BODY_BYTES".into(), MAX_BODY.to_string())],
-            ..ServerOpts::default()
-        },
-    );
+    let s = SigmaApi::builder()
+        .store(&db)
+        .envs(vec![("SIGMA_MAX_BODY_BYTES".into(), MAX_BODY.to_string())])
+        .start();
     let (st, doc) = s.get("/api/openapi.json", ADMIN_KEY).await;
     assert_eq!(st, 200, "{doc}");
     let ops = classify(&doc).unwrap_or_else(|problems| {
@@ -1822,7 +1817,7 @@ async fn battery(db: TestDb) {
     // Still healthy, and nothing stored before has changed.
     let mut after_failures = dangling_refs(&doc);
     for path in ["/healthz", "/readyz"] {
-        let (st, v) = s.call("GET", path, None, None).await;
+        let (st, v) = s.request("GET", path, None, None).await;
         if st != 200 {
             after_failures.push(format!("{path}: {st} {v}"));
         }

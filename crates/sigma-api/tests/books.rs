@@ -1,10 +1,8 @@
 //! Fleet bookkeeping (issue 20) against the real sigma-api binary, on SQLite and PostgreSQL:
 //! contract fields, renewals, exchange rates and cost summary, export and import.
 
-mod common;
-
-use common::{ADMIN_KEY, Server, TestDb, VpsBuilder};
 use serde_json::{Value, json};
+use sigma_testkit::{ADMIN_KEY, SigmaApi, TestDb, VpsBuilder, both_backends};
 
 both_backends!(
     contract_fields_round_trip_filter_and_are_checked,
@@ -27,7 +25,7 @@ fn day(days: i64) -> String {
 }
 
 async fn contract_fields_round_trip_filter_and_are_checked(db: TestDb) {
-    let s = Server::start(&db);
+    let s = SigmaApi::builder().store(&db).start();
     let k = ADMIN_KEY;
     let contract = json!({
         "cost": "4.99", "currency": "eur", "billing_cycle": "monthly",
@@ -233,7 +231,7 @@ async fn contract_fields_round_trip_filter_and_are_checked(db: TestDb) {
 }
 
 async fn expiry_series_for_prometheus(db: TestDb) {
-    let s = Server::start(&db);
+    let s = SigmaApi::builder().store(&db).start();
     let k = ADMIN_KEY;
     for (h, c) in [
         (
@@ -281,12 +279,14 @@ async fn expiry_series_for_prometheus(db: TestDb) {
     ] {
         assert!(series[0].contains(l), "{l} missing: {text}");
     }
-    let (st, _) = s.call("GET", "/api/prometheus/contracts", None, None).await;
+    let (st, _) = s
+        .request("GET", "/api/prometheus/contracts", None, None)
+        .await;
     assert_eq!(st, 401, "credentials required");
 }
 
 async fn exchange_rates_and_cost_summary(db: TestDb) {
-    let s = Server::start(&db);
+    let s = SigmaApi::builder().store(&db).start();
     let k = ADMIN_KEY;
     s.post("/api/providers", k, json!({"name": "Hetzner"}))
         .await;
@@ -356,7 +356,7 @@ async fn exchange_rates_and_cost_summary(db: TestDb) {
     let operator = s.key("operator").await;
     let reader = s.key("readonly").await;
     let (st, r) = s
-        .call(
+        .request(
             "PUT",
             "/api/exchange-rates/usd/eur",
             Some(&operator),
@@ -367,7 +367,7 @@ async fn exchange_rates_and_cost_summary(db: TestDb) {
     assert_eq!(r["from"], "USD");
     assert_eq!(r["rate"], "0.9");
     let (st, _) = s
-        .call(
+        .request(
             "PUT",
             "/api/exchange-rates/USD/EUR",
             Some(&reader),
@@ -395,14 +395,14 @@ async fn exchange_rates_and_cost_summary(db: TestDb) {
         ),
         ("/api/exchange-rates/EUR/eur", json!({"rate": "1"}), "to"),
     ] {
-        let (st, v) = s.call("PUT", path, Some(k), Some(body.clone())).await;
+        let (st, v) = s.request("PUT", path, Some(k), Some(body.clone())).await;
         assert_eq!(st, 422, "{path} {body}: {v}");
         field(&v, f);
     }
     let (st, list) = s.get("/api/exchange-rates", &reader).await;
     assert_eq!(st, 200);
     assert_eq!(list.as_array().unwrap().len(), 1);
-    s.call(
+    s.request(
         "PUT",
         "/api/exchange-rates/CHF/EUR",
         Some(k),
@@ -492,7 +492,7 @@ async fn exchange_rates_and_cost_summary(db: TestDb) {
     }
 }
 
-async fn import(s: &Server, key: &str, query: &str, ctype: &str, body: &str) -> (u16, Value) {
+async fn import(s: &SigmaApi, key: &str, query: &str, ctype: &str, body: &str) -> (u16, Value) {
     s.raw(
         "POST",
         &format!("/api/vps/import{query}"),
@@ -513,7 +513,7 @@ fn outcomes(report: &Value) -> Vec<String> {
 }
 
 async fn export_and_import(db: TestDb) {
-    let s = Server::start(&db);
+    let s = SigmaApi::builder().store(&db).start();
     let k = ADMIN_KEY;
     s.post("/api/providers", k, json!({"name": "Hetzner"}))
         .await;
@@ -683,7 +683,7 @@ async fn export_and_import(db: TestDb) {
 }
 
 async fn enrollment_tokens_preset_contracts(db: TestDb) {
-    let s = Server::start(&db);
+    let s = SigmaApi::builder().store(&db).start();
     let k = ADMIN_KEY;
     let token = s
         .token(json!({"purpose": "xrayr", "max_uses": 5,

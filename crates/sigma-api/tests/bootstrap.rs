@@ -1,17 +1,13 @@
 //! `GET /api/agent/istio-bootstrap` through the real sigma-api binary, on SQLite and
-//! PostgreSQL, with `--mesh kubernetes` against a stand-in API server (`common::fake_kube`):
+//! PostgreSQL, with `--mesh kubernetes` against a stand-in API server (`sigma_testkit::fake_kube`):
 //! who may fetch which bundle, which VPS get one, what the cluster's gaps look like to the
 //! client, and the start-up checks of the new flags.
 
-mod common;
-
 use std::process::Command;
 
-use common::fake_kube::{
-    Cluster, FakeKube, ROOT_CERT, ROOT_CERT_SHA256, kube_env, write_kubeconfig,
-};
-use common::{ADMIN_KEY, Server, ServerOpts, TestDb};
 use serde_json::{Value, json};
+use sigma_testkit::fake_kube::{Cluster, FakeKube, ROOT_CERT, ROOT_CERT_SHA256, write_kubeconfig};
+use sigma_testkit::{ADMIN_KEY, Backend, Mesh, SigmaApi, TestDb, both_backends};
 use sigma_types::mesh::IstioBootstrapBundle;
 
 both_backends!(
@@ -33,7 +29,7 @@ fn path(hostname: &str) -> String {
     format!("/api/agent/istio-bootstrap?hostname={hostname}")
 }
 
-async fn kube_server(db: &TestDb, cluster: Cluster) -> (Server, FakeKube) {
+async fn kube_server(db: &TestDb, cluster: Cluster) -> (SigmaApi, FakeKube) {
     kube_server_with(db, cluster, vec![]).await
 }
 
@@ -41,29 +37,25 @@ async fn kube_server_with(
     db: &TestDb,
     cluster: Cluster,
     extra: Vec<(&str, &str)>,
-) -> (Server, FakeKube) {
-    let kube = FakeKube::start(&db.dir, cluster).await;
-    let mut env = kube_env(&kube.kubeconfig);
-    env.extend(
-        extra
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string())),
-    );
-    let s = Server::start_with(
-        db,
-        ServerOpts {
-            env,
-            ..ServerOpts::default()
-        },
-    );
+) -> (SigmaApi, FakeKube) {
+    let kube = FakeKube::start(&db.dir, cluster.discarding_writes()).await;
+    let s = SigmaApi::builder()
+        .store(db)
+        .mesh(kube.mesh())
+        .envs(
+            extra
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .start();
     (s, kube)
 }
 
 /// Enrolls an agent for `hostname` (active at once) and returns its key.
-async fn enroll(s: &Server, hostname: &str, ip: &str) -> (String, String) {
+async fn enroll(s: &SigmaApi, hostname: &str, ip: &str) -> (String, String) {
     let token = s.token(json!({"purpose": "xrayr", "max_uses": 1})).await;
     let (st, v) = s
-        .call(
+        .request(
             "POST",
             "/api/agent/register",
             Some(&token),
@@ -77,7 +69,7 @@ async fn enroll(s: &Server, hostname: &str, ip: &str) -> (String, String) {
     )
 }
 
-async fn mesh_on(s: &Server) {
+async fn mesh_on(s: &SigmaApi) {
     let (st, v) = s
         .patch(
             "/api/purposes/xrayr",
@@ -100,7 +92,7 @@ async fn agents_get_their_own_bundle_and_people_any_audited(db: TestDb) {
 
     // The agent's own bundle, with every file and the metadata.
     let resp = s
-        .client
+        .http
         .get(s.url(&path("edge-a.example.com")))
         .bearer_auth(&key_a)
         .send()
@@ -172,7 +164,10 @@ async fn agents_get_their_own_bundle_and_people_any_audited(db: TestDb) {
         "GET /api/v1/namespaces/istio-system/services/istio-eastwestgateway",
         "POST /api/v1/namespaces/sigma/serviceaccounts/sigma-vm/token",
     ] {
-        assert!(calls.iter().any(|c| c == want), "{want} not in {calls:?}");
+        assert!(
+            calls.iter().any(|c| c.line() == want),
+            "{want} not in {calls:?}"
+        );
     }
     // Same inventory and cluster: same version, new token.
     let (st, again) = s.get(&path("edge-a.example.com"), &key_a).await;
@@ -197,7 +192,7 @@ async fn agents_get_their_own_bundle_and_people_any_audited(db: TestDb) {
     assert_eq!(st, 403, "{v}");
     assert!(v["message"].as_str().unwrap().contains("readonly"), "{v}");
     assert_eq!(
-        s.call("GET", &path("edge-a.example.com"), None, None)
+        s.request("GET", &path("edge-a.example.com"), None, None)
             .await
             .0,
         401
@@ -269,7 +264,7 @@ async fn agents_get_their_own_bundle_and_people_any_audited(db: TestDb) {
 }
 
 async fn only_active_meshed_vps_get_a_bundle(db: TestDb) {
-    let (s, kube) = kube_server_with(
+    let (mut s, kube) = kube_server_with(
         &db,
         Cluster::default(),
         vec![
@@ -378,13 +373,7 @@ async fn only_active_meshed_vps_get_a_bundle(db: TestDb) {
             .unwrap();
         pool.close().await;
     }
-    let s = Server::start_with(
-        &db,
-        ServerOpts {
-            env: kube_env(&kube.kubeconfig),
-            ..ServerOpts::default()
-        },
-    );
+    let s = SigmaApi::builder().store(&db).mesh(kube.mesh()).start();
     let (st, v) = s.get(&path("edge-2.example.com"), &key2).await;
     assert_eq!(st, 409, "{v}");
     assert_eq!(code(&v), "mesh_invalid");
@@ -399,7 +388,7 @@ async fn cluster_gaps_are_503_naming_the_missing_piece(db: TestDb) {
     cluster
         .config_maps
         .remove(&("sigma".to_string(), "istio-ca-root-cert".to_string()));
-    let (s, kube) = kube_server(&db, cluster).await;
+    let (mut s, kube) = kube_server(&db, cluster).await;
     mesh_on(&s).await;
     let (key, _) = enroll(&s, "edge-1.example.com", "203.0.113.30").await;
 
@@ -408,7 +397,7 @@ async fn cluster_gaps_are_503_naming_the_missing_piece(db: TestDb) {
         let key = key.clone();
         async move {
             let resp = s
-                .client
+                .http
                 .get(s.url(&path("edge-1.example.com")))
                 .bearer_auth(&key)
                 .send()
@@ -473,13 +462,10 @@ async fn cluster_gaps_are_503_naming_the_missing_piece(db: TestDb) {
     let dir = db.dir.join("down");
     std::fs::create_dir_all(&dir).unwrap();
     let kc = write_kubeconfig(&dir, &format!("http://{addr}"));
-    let s = Server::start_with(
-        &db,
-        ServerOpts {
-            env: kube_env(&kc),
-            ..ServerOpts::default()
-        },
-    );
+    let s = SigmaApi::builder()
+        .store(&db)
+        .mesh(Mesh::Kubernetes(kc))
+        .start();
     let (st, v) = s.get(&path("edge-1.example.com"), &key).await;
     assert_eq!(st, 503, "{v}");
     assert!(
@@ -490,13 +476,10 @@ async fn cluster_gaps_are_503_naming_the_missing_piece(db: TestDb) {
 
 async fn bundles_need_kubernetes_mode(db: TestDb) {
     for mode in ["off", "export"] {
-        let s = Server::start_with(
-            &db,
-            ServerOpts {
-                env: vec![("SIGMA_MESH_MODE".into(), mode.into())],
-                ..ServerOpts::default()
-            },
-        );
+        let mut s = SigmaApi::builder()
+            .store(&db)
+            .envs(vec![("SIGMA_MESH_MODE".into(), mode.into())])
+            .start();
         mesh_on(&s).await;
         let host = format!("edge-{mode}.example.com");
         let (key, _) = enroll(&s, &host, "203.0.113.40").await;
@@ -537,7 +520,7 @@ fn run(db: &TestDb, env: &[(&str, &str)]) -> (bool, String) {
 
 #[tokio::test]
 async fn bad_bootstrap_flags_stop_the_start() {
-    let db = TestDb::new(common::Db::Sqlite).await.unwrap();
+    let db = TestDb::new(Backend::Sqlite).await.unwrap();
     for (env, want) in [
         (
             vec![("SIGMA_ISTIO_PROXY_URL", "https://example.com/a.tar.gz")],

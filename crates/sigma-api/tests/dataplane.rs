@@ -3,10 +3,8 @@
 //! naming the field; a heartbeat without it (an older agent) is still accepted; the OpenAPI
 //! document describes it.
 
-mod common;
-
-use common::{ADMIN_KEY, Server, TestDb};
 use serde_json::{Value, json};
+use sigma_testkit::{ADMIN_KEY, SigmaApi, TestDb, both_backends};
 
 both_backends!(dataplane_reports_are_stored_checked_and_documented);
 
@@ -48,7 +46,7 @@ fn beat(dp: Value) -> Value {
 }
 
 async fn dataplane_reports_are_stored_checked_and_documented(db: TestDb) {
-    let s = Server::start(&db);
+    let s = SigmaApi::builder().store(&db).start();
     let token = s.token(json!({"purpose": "xrayr", "max_uses": 1})).await;
     let (st, r) = s
         .post(

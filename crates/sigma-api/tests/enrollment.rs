@@ -3,10 +3,8 @@
 //! matched exactly, and hostile text and addresses in what agents and operators send. The real
 //! sigma-api binary, on SQLite and on PostgreSQL.
 
-mod common;
-
-use common::{ADMIN_KEY, Server, TestDb, VpsBuilder};
 use serde_json::{Value, json};
+use sigma_testkit::{ADMIN_KEY, SigmaApi, TestDb, VpsBuilder, both_backends};
 
 both_backends!(
     takeover_by_any_token_is_refused_and_changes_nothing,
@@ -22,7 +20,7 @@ fn field<'a>(v: &'a Value, f: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no field {f} in {v}"))
 }
 
-async fn register(s: &Server, secret: &str, hostname: &str, ip: &str) -> (u16, Value) {
+async fn register(s: &SigmaApi, secret: &str, hostname: &str, ip: &str) -> (u16, Value) {
     s.post(
         "/api/agent/register",
         secret,
@@ -32,7 +30,7 @@ async fn register(s: &Server, secret: &str, hostname: &str, ip: &str) -> (u16, V
     .await
 }
 
-async fn heartbeat(s: &Server, key: &str, hostname: &str) -> u16 {
+async fn heartbeat(s: &SigmaApi, key: &str, hostname: &str) -> u16 {
     s.post("/api/agent/heartbeat", key, json!({"hostname": hostname}))
         .await
         .0
@@ -40,14 +38,14 @@ async fn heartbeat(s: &Server, key: &str, hostname: &str) -> u16 {
 
 /// What a refused enrollment must leave as it was: the VPS (addresses, status, version,
 /// everything its WorkloadEntry and Prometheus target are made from), the keys and the tokens.
-async fn snapshot(s: &Server, id: &str) -> (Value, Value, Value) {
+async fn snapshot(s: &SigmaApi, id: &str) -> (Value, Value, Value) {
     let (_, vps) = s.get(&format!("/api/vps/{id}"), ADMIN_KEY).await;
     let (_, keys) = s.get("/api/api-keys", ADMIN_KEY).await;
     let (_, tokens) = s.get("/api/enrollment-tokens", ADMIN_KEY).await;
     (vps, keys, tokens)
 }
 
-async fn audit(s: &Server, action: &str) -> Vec<Value> {
+async fn audit(s: &SigmaApi, action: &str) -> Vec<Value> {
     let (st, v) = s
         .get(&format!("/api/audit?action={action}"), ADMIN_KEY)
         .await;
@@ -56,7 +54,7 @@ async fn audit(s: &Server, action: &str) -> Vec<Value> {
 }
 
 async fn takeover_by_any_token_is_refused_and_changes_nothing(db: TestDb) {
-    let s = Server::start(&db);
+    let s = SigmaApi::builder().store(&db).start();
     let (st, v) = s
         .post("/api/providers", ADMIN_KEY, json!({"name": "netcup"}))
         .await;
@@ -112,7 +110,7 @@ async fn takeover_by_any_token_is_refused_and_changes_nothing(db: TestDb) {
 }
 
 async fn bound_token_reinstalls_its_vps_only(db: TestDb) {
-    let s = Server::start(&db);
+    let s = SigmaApi::builder().store(&db).start();
     let t = s.token(json!({"purpose": "xrayr", "max_uses": 5})).await;
     let (st, r) = register(&s, &t, "edge-1.example.net", "192.0.2.10").await;
     assert_eq!(st, 200, "{r}");
@@ -210,7 +208,7 @@ async fn bound_token_reinstalls_its_vps_only(db: TestDb) {
 }
 
 async fn vps_without_live_key_and_retired_vps(db: TestDb) {
-    let s = Server::start(&db);
+    let s = SigmaApi::builder().store(&db).start();
     // Pre-created by an operator, never enrolled: an enrollment token claims it.
     let (st, v) = s
         .post(
@@ -286,7 +284,7 @@ async fn vps_without_live_key_and_retired_vps(db: TestDb) {
 }
 
 async fn presets_follow_the_provider_and_match_exactly(db: TestDb) {
-    let s = Server::start(&db);
+    let s = SigmaApi::builder().store(&db).start();
     for name in ["like-target", "like_target", "%", "Keep"] {
         let (st, v) = s
             .post("/api/providers", ADMIN_KEY, json!({"name": name}))
@@ -386,7 +384,7 @@ async fn presets_follow_the_provider_and_match_exactly(db: TestDb) {
 }
 
 async fn hostile_text_and_addresses_are_refused_or_normalised(db: TestDb) {
-    let s = Server::start(&db);
+    let s = SigmaApi::builder().store(&db).start();
     // A provider named like a UUID could not be reached by name.
     for name in [
         "123e4567-e89b-12d3-a456-426614174000",

@@ -2,10 +2,8 @@
 //! keys, credentials and roles checked before the body, and hostile path and query values —
 //! against the real sigma-api binary, on SQLite and on PostgreSQL.
 
-mod common;
-
-use common::{ADMIN_KEY, Server, ServerOpts, TestDb, VpsBuilder};
 use serde_json::{Value, json};
+use sigma_testkit::{ADMIN_KEY, Backend, SigmaApi, TestDb, VpsBuilder, both_backends};
 
 both_backends!(
     bodies_are_exactly_one_json_object,
@@ -16,14 +14,14 @@ both_backends!(
 
 /// A request with anything: a made-up method, a raw path, raw bytes.
 async fn send(
-    s: &Server,
+    s: &SigmaApi,
     method: &str,
     path: &str,
     key: Option<&str>,
     body: Option<(&str, Vec<u8>)>,
 ) -> (u16, Value) {
     let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let mut req = s.client.request(m, s.url(path));
+    let mut req = s.http.request(m, s.url(path));
     if let Some(k) = key {
         req = req.bearer_auth(k);
     }
@@ -49,7 +47,7 @@ async fn send(
     (status, v)
 }
 
-async fn json_body(s: &Server, method: &str, path: &str, key: &str, body: &str) -> (u16, Value) {
+async fn json_body(s: &SigmaApi, method: &str, path: &str, key: &str, body: &str) -> (u16, Value) {
     send(
         s,
         method,
@@ -72,7 +70,7 @@ fn assert_field(got: &(u16, Value), field: &str, what: &str) {
 }
 
 /// Everything an operator can list, to show a refused request changed nothing.
-async fn snapshot(s: &Server) -> Value {
+async fn snapshot(s: &SigmaApi) -> Value {
     let mut out = serde_json::Map::new();
     for path in [
         "/api/providers?limit=1000",
@@ -108,8 +106,8 @@ fn request_series(metrics: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn made_up_methods_and_paths_add_no_metric_series() {
-    let db = TestDb::new(common::Db::Sqlite).await.unwrap();
-    let s = Server::start(&db);
+    let db = TestDb::new(Backend::Sqlite).await.unwrap();
+    let s = SigmaApi::builder().store(&db).start();
     let paths = |i: usize| {
         [
             "/api/vps".to_string(),
@@ -183,7 +181,7 @@ async fn made_up_methods_and_paths_add_no_metric_series() {
 // Defect 4: exactly one JSON object.
 
 async fn bodies_are_exactly_one_json_object(db: TestDb) {
-    let s = Server::start(&db);
+    let s = SigmaApi::builder().store(&db).start();
     let k = ADMIN_KEY;
     let (st, vps) = s.post("/api/vps", k, VpsBuilder::new("one").build()).await;
     assert_eq!(st, 201, "{vps}");
@@ -256,7 +254,7 @@ async fn bodies_are_exactly_one_json_object(db: TestDb) {
 // Defect 5: duplicate keys, at any depth, on every body.
 
 async fn duplicate_keys_are_refused_at_any_depth(db: TestDb) {
-    let s = Server::start(&db);
+    let s = SigmaApi::builder().store(&db).start();
     let k = ADMIN_KEY;
     let (st, vps) = s
         .post(
@@ -357,13 +355,10 @@ async fn duplicate_keys_are_refused_at_any_depth(db: TestDb) {
 
 async fn credentials_and_roles_come_before_the_body(db: TestDb) {
     // A small body limit, so an oversized body is among the malformed ones.
-    let s = Server::start_with(
-        &db,
-        ServerOpts {
-            env: vec![("SIGMA_MAX_BODY_BYTES".into(), "1024".into())],
-            ..ServerOpts::default()
-        },
-    );
+    let s = SigmaApi::builder()
+        .store(&db)
+        .envs(vec![("SIGMA_MAX_BODY_BYTES".into(), "1024".into())])
+        .start();
     let k = ADMIN_KEY;
     let (st, vps) = s
         .post("/api/vps", k, VpsBuilder::new("auth1").build())
@@ -520,7 +515,7 @@ async fn credentials_and_roles_come_before_the_body(db: TestDb) {
 // Defects 8 and 11 (path and query): JSON errors, no control characters.
 
 async fn hostile_path_and_query_values_are_named(db: TestDb) {
-    let s = Server::start(&db);
+    let s = SigmaApi::builder().store(&db).start();
     let k = ADMIN_KEY;
     let (st, p) = s.post("/api/providers", k, json!({"name": "acme"})).await;
     assert_eq!(st, 201, "{p}");

@@ -2,12 +2,10 @@
 //! server's defaults written in, accepted by `sh -n`, and never carrying header text that is
 //! not a plain host[:port].
 
-mod common;
-
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 
-use common::{Server, ServerOpts, TestDb};
+use sigma_testkit::{SigmaApi, TestDb, both_backends};
 
 both_backends!(
     the_script_carries_the_configured_defaults,
@@ -46,8 +44,8 @@ fn sh_accepts(script: &str) {
 }
 
 /// One HTTP/1.1 request with exactly these header lines; returns the status and the body.
-fn raw_get(s: &Server, headers: &[&str]) -> (u16, String, String) {
-    let addr = s.base.trim_start_matches("http://");
+fn raw_get(s: &SigmaApi, headers: &[&str]) -> (u16, String, String) {
+    let addr = s.url.trim_start_matches("http://");
     let mut tcp = std::net::TcpStream::connect(addr).unwrap();
     let mut req = String::from("GET /install.sh HTTP/1.1\r\nConnection: close\r\n");
     for h in headers {
@@ -64,24 +62,21 @@ fn raw_get(s: &Server, headers: &[&str]) -> (u16, String, String) {
 }
 
 async fn the_script_carries_the_configured_defaults(db: TestDb) {
-    let s = Server::start_with(
-        &db,
-        ServerOpts {
-            env: vec![
-                (
-                    "SIGMA_AGENT_BINARY_URL".into(),
-                    "https://downloads.example.net/sigma-agent-v1".into(),
-                ),
-                (
-                    "SIGMA_PUBLIC_URL".into(),
-                    "https://sigma.example.net/".into(),
-                ),
-            ],
-            ..ServerOpts::default()
-        },
-    );
+    let s = SigmaApi::builder()
+        .store(&db)
+        .envs(vec![
+            (
+                "SIGMA_AGENT_BINARY_URL".into(),
+                "https://downloads.example.net/sigma-agent-v1".into(),
+            ),
+            (
+                "SIGMA_PUBLIC_URL".into(),
+                "https://sigma.example.net/".into(),
+            ),
+        ])
+        .start();
     // No key needed.
-    let resp = s.client.get(s.url("/install.sh")).send().await.unwrap();
+    let resp = s.http.get(s.url("/install.sh")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert!(
         resp.headers()["content-type"]
@@ -113,7 +108,7 @@ async fn the_script_carries_the_configured_defaults(db: TestDb) {
 }
 
 async fn the_host_header_is_used_only_when_plain(db: TestDb) {
-    let s = Server::start(&db);
+    let s = SigmaApi::builder().store(&db).start();
     // No flags: a plain Host becomes the default sigma-api URL, the binary has no default.
     let (st, head, body) = raw_get(&s, &["Host: sigma.example.net:8443"]);
     assert_eq!(st, 200, "{head}");

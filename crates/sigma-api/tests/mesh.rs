@@ -1,9 +1,7 @@
 //! Integration tests of the mesh registry: the real sigma-api binary, on SQLite and PostgreSQL.
 
-mod common;
-
-use common::{ADMIN_KEY, Server, ServerOpts, TestDb, VpsBuilder};
 use serde_json::{Value, json};
+use sigma_testkit::{ADMIN_KEY, SigmaApi, TestDb, VpsBuilder, both_backends};
 
 both_backends!(
     purpose_mesh_settings_are_validated_on_write,
@@ -27,9 +25,9 @@ fn xrayr_mesh() -> Value {
     })
 }
 
-async fn manifests(s: &Server, key: &str) -> (u16, String, String) {
+async fn manifests(s: &SigmaApi, key: &str) -> (u16, String, String) {
     let resp = s
-        .client
+        .http
         .get(s.url("/api/mesh/manifests"))
         .bearer_auth(key)
         .send()
@@ -45,7 +43,7 @@ async fn manifests(s: &Server, key: &str) -> (u16, String, String) {
 }
 
 async fn purpose_mesh_settings_are_validated_on_write(db: TestDb) {
-    let s = Server::start(&db);
+    let s = SigmaApi::builder().store(&db).start();
     let k = ADMIN_KEY;
     // A port range and a misspelt protocol, each named precisely; nothing is stored.
     let (st, v) = s
@@ -195,7 +193,7 @@ async fn purpose_mesh_settings_are_validated_on_write(db: TestDb) {
 }
 
 async fn vps_mesh_opt_out_and_status(db: TestDb) {
-    let s = Server::start(&db);
+    let s = SigmaApi::builder().store(&db).start();
     let k = ADMIN_KEY;
     let (st, v) = s
         .post(
@@ -255,13 +253,10 @@ async fn vps_mesh_opt_out_and_status(db: TestDb) {
 }
 
 async fn manifests_are_deterministic_and_follow_the_inventory(db: TestDb) {
-    let s = Server::start_with(
-        &db,
-        ServerOpts {
-            env: vec![("SIGMA_MESH_MODE".into(), "export".into())],
-            ..ServerOpts::default()
-        },
-    );
+    let s = SigmaApi::builder()
+        .store(&db)
+        .envs(vec![("SIGMA_MESH_MODE".into(), "export".into())])
+        .start();
     let k = ADMIN_KEY;
     let (st, v) = s
         .patch("/api/purposes/xrayr", k, json!({"mesh": xrayr_mesh()}))
@@ -374,7 +369,7 @@ async fn manifests_are_deterministic_and_follow_the_inventory(db: TestDb) {
     // Agents may not read it.
     let token = s.token(json!({"purpose": "xrayr", "max_uses": 1})).await;
     let (st, v) = s
-        .call(
+        .request(
             "POST",
             "/api/agent/register",
             Some(&token),
@@ -385,7 +380,7 @@ async fn manifests_are_deterministic_and_follow_the_inventory(db: TestDb) {
     let agent_key = v["agent_key"].as_str().unwrap().to_string();
     assert_eq!(manifests(&s, &agent_key).await.0, 403);
     assert_eq!(
-        s.call("GET", "/api/mesh/manifests", None, None).await.0,
+        s.request("GET", "/api/mesh/manifests", None, None).await.0,
         401
     );
 }
@@ -393,7 +388,7 @@ async fn manifests_are_deterministic_and_follow_the_inventory(db: TestDb) {
 async fn manifests_refuse_invalid_stored_settings(db: TestDb) {
     // Settings stored before validation existed: the export must refuse rather than leave the
     // purpose's objects out (a GitOps sync would then delete them).
-    let s = Server::start(&db);
+    let mut s = SigmaApi::builder().store(&db).start();
     s.stop();
     {
         sqlx::any::install_default_drivers();
@@ -405,7 +400,7 @@ async fn manifests_refuse_invalid_stored_settings(db: TestDb) {
             .unwrap();
         pool.close().await;
     }
-    let s = Server::start(&db);
+    let s = SigmaApi::builder().store(&db).start();
     let (st, _, body) = manifests(&s, ADMIN_KEY).await;
     assert_eq!(st, 409, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();

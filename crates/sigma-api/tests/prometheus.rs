@@ -1,9 +1,7 @@
 //! Prometheus service discovery against the real binary, on SQLite and PostgreSQL.
 
-mod common;
-
-use common::{ADMIN_KEY, Server, TestDb, VpsBuilder};
 use serde_json::{Value, json};
+use sigma_testkit::{ADMIN_KEY, SigmaApi, TestDb, VpsBuilder, both_backends};
 
 both_backends!(targets_follow_the_inventory);
 
@@ -16,7 +14,7 @@ fn groups<'a>(v: &'a Value, kind: &str, hostname: &str) -> Vec<&'a Value> {
 }
 
 async fn targets_follow_the_inventory(db: TestDb) {
-    let s = Server::start(&db);
+    let s = SigmaApi::builder().store(&db).start();
     let k = ADMIN_KEY;
     s.post("/api/providers", k, json!({"name": "netcup"})).await;
     let (st, v) = s
@@ -158,7 +156,9 @@ async fn targets_follow_the_inventory(db: TestDb) {
     let (st, v) = s.get("/api/prometheus/targets?kind=pods", k).await;
     assert_eq!(st, 422, "{v}");
     assert_eq!(
-        s.call("GET", "/api/prometheus/targets", None, None).await.0,
+        s.request("GET", "/api/prometheus/targets", None, None)
+            .await
+            .0,
         401
     );
     let ro = s.key("readonly").await;
@@ -168,7 +168,7 @@ async fn targets_follow_the_inventory(db: TestDb) {
     // served must show in the very next answer.
     let a_id = a["id"].as_str().unwrap().to_string();
     let (st, v) = s
-        .call(
+        .request(
             "PATCH",
             &format!("/api/vps/{a_id}"),
             Some(k),

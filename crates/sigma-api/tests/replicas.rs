@@ -7,13 +7,11 @@
 //! PostgreSQL only (SQLite serves one replica): `SIGMA_TEST_POSTGRES_URL`, a fresh database per
 //! test; skipped without it unless `SIGMA_TEST_REQUIRE_POSTGRES=1`.
 
-mod common;
-
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use common::{ADMIN_KEY, Db, Server, ServerOpts, TestDb};
 use serde_json::{Value, json};
+use sigma_testkit::{ADMIN_KEY, Backend, SigmaApi, TestDb};
 use sqlx::Row;
 
 /// The migrations sigma-store ships for PostgreSQL, by version.
@@ -63,7 +61,7 @@ async fn schema(url: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_starting_together_apply_the_migrations_once() {
-    let Some(db) = TestDb::new(Db::Postgres).await else {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
         return;
     };
     // Three processes started at the same instant on the fresh database.
@@ -72,19 +70,16 @@ async fn replicas_starting_together_apply_the_migrations_once() {
     let starts: Vec<_> = (0..N)
         .map(|_| {
             let barrier = barrier.clone();
-            let db = TestDb {
-                url: db.url.clone(),
-                dir: db.dir.clone(),
-            };
+            let db = db.clone();
             std::thread::spawn(move || {
                 barrier.wait();
                 let spawned = Instant::now();
-                let server = Server::start(&db);
+                let server = SigmaApi::builder().store(&db).start();
                 (spawned, Instant::now(), server)
             })
         })
         .collect();
-    let started: Vec<(Instant, Instant, Server)> = starts
+    let started: Vec<(Instant, Instant, SigmaApi)> = starts
         .into_iter()
         .map(|h| h.join().expect("a replica failed to start"))
         .collect();
@@ -152,8 +147,8 @@ async fn replicas_starting_together_apply_the_migrations_once() {
     assert_eq!(applied, want, "_sqlx_migrations");
 
     // The schema is exactly the one a lone replica makes on another fresh database.
-    let alone = TestDb::new(Db::Postgres).await.unwrap();
-    Server::start(&alone).stop();
+    let alone = TestDb::new(Backend::Postgres).await.unwrap();
+    SigmaApi::builder().store(&alone).start().stop();
     let (together, reference) = (schema(&db.url).await, schema(&alone.url).await);
     assert!(together.len() > 10, "{together:?}");
     assert_eq!(together, reference, "schema after a concurrent start");
@@ -179,20 +174,17 @@ async fn replicas_starting_together_apply_the_migrations_once() {
     );
 }
 
-fn replica(db: &TestDb, poll: &str) -> Server {
-    Server::start_with(
-        db,
-        ServerOpts {
-            env: vec![
-                ("SIGMA_CHANGE_POLL_INTERVAL".into(), poll.into()),
-                ("SIGMA_HEARTBEAT_FLUSH_INTERVAL".into(), "200ms".into()),
-            ],
-            ..ServerOpts::default()
-        },
-    )
+fn replica(db: &TestDb, poll: &str) -> SigmaApi {
+    SigmaApi::builder()
+        .store(db)
+        .envs(vec![
+            ("SIGMA_CHANGE_POLL_INTERVAL".into(), poll.into()),
+            ("SIGMA_HEARTBEAT_FLUSH_INTERVAL".into(), "200ms".into()),
+        ])
+        .start()
 }
 
-async fn register(s: &Server, token: &str, hostname: &str) -> (String, String) {
+async fn register(s: &SigmaApi, token: &str, hostname: &str) -> (String, String) {
     let (st, v) = s
         .post(
             "/api/agent/register",
@@ -207,7 +199,7 @@ async fn register(s: &Server, token: &str, hostname: &str) -> (String, String) {
     )
 }
 
-async fn heartbeat(s: &Server, key: &str, hostname: &str) -> (u16, Value) {
+async fn heartbeat(s: &SigmaApi, key: &str, hostname: &str) -> (u16, Value) {
     s.post("/api/agent/heartbeat", key, json!({"hostname": hostname}))
         .await
 }
@@ -215,7 +207,7 @@ async fn heartbeat(s: &Server, key: &str, hostname: &str) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_or_retire_on_one_replica_reaches_agents_of_another_within_the_poll_interval()
 {
-    let Some(db) = TestDb::new(Db::Postgres).await else {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
         return;
     };
     const POLL: Duration = Duration::from_secs(1);

@@ -1,13 +1,11 @@
 //! `GET /api/vps/{id}/mesh` through the real sigma-api binary: the desired WorkloadEntry in
 //! every mode, and in kubernetes mode the cluster's entry (from the stand-in API server of
-//! `common::fake_kube`), the comparison, istiod's health verdict and a cluster that cannot be
+//! `sigma_testkit::fake_kube`), the comparison, istiod's health verdict and a cluster that cannot be
 //! read; plus who may read it.
 
-mod common;
-
-use common::fake_kube::{Cluster, FakeKube, kube_env, write_kubeconfig};
-use common::{ADMIN_KEY, Server, ServerOpts, TestDb, VpsBuilder};
 use serde_json::{Value, json};
+use sigma_testkit::fake_kube::{Cluster, FakeKube, write_kubeconfig};
+use sigma_testkit::{ADMIN_KEY, Mesh, SigmaApi, TestDb, VpsBuilder, both_backends};
 use sigma_types::mesh::VpsMeshReport;
 
 both_backends!(
@@ -21,7 +19,7 @@ fn mesh_path(id: &str) -> String {
     format!("/api/vps/{id}/mesh")
 }
 
-async fn mesh_on(s: &Server) {
+async fn mesh_on(s: &SigmaApi) {
     let (st, v) = s
         .patch(
             "/api/purposes/xrayr",
@@ -34,10 +32,10 @@ async fn mesh_on(s: &Server) {
 }
 
 /// Enrolls an agent for `hostname` (active at once); returns its key and the VPS id.
-async fn enroll(s: &Server, hostname: &str, ip: &str) -> (String, String) {
+async fn enroll(s: &SigmaApi, hostname: &str, ip: &str) -> (String, String) {
     let token = s.token(json!({"purpose": "xrayr", "max_uses": 1})).await;
     let (st, v) = s
-        .call(
+        .request(
             "POST",
             "/api/agent/register",
             Some(&token),
@@ -51,26 +49,20 @@ async fn enroll(s: &Server, hostname: &str, ip: &str) -> (String, String) {
     )
 }
 
-async fn report(s: &Server, id: &str) -> VpsMeshReport {
+async fn report(s: &SigmaApi, id: &str) -> VpsMeshReport {
     let (st, v) = s.get(&mesh_path(id), ADMIN_KEY).await;
     assert_eq!(st, 200, "{v}");
     serde_json::from_value(v).unwrap()
 }
 
-async fn kube_server(db: &TestDb, cluster: Cluster) -> (Server, FakeKube) {
-    let kube = FakeKube::start(&db.dir, cluster).await;
-    let s = Server::start_with(
-        db,
-        ServerOpts {
-            env: kube_env(&kube.kubeconfig),
-            ..ServerOpts::default()
-        },
-    );
+async fn kube_server(db: &TestDb, cluster: Cluster) -> (SigmaApi, FakeKube) {
+    let kube = FakeKube::start(&db.dir, cluster.discarding_writes()).await;
+    let s = SigmaApi::builder().store(db).mesh(kube.mesh()).start();
     (s, kube)
 }
 
 async fn mesh_off_reports_the_desired_entry_only(db: TestDb) {
-    let s = Server::start(&db);
+    let s = SigmaApi::builder().store(&db).start();
     mesh_on(&s).await;
     let (_, id) = enroll(&s, "edge-a.example.com", "203.0.113.10").await;
 
@@ -95,7 +87,7 @@ async fn mesh_off_reports_the_desired_entry_only(db: TestDb) {
     assert_eq!(d["metadata"]["labels"]["app"], "xrayr");
     // The mesh manifests hold the very same entry.
     let resp = s
-        .client
+        .http
         .get(s.url("/api/mesh/manifests"))
         .bearer_auth(ADMIN_KEY)
         .send()
@@ -149,7 +141,7 @@ async fn mesh_off_reports_the_desired_entry_only(db: TestDb) {
 }
 
 async fn who_may_read_a_report(db: TestDb) {
-    let s = Server::start(&db);
+    let s = SigmaApi::builder().store(&db).start();
     let (agent_key, id) = enroll(&s, "edge-a.example.com", "203.0.113.10").await;
     let path = mesh_path(&id);
     // The purpose is not mesh-enabled here: still a report, with the reason.
@@ -165,7 +157,7 @@ async fn who_may_read_a_report(db: TestDb) {
     }
     let (st, v) = s.get(&path, &agent_key).await;
     assert_eq!(st, 403, "{v}");
-    assert_eq!(s.call("GET", &path, None, None).await.0, 401);
+    assert_eq!(s.request("GET", &path, None, None).await.0, 401);
     let (st, v) = s
         .get(
             &mesh_path("7b0c3a52-1d7e-4e44-9a53-6f0b8d2e9c10"),
@@ -202,7 +194,7 @@ async fn kubernetes_mode_compares_with_the_cluster(db: TestDb) {
         !kube
             .calls()
             .iter()
-            .any(|c| c.ends_with(&format!("/workloadentries/{name}")) && c.starts_with("GET")),
+            .any(|c| c.path.ends_with(&format!("/workloadentries/{name}")) && c.verb() == "GET"),
         "no get of the entry"
     );
 
@@ -215,10 +207,7 @@ async fn kubernetes_mode_compares_with_the_cluster(db: TestDb) {
     actual["status"] = json!({"conditions": [
         {"type": "Healthy", "status": "True", "reason": "HealthCheck",
          "message": "probe succeeded", "lastTransitionTime": "2026-03-01T10:00:00Z"}]});
-    kube.edit(|c| {
-        c.workload_entries
-            .insert(("sigma".into(), name.clone()), actual.clone());
-    });
+    kube.edit(|c| c.put("sigma", "workloadentries", actual.clone()));
     let r = report(&s, &id).await;
     assert_eq!(r.cluster_error, None);
     assert_eq!(r.actual.as_ref().unwrap()["metadata"]["uid"], "uid-7");
@@ -235,10 +224,7 @@ async fn kubernetes_mode_compares_with_the_cluster(db: TestDb) {
     // Drift in the spec, and an unhealthy verdict.
     actual["spec"]["address"] = json!("198.51.100.99");
     actual["status"]["conditions"][0]["status"] = json!("False");
-    kube.edit(|c| {
-        c.workload_entries
-            .insert(("sigma".into(), name.clone()), actual.clone());
-    });
+    kube.edit(|c| c.put("sigma", "workloadentries", actual.clone()));
     let r = report(&s, &id).await;
     assert_eq!(r.in_sync, Some(false));
     assert!(!r.health.unwrap().healthy);
@@ -263,13 +249,10 @@ async fn an_unreadable_cluster_is_reported_not_failed(db: TestDb) {
         .unwrap()
         .port();
     let kubeconfig = write_kubeconfig(&db.dir, &format!("http://127.0.0.1:{port}"));
-    let s = Server::start_with(
-        &db,
-        ServerOpts {
-            env: kube_env(&kubeconfig),
-            ..ServerOpts::default()
-        },
-    );
+    let s = SigmaApi::builder()
+        .store(&db)
+        .mesh(Mesh::Kubernetes(kubeconfig))
+        .start();
     mesh_on(&s).await;
     let (_, id) = enroll(&s, "edge-a.example.com", "203.0.113.10").await;
     let (st, v): (u16, Value) = s.get(&mesh_path(&id), ADMIN_KEY).await;

@@ -2,21 +2,20 @@
 //! still queued must not be overwritten by it (a lost update). Real sigma-api binary, both
 //! backends.
 
-mod common;
-
-use common::{ADMIN_KEY, Server, ServerOpts, TestDb};
 use serde_json::json;
+use sigma_testkit::{ADMIN_KEY, SigmaApi, TestDb, both_backends};
 
 both_backends!(address_edit_beats_an_older_queued_heartbeat);
 
 async fn address_edit_beats_an_older_queued_heartbeat(db: TestDb) {
     // A flush interval far longer than the test: only the final flush on SIGTERM writes, so
     // the agent's report is certainly still queued when the operator edits.
-    let opts = || ServerOpts {
-        env: vec![("SIGMA_HEARTBEAT_FLUSH_INTERVAL".into(), "1h".into())],
-        ..Default::default()
+    let opts = || {
+        SigmaApi::builder()
+            .store(&db)
+            .env("SIGMA_HEARTBEAT_FLUSH_INTERVAL", "1h")
     };
-    let s = Server::start_with(&db, opts());
+    let mut s = opts().start();
     let token = s.token(json!({"purpose": "xrayr"})).await;
     let host = "edited.example.com";
     let (st, r) = s
@@ -64,7 +63,7 @@ async fn address_edit_beats_an_older_queued_heartbeat(db: TestDb) {
     assert_eq!(st, 200);
     let status = s.stop();
     assert!(status.success(), "clean exit: {status}");
-    let s = Server::start_with(&db, opts());
+    let mut s = opts().start();
     let (_, v) = s.get(&format!("/api/vps/{id}"), ADMIN_KEY).await;
     assert_eq!(
         v["ip_addresses"], edited,
@@ -83,7 +82,7 @@ async fn address_edit_beats_an_older_queued_heartbeat(db: TestDb) {
     assert_eq!(st, 200);
     let status = s.stop();
     assert!(status.success(), "clean exit: {status}");
-    let s = Server::start_with(&db, opts());
+    let s = opts().start();
     let (_, v) = s.get(&format!("/api/vps/{id}"), ADMIN_KEY).await;
     assert_eq!(v["ip_addresses"], reported, "{v}");
 }

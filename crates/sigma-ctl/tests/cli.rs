@@ -1,10 +1,9 @@
 //! End-to-end tests: the real `sigmactl` binary against a real sigma-api (SQLite) started by
 //! each test.
 
-mod common;
-
-use common::{ADMIN_KEY, Api, Ctl, Run, TempDir, assert_aligned};
 use serde_json::{Value, json};
+use sigma_testkit::ctl::{Ctl, Run, assert_aligned};
+use sigma_testkit::{ADMIN_KEY, SigmaApi, TempDir};
 use sigma_types::{ApiKey, EnvoyRoute, List, Provider, Purpose, Vps};
 
 fn ids(v: &Value) -> Vec<String> {
@@ -18,11 +17,11 @@ fn ids(v: &Value) -> Vec<String> {
 
 #[test]
 fn vps_lifecycle_end_to_end() {
-    let api = Api::start();
+    let api = SigmaApi::start();
     api.ctl()
         .run(&["providers", "create", "Hetzner", "--country", "de"])
         .ok();
-    let created = api.json(&[
+    let created = api.ctl_json(&[
         "vps",
         "create",
         "Edge-1.Example.net",
@@ -72,9 +71,9 @@ fn vps_lifecycle_end_to_end() {
         .ok();
 
     // Show by hostname and by id: the same object as created.
-    let by_name = api.json(&["vps", "show", "edge-1.example.net"]);
+    let by_name = api.ctl_json(&["vps", "show", "edge-1.example.net"]);
     assert_eq!(by_name, created, "-o json is the API's object");
-    let by_id = api.json(&["vps", "show", &v.id.to_string()]);
+    let by_id = api.ctl_json(&["vps", "show", &v.id.to_string()]);
     assert_eq!(by_id, created);
     let human = api.ctl().run(&["vps", "show", "EDGE-1.example.net"]);
     human.ok();
@@ -84,29 +83,29 @@ fn vps_lifecycle_end_to_end() {
 
     // Filters.
     assert_eq!(
-        ids(&api.json(&["vps", "list", "--country", "FR"])),
+        ids(&api.ctl_json(&["vps", "list", "--country", "FR"])),
         ["relay-1.example.net"]
     );
     assert_eq!(
-        ids(&api.json(&["vps", "list", "--tag", "fast"])),
+        ids(&api.ctl_json(&["vps", "list", "--tag", "fast"])),
         ["edge-1.example.net"]
     );
     assert_eq!(
-        ids(&api.json(&["vps", "list", "--status", "active"])),
+        ids(&api.ctl_json(&["vps", "list", "--status", "active"])),
         ["relay-1.example.net"]
     );
     assert_eq!(
-        ids(&api.json(&["vps", "list", "-q", "falken"])),
+        ids(&api.ctl_json(&["vps", "list", "-q", "falken"])),
         ["edge-1.example.net"]
     );
     assert_eq!(
-        ids(&api.json(&["vps", "list", "--provider", "hetzner", "--purpose", "xrayr"])),
+        ids(&api.ctl_json(&["vps", "list", "--provider", "hetzner", "--purpose", "xrayr"])),
         ["edge-1.example.net"]
     );
-    assert_eq!(api.json(&["vps", "list"])["total"], 2);
+    assert_eq!(api.ctl_json(&["vps", "list"])["total"], 2);
 
     // Edit: only the given fields change; --clear-* sends null.
-    let e = api.json(&[
+    let e = api.ctl_json(&[
         "vps",
         "edit",
         "edge-1.example.net",
@@ -123,7 +122,7 @@ fn vps_lifecycle_end_to_end() {
     assert_eq!(e["monitoring"], false);
     assert_eq!(e["country"], "DE", "absent fields stay");
     assert_eq!(e["provider"], "Hetzner");
-    let e = api.json(&[
+    let e = api.ctl_json(&[
         "vps",
         "edit",
         "edge-1.example.net",
@@ -132,7 +131,7 @@ fn vps_lifecycle_end_to_end() {
     ]);
     assert_eq!(e["ip_addresses"], json!([]));
     assert_eq!(e["tags"], json!([]));
-    let e = api.json(&[
+    let e = api.ctl_json(&[
         "vps",
         "edit",
         "edge-1.example.net",
@@ -145,9 +144,9 @@ fn vps_lifecycle_end_to_end() {
     let r = api.ctl().run(&["vps", "retire", "relay-1.example.net"]);
     r.ok();
     assert!(r.stdout.contains("is retiring"), "{}", r.stdout);
-    let r = api.json(&["vps", "retire", "relay-1.example.net", "--force"]);
+    let r = api.ctl_json(&["vps", "retire", "relay-1.example.net", "--force"]);
     assert_eq!(r["status"], "retired");
-    let r = api.json(&[
+    let r = api.ctl_json(&[
         "vps",
         "edit",
         "relay-1.example.net",
@@ -169,7 +168,7 @@ fn vps_lifecycle_end_to_end() {
         ],
     );
     assert_eq!(
-        ids(&api.json(&["vps", "list", "--status", "deleted"])),
+        ids(&api.ctl_json(&["vps", "list", "--status", "deleted"])),
         ["edge-2.example.net"]
     );
     let r = api.ctl().run(&["vps", "restore", "edge-2.example.net"]);
@@ -182,12 +181,12 @@ fn vps_lifecycle_end_to_end() {
 
     // Two deleted VPS with one hostname: restore by hostname is ambiguous, by id it works.
     api.ctl().run(&["vps", "delete", "edge-2.example.net"]).ok();
-    let second = api.json(&["vps", "create", "edge-2.example.net", "--purpose", "xrayr"]);
+    let second = api.ctl_json(&["vps", "create", "edge-2.example.net", "--purpose", "xrayr"]);
     api.ctl().run(&["vps", "delete", "edge-2.example.net"]).ok();
     api.ctl()
         .run(&["vps", "restore", "edge-2.example.net"])
         .fails(1, &["2 deleted VPS had hostname", &v.id.to_string()]);
-    let r = api.json(&["vps", "restore", second["id"].as_str().unwrap()]);
+    let r = api.ctl_json(&["vps", "restore", second["id"].as_str().unwrap()]);
     assert_eq!(r["id"], second["id"]);
     api.ctl()
         .run(&["vps", "restore", "nothing.example"])
@@ -196,8 +195,8 @@ fn vps_lifecycle_end_to_end() {
 
 #[test]
 fn providers_and_purposes_with_mesh_settings() {
-    let api = Api::start();
-    let p = api.json(&[
+    let api = SigmaApi::start();
+    let p = api.ctl_json(&[
         "providers",
         "create",
         "OVH",
@@ -210,9 +209,9 @@ fn providers_and_purposes_with_mesh_settings() {
     ]);
     let p: Provider = serde_json::from_value(p).unwrap();
     assert_eq!(p.country.as_deref(), Some("FR"));
-    let shown = api.json(&["providers", "show", &p.id.to_string()]);
+    let shown = api.ctl_json(&["providers", "show", &p.id.to_string()]);
     assert_eq!(shown["name"], "OVH");
-    let e = api.json(&[
+    let e = api.ctl_json(&[
         "providers",
         "edit",
         "ovh",
@@ -261,7 +260,7 @@ fn providers_and_purposes_with_mesh_settings() {
         "enabled: true\nservice_account: edge\nports:\n  - name: http-api\n    number: 8080\n    protocol: HTTP\ninterception:\n  mode: none\n",
         0o644,
     );
-    let c = api.json(&[
+    let c = api.ctl_json(&[
         "purposes",
         "create",
         "edge",
@@ -273,12 +272,13 @@ fn providers_and_purposes_with_mesh_settings() {
     assert_eq!(c["mesh"]["enabled"], true);
     assert_eq!(c["mesh"]["service_account"], "edge");
     assert_eq!(c["mesh"]["ports"][0]["number"], 8080);
-    let shown: Purpose = serde_json::from_value(api.json(&["purposes", "show", "edge"])).unwrap();
+    let shown: Purpose =
+        serde_json::from_value(api.ctl_json(&["purposes", "show", "edge"])).unwrap();
     assert_eq!(shown.display_name, "Edge");
     assert_eq!(shown.mesh, c["mesh"]);
     // The mesh of `-o json` applies as it is to another purpose (round trip).
     let json_file = dir.write("mesh.json", &shown.mesh.to_string(), 0o644);
-    let c2 = api.json(&[
+    let c2 = api.ctl_json(&[
         "purposes",
         "create",
         "edge2",
@@ -287,7 +287,7 @@ fn providers_and_purposes_with_mesh_settings() {
     ]);
     assert_eq!(c2["mesh"], shown.mesh);
     assert_eq!(c2["display_name"], "edge2");
-    let e = api.json(&[
+    let e = api.ctl_json(&[
         "purposes",
         "edit",
         "edge",
@@ -340,7 +340,7 @@ fn providers_and_purposes_with_mesh_settings() {
         .run(&["purposes", "delete", "xrayr"])
         .fails(1, &["conflict (HTTP 409)"]);
     api.ctl().run(&["purposes", "delete", "edge2"]).ok();
-    let names: Vec<String> = api.json(&["purposes", "list"])["items"]
+    let names: Vec<String> = api.ctl_json(&["purposes", "list"])["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -351,7 +351,7 @@ fn providers_and_purposes_with_mesh_settings() {
 
 #[test]
 fn keys_and_enrollment_tokens() {
-    let api = Api::start();
+    let api = SigmaApi::start();
     // A key is printed once, works, and is listed without its secret.
     let r = api
         .ctl()
@@ -369,7 +369,7 @@ fn keys_and_enrollment_tokens() {
         .env("SIGMA_API_KEY", &ro)
         .run(&["vps", "list"])
         .ok();
-    let list = api.json(&["keys", "list"]);
+    let list = api.ctl_json(&["keys", "list"]);
     let keys: List<ApiKey> = serde_json::from_value(list.clone()).unwrap();
     assert_eq!(keys.total, 2);
     assert!(!list.to_string().contains(&ro), "secrets are never listed");
@@ -380,8 +380,8 @@ fn keys_and_enrollment_tokens() {
     api.ctl()
         .run(&["vps", "create", "a1.example", "--purpose", "xrayr"])
         .ok();
-    let vps_id = api.json(&["vps", "show", "a1.example"])["id"].clone();
-    let ag = api.json(&[
+    let vps_id = api.ctl_json(&["vps", "show", "a1.example"])["id"].clone();
+    let ag = api.ctl_json(&[
         "keys",
         "create",
         "agent",
@@ -480,7 +480,7 @@ fn keys_and_enrollment_tokens() {
             .as_u16()
     });
     assert_eq!(status, 200, "the token enrolls");
-    let v = api.json(&["vps", "show", "exit-1.example.net"]);
+    let v = api.ctl_json(&["vps", "show", "exit-1.example.net"]);
     assert_eq!(v["purpose"], "vpn-exit");
     assert_eq!(v["country"], "NL");
     assert_eq!(v["status"], "active");
@@ -507,7 +507,7 @@ fn keys_and_enrollment_tokens() {
     assert_eq!(batch[4], "purpose=vpn-exit country=NL tags=wave=1");
     let r = api.ctl().run(&["enroll", "revoke", &token[..12]]);
     r.ok();
-    let tokens = api.json(&["enroll", "list"]);
+    let tokens = api.ctl_json(&["enroll", "list"]);
     let revoked = tokens["items"]
         .as_array()
         .unwrap()
@@ -519,13 +519,13 @@ fn keys_and_enrollment_tokens() {
 
 #[test]
 fn envoy_routes_end_to_end() {
-    let api = Api::start();
+    let api = SigmaApi::start();
     for h in ["edge-1.example.net", "edge-2.example.net"] {
         api.ctl()
             .run(&["vps", "create", h, "--purpose", "xrayr"])
             .ok();
     }
-    let a = api.json(&[
+    let a = api.ctl_json(&[
         "routes",
         "add",
         "edge-1.example.net",
@@ -539,7 +539,7 @@ fn envoy_routes_end_to_end() {
     ]);
     assert_eq!(a["cluster_type"], "static");
     assert_eq!(a["connect_timeout_ms"], 5000);
-    let b = api.json(&[
+    let b = api.ctl_json(&[
         "routes",
         "add",
         "edge-1.example.net",
@@ -623,7 +623,7 @@ fn envoy_routes_end_to_end() {
     );
 
     // Edit by VPS and name, and by id.
-    let e = api.json(&[
+    let e = api.ctl_json(&[
         "routes",
         "edit",
         "edge-1.example.net",
@@ -636,7 +636,7 @@ fn envoy_routes_end_to_end() {
     assert_eq!(e["listen_port"], 8443);
     assert_eq!(e["status"], "disabled");
     assert_eq!(e["backend_port"], 8443, "absent fields stay");
-    let e = api.json(&[
+    let e = api.ctl_json(&[
         "routes",
         "edit",
         a["id"].as_str().unwrap(),
@@ -662,7 +662,7 @@ fn envoy_routes_end_to_end() {
         .run(&["-o", "yaml", "routes", "list", "edge-1.example.net"]);
     y.ok();
     let file = dir.write("routes.yaml", &y.stdout, 0o644);
-    let applied = api.json(&[
+    let applied = api.ctl_json(&[
         "routes",
         "apply",
         "edge-2.example.net",
@@ -685,12 +685,12 @@ fn envoy_routes_end_to_end() {
         out.sort_by_key(|r| r["name"].as_str().unwrap().to_string());
         out
     };
-    let source = api.json(&["routes", "list", "edge-1.example.net"]);
+    let source = api.ctl_json(&["routes", "list", "edge-1.example.net"]);
     assert_eq!(strip(&applied), strip(&source));
     let listed: Vec<EnvoyRoute> =
-        serde_json::from_value(api.json(&["routes", "list", "edge-2.example.net"])).unwrap();
+        serde_json::from_value(api.ctl_json(&["routes", "list", "edge-2.example.net"])).unwrap();
     assert_eq!(listed.len(), 2);
-    let v2 = api.json(&["vps", "show", "edge-2.example.net"]);
+    let v2 = api.ctl_json(&["vps", "show", "edge-2.example.net"]);
     assert_eq!(v2["envoy_version"], 1, "one batch, one version");
 
     // Apply with --prune keeps only the named routes.
@@ -734,7 +734,7 @@ fn envoy_routes_end_to_end() {
     api.ctl()
         .run(&["routes", "rm", b["id"].as_str().unwrap()])
         .ok();
-    let left = api.json(&["routes", "list", "edge-1.example.net"]);
+    let left = api.ctl_json(&["routes", "list", "edge-1.example.net"]);
     assert_eq!(left.as_array().unwrap().len(), 1);
     let empty = api.ctl().run(&["routes", "list", "edge-2.example.net"]);
     empty.ok();
@@ -747,7 +747,7 @@ fn envoy_routes_end_to_end() {
 
 #[test]
 fn audit_log_with_filters() {
-    let api = Api::start();
+    let api = SigmaApi::start();
     api.ctl()
         .run(&["vps", "create", "a.example", "--purpose", "xrayr"])
         .ok();
@@ -757,7 +757,7 @@ fn audit_log_with_filters() {
     api.ctl().run(&["providers", "create", "ovh"]).ok();
     api.ctl().run(&["vps", "delete", "b.example"]).ok();
 
-    let all = api.json(&["audit", "--all"]);
+    let all = api.ctl_json(&["audit", "--all"]);
     let actions: Vec<&str> = all["items"]
         .as_array()
         .unwrap()
@@ -765,15 +765,15 @@ fn audit_log_with_filters() {
         .map(|e| e["action"].as_str().unwrap())
         .collect();
     assert_eq!(actions[0], "vps.delete", "newest first: {actions:?}");
-    let creates = api.json(&["audit", "--action", "vps.create"]);
+    let creates = api.ctl_json(&["audit", "--action", "vps.create"]);
     assert_eq!(creates["total"], 2);
-    let prov = api.json(&["audit", "--resource-type", "provider", "--since", "1h"]);
+    let prov = api.ctl_json(&["audit", "--resource-type", "provider", "--since", "1h"]);
     assert_eq!(prov["total"], 1);
     assert_eq!(prov["items"][0]["after"]["name"], "ovh");
-    let none = api.json(&["audit", "--until", "2000-01-01T00:00:00Z"]);
+    let none = api.ctl_json(&["audit", "--until", "2000-01-01T00:00:00Z"]);
     assert_eq!(none["total"], 0);
     let actor = format!("key:{}", &ADMIN_KEY[..12]);
-    let mine = api.json(&["audit", "--actor", &actor, "--all"]);
+    let mine = api.ctl_json(&["audit", "--actor", &actor, "--all"]);
     assert!(mine["total"].as_i64().unwrap() >= 4, "{mine}");
     assert!(
         mine["items"]
@@ -800,7 +800,7 @@ fn audit_log_with_filters() {
         .run(&["audit", "--since", "yesterday"])
         .fails(2, &["is neither an RFC 3339 time"]);
 
-    let op = api.key("operator");
+    let op = api.ctl_key("operator");
     api.ctl()
         .env("SIGMA_API_KEY", &op)
         .run(&["audit"])
@@ -809,7 +809,7 @@ fn audit_log_with_filters() {
 
 #[test]
 fn errors_name_their_cause_with_exit_codes() {
-    let api = Api::start();
+    let api = SigmaApi::start();
     // 422: every field with its reason.
     api.ctl()
         .run(&[
@@ -831,7 +831,7 @@ fn errors_name_their_cause_with_exit_codes() {
             ],
         );
     // 403 with the role.
-    let ro = api.key("readonly");
+    let ro = api.ctl_key("readonly");
     api.ctl()
         .env("SIGMA_API_KEY", &ro)
         .run(&["providers", "create", "x"])
@@ -894,7 +894,7 @@ fn errors_name_their_cause_with_exit_codes() {
         .run(&["keys", "create", "k", "--role", "readonly", "--ttl", "5y"])
         .fails(2, &["unknown unit"]);
     assert_eq!(
-        api.json(&["vps", "list"])["total"],
+        api.ctl_json(&["vps", "list"])["total"],
         1,
         "nothing was created"
     );
@@ -921,7 +921,7 @@ fn errors_name_their_cause_with_exit_codes() {
 
 #[test]
 fn config_file_profiles_and_permissions() {
-    let api = Api::start();
+    let api = SigmaApi::start();
     let home = TempDir::new("home");
     let xdg = home.path().join("xdg");
     // Default profile: a key file next to the config; `prod`: the key inline.
@@ -1017,7 +1017,7 @@ fn config_file_profiles_and_permissions() {
 
 #[test]
 fn key_from_a_file() {
-    let api = Api::start();
+    let api = SigmaApi::start();
     let dir = TempDir::new("keyfile");
     let f = dir.write("key", &format!("  {ADMIN_KEY}\n"), 0o600);
     let base = || Ctl::new(dir.path()).env("SIGMA_API_URL", &api.url);
@@ -1063,7 +1063,7 @@ fn key_from_a_file() {
 
 #[test]
 fn tables_align_and_pages_are_noted() {
-    let api = Api::start();
+    let api = SigmaApi::start();
     for (h, c) in [
         ("a.example", "DE"),
         ("a-much-longer-hostname.example.net", "FR"),
@@ -1152,7 +1152,7 @@ fn tables_align_and_pages_are_noted() {
 
 #[test]
 fn json_and_yaml_are_the_api_objects() {
-    let api = Api::start();
+    let api = SigmaApi::start();
     api.ctl()
         .run(&[
             "vps",
@@ -1182,7 +1182,7 @@ fn json_and_yaml_are_the_api_objects() {
     assert!(y.stdout.contains("country: \"NO\"\n"), "{}", y.stdout);
     assert!(y.stdout.contains("- \"yes\"\n"), "{}", y.stdout);
     // A listed object is the shown object.
-    let shown = api.json(&["vps", "show", "a.example"]);
+    let shown = api.ctl_json(&["vps", "show", "a.example"]);
     let listed = jv["items"]
         .as_array()
         .unwrap()
@@ -1191,7 +1191,7 @@ fn json_and_yaml_are_the_api_objects() {
         .unwrap();
     assert_eq!(&shown, listed);
     // --all joins pages into one list object.
-    let all = api.json(&["vps", "list", "--all"]);
+    let all = api.ctl_json(&["vps", "list", "--all"]);
     assert_eq!(all["total"], 2);
     assert_eq!(all["items"].as_array().unwrap().len(), 2);
     // Commands without a body print nothing for scripts.
@@ -1297,8 +1297,8 @@ fn from_now(minutes: i64) -> String {
 
 /// Enrolls an agent the way sigma-agent does (an enrollment token, then register) and returns
 /// its agent key; the VPS is active afterwards.
-fn enroll_agent(api: &Api, hostname: &str, purpose: &str, ip: &str) -> String {
-    let t = api.json(&["enroll", "create", "--purpose", purpose]);
+fn enroll_agent(api: &SigmaApi, hostname: &str, purpose: &str, ip: &str) -> String {
+    let t = api.ctl_json(&["enroll", "create", "--purpose", purpose]);
     let token = t["token"].as_str().unwrap().to_string();
     let (status, body) = runtime().block_on(async {
         let r = reqwest::Client::new()
@@ -1315,7 +1315,7 @@ fn enroll_agent(api: &Api, hostname: &str, purpose: &str, ip: &str) -> String {
 }
 
 /// `register` with an enrollment token: the status and the answer.
-fn register_with(api: &Api, token: &str, hostname: &str) -> (u16, Value) {
+fn register_with(api: &SigmaApi, token: &str, hostname: &str) -> (u16, Value) {
     runtime().block_on(async {
         let r = reqwest::Client::new()
             .post(format!("{}/api/agent/register", api.url))
@@ -1330,10 +1330,10 @@ fn register_with(api: &Api, token: &str, hostname: &str) -> (u16, Value) {
 
 #[test]
 fn vps_reenroll_prints_a_bound_token_and_install_command() {
-    let api = Api::start();
+    let api = SigmaApi::start();
     enroll_agent(&api, "edge-1.example.net", "xrayr", "192.0.2.1");
     // A plain token cannot take the VPS over; the refusal points at `vps reenroll`.
-    let t = api.json(&["enroll", "create"]);
+    let t = api.ctl_json(&["enroll", "create"]);
     let (st, body) = register_with(&api, t["token"].as_str().unwrap(), "edge-1.example.net");
     assert_eq!(st, 409, "{body}");
     assert!(
@@ -1377,7 +1377,7 @@ fn vps_reenroll_prints_a_bound_token_and_install_command() {
     let (st, _) = register_with(&api, &token, "edge-1.example.net");
     assert_eq!(st, 401, "single use");
     // JSON output is the API's object; an unknown VPS is a clear error.
-    let v = api.json(&["vps", "reenroll", "edge-1.example.net"]);
+    let v = api.ctl_json(&["vps", "reenroll", "edge-1.example.net"]);
     assert_eq!(v["enrollment_token"]["max_uses"], 1);
     assert!(v["enrollment_token"]["vps_id"].is_string());
     let r = api.ctl().run(&["vps", "reenroll", "nope.example.net"]);
@@ -1389,7 +1389,7 @@ fn vps_reenroll_prints_a_bound_token_and_install_command() {
 }
 
 /// One heartbeat with `agent_state`, as the agent of `hostname`.
-fn heartbeat(api: &Api, key: &str, hostname: &str, agent_state: Value) {
+fn heartbeat(api: &SigmaApi, key: &str, hostname: &str, agent_state: Value) {
     let (status, body) = runtime().block_on(async {
         let r = reqwest::Client::new()
             .post(format!("{}/api/agent/heartbeat", api.url))
@@ -1405,7 +1405,7 @@ fn heartbeat(api: &Api, key: &str, hostname: &str, agent_state: Value) {
 
 const XRAYR_MESH: &str = r#"{"enabled": true, "ports": [{"name": "http-api", "number": 8080, "protocol": "HTTP"}], "egress": [{"host": "xboard.sigma.svc.cluster.local", "port": 443, "protocol": "HTTPS"}]}"#;
 
-fn mesh_on(api: &Api) {
+fn mesh_on(api: &SigmaApi) {
     api.ctl()
         .run(&["purposes", "edit", "xrayr", "--mesh", XRAYR_MESH])
         .ok();
@@ -1413,10 +1413,10 @@ fn mesh_on(api: &Api) {
 
 #[test]
 fn vps_mesh_opt_out() {
-    let api = Api::start();
-    let v = api.json(&["vps", "create", "edge-1.example.net", "--purpose", "xrayr"]);
+    let api = SigmaApi::start();
+    let v = api.ctl_json(&["vps", "create", "edge-1.example.net", "--purpose", "xrayr"]);
     assert_eq!(v["mesh_opt_out"], false);
-    let e = api.json(&[
+    let e = api.ctl_json(&[
         "vps",
         "edit",
         "edge-1.example.net",
@@ -1429,7 +1429,7 @@ fn vps_mesh_opt_out() {
     s.ok();
     assert!(s.stdout.contains("opted out of the mesh"), "{}", s.stdout);
     assert!(s.stdout.contains("Mesh:"), "{}", s.stdout);
-    let e = api.json(&[
+    let e = api.ctl_json(&[
         "vps",
         "edit",
         "edge-1.example.net",
@@ -1446,7 +1446,7 @@ fn vps_mesh_opt_out() {
             "maybe",
         ])
         .fails(2, &["invalid value"]);
-    let c = api.json(&[
+    let c = api.ctl_json(&[
         "vps",
         "create",
         "edge-2.example.net",
@@ -1457,13 +1457,13 @@ fn vps_mesh_opt_out() {
     ]);
     assert_eq!(c["mesh_opt_out"], true);
     // The audit log records the change like any other.
-    let a = api.json(&["audit", "--action", "vps.update"]);
+    let a = api.ctl_json(&["audit", "--action", "vps.update"]);
     assert!(a["total"].as_i64().unwrap() >= 2, "{a}");
 }
 
 #[test]
 fn mesh_status_table_and_json() {
-    let api = Api::start();
+    let api = SigmaApi::start();
     mesh_on(&api);
     let key = enroll_agent(&api, "edge-1.example.net", "xrayr", "203.0.113.7");
     heartbeat(
@@ -1519,7 +1519,7 @@ fn mesh_status_table_and_json() {
     let hosts = |args: &[&str]| {
         let mut a = vec!["mesh", "status"];
         a.extend_from_slice(args);
-        let mut h = ids(&api.json(&a));
+        let mut h = ids(&api.ctl_json(&a));
         h.sort();
         h
     };
@@ -1530,7 +1530,7 @@ fn mesh_status_table_and_json() {
     );
     assert_eq!(hosts(&["--purpose", "vpn-relay"]), ["relay-1.example.net"]);
     assert_eq!(hosts(&["--status", "active", "--sync", "pending"]).len(), 2);
-    let none = api.json(&["mesh", "status", "--sync", "error"]);
+    let none = api.ctl_json(&["mesh", "status", "--sync", "error"]);
     assert_eq!(none["total"], 0);
     let r = api.ctl().run(&["mesh", "status", "--sync", "error"]);
     r.ok();
@@ -1539,7 +1539,7 @@ fn mesh_status_table_and_json() {
         .run(&["mesh", "status", "--sync", "broken"])
         .fails(2, &["invalid value"]);
     // -o json is the API's VPS objects, mesh and agent_state included.
-    let j = api.json(&["mesh", "status", "--phase", "degraded"]);
+    let j = api.ctl_json(&["mesh", "status", "--phase", "degraded"]);
     assert_eq!(j["items"][0]["agent_state"]["mesh_state"]["restarts"], 2);
     assert_eq!(j["items"][0]["mesh"]["status"], "pending");
 
@@ -1558,8 +1558,8 @@ fn mesh_status_table_and_json() {
         assert!(d.stdout.contains(needle), "{needle} missing:\n{}", d.stdout);
     }
     assert_eq!(
-        api.json(&["mesh", "status", "edge-1.example.net"]),
-        api.json(&["vps", "show", "edge-1.example.net"])
+        api.ctl_json(&["mesh", "status", "edge-1.example.net"]),
+        api.ctl_json(&["vps", "show", "edge-1.example.net"])
     );
     let s = api.ctl().run(&["vps", "show", "edge-1.example.net"]);
     s.ok();
@@ -1587,7 +1587,7 @@ fn yaml_files(dir: &std::path::Path) -> Vec<String> {
 
 #[test]
 fn mesh_export_to_stdout_and_a_directory() {
-    let api = Api::start();
+    let api = SigmaApi::start();
     mesh_on(&api);
     enroll_agent(&api, "edge-1.example.net", "xrayr", "203.0.113.7");
 
@@ -1603,7 +1603,7 @@ fn mesh_export_to_stdout_and_a_directory() {
         api.ctl().run(&["mesh", "export", "-o", "-"]).stdout,
         y.stdout
     );
-    let j = api.json(&["mesh", "export"]);
+    let j = api.ctl_json(&["mesh", "export"]);
     let items = j["items"].as_array().unwrap();
     let entry = items.iter().find(|o| o["kind"] == "WorkloadEntry").unwrap();
     assert_eq!(entry["spec"]["address"], "203.0.113.7");
@@ -1657,7 +1657,7 @@ fn mesh_export_to_stdout_and_a_directory() {
 
 #[test]
 fn mesh_bootstrap_errors() {
-    let api = Api::start();
+    let api = SigmaApi::start();
     mesh_on(&api);
     enroll_agent(&api, "edge-1.example.net", "xrayr", "203.0.113.7");
     let out = TempDir::new("bootstrap");
@@ -1692,7 +1692,7 @@ fn mesh_bootstrap_errors() {
     assert!(!dir.exists(), "nothing is written without a bundle");
 
     // A readonly key may not fetch a credential.
-    let ro = api.key("readonly");
+    let ro = api.ctl_key("readonly");
     let r = api.ctl().env("SIGMA_API_KEY", &ro).run(&[
         "mesh",
         "bootstrap",
@@ -1710,7 +1710,7 @@ fn mesh_bootstrap_errors() {
 }
 
 /// The links of a `mesh doctor -o json` run, by name, and its exit code.
-fn doctor(api: &Api, args: &[&str]) -> (i32, std::collections::BTreeMap<String, Value>, Run) {
+fn doctor(api: &SigmaApi, args: &[&str]) -> (i32, std::collections::BTreeMap<String, Value>, Run) {
     let mut a = vec!["-o", "json", "mesh", "doctor"];
     a.extend_from_slice(args);
     let r = api.ctl().run(&a);
@@ -1794,7 +1794,7 @@ fn prom_vector(value: &str) -> String {
 
 #[test]
 fn mesh_doctor_walks_the_chain() {
-    let api = Api::start();
+    let api = SigmaApi::start();
 
     // Not mesh-enabled (vpn-relay has the mesh off), and no agent ever reported.
     api.ctl()
@@ -2045,14 +2045,14 @@ fn day(days: i64) -> String {
 
 #[test]
 fn contract_edit_list_and_expiring() {
-    let api = Api::start();
+    let api = SigmaApi::start();
     for h in ["soon.example", "later.example", "none.example"] {
         api.ctl()
             .run(&["vps", "create", h, "--purpose", "xrayr"])
             .ok();
     }
     let soon = day(3);
-    let v = api.json(&[
+    let v = api.ctl_json(&[
         "vps",
         "edit",
         "soon.example",
@@ -2091,7 +2091,7 @@ fn contract_edit_list_and_expiring() {
         ])
         .ok();
     // Clearing, and sigma-api's field names on a bad value.
-    let v = api.json(&[
+    let v = api.ctl_json(&[
         "vps",
         "edit",
         "soon.example",
@@ -2114,9 +2114,9 @@ fn contract_edit_list_and_expiring() {
     assert_eq!(rows.len(), 2, "{}", t.stdout);
     assert_eq!(rows[1][0], "soon.example");
     assert!(t.stdout.contains("4.99 EUR/mo"), "{}", t.stdout);
-    let v = api.json(&["vps", "list", "--expires-within-days", "10"]);
+    let v = api.ctl_json(&["vps", "list", "--expires-within-days", "10"]);
     assert_eq!(ids(&v), ["soon.example"]);
-    let v = api.json(&["vps", "list", "--cost-min", "100"]);
+    let v = api.ctl_json(&["vps", "list", "--cost-min", "100"]);
     assert_eq!(ids(&v), ["later.example"]);
 
     // vps expiring: soonest first, the undated left out.
@@ -2141,13 +2141,13 @@ fn contract_edit_list_and_expiring() {
         "{}",
         t.stdout
     );
-    let v = api.json(&["vps", "expiring", "--days", "5"]);
+    let v = api.ctl_json(&["vps", "expiring", "--days", "5"]);
     assert_eq!(ids(&v), ["soon.example"]);
 }
 
 #[test]
 fn vps_export_and_import_round_trip() {
-    let api = Api::start();
+    let api = SigmaApi::start();
     api.ctl()
         .run(&[
             "vps",
@@ -2220,7 +2220,7 @@ fn vps_export_and_import_round_trip() {
         .ctl()
         .run(&["vps", "import", sheet.to_str().unwrap(), "--partial"]);
     t.ok();
-    let v = api.json(&["vps", "show", "a.example"]);
+    let v = api.ctl_json(&["vps", "show", "a.example"]);
     assert_eq!(v["contract"]["cost"], "5.99");
     let json_file = dir.path().join("vps.json");
     api.ctl()
@@ -2247,32 +2247,8 @@ fn vps_export_and_import_round_trip() {
 /// A fresh PostgreSQL database loaded with the earlier sigma's schema and the fixture rows;
 /// `None` (skipped) without `SIGMA_TEST_POSTGRES_URL`, unless `SIGMA_TEST_REQUIRE_POSTGRES=1`.
 fn sigma_v1_database() -> Option<String> {
-    let Ok(base) = std::env::var("SIGMA_TEST_POSTGRES_URL") else {
-        assert_ne!(
-            std::env::var("SIGMA_TEST_REQUIRE_POSTGRES").as_deref(),
-            Ok("1"),
-            "SIGMA_TEST_REQUIRE_POSTGRES=1 but SIGMA_TEST_POSTGRES_URL is unset"
-        );
-        eprintln!("note: SIGMA_TEST_POSTGRES_URL unset; the sigma-v1 import test is skipped");
-        return None;
-    };
-    let name = format!(
-        "sigma_v1_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    );
-    let (head, _) = base.rsplit_once('/').unwrap();
-    let url = format!("{head}/{name}");
+    let url = runtime().block_on(sigma_testkit::db::postgres_database())?;
     runtime().block_on(async {
-        let admin = sqlx::PgPool::connect(&base).await.unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
-            .await
-            .unwrap();
-        admin.close().await;
         let db = sqlx::PgPool::connect(&url).await.unwrap();
         for f in ["sigma_v1_schema.sql", "sigma_v1_rows.sql"] {
             let sql = std::fs::read_to_string(
@@ -2296,7 +2272,7 @@ fn import_from_sigma_v1() {
     let Some(url) = sigma_v1_database() else {
         return;
     };
-    let api = Api::start();
+    let api = SigmaApi::start();
     // What exists already is reused, not duplicated.
     api.ctl().run(&["providers", "create", "hetzner"]).ok();
 
@@ -2317,7 +2293,7 @@ fn import_from_sigma_v1() {
         assert!(t.stdout.contains(l), "{l:?} missing:\n{}", t.stdout);
     }
     assert_eq!(
-        api.json(&["vps", "list"])["total"],
+        api.ctl_json(&["vps", "list"])["total"],
         0,
         "a dry run writes nothing"
     );
@@ -2342,7 +2318,7 @@ fn import_from_sigma_v1() {
     ] {
         assert!(out.contains(l), "{l:?} missing:\n{out}");
     }
-    let v = api.json(&["vps", "show", "exit-1.example.net"]);
+    let v = api.ctl_json(&["vps", "show", "exit-1.example.net"]);
     assert_eq!(v["status"], "active");
     assert_eq!(v["provider"], "hetzner", "the existing provider");
     assert_eq!(v["alias"], "de-1");
@@ -2363,15 +2339,15 @@ fn import_from_sigma_v1() {
     assert_eq!(c["ssh_port"], 2222);
     assert_eq!(c["data_center"], "FSN1");
     assert_eq!(c["traffic_gb"], 20000);
-    let m = api.json(&["vps", "show", "mgmt-1.example.net"]);
+    let m = api.ctl_json(&["vps", "show", "mgmt-1.example.net"]);
     assert_eq!(m["status"], "provisioning");
     assert_eq!(m["purpose"], "management");
     assert_eq!(m["provider"], "TinyHost");
     assert_eq!(
-        api.json(&["vps", "show", "plain-1.example.net"])["purpose"],
+        api.ctl_json(&["vps", "show", "plain-1.example.net"])["purpose"],
         "unassigned"
     );
-    let routes = api.json(&["routes", "list", "exit-1.example.net"]);
+    let routes = api.ctl_json(&["routes", "list", "exit-1.example.net"]);
     let names: Vec<&str> = routes
         .as_array()
         .unwrap()
@@ -2380,7 +2356,7 @@ fn import_from_sigma_v1() {
         .collect();
     assert_eq!(names, ["tcp-hk01"]);
     // Through the API: validated and audited.
-    let audit = api.json(&["audit", "--action", "vps.import"]);
+    let audit = api.ctl_json(&["audit", "--action", "vps.import"]);
     assert_eq!(audit["total"], 1, "{audit}");
 
     // Again: nothing new (idempotent by hostname, providers and purposes reused).

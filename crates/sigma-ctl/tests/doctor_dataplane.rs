@@ -2,12 +2,10 @@
 //! carries `mesh_state.dataplane` to a real sigma-api, and sigmactl judges it. Prints the
 //! people's view of each case (run with `--nocapture` to see it).
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::Api;
 use serde_json::{Value, json};
+use sigma_testkit::SigmaApi;
 
 const HOST: &str = "edge-1.example.net";
 const XRAYR_MESH: &str = r#"{"enabled": true, "egress": [{"host": "xboard.sigma.svc.cluster.local", "port": 80, "protocol": "HTTP"}]}"#;
@@ -19,7 +17,7 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn post(api: &Api, path: &str, key: &str, body: Value) -> (u16, Value) {
+fn post(api: &SigmaApi, path: &str, key: &str, body: Value) -> (u16, Value) {
     runtime().block_on(async {
         let r = reqwest::Client::new()
             .post(format!("{}{path}", api.url))
@@ -55,7 +53,7 @@ fn good() -> Value {
 }
 
 /// Heartbeats `dataplane`, runs the doctor (JSON and human), returns the links by name.
-fn doctor(api: &Api, key: &str, dataplane: Value, title: &str) -> BTreeMap<String, Value> {
+fn doctor(api: &SigmaApi, key: &str, dataplane: Value, title: &str) -> BTreeMap<String, Value> {
     let (st, v) = post(
         api,
         "/api/agent/heartbeat",
@@ -92,11 +90,11 @@ fn is(links: &BTreeMap<String, Value>, name: &str, result: &str, needle: &str) {
 
 #[test]
 fn data_plane_links_from_the_agents_report() {
-    let api = Api::start();
+    let api = SigmaApi::start();
     api.ctl()
         .run(&["purposes", "edit", "xrayr", "--mesh", XRAYR_MESH])
         .ok();
-    let t = api.json(&["enroll", "create", "--purpose", "xrayr"]);
+    let t = api.ctl_json(&["enroll", "create", "--purpose", "xrayr"]);
     let (st, r) = post(
         &api,
         "/api/agent/register",

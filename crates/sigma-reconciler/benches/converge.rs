@@ -13,16 +13,15 @@
 //!    objects) and its time; then a resync of the unchanged fleet: calls by verb (no writes
 //!    expected) and its time.
 
-#[path = "../tests/support/fake_api.rs"]
-mod fake_api;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fake_api::FakeApi;
 use serde_json::json;
 use sigma_reconciler::{Cluster, ClusterSettings, Reconciler, ReconcilerSettings};
-use sigma_store::{ConnectSettings, Store, StoreSettings};
+use sigma_store::Store;
+use sigma_testkit::TestDb;
+use sigma_testkit::db::open_store;
+use sigma_testkit::fake_kube::{self, FakeKube};
 use sigma_types::{Normalize, PurposePatch, VpsCreate};
 use tokio_util::sync::CancellationToken;
 
@@ -33,20 +32,8 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-async fn store(tag: &str) -> Store {
-    let dir = std::env::temp_dir().join(format!("sigma-bench-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let store = Store::open(
-        &ConnectSettings {
-            url: format!("sqlite://{}", dir.join("sigma.db").display()),
-            max_connections: 4,
-            acquire_timeout: Duration::from_secs(30),
-        },
-        StoreSettings::default(),
-    )
-    .await
-    .unwrap();
+async fn store() -> Store {
+    let store = open_store(&TestDb::sqlite().await).await;
     let mesh = json!({
         "enabled": true,
         "ports": [{"name": "vless", "number": 443, "protocol": "TCP"},
@@ -81,7 +68,7 @@ fn vps(i: usize) -> VpsCreate {
     c.normalize().unwrap()
 }
 
-fn reconciler(store: &Store, fake: &FakeApi, qps: f64, burst: u32) -> Reconciler {
+fn reconciler(store: &Store, fake: &FakeKube, qps: f64, burst: u32) -> Reconciler {
     let cluster = Arc::new(Cluster::new(
         fake.client(),
         ClusterSettings {
@@ -102,8 +89,8 @@ fn reconciler(store: &Store, fake: &FakeApi, qps: f64, burst: u32) -> Reconciler
 
 async fn converge_new(latency: Duration, qps: u64, burst: u32) {
     const N: usize = 1_000;
-    let store = store("converge").await;
-    let fake = FakeApi::new(latency);
+    let store = store().await;
+    let fake = FakeKube::new(fake_kube::Cluster::default().with_latency(latency));
     let rec = reconciler(&store, &fake, qps as f64, burst);
     let (_tx, leader) = tokio::sync::watch::channel(true);
     let stop = CancellationToken::new();
@@ -136,7 +123,7 @@ async fn converge_new(latency: Duration, qps: u64, burst: u32) {
 }
 
 async fn resync_unchanged(latency: Duration, n: usize) {
-    let store = store("resync").await;
+    let store = store().await;
     let started = Instant::now();
     for i in 0..n {
         store.create_vps("bench", &vps(i)).await.unwrap();
@@ -145,7 +132,7 @@ async fn resync_unchanged(latency: Duration, n: usize) {
         "resync: {n} VPS stored in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let fake = FakeApi::new(latency);
+    let fake = FakeKube::new(fake_kube::Cluster::default().with_latency(latency));
     // Fill the cluster without rate limit (the first pass), then measure one pass over the
     // unchanged fleet.
     let rec = reconciler(&store, &fake, 1e6, 1_000_000);

@@ -1,8 +1,6 @@
 //! The reconciler against a mock API server (kube-rs' `tower_test::mock::pair` pattern): the
 //! exact calls of a pass, steady state, deletes, unmanaged objects, retries and triggers.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,9 +8,11 @@ use http::{Request, Response};
 use kube::client::Body;
 use serde_json::{Value, json};
 use sigma_reconciler::{Cluster, ClusterSettings, Reconciler, ReconcilerSettings};
-use sigma_store::{ConnectSettings, Store, StoreSettings};
+use sigma_store::Store;
+use sigma_testkit::TestDb;
+use sigma_testkit::db::open_store;
+use sigma_testkit::fake_kube::{Call, FakeKube};
 use sigma_types::{MeshSyncStatus, Normalize, PurposePatch, VpsCreate, VpsStatus};
-use support::fake_api::{Call, FakeApi};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -33,18 +33,7 @@ const KINDS: [&str; 5] = [
 ];
 
 async fn store() -> Store {
-    let dir = std::env::temp_dir().join(format!("sigma-rec-{}", Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let store = Store::open(
-        &ConnectSettings {
-            url: format!("sqlite://{}", dir.join("sigma.db").display()),
-            max_connections: 4,
-            acquire_timeout: Duration::from_secs(5),
-        },
-        StoreSettings::default(),
-    )
-    .await
-    .unwrap();
+    let store = open_store(&TestDb::sqlite().await).await;
     let mesh = json!({
         "enabled": true,
         "ports": [{"name": "vless", "number": 443, "protocol": "TCP"}],
@@ -99,7 +88,7 @@ fn cluster(client: kube::Client, page_size: u32) -> Arc<Cluster> {
 async fn drive(
     rec: &Reconciler,
     handle: &mut Handle,
-    fake: &FakeApi,
+    fake: &FakeKube,
 ) -> sigma_reconciler::Result<sigma_reconciler::PassReport> {
     let pass = rec.pass();
     tokio::pin!(pass);
@@ -164,7 +153,7 @@ async fn desired_objects(store: &Store) -> Vec<Value> {
 async fn first_pass_applies_everything_then_steady_state_only_lists() {
     let store = store().await;
     let id = add_vps(&store, "edge-1.example.com", "203.0.113.7").await;
-    let fake = FakeApi::default();
+    let fake = FakeKube::default();
     let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let rec = Reconciler::new(
         store.clone(),
@@ -246,7 +235,7 @@ async fn deletes_what_is_no_longer_desired_and_leaves_other_objects_alone() {
     add_vps(&store, "edge-1.example.com", "203.0.113.7").await;
     let taken = add_vps(&store, "edge-2.example.com", "203.0.113.8").await;
     let retired = add_vps(&store, "edge-3.example.com", "203.0.113.9").await;
-    let fake = FakeApi::default();
+    let fake = FakeKube::default();
     let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     // Pages of two objects, so the three entries take two list calls.
     let rec = Reconciler::new(
@@ -375,7 +364,7 @@ async fn deletes_what_is_no_longer_desired_and_leaves_other_objects_alone() {
 async fn a_group_name_held_by_another_tool_is_reported_on_the_vps() {
     let store = store().await;
     let id = add_vps(&store, "edge-1.example.com", "203.0.113.7").await;
-    let fake = FakeApi::default();
+    let fake = FakeKube::default();
     // Another tool's WorkloadGroup holds the name the VPS's group (its Kiali workload) wants.
     fake.insert(
         NS,
@@ -456,7 +445,7 @@ fn run_settings() -> ReconcilerSettings {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_api_is_retried_with_capped_backoff_then_converges() {
     let store = store().await;
-    let fake = FakeApi::default();
+    let fake = FakeKube::default();
     fake.state.lock().unwrap().fail_next = usize::MAX;
     let rec = Reconciler::new(store.clone(), cluster(fake.client(), 500), run_settings());
     let stats = rec.stats.clone();
@@ -514,7 +503,7 @@ async fn unreachable_api_is_retried_with_capped_backoff_then_converges() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_changes_trigger_a_pass_and_a_follower_makes_no_calls() {
     let store = store().await;
-    let fake = FakeApi::default();
+    let fake = FakeKube::default();
     let rec = Reconciler::new(store.clone(), cluster(fake.client(), 500), run_settings());
     let (leader_tx, leader) = tokio::sync::watch::channel(false);
     let stop = CancellationToken::new();

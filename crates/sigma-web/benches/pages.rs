@@ -23,7 +23,9 @@ use axum::body::Body;
 use axum::http::Request;
 use http_body_util::BodyExt;
 use sigma_store::sessions::SessionLimits;
-use sigma_store::{ConnectSettings, Principal, Store, StoreSettings};
+use sigma_store::Principal;
+use sigma_testkit::db::open_store;
+use sigma_testkit::{ADMIN_KEY, TestDb};
 use sigma_types::{HeartbeatRequest, IpAddress, Role, VpsCreate};
 use tower::ServiceExt;
 use uuid::Uuid;
@@ -68,25 +70,12 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1000.0
 }
 
-const KEY: &str = "sgm_0000bbbb_web-bench-admin-key-0123456789abcdef012345";
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let n = env_or("WEB_BENCH_VPS", 100_000);
     let requests = env_or("WEB_BENCH_REQUESTS", 300);
-    let dir = std::env::temp_dir().join(format!("sigma-web-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let store = Store::open(
-        &ConnectSettings {
-            url: format!("sqlite://{}", dir.join("sigma.db").display()),
-            max_connections: 8,
-            acquire_timeout: Duration::from_secs(30),
-        },
-        StoreSettings::default(),
-    )
-    .await
-    .expect("open store");
-    store.bootstrap_admin(Some(KEY)).await.expect("admin key");
+    let db = TestDb::sqlite().await;
+    let store = open_store(&db).await;
 
     let started = Instant::now();
     let countries = ["DE", "FI", "NL", "US", "FR", "SE", "PL", "JP"];
@@ -130,7 +119,7 @@ async fn main() {
         started.elapsed().as_secs_f64()
     );
     let session = store
-        .create_session(KEY, SessionLimits::default())
+        .create_session(ADMIN_KEY, SessionLimits::default())
         .await
         .expect("session");
     let cookie = format!("sigma_session={}", session.id);
@@ -206,5 +195,5 @@ async fn main() {
         );
     }
     store.close().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&db.dir);
 }

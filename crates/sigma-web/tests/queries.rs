@@ -5,53 +5,13 @@
 
 use std::time::Duration;
 
+use sigma_store::Store;
 use sigma_store::console::VpsSort;
-use sigma_store::{ConnectSettings, Store, StoreSettings};
+use sigma_testkit::db::open_store;
+use sigma_testkit::{ADMIN_KEY, TestDb, both_backends};
 use sigma_types::{MeshSyncStatus, VpsCreate, VpsQuery, VpsStatus};
 
-const KEY: &str = "sgm_0000dddd_queries-test-admin-key-0123456789abcdef00";
-
-fn unique(tag: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{tag}_{}_{nanos}", std::process::id())
-}
-
-async fn open(url: &str) -> Store {
-    let s = Store::open(
-        &ConnectSettings {
-            url: url.to_string(),
-            max_connections: 4,
-            acquire_timeout: Duration::from_secs(10),
-        },
-        StoreSettings::default(),
-    )
-    .await
-    .expect("open store");
-    s.bootstrap_admin(Some(KEY)).await.unwrap();
-    s
-}
-
-async fn postgres() -> Option<String> {
-    let Ok(base) = std::env::var("SIGMA_TEST_POSTGRES_URL") else {
-        if std::env::var("SIGMA_TEST_REQUIRE_POSTGRES").as_deref() == Ok("1") {
-            panic!("SIGMA_TEST_REQUIRE_POSTGRES=1 but SIGMA_TEST_POSTGRES_URL is unset");
-        }
-        eprintln!("note: SIGMA_TEST_POSTGRES_URL unset; PostgreSQL variant skipped");
-        return None;
-    };
-    let name = unique("sigma_web_q");
-    let admin = sqlx::PgPool::connect(&base).await.expect("PostgreSQL");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let (head, _) = base.rsplit_once('/').expect("URL with a database path");
-    Some(format!("{head}/{name}"))
-}
+both_backends!(console_queries);
 
 fn vps(hostname: &str, country: Option<&str>, status: VpsStatus) -> VpsCreate {
     VpsCreate {
@@ -74,12 +34,12 @@ fn hostnames(l: &sigma_types::List<sigma_types::Vps>) -> Vec<&str> {
     l.items.iter().map(|v| v.hostname.as_str()).collect()
 }
 
-async fn console_queries(url: &str) {
-    let store = open(url).await;
+async fn console_queries(db: TestDb) {
+    let store = open_store(&db).await;
     // Heartbeat times and mesh states are written by agents and the reconciler; here they are
     // set directly, as those writers leave them.
     sqlx::any::install_default_drivers();
-    let db = sqlx::AnyPool::connect(url)
+    let db = sqlx::AnyPool::connect(&db.url)
         .await
         .expect("second connection");
     let now = sigma_store::db::now_ms();
@@ -312,19 +272,4 @@ async fn l_id(store: &Store, hostname: &str) -> uuid::Uuid {
         ..VpsQuery::default()
     };
     store.list_vps(&q).await.unwrap().items[0].id
-}
-
-#[tokio::test]
-async fn console_queries_on_sqlite() {
-    let dir = std::env::temp_dir().join(unique("sigma-web-queries"));
-    std::fs::create_dir_all(&dir).unwrap();
-    console_queries(&format!("sqlite://{}", dir.join("q.db").display())).await;
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-#[tokio::test]
-async fn console_queries_on_postgres() {
-    if let Some(url) = postgres().await {
-        console_queries(&url).await;
-    }
 }

@@ -4,55 +4,16 @@
 
 use std::time::Duration;
 
+use sigma_store::Store;
 use sigma_store::sessions::SessionLimits;
-use sigma_store::{ConnectSettings, Store, StoreSettings};
+use sigma_testkit::db::open_store;
+use sigma_testkit::{ADMIN_KEY, TestDb, both_backends};
 use sigma_types::{ApiKeyCreate, AuditFilter, Role};
 
-const KEY: &str = "sgm_0000cccc_sessions-test-admin-key-0123456789abcdef0";
+both_backends!(lifecycle);
 
-fn unique(tag: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{tag}_{}_{nanos}", std::process::id())
-}
-
-async fn open(url: String) -> Store {
-    let s = Store::open(
-        &ConnectSettings {
-            url,
-            max_connections: 4,
-            acquire_timeout: Duration::from_secs(10),
-        },
-        StoreSettings::default(),
-    )
-    .await
-    .expect("open store");
-    s.bootstrap_admin(Some(KEY)).await.unwrap();
-    s
-}
-
-async fn postgres() -> Option<String> {
-    let Ok(base) = std::env::var("SIGMA_TEST_POSTGRES_URL") else {
-        if std::env::var("SIGMA_TEST_REQUIRE_POSTGRES").as_deref() == Ok("1") {
-            panic!("SIGMA_TEST_REQUIRE_POSTGRES=1 but SIGMA_TEST_POSTGRES_URL is unset");
-        }
-        eprintln!("note: SIGMA_TEST_POSTGRES_URL unset; PostgreSQL variant skipped");
-        return None;
-    };
-    let name = unique("sigma_web");
-    let admin = sqlx::PgPool::connect(&base).await.expect("PostgreSQL");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let (head, _) = base.rsplit_once('/').expect("URL with a database path");
-    Some(format!("{head}/{name}"))
-}
-
-async fn lifecycle(store: Store) {
+async fn lifecycle(db: TestDb) {
+    let store = open_store(&db).await;
     let limits = SessionLimits::default();
     // A wrong key opens nothing; an agent-shaped refusal is covered by the role check.
     assert!(
@@ -61,7 +22,7 @@ async fn lifecycle(store: Store) {
             .await
             .is_err()
     );
-    let s = store.create_session(KEY, limits).await.unwrap();
+    let s = store.create_session(ADMIN_KEY, limits).await.unwrap();
     let live = store.session(&s.id, limits).await.unwrap();
     assert_eq!(live.principal.role, Role::Admin);
     assert!(
@@ -84,7 +45,7 @@ async fn lifecycle(store: Store) {
     assert!(store.session(&s.id, idle0).await.is_err());
     let short = store
         .create_session(
-            KEY,
+            ADMIN_KEY,
             SessionLimits {
                 absolute: Duration::ZERO,
                 ..limits
@@ -111,7 +72,7 @@ async fn lifecycle(store: Store) {
         store.session(&ops.id, limits).await.unwrap().principal.role,
         Role::Operator
     );
-    let admin = store.authenticate(KEY).await.unwrap();
+    let admin = store.authenticate(ADMIN_KEY).await.unwrap();
     store.revoke_api_key(&admin, k.api_key.id).await.unwrap();
     assert!(store.session(&ops.id, limits).await.is_err());
     // Sign-out ends it for every reader of the database, and is audited.
@@ -140,19 +101,4 @@ async fn lifecycle(store: Store) {
     // The id itself is never stored.
     assert!(audit.items.iter().all(|a| !a.resource_id.contains(&s.id)));
     store.close().await;
-}
-
-#[tokio::test]
-async fn sessions_on_sqlite() {
-    let dir = std::env::temp_dir().join(unique("sigma-web-sessions"));
-    std::fs::create_dir_all(&dir).unwrap();
-    lifecycle(open(format!("sqlite://{}", dir.join("s.db").display())).await).await;
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-#[tokio::test]
-async fn sessions_on_postgres() {
-    if let Some(url) = postgres().await {
-        lifecycle(open(url).await).await;
-    }
 }
