@@ -3,12 +3,10 @@
 //! target's purpose serves; bad targets are 422s naming the field; a classic-mode agent gets
 //! the targets' current addresses, which follow retirements and silent agents.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{ADMIN_KEY, Server, ServerOpts, TestDb};
 use serde_json::{Value, json};
+use sigma_testkit::{ADMIN_KEY, SigmaApi, TestDb, both_backends};
 
 both_backends!(fleet_targets_are_checked_and_resolved);
 
@@ -19,7 +17,7 @@ fn field<'a>(v: &'a Value, f: &str) -> &'a str {
 }
 
 /// Registers `hostname` with one public address; returns (id, agent key).
-async fn enroll(s: &Server, token: &str, hostname: &str, ip: &str) -> (String, String) {
+async fn enroll(s: &SigmaApi, token: &str, hostname: &str, ip: &str) -> (String, String) {
     let (st, r) = s
         .post(
             "/api/agent/register",
@@ -52,13 +50,10 @@ fn endpoints(cfg: &Value, name: &str) -> Vec<(String, String, u64)> {
 
 async fn fleet_targets_are_checked_and_resolved(db: TestDb) {
     // A short silence so the test sees a silent agent leave its pool.
-    let s = Server::start_with(
-        &db,
-        ServerOpts {
-            env: vec![("SIGMA_ROUTE_TARGET_SILENCE".into(), "3s".into())],
-            ..Default::default()
-        },
-    );
+    let s = SigmaApi::builder()
+        .store(&db)
+        .env("SIGMA_ROUTE_TARGET_SILENCE", "3s")
+        .start();
     let k = ADMIN_KEY;
     // The exits serve `vpn` (the application listens on 1194) and `admin`.
     let (st, v) = s
@@ -92,7 +87,10 @@ async fn fleet_targets_are_checked_and_resolved(db: TestDb) {
         (json!({"vps": "relay-1", "port": "vpn"}), "target.vps"),
         (json!({"vps": "exit-1", "port": "ssh"}), "target.port"),
         (json!({"purpose": "nope", "port": "vpn"}), "target.purpose"),
-        (json!({"purpose": "vpn-relay", "port": "vpn"}), "target.purpose"),
+        (
+            json!({"purpose": "vpn-relay", "port": "vpn"}),
+            "target.purpose",
+        ),
         (json!({"purpose": "vpn-exit", "port": "ssh"}), "target.port"),
         (
             json!({"purpose": "vpn-exit", "port": "vpn", "countries": ["Germany"]}),
@@ -122,7 +120,7 @@ async fn fleet_targets_are_checked_and_resolved(db: TestDb) {
     field(&v, "backend_host");
     // A batch names the route.
     let (st, v) = s
-        .call(
+        .request(
             "PUT",
             &routes,
             Some(k),
@@ -185,8 +183,10 @@ async fn fleet_targets_are_checked_and_resolved(db: TestDb) {
     // Retiring exit-1 wakes a long poll with a config without it.
     let waiter = {
         let (client, url, key) = (
-            s.client.clone(),
-            s.url(&format!("{cfg_path}&known_version={version}&wait_seconds=30")),
+            s.http.clone(),
+            s.url(&format!(
+                "{cfg_path}&known_version={version}&wait_seconds=30"
+            )),
             relay_key.clone(),
         );
         tokio::spawn(async move {
@@ -233,7 +233,7 @@ async fn fleet_targets_are_checked_and_resolved(db: TestDb) {
     // It speaks again (every half second, as the silence here is short) and is back.
     let beats = {
         let (client, url, key) = (
-            s.client.clone(),
+            s.http.clone(),
             s.url("/api/agent/heartbeat"),
             exit2_key.clone(),
         );

@@ -795,7 +795,12 @@ pub struct RouteAddArgs {
 #[derive(Debug, Clone, Args)]
 pub struct RouteTargetArgs {
     /// Forward to this VPS of the fleet (hostname or id), at --target-port
-    #[arg(long, value_name = "VPS", conflicts_with = "to_pool", requires = "target_port")]
+    #[arg(
+        long,
+        value_name = "VPS",
+        conflicts_with = "to_pool",
+        requires = "target_port"
+    )]
     pub to_vps: Option<String>,
     /// Forward to the pool of this purpose's active, healthy VPS, at --target-port
     #[arg(long, value_name = "PURPOSE", requires = "target_port")]

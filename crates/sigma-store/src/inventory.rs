@@ -487,13 +487,12 @@ impl Store {
                 before.vps_count
             )));
         }
-        let targeted: i64 = sqlx::query(
-            "SELECT COUNT(*) AS n FROM envoy_routes WHERE target_purpose = $1",
-        )
-        .bind(name.to_string())
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get("n")?;
+        let targeted: i64 =
+            sqlx::query("SELECT COUNT(*) AS n FROM envoy_routes WHERE target_purpose = $1")
+                .bind(name.to_string())
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("n")?;
         if targeted > 0 {
             return Err(Error::Conflict(format!(
                 "purpose {name:?} is the pool target of {targeted} route(s); change or delete them first"

@@ -64,7 +64,8 @@ pub(crate) fn route_from_row(r: &AnyRow) -> Result<EnvoyRoute> {
             Upstream::Backend {
                 backend_host: r.try_get("backend_host")?,
                 backend_port: u16::try_from(p).map_err(|_| corrupt("backend_port", &p))?,
-                cluster_type: ClusterType::parse(&ct).ok_or_else(|| corrupt("cluster_type", &ct))?,
+                cluster_type: ClusterType::parse(&ct)
+                    .ok_or_else(|| corrupt("cluster_type", &ct))?,
             }
         }
         "vps" => {
@@ -297,10 +298,14 @@ impl Store {
                     .bind(h.clone()),
                 };
                 let row = q.fetch_optional(&mut **tx).await?.ok_or_else(|| {
-                    Error::invalid(&f("vps"), "no VPS of that id or hostname (deleted ones excluded)")
+                    Error::invalid(
+                        &f("vps"),
+                        "no VPS of that id or hostname (deleted ones excluded)",
+                    )
                 })?;
                 let id: String = row.try_get("id")?;
-                let id = Uuid::parse_str(&id).map_err(|_| Error::Corrupt(format!("vps id {id:?}")))?;
+                let id =
+                    Uuid::parse_str(&id).map_err(|_| Error::Corrupt(format!("vps id {id:?}")))?;
                 if id == vps_id {
                     return Err(Error::invalid(
                         &f("vps"),
@@ -337,7 +342,8 @@ impl Store {
                         "is this VPS's own purpose: the pool would hold VPS that forward back into it",
                     ));
                 }
-                self.check_served_port(tx, purpose, port, &f("port")).await?;
+                self.check_served_port(tx, purpose, port, &f("port"))
+                    .await?;
                 t.clone()
             }
         };
@@ -625,16 +631,14 @@ impl Store {
                     .await?
             }
             RouteTarget::Pool {
-                purpose,
-                countries,
-                ..
+                purpose, countries, ..
             } => {
-                let mut sql = format!(
-                    "SELECT {COLS} FROM vps WHERE {LIVE} AND purpose = $2 AND id <> $3"
-                );
+                let mut sql =
+                    format!("SELECT {COLS} FROM vps WHERE {LIVE} AND purpose = $2 AND id <> $3");
                 if !countries.is_empty() {
-                    let marks: Vec<String> =
-                        (0..countries.len()).map(|i| format!("${}", i + 4)).collect();
+                    let marks: Vec<String> = (0..countries.len())
+                        .map(|i| format!("${}", i + 4))
+                        .collect();
                     sql.push_str(&format!(" AND country IN ({})", marks.join(", ")));
                 }
                 sql.push_str(&format!(
@@ -716,7 +720,9 @@ impl Store {
             } else {
                 deadline
             };
-            let changed = tokio::time::timeout_at(wake, changes.changed()).await.is_ok();
+            let changed = tokio::time::timeout_at(wake, changes.changed())
+                .await
+                .is_ok();
             if !changed && wake == deadline {
                 break;
             }

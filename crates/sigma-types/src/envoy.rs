@@ -354,15 +354,19 @@ impl RouteTargetInput {
             }
             (Some(vps), None) => {
                 if self.countries.is_some() {
-                    e.add(f("countries"), "only a pool (purpose) is narrowed by countries");
+                    e.add(
+                        f("countries"),
+                        "only a pool (purpose) is narrowed by countries",
+                    );
                 }
                 let vps = match Uuid::parse_str(vps.trim()) {
                     Ok(id) => Some(VpsRef::Id(id)),
-                    Err(_) => e
-                        .check(&f("vps"), v::hostname(vps))
-                        .map(VpsRef::Hostname),
+                    Err(_) => e.check(&f("vps"), v::hostname(vps)).map(VpsRef::Hostname),
                 };
-                Some(TargetSpec::Vps { vps: vps?, port: port? })
+                Some(TargetSpec::Vps {
+                    vps: vps?,
+                    port: port?,
+                })
             }
             (None, Some(purpose)) => {
                 let purpose = e.check(&f("purpose"), v::dns_label(purpose));
@@ -529,10 +533,16 @@ impl EnvoyRouteCreate {
         let upstream = match (&self.target, &self.backend_host, self.backend_port) {
             (Some(t), host, port) => {
                 if host.is_some() {
-                    e.add(f("backend_host"), "give either target or backend_host, not both");
+                    e.add(
+                        f("backend_host"),
+                        "give either target or backend_host, not both",
+                    );
                 }
                 if port.is_some() {
-                    e.add(f("backend_port"), "give either target or backend_port, not both");
+                    e.add(
+                        f("backend_port"),
+                        "give either target or backend_port, not both",
+                    );
                 }
                 if self.cluster_type.is_some() {
                     e.add(
@@ -962,7 +972,10 @@ mod tests {
             },
         };
         let p: EnvoyRoutePatch = serde_json::from_str(r#"{"listen_port": 1001}"#).unwrap();
-        assert_eq!(p.apply(&fleet).unwrap().upstream, UpstreamSpec::from(&fleet.upstream));
+        assert_eq!(
+            p.apply(&fleet).unwrap().upstream,
+            UpstreamSpec::from(&fleet.upstream)
+        );
         // Half a backend is not enough to leave a fleet target.
         let p: EnvoyRoutePatch = serde_json::from_str(r#"{"backend_host": "10.0.0.9"}"#).unwrap();
         assert!(p.apply(&fleet).unwrap_err().0.contains_key("backend_port"));
@@ -1000,25 +1013,48 @@ mod tests {
         ));
         for (v, field) in [
             (serde_json::json!({"port": "vpn"}), "target"),
-            (serde_json::json!({"vps": "a", "purpose": "b", "port": "vpn"}), "target.purpose"),
-            (serde_json::json!({"vps": "a b", "port": "vpn"}), "target.vps"),
-            (serde_json::json!({"vps": "a", "port": "Not A Label"}), "target.port"),
-            (serde_json::json!({"vps": "a", "port": "vpn", "countries": ["DE"]}), "target.countries"),
-            (serde_json::json!({"purpose": "vpn-exit", "port": "vpn", "countries": ["DE", "Germany"]}), "target.countries[1]"),
-            (serde_json::json!({"purpose": "Bad Purpose", "port": "vpn"}), "target.purpose"),
+            (
+                serde_json::json!({"vps": "a", "purpose": "b", "port": "vpn"}),
+                "target.purpose",
+            ),
+            (
+                serde_json::json!({"vps": "a b", "port": "vpn"}),
+                "target.vps",
+            ),
+            (
+                serde_json::json!({"vps": "a", "port": "Not A Label"}),
+                "target.port",
+            ),
+            (
+                serde_json::json!({"vps": "a", "port": "vpn", "countries": ["DE"]}),
+                "target.countries",
+            ),
+            (
+                serde_json::json!({"purpose": "vpn-exit", "port": "vpn", "countries": ["DE", "Germany"]}),
+                "target.countries[1]",
+            ),
+            (
+                serde_json::json!({"purpose": "Bad Purpose", "port": "vpn"}),
+                "target.purpose",
+            ),
         ] {
             let (_, e) = check(serde_json::json!({"name": "r", "listen_port": 443, "target": v}));
             assert!(e.0.contains_key(field), "{field}: {e:?}");
         }
         // A backend and a target at once, or a cluster type for a target.
-        let (_, e) = check(serde_json::json!({"name": "r", "listen_port": 443, "backend_host": "10.0.0.1",
-            "backend_port": 1, "cluster_type": "static", "target": {"vps": "a", "port": "vpn"}}));
+        let (_, e) = check(
+            serde_json::json!({"name": "r", "listen_port": 443, "backend_host": "10.0.0.1",
+            "backend_port": 1, "cluster_type": "static", "target": {"vps": "a", "port": "vpn"}}),
+        );
         for f in ["backend_host", "backend_port", "cluster_type"] {
             assert!(e.0.contains_key(f), "{f}: {e:?}");
         }
         // Neither.
         let (_, e) = check(serde_json::json!({"name": "r", "listen_port": 443}));
-        assert!(e.0.contains_key("backend_host") && e.0.contains_key("backend_port"), "{e:?}");
+        assert!(
+            e.0.contains_key("backend_host") && e.0.contains_key("backend_port"),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -1043,6 +1079,9 @@ mod tests {
         let json = serde_json::to_value(&vps).unwrap();
         assert_eq!(json["target"]["kind"], "vps");
         assert_eq!(serde_json::from_value::<Upstream>(json).unwrap(), vps);
-        assert_eq!(serde_json::from_value::<Upstream>(serde_json::to_value(&backend).unwrap()).unwrap(), backend);
+        assert_eq!(
+            serde_json::from_value::<Upstream>(serde_json::to_value(&backend).unwrap()).unwrap(),
+            backend
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use sigma_store::Store;
 use sigma_store::console::VpsSort;
 use sigma_testkit::db::open_store;
-use sigma_testkit::{ADMIN_KEY, TestDb, both_backends};
+use sigma_testkit::{TestDb, both_backends};
 use sigma_types::{MeshSyncStatus, VpsCreate, VpsQuery, VpsStatus};
 
 both_backends!(console_queries);
@@ -236,9 +236,11 @@ async fn console_queries(db: TestDb) {
     let spec = |name: &str, host: &str| sigma_types::RouteSpec {
         name: name.into(),
         listen_port: 443,
-        backend_host: host.into(),
-        backend_port: 443,
-        cluster_type: sigma_types::ClusterType::StrictDns,
+        upstream: sigma_types::UpstreamSpec::Backend {
+            host: host.into(),
+            port: 443,
+            cluster_type: sigma_types::ClusterType::StrictDns,
+        },
         connect_timeout_ms: 5000,
         proxy_protocol: sigma_types::ProxyProtocol::None,
         status: sigma_types::RouteStatus::Active,

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use sigma_store::Store;
 use sigma_store::sessions::SessionLimits;
 use sigma_testkit::db::open_store;
 use sigma_testkit::{ADMIN_KEY, TestDb, both_backends};

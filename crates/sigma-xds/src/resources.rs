@@ -219,7 +219,10 @@ impl Snapshot {
             clusters: active
                 .iter()
                 .map(|r| {
-                    let eps = endpoints.get(&r.name).map(Vec::as_slice).unwrap_or_default();
+                    let eps = endpoints
+                        .get(&r.name)
+                        .map(Vec::as_slice)
+                        .unwrap_or_default();
                     pack_any(build_cluster(r, eps))
                 })
                 .collect(),
@@ -422,7 +425,11 @@ pub(crate) mod tests {
         );
         // No target VPS: a cluster without endpoints (connections refused, never stale).
         let c = build_cluster(&r, &[]);
-        assert!(c.load_assignment.unwrap().endpoints[0].lb_endpoints.is_empty());
+        assert!(
+            c.load_assignment.unwrap().endpoints[0]
+                .lb_endpoints
+                .is_empty()
+        );
         // The snapshot takes each route's endpoints by name.
         let snap = Snapshot::build_with(
             1,
@@ -431,7 +438,10 @@ pub(crate) mod tests {
             &ResourceOptions::default(),
         );
         let c: Cluster = unpack(&snap.clusters[0]);
-        assert_eq!(c.load_assignment.unwrap().endpoints[0].lb_endpoints.len(), 2);
+        assert_eq!(
+            c.load_assignment.unwrap().endpoints[0].lb_endpoints.len(),
+            2
+        );
     }
 
     #[test]

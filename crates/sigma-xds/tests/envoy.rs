@@ -65,8 +65,11 @@ async fn listeners_follow_route_changes() {
 
     // Backend of "one" moves to B; "two" is added, resolved by DNS (strict) from localhost.
     let mut two = route("two", p2, a.addr);
-    two.backend_host = "localhost".into();
-    two.cluster_type = ClusterType::StrictDns;
+    two.upstream = sigma_types::Upstream::Backend {
+        backend_host: "localhost".into(),
+        backend_port: a.addr.port(),
+        cluster_type: ClusterType::StrictDns,
+    };
     h.publish(2, vec![route("one", p1, b.addr), two.clone()]);
     wait_reply(p1, "B:", T).await;
     wait_reply(p2, "A:", T).await;
@@ -192,7 +195,11 @@ async fn a_static_cluster_with_a_dns_name_is_nacked_with_envoys_detail() {
 
     // sigma-api refuses this; built directly, it reaches Envoy, which rejects the cluster.
     let mut bad = route("bad", free_port(), echo.addr);
-    bad.backend_host = "backend.invalid".into();
+    bad.upstream = sigma_types::Upstream::Backend {
+        backend_host: "backend.invalid".into(),
+        backend_port: echo.addr.port(),
+        cluster_type: ClusterType::Static,
+    };
     h.publish(2, vec![route("good", p1, echo.addr), bad]);
     let nack = eventually("the cluster update is NACKed", T, || async {
         h.last_nack()

@@ -236,7 +236,10 @@ mod tests {
         ]);
         let b = batch(listed, false, "r.yaml").unwrap();
         let t = b.routes[0].target.clone().unwrap();
-        assert_eq!(t.vps.as_deref(), Some("8d0c9c52-5b0e-4c39-9d55-0b1a3c2e4f61"));
+        assert_eq!(
+            t.vps.as_deref(),
+            Some("8d0c9c52-5b0e-4c39-9d55-0b1a3c2e4f61")
+        );
         assert_eq!(t.port, "vpn");
         let obj = json!({"routes": [{"name": "a", "listen_port": 1, "backend_host": "h", "backend_port": 2}], "prune": true});
         assert!(batch(obj.clone(), false, "r.json").unwrap().prune);
