@@ -470,6 +470,19 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// A VPS status, painted by what it means (shared by the VPS, mesh and contract views).
+pub fn status_cell(s: sigma_types::VpsStatus) -> Cell {
+    use sigma_types::VpsStatus;
+    let paint = match s {
+        VpsStatus::Provisioning => Paint::Cyan,
+        VpsStatus::Active => Paint::Green,
+        VpsStatus::Retiring => Paint::Yellow,
+        VpsStatus::Retired => Paint::Dim,
+        VpsStatus::Deleted => Paint::Red,
+    };
+    Cell::painted(s.as_str(), paint)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

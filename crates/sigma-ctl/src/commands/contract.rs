@@ -144,7 +144,7 @@ pub const EXPIRING_HEADERS: [&str; 6] = [
 pub fn expiring_row(v: &Vps, now: OffsetDateTime) -> Vec<crate::output::Cell> {
     vec![
         Cell::new(v.hostname.clone()),
-        super::vps::status_cell(v.status),
+        crate::output::status_cell(v.status),
         Cell::opt(v.provider.clone()),
         expires_cell(&v.contract, now),
         Cell::new(if v.contract.auto_renew { "yes" } else { "no" }),

@@ -14,10 +14,10 @@ use time::OffsetDateTime;
 
 use super::Ctx;
 use super::resolve::{self, Among};
-use super::vps::status_cell;
 use crate::cli::{MeshCommand, MeshDoctorArgs, MeshStatusArgs, PhaseFilter};
 use crate::doctor::{self, Inputs, Link, MeshReport, Outcome, PromAnswers};
 use crate::error::{Error, Result};
+use crate::output::status_cell;
 use crate::output::{self, Cell, Details, Paint};
 
 /// Runs `sigmactl mesh …`.

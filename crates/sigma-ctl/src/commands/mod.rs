@@ -5,6 +5,7 @@ mod contract;
 mod import_v1;
 mod keys;
 pub mod mesh;
+mod providers;
 mod purposes;
 mod resolve;
 mod routes;
@@ -39,7 +40,7 @@ pub struct Ctx<'w> {
 pub async fn dispatch(ctx: &mut Ctx<'_>, command: Command) -> Result<()> {
     match command {
         Command::Vps(c) => vps::run(ctx, c).await,
-        Command::Providers(c) => purposes::providers(ctx, c).await,
+        Command::Providers(c) => providers::providers(ctx, c).await,
         Command::Purposes(c) => purposes::purposes(ctx, c).await,
         Command::Keys(c) => keys::keys(ctx, c).await,
         Command::Enroll(c) => keys::enroll(ctx, c).await,

@@ -15,19 +15,7 @@ use super::resolve::{self, Among};
 use crate::cli::{VpsCommand, VpsCreateArgs, VpsEditArgs, VpsListArgs};
 use crate::error::{Error, Result};
 use crate::install;
-use crate::output::{self, Cell, Details, Paint};
-
-/// The paint of a status.
-pub fn status_cell(s: VpsStatus) -> Cell {
-    let paint = match s {
-        VpsStatus::Provisioning => Paint::Cyan,
-        VpsStatus::Active => Paint::Green,
-        VpsStatus::Retiring => Paint::Yellow,
-        VpsStatus::Retired => Paint::Dim,
-        VpsStatus::Deleted => Paint::Red,
-    };
-    Cell::painted(s.as_str(), paint)
-}
+use crate::output::{self, Cell, Details, Paint, status_cell};
 
 fn last_seen(v: &Vps, now: OffsetDateTime) -> Cell {
     match v.last_heartbeat_at {
