@@ -25,6 +25,7 @@ pub mod fleet;
 pub mod import;
 pub mod inventory;
 pub mod mesh;
+pub mod route_targets;
 pub mod routes;
 pub mod secret;
 pub mod sessions;

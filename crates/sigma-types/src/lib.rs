@@ -14,6 +14,7 @@ pub mod mesh;
 pub mod money;
 pub mod patch;
 pub mod records;
+pub mod route_target;
 pub mod validate;
 
 pub use api::*;
@@ -22,4 +23,5 @@ pub use contract::{
 };
 pub use envoy::*;
 pub use money::{Amount, Rate};
+pub use route_target::*;
 pub use validate::{FieldErrors, Normalize};
