@@ -10,6 +10,9 @@
 //!   calls, ingress listeners for the ports it serves) per mesh-enabled purpose, DestinationRule
 //!   (ISTIO_MUTUAL) per called service, and per meshed VPS a WorkloadEntry and a WorkloadGroup
 //!   of the same name (the workload Kiali lists, holding exactly that entry).
+//! * [`desired_state_with_routes`] — the same with the fleet's Envoy routes: routes of meshed
+//!   VPS become Istio configuration ([`routes`]); [`plan_routes`] says where routes run, or
+//!   would run after a switch to mesh mode.
 //! * [`diff`] — apply/delete plan, zero writes in steady state, never touching objects sigma
 //!   does not manage.
 //! * [`to_yaml`] — deterministic multi-document YAML for GitOps.
@@ -24,6 +27,7 @@ pub mod ingress;
 pub mod model;
 pub mod names;
 pub mod objects;
+pub mod routes;
 pub mod settings;
 mod yaml;
 
@@ -33,9 +37,10 @@ pub use diff::{Plan, diff, up_to_date};
 pub use ingress::{IngressBinding, ingress_bindings};
 pub use model::{
     DesiredState, EgressBinding, MeshPurpose, MeshVps, SkipReason, SkippedVps, desired_state,
-    egress_bindings, select_address,
+    desired_state_with_routes, egress_bindings, plan_routes, select_address,
 };
 pub use objects::{Kind, MeshObject, ObjectKey, check_object};
+pub use routes::{Placement, RouteIssue, RoutePlacement};
 pub use settings::{
     Egress, Interception, MeshSettings, MeshTemplate, NetworkMode, Probe, Protocol, ServicePort,
 };

@@ -5,12 +5,13 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
 use sha2::{Digest, Sha256};
-use sigma_types::{IpAddress, Normalize, VpsStatus};
+use sigma_types::{EnvoyRoute, IpAddress, Normalize, VpsStatus};
 use uuid::Uuid;
 
 use crate::ingress::{IngressBinding, ingress_bindings, ingress_listeners};
 use crate::names;
 use crate::objects::*;
+use crate::routes::{self, Meshed, Placement, RoutePlacement};
 use crate::settings::{MeshSettings, MeshTemplate, NetworkMode, Probe, Protocol};
 use crate::{Error, Result};
 
@@ -99,6 +100,8 @@ pub struct DesiredState {
     pub objects: Vec<MeshObject>,
     /// Active, mesh-enabled, not opted-out VPS without a WorkloadEntry, sorted by id.
     pub skipped: Vec<SkippedVps>,
+    /// Every active route given, and where it runs, by VPS id then listen port.
+    pub routes: Vec<RoutePlacement>,
 }
 
 /// An egress entry with its listener address resolved.
@@ -325,38 +328,29 @@ fn selector(purpose: &str) -> WorkloadSelector {
     }
 }
 
-struct Prepared<'a> {
-    name: &'a str,
-    settings: MeshSettings,
+/// A mesh-enabled purpose with everything its objects are made from computed once.
+pub(crate) struct Prepared<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) settings: MeshSettings,
     service_account: String,
     /// The purpose's part of each of its VPS's WorkloadGroups: template and probe.
     group: WorkloadGroupSpec,
     /// Mesh-facing listeners of its ports.
-    ingress: Vec<IngressBinding>,
+    pub(crate) ingress: Vec<IngressBinding>,
     /// The WorkloadEntry `ports` of each of its VPS: port name → mesh-facing port.
     entry_ports: BTreeMap<String, u32>,
 }
 
-/// Computes every object the mesh should hold.
-///
-/// Fails when the template is invalid, a purpose name is not a DNS-1123 label, a purpose is
-/// listed twice or a purpose's settings are invalid: the reconciler must then change nothing,
-/// rather than delete the objects of a purpose it can no longer read. Problems of single VPS
-/// never fail the whole computation; they are listed in [`DesiredState::skipped`].
-///
-/// A Sidecar is generated for each enabled purpose, a ServiceEntry for each enabled purpose
-/// that serves ports (Istio requires ports on a ServiceEntry; a purpose that only calls other
-/// services is a client and has nothing to publish), a DestinationRule per distinct called
-/// host, and a WorkloadGroup and a WorkloadEntry of the same name per VPS that is active, not
-/// opted out and of an enabled purpose (one group per VPS: Kiali lists each WorkloadGroup as a
-/// workload, and each VPS is a workload of its own).
-pub fn desired_state(
-    template: &MeshTemplate,
-    purposes: &[MeshPurpose],
-    vps: &[MeshVps],
-) -> Result<DesiredState> {
-    template.validate().map_err(Error::InvalidTemplate)?;
+/// Mesh-enabled purposes by name, and the names of the disabled ones.
+type PreparedPurposes<'a> = (HashMap<&'a str, Prepared<'a>>, HashSet<&'a str>);
 
+/// Validates the template and every purpose and prepares the enabled ones; fails on the first
+/// purpose that cannot be read (see [`desired_state`]).
+fn prepare<'a>(
+    template: &MeshTemplate,
+    purposes: &'a [MeshPurpose],
+) -> Result<PreparedPurposes<'a>> {
+    template.validate().map_err(Error::InvalidTemplate)?;
     let mut prepared: HashMap<&str, Prepared<'_>> = HashMap::with_capacity(purposes.len());
     let mut disabled: HashSet<&str> = HashSet::new();
     for p in purposes {
@@ -410,11 +404,122 @@ pub fn desired_state(
             },
         );
     }
+    Ok((prepared, disabled))
+}
+
+/// Whether a VPS gets a WorkloadEntry (its address, entry name and purpose), or why not.
+fn meshable<'a>(
+    v: &'a MeshVps,
+    prepared: &HashMap<&str, Prepared<'_>>,
+) -> Result<Meshed<'a>, String> {
+    if v.status != VpsStatus::Active {
+        return Err(format!("it is {}", v.status.as_str()));
+    }
+    if v.mesh_opt_out {
+        return Err("it is opted out of the mesh".into());
+    }
+    if !prepared.contains_key(v.purpose.as_str()) {
+        return Err(format!(
+            "its purpose {:?} does not have the mesh enabled",
+            v.purpose
+        ));
+    }
+    let Some(address) = select_address(&v.ip_addresses) else {
+        return Err("it has no address usable as a mesh endpoint".into());
+    };
+    Ok(Meshed {
+        address,
+        entry_name: workload_entry_name(&v.hostname),
+        purpose: &v.purpose,
+        hostname: &v.hostname,
+    })
+}
+
+/// Where each active route of `routes` runs, from the VPS given (the routes' VPS and the VPS
+/// they target; a target not given counts as not in the mesh).
+///
+/// With `assume_mesh`, a route whose VPS is not in the mesh is judged as if it were: the
+/// answer to "what happens to these routes when this VPS switches to mesh mode", including
+/// [`routes::RouteIssue::VpsNotMeshed`] when it cannot be. Without it, such routes are
+/// [`Placement::Classic`], as in [`desired_state_with_routes`].
+pub fn plan_routes(
+    template: &MeshTemplate,
+    purposes: &[MeshPurpose],
+    vps: &[MeshVps],
+    routes: &[EnvoyRoute],
+    assume_mesh: bool,
+) -> Result<Vec<RoutePlacement>> {
+    let (prepared, _) = prepare(template, purposes)?;
+    let by_id: HashMap<Uuid, &MeshVps> = vps.iter().map(|v| (v.id, v)).collect();
+    let target = |id: Uuid| match by_id.get(&id) {
+        Some(v) => meshable(v, &prepared),
+        None => Err("no such VPS".to_string()),
+    };
+    let mut out = Vec::new();
+    for (vps_id, rs) in routes::active_by_vps(routes) {
+        let owner = match by_id.get(&vps_id) {
+            Some(v) => meshable(v, &prepared),
+            None => Err("no such VPS".to_string()),
+        };
+        for r in rs {
+            let placement = match &owner {
+                Err(reason) if assume_mesh => {
+                    Placement::NotCarried(vec![routes::RouteIssue::VpsNotMeshed(reason.clone())])
+                }
+                Err(_) => Placement::Classic,
+                Ok(m) => match routes::carry(template, &prepared, m, r, &target) {
+                    Ok(c) => Placement::Mesh {
+                        host: c.host,
+                        bind: c.bind,
+                    },
+                    Err(issues) => Placement::NotCarried(issues),
+                },
+            };
+            out.push(routes::placed(r, placement));
+        }
+    }
+    Ok(out)
+}
+
+/// Computes every object the mesh should hold.
+///
+/// Fails when the template is invalid, a purpose name is not a DNS-1123 label, a purpose is
+/// listed twice or a purpose's settings are invalid: the reconciler must then change nothing,
+/// rather than delete the objects of a purpose it can no longer read. Problems of single VPS
+/// never fail the whole computation; they are listed in [`DesiredState::skipped`].
+///
+/// A Sidecar is generated for each enabled purpose, a ServiceEntry for each enabled purpose
+/// that serves ports (Istio requires ports on a ServiceEntry; a purpose that only calls other
+/// services is a client and has nothing to publish), a DestinationRule per distinct called
+/// host, and a WorkloadGroup and a WorkloadEntry of the same name per VPS that is active, not
+/// opted out and of an enabled purpose (one group per VPS: Kiali lists each WorkloadGroup as a
+/// workload, and each VPS is a workload of its own).
+pub fn desired_state(
+    template: &MeshTemplate,
+    purposes: &[MeshPurpose],
+    vps: &[MeshVps],
+) -> Result<DesiredState> {
+    desired_state_with_routes(template, purposes, vps, &[])
+}
+
+/// [`desired_state`] with the fleet's Envoy routes: each active route of a VPS that gets a
+/// WorkloadEntry is rendered as Istio configuration when the mesh can carry it (see
+/// [`crate::routes`]), and [`DesiredState::routes`] says where every active route runs.
+pub fn desired_state_with_routes(
+    template: &MeshTemplate,
+    purposes: &[MeshPurpose],
+    vps: &[MeshVps],
+    routes: &[EnvoyRoute],
+) -> Result<DesiredState> {
+    let (prepared, disabled) = prepare(template, purposes)?;
 
     let mut objects = Vec::with_capacity(2 * vps.len() + purposes.len() * 3);
     let mut called_hosts = BTreeSet::new();
+    // Each purpose's Sidecar, pushed once it is known whether its VPS carry routes.
+    let mut sidecars: BTreeMap<&str, SidecarSpec> = BTreeMap::new();
     for p in prepared.values() {
-        purpose_objects(template, p, &mut objects, &mut called_hosts);
+        let spec = purpose_objects(template, p, &mut objects, &mut called_hosts);
+        sidecars.insert(p.name, spec);
     }
     for host in called_hosts {
         objects.push(MeshObject::DestinationRule(resource(
@@ -426,6 +531,8 @@ pub fn desired_state(
                     tls: Some(ClientTlsSettings {
                         mode: Some(TlsMode::IstioMutual),
                     }),
+                    connection_pool: None,
+                    proxy_protocol: None,
                 }),
                 // Only sigma's own namespace (the VPS proxies) follows the rule, so it cannot
                 // change how workloads elsewhere in the cluster reach the service.
@@ -442,6 +549,8 @@ pub fn desired_state(
     let mut owner: Vec<Option<&MeshVps>> = vec![None; objects.len()];
     let mut cache = Cache::default();
     let mut prev_id: Option<Uuid> = None;
+    // VPS that got a WorkloadEntry, for their routes and for routes that target them.
+    let mut meshed: HashMap<Uuid, (Meshed<'_>, &MeshVps)> = HashMap::new();
     for v in order {
         if prev_id == Some(v.id) {
             skipped.push(skip(v, SkipReason::DuplicateId));
@@ -471,6 +580,33 @@ pub fn desired_state(
         objects.push(group);
         owner.push(Some(v));
         objects.push(entry);
+        let m = Meshed {
+            address,
+            entry_name: workload_entry_name(&v.hostname),
+            purpose: p.name,
+            hostname: &v.hostname,
+        };
+        meshed.insert(v.id, (m, v));
+    }
+
+    let placements = route_objects(
+        template,
+        &prepared,
+        vps,
+        routes,
+        &meshed,
+        &mut sidecars,
+        &mut objects,
+        &mut owner,
+    );
+    for (name, spec) in sidecars {
+        let labels = BTreeMap::from([("app".to_string(), name.to_string())]);
+        owner.push(None);
+        objects.push(MeshObject::Sidecar(resource(
+            Kind::Sidecar,
+            managed_meta(name.to_string(), template, labels),
+            spec,
+        )));
     }
 
     for (o, v) in objects.iter().zip(&owner) {
@@ -515,7 +651,111 @@ pub fn desired_state(
     Ok(DesiredState {
         objects: sorted,
         skipped,
+        routes: placements,
     })
+}
+
+/// Renders the routes of meshed VPS (see [`crate::routes`]): each carried route's
+/// ServiceEntry and DestinationRule, and for every purpose whose VPS carry routes one Sidecar
+/// per meshed VPS in place of the purpose's (removed from `sidecars`). Returns where every
+/// active route runs.
+#[allow(clippy::too_many_arguments)]
+fn route_objects<'a>(
+    template: &MeshTemplate,
+    prepared: &HashMap<&str, Prepared<'_>>,
+    vps: &'a [MeshVps],
+    all_routes: &[EnvoyRoute],
+    meshed: &HashMap<Uuid, (Meshed<'a>, &'a MeshVps)>,
+    sidecars: &mut BTreeMap<&str, SidecarSpec>,
+    objects: &mut Vec<MeshObject>,
+    owner: &mut Vec<Option<&'a MeshVps>>,
+) -> Vec<RoutePlacement> {
+    let by_route_vps = routes::active_by_vps(all_routes);
+    if by_route_vps.is_empty() {
+        return Vec::new();
+    }
+    let by_id: HashMap<Uuid, &MeshVps> = vps.iter().map(|v| (v.id, v)).collect();
+    let target = |id: Uuid| match meshed.get(&id) {
+        Some((m, _)) => Ok(m.clone()),
+        None => match by_id.get(&id) {
+            Some(v) => {
+                meshable(v, prepared).and(Err("its WorkloadEntry could not be made".to_string()))
+            }
+            None => Err("no such VPS".to_string()),
+        },
+    };
+    let mut placements = Vec::new();
+    // Route listeners by VPS, for the purposes whose VPS carry routes.
+    let mut listeners: HashMap<Uuid, Vec<EgressListener>> = HashMap::new();
+    let mut carrier_purposes: BTreeSet<&str> = BTreeSet::new();
+    for (vps_id, rs) in &by_route_vps {
+        let Some((m, _)) = meshed.get(vps_id) else {
+            placements.extend(rs.iter().map(|r| routes::placed(r, Placement::Classic)));
+            continue;
+        };
+        for r in rs {
+            let placement = match routes::carry(template, prepared, m, r, &target) {
+                Ok(c) => {
+                    listeners.entry(*vps_id).or_default().push(c.listener);
+                    carrier_purposes.insert(m.purpose);
+                    for o in [c.service_entry, c.destination_rule] {
+                        owner.push(None);
+                        objects.push(o);
+                    }
+                    Placement::Mesh {
+                        host: c.host,
+                        bind: c.bind,
+                    }
+                }
+                Err(issues) => Placement::NotCarried(issues),
+            };
+            placements.push(routes::placed(r, placement));
+        }
+    }
+    for purpose in carrier_purposes {
+        let Some(base) = sidecars.remove(purpose) else {
+            continue;
+        };
+        let mut members: Vec<&(Meshed<'_>, &MeshVps)> = meshed
+            .values()
+            .filter(|(m, _)| m.purpose == purpose)
+            .collect();
+        members.sort_by_key(|(_, v)| v.id);
+        for (m, v) in members {
+            let mut spec = base.clone();
+            spec.workload_selector = Some(WorkloadSelector {
+                labels: BTreeMap::from([(VPS_ID_LABEL.to_string(), v.id.to_string())]),
+            });
+            let own = listeners.remove(&v.id).unwrap_or_default();
+            let plain = spec.clone();
+            if !own.is_empty() {
+                // The catch-all `~/*` only stands in for "no listeners at all".
+                spec.egress.retain(|l| l.port.is_some());
+                spec.egress.extend(own);
+            }
+            let mut labels = BTreeMap::from([("app".to_string(), purpose.to_string())]);
+            labels.insert(VPS_ID_LABEL.into(), v.id.to_string());
+            let mut meta = managed_meta(m.entry_name.clone(), template, labels);
+            meta.annotations
+                .insert(HOSTNAME_ANNOTATION.into(), v.hostname.clone());
+            let mut sidecar = MeshObject::Sidecar(resource(Kind::Sidecar, meta.clone(), spec));
+            if let Err(r) = check_object(&sidecar) {
+                // The routes' listeners broke a rule: the VPS keeps its purpose's listeners,
+                // and its routes say why they are not carried.
+                let why = format!("Sidecar: {}", r.join("; "));
+                for p in placements.iter_mut().filter(|p| p.vps_id == v.id) {
+                    if matches!(p.placement, Placement::Mesh { .. }) {
+                        p.placement =
+                            Placement::NotCarried(vec![routes::RouteIssue::Invalid(why.clone())]);
+                    }
+                }
+                sidecar = MeshObject::Sidecar(resource(Kind::Sidecar, meta, plain));
+            }
+            owner.push(Some(v));
+            objects.push(sidecar);
+        }
+    }
+    placements
 }
 
 /// Sanitised forms of values many VPS share (a provider, a country and city), computed once
@@ -626,12 +866,13 @@ fn workload_group(template: &MeshTemplate, p: &Prepared<'_>, v: &MeshVps) -> Mes
     MeshObject::WorkloadGroup(resource(Kind::WorkloadGroup, meta, spec))
 }
 
+/// Pushes a purpose's ServiceEntry (when it serves ports) and returns its Sidecar's spec.
 fn purpose_objects(
     template: &MeshTemplate,
     p: &Prepared<'_>,
     objects: &mut Vec<MeshObject>,
     called_hosts: &mut BTreeSet<String>,
-) {
+) -> SidecarSpec {
     let s = &p.settings;
     if !s.ports.is_empty() {
         let mesh_port: HashMap<&str, u16> = p
@@ -666,6 +907,8 @@ fn purpose_objects(
                 resolution: Some(Resolution::Static),
                 ports,
                 workload_selector: Some(selector(p.name)),
+                endpoints: Vec::new(),
+                export_to: Vec::new(),
             },
         )));
     }
@@ -698,20 +941,14 @@ fn purpose_objects(
             })
             .collect()
     };
-    let ingress = ingress_listeners(&p.ingress);
-    let labels = BTreeMap::from([("app".to_string(), p.name.to_string())]);
-    objects.push(MeshObject::Sidecar(resource(
-        Kind::Sidecar,
-        managed_meta(p.name.to_string(), template, labels),
-        SidecarSpec {
-            workload_selector: Some(selector(p.name)),
-            ingress,
-            egress,
-            outbound_traffic_policy: Some(OutboundTrafficPolicy {
-                mode: Some(OutboundMode::RegistryOnly),
-            }),
-        },
-    )));
+    SidecarSpec {
+        workload_selector: Some(selector(p.name)),
+        ingress: ingress_listeners(&p.ingress),
+        egress,
+        outbound_traffic_policy: Some(OutboundTrafficPolicy {
+            mode: Some(OutboundMode::RegistryOnly),
+        }),
+    }
 }
 
 fn workload_entry<'a>(

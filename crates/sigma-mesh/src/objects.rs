@@ -29,6 +29,9 @@ pub const MANAGED_ANNOTATION: &str = "sigma.io/managed";
 pub const VPS_ID_LABEL: &str = "sigma.io/vps-id";
 /// Annotation holding the VPS's hostname, since the object name may be a sanitised form of it.
 pub const HOSTNAME_ANNOTATION: &str = "sigma.io/hostname";
+/// Annotation holding the id of the Envoy route an object carries (a route's ServiceEntry,
+/// DestinationRule), so an operator can find the route behind it.
+pub const ROUTE_ANNOTATION: &str = "sigma.io/route";
 /// Annotation asking Istio to track the health of a WorkloadEntry from its proxy's probes.
 pub const HEALTH_CHECKS_ANNOTATION: &str = "proxy.istio.io/health-checks-enabled";
 /// Istio's canonical service name label (what Kiali groups telemetry by).
@@ -51,10 +54,11 @@ pub const OWNED_LABELS: [&str; 8] = [
 ];
 
 /// Every annotation key sigma may ever write; see [`OWNED_LABELS`].
-pub const OWNED_ANNOTATIONS: [&str; 3] = [
+pub const OWNED_ANNOTATIONS: [&str; 4] = [
     MANAGED_ANNOTATION,
     HEALTH_CHECKS_ANNOTATION,
     HOSTNAME_ANNOTATION,
+    ROUTE_ANNOTATION,
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -67,11 +71,11 @@ pub enum Kind {
     WorkloadGroup,
     /// One per meshed VPS.
     WorkloadEntry,
-    /// One per mesh-enabled purpose that serves ports.
+    /// One per mesh-enabled purpose that serves ports, and one per route a meshed VPS carries.
     ServiceEntry,
-    /// One per mesh-enabled purpose.
+    /// One per mesh-enabled purpose, or one per VPS of a purpose whose VPS carry routes.
     Sidecar,
-    /// One per mesh service some purpose calls.
+    /// One per mesh service some purpose calls, and one per route a meshed VPS carries.
     DestinationRule,
 }
 
@@ -323,6 +327,12 @@ pub struct ServiceEntrySpec {
     /// Workloads that serve it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_selector: Option<WorkloadSelector>,
+    /// Endpoints given inline (a route's external backend); never together with a selector.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<WorkloadEntrySpec>,
+    /// Namespaces the service is visible to; empty: Istio's default (all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub export_to: Vec<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -452,12 +462,53 @@ pub struct ClientTlsSettings {
     pub mode: Option<TlsMode>,
 }
 
+/// `trafficPolicy.connectionPool.tcp`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpSettings {
+    /// TCP connect timeout, as a duration (`5000ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<String>,
+}
+
+/// `trafficPolicy.connectionPool`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionPool {
+    /// TCP settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpSettings>,
+}
+
+/// `trafficPolicy.proxyProtocol.version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProxyProtocolVersion {
+    /// Text header.
+    V1,
+    /// Binary header.
+    V2,
+}
+
+/// `trafficPolicy.proxyProtocol`: the PROXY header the client proxy sends the upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyProtocolSettings {
+    /// Version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<ProxyProtocolVersion>,
+}
+
 /// `DestinationRule.spec.trafficPolicy`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct TrafficPolicy {
     /// TLS to the destination.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClientTlsSettings>,
+    /// Connection limits and timeouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<ConnectionPool>,
+    /// PROXY protocol toward the upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<ProxyProtocolSettings>,
 }
 
 /// `DestinationRule.spec`.
@@ -725,11 +776,22 @@ pub fn check_object(obj: &MeshObject) -> std::result::Result<(), Vec<String>> {
                 }
                 check_protocol(&format!("spec.ports[{i}].protocol"), &p.protocol, &mut errs);
             }
-            check_selector(
-                "spec.workloadSelector",
-                s.workload_selector.as_ref(),
-                &mut errs,
-            );
+            if s.endpoints.is_empty() {
+                check_selector(
+                    "spec.workloadSelector",
+                    s.workload_selector.as_ref(),
+                    &mut errs,
+                );
+            } else if s.workload_selector.is_some() {
+                // Istio's ValidateServiceEntry: one or the other.
+                errs.push("spec: workloadSelector and endpoints are mutually exclusive".into());
+            }
+            check_endpoints(s, &mut errs);
+            for (i, ns) in s.export_to.iter().enumerate() {
+                if ns != "." && ns != "*" && !names::is_dns_label(ns) {
+                    errs.push(format!("spec.exportTo[{i}] {ns:?} is not a namespace"));
+                }
+            }
         }
         MeshObject::Sidecar(r) => {
             let s = &r.spec;
@@ -782,6 +844,9 @@ pub fn check_object(obj: &MeshObject) -> std::result::Result<(), Vec<String>> {
             let s = &r.spec;
             if s.host == "*" || !names::is_dns_subdomain(&s.host) {
                 errs.push(format!("spec.host {:?} is not a DNS name", s.host));
+            }
+            if let Some(tp) = &s.traffic_policy {
+                check_traffic_policy(tp, &mut errs);
             }
         }
     }
@@ -919,6 +984,74 @@ fn check_workload(field: &str, w: &WorkloadEntrySpec, entry: bool, errs: &mut Ve
         }
         check_port_u32(&format!("{field}.ports.{name}"), *port, errs);
     }
+}
+
+/// Istio's rules for inline endpoints: with `STATIC` resolution every address is an IP, with
+/// DNS resolution a DNS name or an IP; ports named like the service's ports.
+fn check_endpoints(s: &ServiceEntrySpec, errs: &mut Vec<String>) {
+    if s.resolution == Some(Resolution::DnsRoundRobin) && s.endpoints.len() > 1 {
+        errs.push("spec.endpoints: DNS_ROUND_ROBIN allows one endpoint".into());
+    }
+    for (i, e) in s.endpoints.iter().enumerate() {
+        let f = format!("spec.endpoints[{i}]");
+        let ip = e.address.parse::<IpAddr>().is_ok();
+        match s.resolution {
+            Some(Resolution::Static) if !ip => errs.push(format!(
+                "{f}.address {:?} must be an IP for STATIC",
+                e.address
+            )),
+            Some(Resolution::Dns | Resolution::DnsRoundRobin)
+                if !ip && !names::is_dns_subdomain(&e.address) =>
+            {
+                errs.push(format!("{f}.address {:?} is not a DNS name", e.address))
+            }
+            Some(Resolution::None) | None => {
+                errs.push(format!("{f}: endpoints need STATIC or DNS resolution"))
+            }
+            _ => {}
+        }
+        for (name, port) in &e.ports {
+            if !s.ports.iter().any(|p| &p.name == name) {
+                errs.push(format!("{f}.ports.{name}: no service port of that name"));
+            }
+            check_port_u32(&format!("{f}.ports.{name}"), *port, errs);
+        }
+    }
+}
+
+/// Istio's `validateTrafficPolicy`: at least one field, durations that parse, and (sigma's
+/// rule) no PROXY header inside Istio's mTLS, where the upstream proxy, not the application,
+/// would receive it.
+fn check_traffic_policy(tp: &TrafficPolicy, errs: &mut Vec<String>) {
+    if tp.tls.is_none() && tp.connection_pool.is_none() && tp.proxy_protocol.is_none() {
+        errs.push("spec.trafficPolicy: traffic policy must have at least one field".into());
+    }
+    if let Some(cp) = &tp.connection_pool {
+        match &cp.tcp {
+            None => errs.push("spec.trafficPolicy.connectionPool: at least one field".into()),
+            Some(t) => {
+                if let Some(d) = &t.connect_timeout
+                    && !is_duration_ms(d)
+                {
+                    errs.push(format!(
+                        "spec.trafficPolicy.connectionPool.tcp.connectTimeout {d:?} is not a duration of at least 1ms"
+                    ));
+                }
+            }
+        }
+    }
+    if tp.proxy_protocol.is_some()
+        && tp.tls.as_ref().and_then(|t| t.mode) == Some(TlsMode::IstioMutual)
+    {
+        errs.push("spec.trafficPolicy.proxyProtocol: not with ISTIO_MUTUAL".into());
+    }
+}
+
+/// `<n>ms` with n ≥ 1: the only duration form sigma writes (Istio's minimum is 1ms).
+fn is_duration_ms(d: &str) -> bool {
+    d.strip_suffix("ms")
+        .and_then(|n| n.parse::<u64>().ok())
+        .is_some_and(|n| n >= 1 && !d.starts_with('0'))
 }
 
 fn check_port_u32(field: &str, p: u32, errs: &mut Vec<String>) {

@@ -14,14 +14,21 @@ use sigma_mesh::objects::*;
 use sigma_mesh::{Kind, MeshObject, MeshTemplate, check_object, desired_state, to_yaml};
 use structural::{Crds, load_crds, validate_value};
 
+/// The rich inventory with its routes, so routes' ServiceEntries (selector and inline
+/// endpoints), DestinationRules (connect timeout, PROXY header) and per-VPS Sidecars are
+/// checked too.
 fn generated() -> Vec<MeshObject> {
-    let state = desired_state(
+    let state = sigma_mesh::desired_state_with_routes(
         &MeshTemplate::default(),
         &fixtures::rich_purposes(),
         &fixtures::rich_vps(),
+        &fixtures::rich_routes(),
     )
     .unwrap();
     assert!(state.skipped.is_empty(), "{:?}", state.skipped);
+    for r in &state.routes {
+        assert_eq!(r.placement.mode(), "mesh", "{r:?}");
+    }
     state.objects
 }
 
@@ -516,6 +523,26 @@ fn group() -> Resource<WorkloadGroupSpec> {
     })
 }
 
+/// A route's ServiceEntry with an inline backend.
+fn backend_entry() -> Resource<ServiceEntrySpec> {
+    generated_of(Kind::ServiceEntry, |o| match o {
+        MeshObject::ServiceEntry(r) if !r.spec.endpoints.is_empty() => Some(r.clone()),
+        _ => None,
+    })
+}
+
+/// A route's DestinationRule (with a connect timeout).
+fn route_rule() -> Resource<DestinationRuleSpec> {
+    generated_of(Kind::DestinationRule, |o| match o {
+        MeshObject::DestinationRule(r)
+            if r.spec.traffic_policy.as_ref()?.connection_pool.is_some() =>
+        {
+            Some(r.clone())
+        }
+        _ => None,
+    })
+}
+
 fn service_entry() -> Resource<ServiceEntrySpec> {
     generated_of(Kind::ServiceEntry, |o| match o {
         MeshObject::ServiceEntry(r) if r.spec.ports.len() >= 2 => Some(r.clone()),
@@ -633,10 +660,25 @@ fn cel_witnesses() -> Vec<(&'static str, Option<fn() -> MeshObject>)> {
                 MeshObject::Sidecar(r)
             }),
         ),
-        // ServiceEntry rules on endpoints and addresses, which sigma's ServiceEntrySpec lacks.
+        (
+            "duration(self) >= duration('1ms')",
+            Some(|| {
+                let mut r = route_rule();
+                let tp = r.spec.traffic_policy.as_mut().unwrap();
+                tp.connection_pool.as_mut().unwrap().tcp = Some(TcpSettings {
+                    connect_timeout: Some("0ms".into()),
+                });
+                MeshObject::DestinationRule(r)
+            }),
+        ),
+        // ServiceEntry rules on endpoints (a route's backend) and addresses (never set).
         (
             "(has(self.workloadSelector) ? 1 : 0) + (has(self.endpoints) ? 1 : 0) <= 1",
-            None,
+            Some(|| {
+                let mut r = backend_entry();
+                r.spec.workload_selector = service_entry().spec.workload_selector;
+                MeshObject::ServiceEntry(r)
+            }),
         ),
         (
             r#"!((has(self.addresses) ? self.addresses : []).exists(k, k.contains("/")) && !((has(self.resolution) ? self.resolution : "NONE") in ["STATIC", "NONE"]))"#,
@@ -644,11 +686,21 @@ fn cel_witnesses() -> Vec<(&'static str, Option<fn() -> MeshObject>)> {
         ),
         (
             r#"((has(self.resolution) ? self.resolution : "NONE") == "NONE") ? !has(self.endpoints) : true"#,
-            None,
+            Some(|| {
+                let mut r = backend_entry();
+                r.spec.resolution = Some(Resolution::None);
+                MeshObject::ServiceEntry(r)
+            }),
         ),
         (
             r#"((has(self.resolution) ? self.resolution : "") == "DNS_ROUND_ROBIN") ? ((has(self.endpoints) ? self.endpoints : []).size() <= 1) : true"#,
-            None,
+            Some(|| {
+                let mut r = backend_entry();
+                r.spec.resolution = Some(Resolution::DnsRoundRobin);
+                let e = r.spec.endpoints[0].clone();
+                r.spec.endpoints.push(e);
+                MeshObject::ServiceEntry(r)
+            }),
         ),
     ]
 }
