@@ -99,6 +99,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
             envoy::update_route,
             envoy::delete_route
         ))
+        .routes(routes!(envoy::route_plan))
         .routes(routes!(envoy::agent_config))
         .routes(routes!(mesh::manifests))
         .routes(routes!(mesh::vps_mesh))

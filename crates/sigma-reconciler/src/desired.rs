@@ -19,7 +19,8 @@ pub fn desired(template: &MeshTemplate, inputs: &MeshInputs) -> Result<Desired> 
         return Err(Error::InvalidPurposes(inputs.invalid.clone()));
     }
     let vps: Vec<MeshVps> = inputs.vps.iter().map(|r| r.vps.clone()).collect();
-    let state = sigma_mesh::desired_state(template, &inputs.purposes, &vps)?;
+    let state =
+        sigma_mesh::desired_state_with_routes(template, &inputs.purposes, &vps, &inputs.routes)?;
     Ok(Desired { state })
 }
 
@@ -45,6 +46,23 @@ pub fn export_yaml(template: &MeshTemplate, inputs: &MeshInputs) -> Result<Strin
         let line = format!("#   skipped {} {}: {}", s.id, s.hostname, s.reason).replace('\n', " ");
         out.push_str(&line);
         out.push('\n');
+    }
+    for r in &d.state.routes {
+        if let sigma_mesh::Placement::NotCarried(issues) = &r.placement {
+            // Route names are validated labels; the same newline guard as above.
+            let why: Vec<String> = issues.iter().map(ToString::to_string).collect();
+            let line = format!(
+                "#   route not carried by the mesh {} {} (VPS {}, port {}): {}",
+                r.route_id,
+                r.name,
+                r.vps_id,
+                r.listen_port,
+                why.join("; ")
+            )
+            .replace('\n', " ");
+            out.push_str(&line);
+            out.push('\n');
+        }
     }
     out.push_str(&sigma_mesh::to_yaml(&d.state.objects)?);
     Ok(out)

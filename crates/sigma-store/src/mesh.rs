@@ -7,7 +7,10 @@
 use std::collections::HashMap;
 
 use sigma_mesh::{MeshPurpose, MeshSettings, MeshVps};
-use sigma_types::{FieldErrors, IpAddress, MeshSyncStatus, VpsMeshStatus, VpsStatus};
+use sigma_types::{
+    EnvoyRoute, FieldErrors, IpAddress, MeshSyncStatus, RouteTarget, Upstream, VpsMeshStatus,
+    VpsStatus,
+};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
@@ -72,6 +75,22 @@ pub struct MeshInputs {
     /// Every VPS, deleted ones included (they are never meshed, but their status is kept
     /// current), ordered by id.
     pub vps: Vec<MeshVpsRow>,
+    /// Every active Envoy route, by VPS and listen port: routes of meshed VPS become Istio
+    /// configuration.
+    pub routes: Vec<EnvoyRoute>,
+}
+
+/// What a route plan for one VPS is computed from: the purposes, the VPS and the VPS its
+/// routes target, and its active routes.
+#[derive(Debug, Clone, Default)]
+pub struct RoutePlanInputs {
+    /// Purposes with valid mesh settings (a purpose whose stored settings no longer validate
+    /// is left out: its VPS count as not in the mesh).
+    pub purposes: Vec<MeshPurpose>,
+    /// The VPS and every VPS one of its routes targets.
+    pub vps: Vec<MeshVps>,
+    /// Its active routes.
+    pub routes: Vec<EnvoyRoute>,
 }
 
 /// A result to store for one VPS.
@@ -166,8 +185,64 @@ impl Store {
             inputs.vps.push(self.mesh_vps_from_row(&r)?);
         }
         drop(stream);
+        let rows = sqlx::query(dynsql!(
+            "SELECT {} FROM envoy_routes r WHERE r.status = 'active' ORDER BY r.vps_id, r.listen_port",
+            crate::routes::route_cols("r")
+        ))
+        .fetch_all(&mut *tx)
+        .await?;
+        inputs.routes = rows
+            .iter()
+            .map(crate::routes::route_from_row)
+            .collect::<Result<_>>()?;
         tx.commit().await?;
         Ok(inputs)
+    }
+
+    /// The inputs of a route plan for one VPS (see [`RoutePlanInputs`]).
+    pub async fn route_plan_inputs(&self, vps_id: Uuid) -> Result<RoutePlanInputs> {
+        let mut tx = self.pools.read.begin().await?;
+        let rows = sqlx::query("SELECT name, mesh FROM purposes ORDER BY name")
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut out = RoutePlanInputs::default();
+        for r in rows {
+            if let Ok(p) = stored_purpose(r.try_get("name")?, &r.try_get::<String, _>("mesh")?) {
+                out.purposes.push(p);
+            }
+        }
+        let rows = sqlx::query(dynsql!(
+            "SELECT {} FROM envoy_routes r WHERE r.vps_id = $1 AND r.status = 'active' ORDER BY r.listen_port",
+            crate::routes::route_cols("r")
+        ))
+        .bind(vps_id.to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+        out.routes = rows
+            .iter()
+            .map(crate::routes::route_from_row)
+            .collect::<Result<_>>()?;
+        let mut ids: Vec<Uuid> = vec![vps_id];
+        for r in &out.routes {
+            if let Upstream::Target {
+                target: RouteTarget::Vps { vps_id, .. },
+            } = &r.upstream
+                && !ids.contains(vps_id)
+            {
+                ids.push(*vps_id);
+            }
+        }
+        for id in ids {
+            let row = sqlx::query(dynsql!("{MESH_SUBJECT_SELECT}v.id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = row {
+                out.vps.push(self.mesh_vps_from_row(&row)?.vps);
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
     }
 
     fn mesh_vps_from_row(&self, r: &AnyRow) -> Result<MeshVpsRow> {

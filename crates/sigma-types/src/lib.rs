@@ -14,6 +14,7 @@ pub mod mesh;
 pub mod money;
 pub mod patch;
 pub mod records;
+pub mod route_plan;
 pub mod route_target;
 pub mod validate;
 
@@ -23,5 +24,6 @@ pub use contract::{
 };
 pub use envoy::*;
 pub use money::{Amount, Rate};
+pub use route_plan::{PlanMode, RouteIssueReport, RoutePlan, RoutePlanEntry, RouteRuns};
 pub use route_target::*;
 pub use validate::{FieldErrors, Normalize};

@@ -6,13 +6,15 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
+use sigma_mesh::Placement;
 use sigma_types::{
-    EnvoyConfig, EnvoyRoute, EnvoyRouteBatch, EnvoyRouteCreate, EnvoyRoutePatch, FieldErrors,
+    AgentMode, EnvoyConfig, EnvoyRoute, EnvoyRouteBatch, EnvoyRouteCreate, EnvoyRoutePatch,
+    FieldErrors, PlanMode, RouteIssueReport, RoutePlan, RoutePlanEntry, RouteRuns,
 };
 use utoipa::IntoParams;
 
 use crate::AppState;
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::extract::{AgentKey, ApiJson, ApiPath, ApiQuery, Operator, Reader, uuid_param};
 
 /// Lists a VPS's routes (disabled ones too).
@@ -154,4 +156,96 @@ pub async fn agent_config(
             .agent_envoy_config(&p, &hostname, q.known_version, Duration::from_secs(wait))
             .await?,
     ))
+}
+
+/// Query of [`route_plan`].
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PlanQuery {
+    /// `current` (default: the mode the VPS's agent reports), `mesh` or `classic`.
+    pub mode: Option<PlanMode>,
+}
+
+/// Where a VPS's active routes run in a mode, and what the mesh cannot carry: what switching
+/// the VPS to mesh mode (or back) does to each route, before it is done.
+#[utoipa::path(get, path = "/api/vps/{id}/envoy-routes/plan", tag = "envoy",
+    params(("id" = String, Path), PlanQuery),
+    responses((status = 200, body = RoutePlan), (status = 404, body = sigma_types::ErrorBody),
+    (status = 422, description = "an invalid path or query value (named)", body = sigma_types::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn route_plan(
+    State(s): State<AppState>,
+    Reader(_): Reader,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<PlanQuery>,
+) -> ApiResult<Json<RoutePlan>> {
+    let id = uuid_param(&id)?;
+    let vps = s.store.get_vps(id).await?;
+    let agent_mode = vps
+        .agent_state
+        .as_ref()
+        .and_then(|a| a.mode)
+        .unwrap_or(AgentMode::Classic);
+    let mode = q.mode.unwrap_or(PlanMode::Current);
+    let inputs = s.store.route_plan_inputs(id).await?;
+    // Classic mode carries every route; mesh mode what the model renders. Today's mode is the
+    // agent's: a meshed VPS whose agent still runs classic is served by sigma-agent's Envoy.
+    let mesh = match mode {
+        PlanMode::Classic => false,
+        PlanMode::Mesh => true,
+        PlanMode::Current => agent_mode == AgentMode::Mesh,
+    };
+    let placements = sigma_mesh::plan_routes(
+        &s.mesh.template,
+        &inputs.purposes,
+        &inputs.vps,
+        &inputs.routes,
+        mesh,
+    )
+    .map_err(|e| ApiError::internal(&e))?;
+    let routes = inputs
+        .routes
+        .iter()
+        .zip(placements)
+        .map(|(r, p)| {
+            let (runs, mesh_host, listen_address, issues) = match p.placement {
+                _ if !mesh => (RouteRuns::Classic, None, None, Vec::new()),
+                Placement::Classic => (RouteRuns::Classic, None, None, Vec::new()),
+                Placement::Mesh { host, bind } => {
+                    (RouteRuns::Mesh, Some(host), Some(bind.to_string()), Vec::new())
+                }
+                Placement::NotCarried(issues) => (
+                    RouteRuns::NotCarried,
+                    None,
+                    None,
+                    issues
+                        .iter()
+                        .map(|i| RouteIssueReport {
+                            code: i.code().to_string(),
+                            message: i.to_string(),
+                        })
+                        .collect(),
+                ),
+            };
+            RoutePlanEntry {
+                route_id: r.id,
+                name: r.name.clone(),
+                listen_port: r.listen_port,
+                upstream: r.upstream.to_string(),
+                runs,
+                mesh_host,
+                listen_address,
+                issues,
+            }
+        })
+        .collect();
+    Ok(Json(RoutePlan {
+        vps_id: id,
+        hostname: vps.hostname,
+        mode,
+        agent_mode,
+        mesh_registrar: s.mesh.mode().as_str().to_string(),
+        routes,
+    }))
 }

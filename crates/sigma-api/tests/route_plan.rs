@@ -1,0 +1,151 @@
+//! `GET /api/vps/{id}/envoy-routes/plan` against the real sigma-api binary on SQLite and
+//! PostgreSQL: where each route of a relay runs today and after a switch to mesh mode, and
+//! what the mesh cannot carry, named per route.
+
+use serde_json::{Value, json};
+use sigma_testkit::{ADMIN_KEY, SigmaApi, TestDb, both_backends};
+
+both_backends!(a_plan_names_what_each_route_becomes);
+
+async fn enroll(s: &SigmaApi, token: &str, hostname: &str, ip: &str) -> String {
+    let (st, r) = s
+        .post(
+            "/api/agent/register",
+            token,
+            json!({"hostname": hostname, "ip_addresses": [{"ip": ip, "label": "public"}]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    r["vps"]["id"].as_str().unwrap().to_string()
+}
+
+fn route<'a>(plan: &'a Value, name: &str) -> &'a Value {
+    plan["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("no route {name} in {plan}"))
+}
+
+fn codes(r: &Value) -> Vec<&str> {
+    r["issues"]
+        .as_array()
+        .map(|a| a.iter().map(|i| i["code"].as_str().unwrap()).collect())
+        .unwrap_or_default()
+}
+
+async fn a_plan_names_what_each_route_becomes(db: TestDb) {
+    let s = SigmaApi::builder().store(&db).start();
+    let k = ADMIN_KEY;
+    let (st, v) = s
+        .patch(
+            "/api/purposes/vpn-exit",
+            k,
+            json!({"mesh": {"enabled": true, "ports": [
+                {"name": "vpn", "number": 443, "protocol": "TCP", "target_port": 1194}]}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let relay_token = s.token(json!({"purpose": "vpn-relay"})).await;
+    let exit_token = s.token(json!({"purpose": "vpn-exit"})).await;
+    let relay = enroll(&s, &relay_token, "relay-1", "198.51.100.1").await;
+    enroll(&s, &exit_token, "exit-1", "203.0.113.1").await;
+    let (st, v) = s
+        .call(
+            "PUT",
+            &format!("/api/vps/{relay}/envoy-routes"),
+            Some(json!({"routes": [
+                {"name": "pool", "listen_port": 8443, "target": {"purpose": "vpn-exit", "port": "vpn"}},
+                {"name": "pp", "listen_port": 8444, "proxy_protocol": "v1",
+                 "target": {"vps": "exit-1", "port": "vpn"}},
+                {"name": "ext", "listen_port": 2525, "backend_host": "192.0.2.9", "backend_port": 25,
+                 "proxy_protocol": "v2"},
+                {"name": "off", "listen_port": 2526, "backend_host": "192.0.2.9", "backend_port": 25,
+                 "status": "disabled"},
+            ]})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let plan = |mode: &'static str| {
+        let s = &s;
+        let relay = relay.clone();
+        async move {
+            let q = if mode.is_empty() {
+                String::new()
+            } else {
+                format!("?mode={mode}")
+            };
+            s.get(&format!("/api/vps/{relay}/envoy-routes/plan{q}"), k)
+                .await
+        }
+    };
+
+    // Today: the agent reports no mesh mode, so sigma-agent's Envoy runs every active route.
+    let (st, p) = plan("").await;
+    assert_eq!(st, 200, "{p}");
+    assert_eq!(p["mode"], "current");
+    assert_eq!(p["agent_mode"], "classic");
+    assert_eq!(p["hostname"], "relay-1");
+    assert_eq!(p["routes"].as_array().unwrap().len(), 3, "disabled routes are left out: {p}");
+    for r in p["routes"].as_array().unwrap() {
+        assert_eq!(r["runs"], "classic", "{r}");
+    }
+    let (st, c) = plan("classic").await;
+    assert_eq!(st, 200);
+    assert_eq!(c["routes"], p["routes"]);
+
+    // Mesh mode while the relay's purpose is not in the mesh: nothing would forward, and each
+    // route says why.
+    let (st, p) = plan("mesh").await;
+    assert_eq!(st, 200, "{p}");
+    for r in p["routes"].as_array().unwrap() {
+        assert_eq!(r["runs"], "not_carried", "{r}");
+        assert_eq!(codes(r), ["vps_not_meshed"], "{r}");
+        assert!(
+            r["issues"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("\"vpn-relay\""),
+            "{r}"
+        );
+    }
+
+    // With the relay's purpose in the mesh: the pool route and the external backend (its
+    // PROXY header carried by the DestinationRule) run in the mesh; a PROXY header toward the
+    // fleet cannot be carried.
+    let (st, v) = s
+        .patch("/api/purposes/vpn-relay", k, json!({"mesh": {"enabled": true}}))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (st, p) = plan("mesh").await;
+    assert_eq!(st, 200, "{p}");
+    let pool = route(&p, "pool");
+    assert_eq!(pool["runs"], "mesh", "{pool}");
+    assert_eq!(pool["mesh_host"], "route-8443.vps-relay-1.sigma.mesh");
+    assert_eq!(pool["listen_address"], "198.51.100.1");
+    assert_eq!(pool["upstream"], "pool vpn-exit:vpn");
+    let pp = route(&p, "pp");
+    assert_eq!(pp["runs"], "not_carried");
+    assert_eq!(codes(pp), ["proxy_protocol_to_fleet"]);
+    assert_eq!(route(&p, "ext")["runs"], "mesh");
+    assert_eq!(p["mesh_registrar"], "off");
+
+    // Bad input is named.
+    let (st, v) = plan("sideways").await;
+    assert_eq!(st, 422, "{v}");
+    assert!(v.to_string().contains("mode"), "{v}");
+    let (st, v) = s
+        .get(&format!("/api/vps/{relay}/envoy-routes/plan?bogus=1"), k)
+        .await;
+    assert_eq!(st, 422, "{v}");
+    let (st, v) = s
+        .get(
+            "/api/vps/00000000-0000-0000-0000-000000000001/envoy-routes/plan",
+            k,
+        )
+        .await;
+    assert_eq!(st, 404, "{v}");
+    let (st, v) = s.get("/api/vps/not-a-uuid/envoy-routes/plan", k).await;
+    assert_eq!(st, 422, "{v}");
+}
