@@ -87,7 +87,11 @@ async fn a_plan_names_what_each_route_becomes(db: TestDb) {
     assert_eq!(p["mode"], "current");
     assert_eq!(p["agent_mode"], "classic");
     assert_eq!(p["hostname"], "relay-1");
-    assert_eq!(p["routes"].as_array().unwrap().len(), 3, "disabled routes are left out: {p}");
+    assert_eq!(
+        p["routes"].as_array().unwrap().len(),
+        3,
+        "disabled routes are left out: {p}"
+    );
     for r in p["routes"].as_array().unwrap() {
         assert_eq!(r["runs"], "classic", "{r}");
     }
@@ -115,7 +119,11 @@ async fn a_plan_names_what_each_route_becomes(db: TestDb) {
     // PROXY header carried by the DestinationRule) run in the mesh; a PROXY header toward the
     // fleet cannot be carried.
     let (st, v) = s
-        .patch("/api/purposes/vpn-relay", k, json!({"mesh": {"enabled": true}}))
+        .patch(
+            "/api/purposes/vpn-relay",
+            k,
+            json!({"mesh": {"enabled": true}}),
+        )
         .await;
     assert_eq!(st, 200, "{v}");
     let (st, p) = plan("mesh").await;

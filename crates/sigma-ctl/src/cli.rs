@@ -10,7 +10,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use sigma_types::mesh::MeshPhase;
 use sigma_types::{
-    ClusterType, IpAddress, MeshSyncStatus, ProxyProtocol, Role, RouteStatus, VpsStatus,
+    ClusterType, IpAddress, MeshSyncStatus, PlanMode, ProxyProtocol, Role, RouteStatus, VpsStatus,
 };
 
 use crate::config::Flags;
@@ -157,7 +157,7 @@ pub enum Command {
     /// Enrollment tokens for new VPS agents
     #[command(subcommand)]
     Enroll(EnrollCommand),
-    /// Envoy routes of a VPS (classic mode)
+    /// Envoy routes of a VPS, in classic and mesh mode
     #[command(subcommand, visible_alias = "route")]
     Routes(RouteCommand),
     /// The Istio mesh: status, GitOps export, manual bootstrap, and a doctor for one VPS
@@ -193,6 +193,15 @@ pub struct Page {
 fn vps_status() -> impl TypedValueParser<Value = VpsStatus> {
     PossibleValuesParser::new(VpsStatus::ALL.map(VpsStatus::as_str))
         .try_map(|s| VpsStatus::parse(&s).ok_or("unknown status"))
+}
+
+fn plan_mode() -> impl TypedValueParser<Value = PlanMode> {
+    PossibleValuesParser::new(["current", "mesh", "classic"]).try_map(|s| {
+        [PlanMode::Current, PlanMode::Mesh, PlanMode::Classic]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or("unknown mode")
+    })
 }
 
 fn new_vps_status() -> impl TypedValueParser<Value = VpsStatus> {
@@ -741,6 +750,18 @@ pub enum RouteCommand {
         target: String,
         /// The route's name on that VPS
         name: Option<String>,
+    },
+    /// Shows where each active route of a VPS runs in a mode, and what the mesh cannot carry
+    ///
+    /// `--mode mesh` before switching a relay to mesh mode (`install.sh --istio`) lists, per
+    /// route, its mesh service and listen address or why it would stop forwarding; exits 1
+    /// when a route would not be carried.
+    Plan {
+        /// Hostname or id of the VPS
+        vps: String,
+        /// The mode: `current` (what its agent runs now), `mesh` or `classic`
+        #[arg(long, default_value = "current", value_parser = plan_mode())]
+        mode: PlanMode,
     },
     /// Creates or replaces a VPS's routes by name from a file, in one step
     ///

@@ -606,7 +606,7 @@ fn envoy_routes_end_to_end() {
     assert_eq!(
         rows[0],
         [
-            "NAME", "LISTEN", "BACKEND", "CLUSTER", "TIMEOUT", "PROXY", "STATUS"
+            "NAME", "LISTEN", "BACKEND", "CLUSTER", "TIMEOUT", "PROXY", "STATUS", "RUNS"
         ]
     );
     assert_eq!(
@@ -618,9 +618,40 @@ fn envoy_routes_end_to_end() {
             "strict_dns",
             "2000ms",
             "v2",
-            "active"
+            "active",
+            "classic"
         ]
     );
+
+    // A plan: today sigma-agent's Envoy runs both; in mesh mode neither would forward (the VPS
+    // is not active, so it gets no mesh identity), which the plan names and exits 1 for.
+    let p = api.ctl().run(&["routes", "plan", "edge-1.example.net"]);
+    p.ok();
+    let rows = assert_aligned(&p.stdout);
+    assert_eq!(rows[0], ["NAME", "LISTEN", "BACKEND", "RUNS", "DETAIL"]);
+    assert_eq!(rows.len(), 3, "{}", p.stdout);
+    assert!(rows[1..].iter().all(|r| r[3] == "classic"), "{}", p.stdout);
+    api.ctl()
+        .run(&["routes", "plan", "edge-1.example.net", "--mode", "mesh"])
+        .fails(
+            1,
+            &["2 route(s) of edge-1.example.net would not forward in mesh mode"],
+        );
+    let j = api.ctl().run(&[
+        "-o",
+        "json",
+        "routes",
+        "plan",
+        "edge-1.example.net",
+        "--mode",
+        "mesh",
+    ]);
+    let v: Value = serde_json::from_str(&j.stdout).unwrap();
+    assert_eq!(v["routes"][0]["runs"], "not_carried", "{v}");
+    assert_eq!(v["routes"][0]["issues"][0]["code"], "vps_not_meshed", "{v}");
+    api.ctl()
+        .run(&["routes", "plan", "edge-1.example.net", "--mode", "sideways"])
+        .fails(2, &["sideways"]);
 
     // Edit by VPS and name, and by id.
     let e = api.ctl_json(&[

@@ -234,9 +234,9 @@ impl Store {
         }
         for id in ids {
             let row = sqlx::query(dynsql!("{MESH_SUBJECT_SELECT}v.id = $1"))
-            .bind(id.to_string())
-            .fetch_optional(&mut *tx)
-            .await?;
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
             if let Some(row) = row {
                 out.vps.push(self.mesh_vps_from_row(&row)?.vps);
             }

@@ -212,9 +212,12 @@ pub async fn route_plan(
             let (runs, mesh_host, listen_address, issues) = match p.placement {
                 _ if !mesh => (RouteRuns::Classic, None, None, Vec::new()),
                 Placement::Classic => (RouteRuns::Classic, None, None, Vec::new()),
-                Placement::Mesh { host, bind } => {
-                    (RouteRuns::Mesh, Some(host), Some(bind.to_string()), Vec::new())
-                }
+                Placement::Mesh { host, bind } => (
+                    RouteRuns::Mesh,
+                    Some(host),
+                    Some(bind.to_string()),
+                    Vec::new(),
+                ),
                 Placement::NotCarried(issues) => (
                     RouteRuns::NotCarried,
                     None,

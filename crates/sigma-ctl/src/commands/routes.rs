@@ -1,8 +1,14 @@
 //! `sigmactl routes …`: Envoy routes of a VPS.
 
 use serde_json::Value;
-use sigma_types::{EnvoyRoute, EnvoyRouteBatch, EnvoyRouteCreate, EnvoyRoutePatch, RouteStatus};
+use std::collections::HashMap;
+
+use sigma_types::{
+    EnvoyRoute, EnvoyRouteBatch, EnvoyRouteCreate, EnvoyRoutePatch, PlanMode, RoutePlan,
+    RoutePlanEntry, RouteRuns, RouteStatus,
+};
 use time::OffsetDateTime;
+use uuid::Uuid;
 
 use super::Ctx;
 use super::resolve::{self, Among};
@@ -48,6 +54,60 @@ fn row(r: &EnvoyRoute, _: OffsetDateTime) -> Vec<Cell> {
 const HEADERS: [&str; 7] = [
     "NAME", "LISTEN", "BACKEND", "CLUSTER", "TIMEOUT", "PROXY", "STATUS",
 ];
+
+/// Where a route runs, painted: red when it does not forward.
+fn runs_cell(r: RouteRuns) -> Cell {
+    match r {
+        RouteRuns::Classic => Cell::new("classic"),
+        RouteRuns::Mesh => Cell::painted("mesh", Paint::Green),
+        RouteRuns::NotCarried => Cell::painted("not carried", Paint::Red),
+    }
+}
+
+/// `routes list` with the mode each route runs in today (disabled routes run nowhere).
+const LIST_HEADERS: [&str; 8] = [
+    "NAME", "LISTEN", "BACKEND", "CLUSTER", "TIMEOUT", "PROXY", "STATUS", "RUNS",
+];
+
+fn plan_row(r: &RoutePlanEntry, _: OffsetDateTime) -> Vec<Cell> {
+    let detail = match r.runs {
+        RouteRuns::Classic => "sigma-agent's Envoy".to_string(),
+        RouteRuns::Mesh => format!(
+            "{}:{} -> {}",
+            r.listen_address.as_deref().unwrap_or("?"),
+            r.listen_port,
+            r.mesh_host.as_deref().unwrap_or("?")
+        ),
+        RouteRuns::NotCarried => r
+            .issues
+            .iter()
+            .map(|i| i.message.as_str())
+            .collect::<Vec<_>>()
+            .join("; "),
+    };
+    vec![
+        Cell::new(r.name.clone()),
+        Cell::new(r.listen_port.to_string()),
+        Cell::new(r.upstream.clone()),
+        runs_cell(r.runs),
+        Cell::new(detail),
+    ]
+}
+
+const PLAN_HEADERS: [&str; 5] = ["NAME", "LISTEN", "BACKEND", "RUNS", "DETAIL"];
+
+/// The plan as sent (for `-o json|yaml`) and parsed.
+async fn plan(ctx: &Ctx<'_>, id: Uuid, mode: PlanMode) -> Result<(Value, RoutePlan)> {
+    let ans = ctx
+        .client
+        .get(
+            &["api", "vps", &id.to_string(), "envoy-routes", "plan"],
+            &[("mode", mode.as_str().to_string())],
+        )
+        .await?;
+    let p = ans.parse()?;
+    Ok((ans.body, p))
+}
 
 fn details(r: &EnvoyRoute, _: OffsetDateTime) -> Details {
     let mut d = Details::new();
@@ -170,7 +230,59 @@ pub async fn run(ctx: &mut Ctx<'_>, cmd: RouteCommand) -> Result<()> {
                 return ctx.out.value(&ans.body);
             }
             let routes: Vec<EnvoyRoute> = ans.parse()?;
-            ctx.rows(&routes, &format!("routes on {vps}"), &HEADERS, row)
+            let runs: HashMap<Uuid, RouteRuns> = plan(ctx, id, PlanMode::Current)
+                .await?
+                .1
+                .routes
+                .into_iter()
+                .map(|r| (r.route_id, r.runs))
+                .collect();
+            ctx.rows(
+                &routes,
+                &format!("routes on {vps}"),
+                &LIST_HEADERS,
+                |r, now| {
+                    let mut cells = row(r, now);
+                    cells.push(match runs.get(&r.id) {
+                        Some(x) => runs_cell(*x),
+                        None => Cell::painted("-", Paint::Dim),
+                    });
+                    cells
+                },
+            )
+        }
+        RouteCommand::Plan { vps, mode } => {
+            let id = resolve::vps(&ctx.client, &vps, Among::Live).await?;
+            let (body, p) = plan(ctx, id, mode).await?;
+            let missing = p.not_carried();
+            if ctx.out.human() {
+                ctx.rows(
+                    &p.routes,
+                    &format!("active routes on {vps}"),
+                    &PLAN_HEADERS,
+                    plan_row,
+                )?;
+                // On stderr, so the table stays a table for tools that read stdout.
+                eprintln!(
+                    "{}: agent runs {} mode; plan for {} mode; sigma-api mesh mode {}",
+                    p.hostname,
+                    match p.agent_mode {
+                        sigma_types::AgentMode::Classic => "classic",
+                        sigma_types::AgentMode::Mesh => "mesh",
+                    },
+                    p.mode.as_str(),
+                    p.mesh_registrar
+                );
+            } else {
+                ctx.out.value(&body)?;
+            }
+            if missing > 0 {
+                return Err(Error::Checks(format!(
+                    "{missing} route(s) of {vps} would not forward in {} mode",
+                    p.mode.as_str()
+                )));
+            }
+            Ok(())
         }
         RouteCommand::Add(a) => {
             let id = resolve::vps(&ctx.client, &a.vps, Among::Live).await?;
