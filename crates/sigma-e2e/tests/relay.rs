@@ -122,12 +122,18 @@ fn stat(relay: &MeshVps, cluster: &str, name: &str) -> u64 {
     .unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_relay_forwards_user_streams_to_an_exit_pool_over_mtls_in_mesh_mode() {
-    if !sigma_e2e::can_run(&["ip", "curl", "python3", "nft", "iptables-legacy-save"]) {
-        return;
-    }
-    let dir = work_dir("relay-chain");
+/// The test bed of a chain: the cluster, two `xrayr` exits with their application, and a
+/// `vpn-relay` relay of another provider, all in mesh mode; `ids` in that order.
+struct Chain {
+    exits: [MeshVps; 2],
+    relay: MeshVps,
+    ids: Vec<String>,
+    _apps: Vec<sigma_e2e::Proc>,
+    cluster: MeshCluster,
+}
+
+async fn chain(tag: &str) -> Chain {
+    let dir = work_dir(tag);
     let cluster = MeshCluster::up(&dir).await;
     let api = &cluster.api;
     let (st, b) = api
@@ -153,7 +159,7 @@ async fn a_relay_forwards_user_streams_to_an_exit_pool_over_mtls_in_mesh_mode() 
         cluster.start_vps(&dir, 51, "exit-51.e2e.sigma", &exit_token),
         cluster.start_vps(&dir, 52, "exit-52.e2e.sigma", &exit_token),
     ];
-    let _apps: Vec<_> = exits.iter().map(|e| exit_app(e, &dir)).collect();
+    let apps: Vec<_> = exits.iter().map(|e| exit_app(e, &dir)).collect();
     let relay = cluster.start_vps(&dir, 53, "relay-53.e2e.sigma", &relay_token);
     let mut ids = Vec::new();
     for v in exits.iter().chain([&relay]) {
@@ -164,6 +170,22 @@ async fn a_relay_forwards_user_streams_to_an_exit_pool_over_mtls_in_mesh_mode() 
                 .to_string(),
         );
     }
+    Chain {
+        exits,
+        relay,
+        ids,
+        _apps: apps,
+        cluster,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_forwards_user_streams_to_an_exit_pool_over_mtls_in_mesh_mode() {
+    if !sigma_e2e::can_run(&["ip", "curl", "python3", "nft", "iptables-legacy-save"]) {
+        return;
+    }
+    let c = chain("relay-chain").await;
+    let (api, exits, relay, ids) = (&c.cluster.api, &c.exits, &c.relay, &c.ids);
     let relay_id = &ids[2];
 
     // The chain: a pool route to both exits, a route to one exit, and a route to a backend
@@ -198,35 +220,35 @@ async fn a_relay_forwards_user_streams_to_an_exit_pool_over_mtls_in_mesh_mode() 
     // Users reach both exits through the relay; each exit's application sees its own Envoy on
     // loopback (the stream came through its ingress listener, so over the mesh).
     let both: BTreeSet<String> = exits.iter().map(|e| e.hostname.clone()).collect();
-    let live = wait_chain(&relay, 9443, 20, &both, "127.0.0.1", "the pool route").await;
+    let live = wait_chain(relay, 9443, 20, &both, "127.0.0.1", "the pool route").await;
     eprintln!(
         "route stored -> chain answering through the mesh: {:.2} s (first routes of the relay: Sidecar swap, istiod push)",
         (t0.elapsed()).as_secs_f64()
     );
     let _ = live;
     let one: BTreeSet<String> = BTreeSet::from([exits[0].hostname.clone()]);
-    wait_chain(&relay, 9444, 5, &one, "127.0.0.1", "the VPS route").await;
+    wait_chain(relay, 9444, 5, &one, "127.0.0.1", "the VPS route").await;
     // The external backend is plain TCP from the relay's address.
     let second: BTreeSet<String> = BTreeSet::from([exits[1].hostname.clone()]);
-    wait_chain(&relay, 9445, 5, &second, &relay.ns.ip, "the external route").await;
+    wait_chain(relay, 9445, 5, &second, &relay.ns.ip, "the external route").await;
 
     // The hop to the exits is mTLS with istiod's certificates: the relay's Envoy counts TLS
     // handshakes on the route's cluster.
     let entry = sigma_mesh::model::workload_entry_name(&relay.hostname);
     let cluster_name = format!("outbound|9443||route-9443.{entry}.sigma.mesh");
-    let handshakes = stat(&relay, &cluster_name, "ssl.handshake");
+    let handshakes = stat(relay, &cluster_name, "ssl.handshake");
     assert!(handshakes > 0, "no TLS handshake on {cluster_name}");
     let ext_name = format!("outbound|9445||route-9445.{entry}.sigma.mesh");
-    assert!(stat(&relay, &ext_name, "upstream_cx_total") > 0);
+    assert!(stat(relay, &ext_name, "upstream_cx_total") > 0);
     assert_eq!(
-        stat(&relay, &ext_name, "ssl.handshake"),
+        stat(relay, &ext_name, "ssl.handshake"),
         0,
         "the external backend is plain TCP"
     );
     eprintln!(
         "relay's Envoy, {cluster_name}: {handshakes} mTLS handshakes, {} connections, {} bytes sent",
-        stat(&relay, &cluster_name, "upstream_cx_total"),
-        stat(&relay, &cluster_name, "upstream_cx_tx_bytes_total")
+        stat(relay, &cluster_name, "upstream_cx_total"),
+        stat(relay, &cluster_name, "upstream_cx_tx_bytes_total")
     );
 
     // 100 parallel user connections through the chain, every one answered.
@@ -245,7 +267,7 @@ async fn a_relay_forwards_user_streams_to_an_exit_pool_over_mtls_in_mesh_mode() 
     );
 
     // No packet-filter rule on any VPS: nothing is intercepted.
-    for v in exits.iter().chain([&relay]) {
+    for v in exits.iter().chain([relay]) {
         assert_eq!(v.ns.filter_rules(), Vec::<String>::new(), "{}", v.hostname);
     }
 
@@ -280,9 +302,73 @@ async fn a_relay_forwards_user_streams_to_an_exit_pool_over_mtls_in_mesh_mode() 
         )
         .await;
     assert_eq!(st, 201, "{b}");
-    wait_chain(&relay, 9446, 1, &second, "127.0.0.1", "the added route").await;
+    wait_chain(relay, 9446, 1, &second, "127.0.0.1", "the added route").await;
     eprintln!(
         "route added -> listener live on the relay's Envoy: {:.2} s",
         t.elapsed().as_secs_f64()
+    );
+}
+
+/// Route change in sigma-api -> listener live on the relay's Envoy in mesh mode (through the
+/// reconciler, the API server and istiod), over 50 changes: each moves a route to a new listen
+/// port and times until a user connection to the new port is answered by the exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "benchmark: prints figures; run with --ignored"]
+async fn route_change_to_live_listener() {
+    if !sigma_e2e::can_run(&["ip", "curl", "python3", "nft", "iptables-legacy-save"]) {
+        return;
+    }
+    const N: usize = 50;
+    let c = chain("relay-bench").await;
+    let (api, relay) = (&c.cluster.api, &c.relay);
+    let relay_id = &c.ids[2];
+    let exit: BTreeSet<String> = BTreeSet::from([c.exits[0].hostname.clone()]);
+    let (st, r) = api
+        .call(
+            "POST",
+            &format!("/api/vps/{relay_id}/envoy-routes"),
+            Some(json!({"name": "moving", "listen_port": 9500,
+                        "target": {"vps": "exit-51.e2e.sigma", "port": "http-api"}})),
+        )
+        .await;
+    assert_eq!(st, 201, "{r}");
+    let route = r["id"].as_str().unwrap().to_string();
+    wait_chain(relay, 9500, 1, &exit, "127.0.0.1", "the first route").await;
+    let mut ms = Vec::with_capacity(N);
+    for i in 1..=N {
+        let port = 9500 + i as u16;
+        let t = Instant::now();
+        let (st, b) = api
+            .call(
+                "PATCH",
+                &format!("/api/envoy-routes/{route}"),
+                Some(json!({"listen_port": port})),
+            )
+            .await;
+        assert_eq!(st, 200, "{b}");
+        // Poll quickly: one connection every 20 ms until the exit answers on the new port.
+        loop {
+            if user_call(&relay.ns.ip, port)
+                .is_ok_and(|(h, p)| exit.contains(&h) && p == "127.0.0.1")
+            {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "change {i} never went live"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let mut sorted = ms.clone();
+    sorted.sort_by(f64::total_cmp);
+    let q = |p: f64| sorted[((p * N as f64).ceil() as usize).clamp(1, N) - 1];
+    eprintln!(
+        "route change -> listener live on the relay's Envoy (mesh mode, {N} changes): p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        q(0.50),
+        q(0.90),
+        q(0.99),
+        sorted[N - 1]
     );
 }
