@@ -278,7 +278,7 @@ async fn a_relay_forwards_user_streams_to_an_exit_pool_over_mtls_in_mesh_mode() 
         .await;
     assert!(st == 200 || st == 202, "{st} {b}");
     wait_chain(
-        &relay,
+        relay,
         9443,
         10,
         &second,
