@@ -983,6 +983,7 @@ async fn openapi_documents_every_route(db: TestDb) {
         ("get", "/api/envoy-routes/{id}"),
         ("patch", "/api/envoy-routes/{id}"),
         ("delete", "/api/envoy-routes/{id}"),
+        ("get", "/api/vps/{id}/envoy-routes/plan"),
         ("get", "/api/agent/envoy-config"),
         ("get", "/api/agent/istio-bootstrap"),
         ("get", "/api/mesh/manifests"),

@@ -152,6 +152,7 @@ const ROLE_TABLE: &[(&str, &str, &[Cred])] = &[
     ("get", "/api/envoy-routes/{id}", READERS),
     ("patch", "/api/envoy-routes/{id}", OPERATORS),
     ("delete", "/api/envoy-routes/{id}", OPERATORS),
+    ("get", "/api/vps/{id}/envoy-routes/plan", READERS),
     ("get", "/api/agent/envoy-config", AGENTS),
     (
         "get",
