@@ -195,6 +195,28 @@ impl MeshCluster {
 }
 
 impl MeshVps {
+    /// Starts the application of a serving purpose on this VPS: HTTP on `0.0.0.0:<port>`,
+    /// answering `{"host": <its hostname>, "peer": <the client address it sees>}`, so a caller
+    /// can tell which VPS answered and whether an Envoy (loopback peer) was in the path.
+    pub fn serve_http_echo(&self, port: u16, dir: &Path) -> Proc {
+        let mut cmd = self.ns.command("python3");
+        cmd.args([
+            "-c",
+            &format!(
+                "import json, http.server\n\
+                 class H(http.server.BaseHTTPRequestHandler):\n    \
+                 protocol_version = 'HTTP/1.1'\n    \
+                 def do_GET(self):\n        \
+                 b = json.dumps({{'host': '{}', 'peer': self.client_address[0]}}).encode()\n        \
+                 self.send_response(200); self.send_header('content-length', str(len(b))); self.end_headers(); self.wfile.write(b)\n    \
+                 def log_message(self, *a): pass\n\
+                 http.server.ThreadingHTTPServer(('0.0.0.0', {port}), H).serve_forever()",
+                self.hostname
+            ),
+        ]);
+        Proc::spawn(&format!("app-{}", self.hostname), cmd, dir)
+    }
+
     /// Runs `curl` inside the namespace: `(exit code, stdout, stderr)`.
     pub fn curl(&self, args: &[&str]) -> (i32, String, String) {
         let out = self

@@ -20,27 +20,6 @@ use sigma_e2e::work_dir;
 /// Where the exits' application listens (the `xrayr` purpose's `http-api` port).
 const APP_PORT: u16 = 8080;
 
-/// The exits' application: HTTP on `0.0.0.0:8080`, answering its hostname and the peer it
-/// sees.
-fn exit_app(v: &MeshVps, dir: &std::path::Path) -> sigma_e2e::Proc {
-    let mut cmd = v.ns.command("python3");
-    cmd.args([
-        "-c",
-        &format!(
-            "import json, http.server\n\
-             class H(http.server.BaseHTTPRequestHandler):\n    \
-             protocol_version = 'HTTP/1.1'\n    \
-             def do_GET(self):\n        \
-             b = json.dumps({{'host': '{}', 'peer': self.client_address[0]}}).encode()\n        \
-             self.send_response(200); self.send_header('content-length', str(len(b))); self.end_headers(); self.wfile.write(b)\n    \
-             def log_message(self, *a): pass\n\
-             http.server.ThreadingHTTPServer(('0.0.0.0', {APP_PORT}), H).serve_forever()",
-            v.hostname
-        ),
-    ]);
-    sigma_e2e::Proc::spawn(&format!("app-{}", v.hostname), cmd, dir)
-}
-
 /// One user connection to `addr:port` (from outside the mesh): `(host, peer)` the exit's
 /// application answered with.
 fn user_call(addr: &str, port: u16) -> Result<(String, String), String> {
@@ -59,8 +38,7 @@ fn user_call(addr: &str, port: u16) -> Result<(String, String), String> {
     ))
 }
 
-/// Waits until `n` user calls all succeed, answered by exactly `hosts` seeing `peer`; returns
-/// how long it took.
+/// Waits until `n` user calls all succeed, answered by exactly `hosts` seeing `peer`.
 async fn wait_chain(
     relay: &MeshVps,
     port: u16,
@@ -68,7 +46,7 @@ async fn wait_chain(
     hosts: &BTreeSet<String>,
     peer: &str,
     what: &str,
-) -> Duration {
+) {
     let started = Instant::now();
     let mut last = Vec::new();
     while started.elapsed() < Duration::from_secs(120) {
@@ -82,7 +60,7 @@ async fn wait_chain(
             })
             .collect();
         if seen.as_ref() == Ok(hosts) {
-            return started.elapsed();
+            return;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -107,19 +85,24 @@ async fn wait_chain(
 }
 
 /// A counter of cluster `cluster` on the relay's Envoy (Istio's bootstrap tags cluster stats
-/// as `cluster.<name>;.<stat>`).
-fn stat(relay: &MeshVps, cluster: &str, name: &str) -> u64 {
+/// as `cluster.<name>;.<stat>`), or `None` when Envoy has no such counter. A failed read of
+/// the stats panics (`Netns::output`), so `None` is never a read error.
+fn stat(relay: &MeshVps, cluster: &str, name: &str) -> Option<u64> {
     let stats = relay
         .ns
         .output("curl", &["-sS", "-m", "5", "http://127.0.0.1:15000/stats"]);
-    [
+    let value = [
         format!("cluster.{cluster};.{name}: "),
         format!("cluster.{cluster}.{name}: "),
     ]
     .iter()
-    .find_map(|p| stats.lines().find_map(|l| l.strip_prefix(p.as_str())))
-    .and_then(|v| v.trim().parse().ok())
-    .unwrap_or(0)
+    .find_map(|p| stats.lines().find_map(|l| l.strip_prefix(p.as_str())))?;
+    Some(
+        value
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{cluster} {name}: {value:?}: {e}")),
+    )
 }
 
 /// The test bed of a chain: the cluster, two `xrayr` exits with their application, and a
@@ -159,7 +142,10 @@ async fn chain(tag: &str) -> Chain {
         cluster.start_vps(&dir, 51, "exit-51.e2e.sigma", &exit_token),
         cluster.start_vps(&dir, 52, "exit-52.e2e.sigma", &exit_token),
     ];
-    let apps: Vec<_> = exits.iter().map(|e| exit_app(e, &dir)).collect();
+    let apps: Vec<_> = exits
+        .iter()
+        .map(|e| e.serve_http_echo(APP_PORT, &dir))
+        .collect();
     let relay = cluster.start_vps(&dir, 53, "relay-53.e2e.sigma", &relay_token);
     let mut ids = Vec::new();
     for v in exits.iter().chain([&relay]) {
@@ -220,12 +206,11 @@ async fn a_relay_forwards_user_streams_to_an_exit_pool_over_mtls_in_mesh_mode() 
     // Users reach both exits through the relay; each exit's application sees its own Envoy on
     // loopback (the stream came through its ingress listener, so over the mesh).
     let both: BTreeSet<String> = exits.iter().map(|e| e.hostname.clone()).collect();
-    let live = wait_chain(relay, 9443, 20, &both, "127.0.0.1", "the pool route").await;
+    wait_chain(relay, 9443, 20, &both, "127.0.0.1", "the pool route").await;
     eprintln!(
         "route stored -> chain answering through the mesh: {:.2} s (first routes of the relay: Sidecar swap, istiod push)",
         (t0.elapsed()).as_secs_f64()
     );
-    let _ = live;
     let one: BTreeSet<String> = BTreeSet::from([exits[0].hostname.clone()]);
     wait_chain(relay, 9444, 5, &one, "127.0.0.1", "the VPS route").await;
     // The external backend is plain TCP from the relay's address.
@@ -236,19 +221,24 @@ async fn a_relay_forwards_user_streams_to_an_exit_pool_over_mtls_in_mesh_mode() 
     // handshakes on the route's cluster.
     let entry = sigma_mesh::model::workload_entry_name(&relay.hostname);
     let cluster_name = format!("outbound|9443||route-9443.{entry}.sigma.mesh");
-    let handshakes = stat(relay, &cluster_name, "ssl.handshake");
+    let counter = |cluster: &str, name: &str| {
+        stat(relay, cluster, name).unwrap_or_else(|| panic!("no counter {name} on {cluster}"))
+    };
+    let handshakes = counter(&cluster_name, "ssl.handshake");
     assert!(handshakes > 0, "no TLS handshake on {cluster_name}");
+    // The external route's cluster carried connections (so its counters are read) and has no
+    // TLS context at all: Envoy keeps no ssl counters for it.
     let ext_name = format!("outbound|9445||route-9445.{entry}.sigma.mesh");
-    assert!(stat(relay, &ext_name, "upstream_cx_total") > 0);
+    assert!(counter(&ext_name, "upstream_cx_total") > 0);
     assert_eq!(
         stat(relay, &ext_name, "ssl.handshake"),
-        0,
+        None,
         "the external backend is plain TCP"
     );
     eprintln!(
         "relay's Envoy, {cluster_name}: {handshakes} mTLS handshakes, {} connections, {} bytes sent",
-        stat(relay, &cluster_name, "upstream_cx_total"),
-        stat(relay, &cluster_name, "upstream_cx_tx_bytes_total")
+        counter(&cluster_name, "upstream_cx_total"),
+        counter(&cluster_name, "upstream_cx_tx_bytes_total")
     );
 
     // 100 parallel user connections through the chain, every one answered.

@@ -634,27 +634,6 @@ async fn mesh_path_latency() {
     assert_eq!(mtls["errors"], 0, "{mtls}");
 }
 
-/// The application a serving purpose runs on each of its VPS: HTTP on `0.0.0.0:8080`, answering
-/// `{"host": <its hostname>, "peer": <the client address it sees>}`.
-fn serving_app(v: &MeshVps, dir: &std::path::Path) -> sigma_e2e::Proc {
-    let mut cmd = v.ns.command("python3");
-    cmd.args([
-        "-c",
-        &format!(
-            "import json, http.server\n\
-             class H(http.server.BaseHTTPRequestHandler):\n    \
-             protocol_version = 'HTTP/1.1'\n    \
-             def do_GET(self):\n        \
-             b = json.dumps({{'host': '{}', 'peer': self.client_address[0]}}).encode()\n        \
-             self.send_response(200); self.send_header('content-length', str(len(b))); self.end_headers(); self.wfile.write(b)\n    \
-             def log_message(self, *a): pass\n\
-             http.server.ThreadingHTTPServer(('0.0.0.0', {SERVED_PORT}), H).serve_forever()",
-            v.hostname
-        ),
-    ]);
-    sigma_e2e::Proc::spawn(&format!("app-{}", v.hostname), cmd, dir)
-}
-
 /// The port the `xrayr` purpose serves to the mesh (`http-api`, see
 /// [`sigma_e2e::mesh_fleet_setup`]), where its application listens.
 const SERVED_PORT: u16 = 8080;
@@ -761,7 +740,10 @@ async fn a_purpose_serves_its_port_to_another_purpose_through_ingress_listeners(
         cluster.start_vps(&dir, 43, "srv-43.e2e.sigma", &server_token),
         cluster.start_vps(&dir, 44, "srv-44.e2e.sigma", &server_token),
     ];
-    let _apps: Vec<_> = servers.iter().map(|s| serving_app(s, &dir)).collect();
+    let _apps: Vec<_> = servers
+        .iter()
+        .map(|s| s.serve_http_echo(SERVED_PORT, &dir))
+        .collect();
     let client = cluster.start_vps(&dir, 45, "mon-45.e2e.sigma", &client_token);
     let mut ids = Vec::new();
     for v in servers.iter().chain([&client]) {

@@ -580,13 +580,16 @@ pub fn desired_state_with_routes(
         objects.push(group);
         owner.push(Some(v));
         objects.push(entry);
-        let m = Meshed {
-            address,
-            entry_name: workload_entry_name(&v.hostname),
-            purpose: p.name,
-            hostname: &v.hostname,
-        };
-        meshed.insert(v.id, (m, v));
+        // Only routes read this map: without them, 100,000 VPS cost no extra names.
+        if !routes.is_empty() {
+            let m = Meshed {
+                address,
+                entry_name: workload_entry_name(&v.hostname),
+                purpose: p.name,
+                hostname: &v.hostname,
+            };
+            meshed.insert(v.id, (m, v));
+        }
     }
 
     let placements = route_objects(

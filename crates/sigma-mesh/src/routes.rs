@@ -225,10 +225,6 @@ pub fn route_object_name(entry_name: &str, listen_port: u16) -> String {
     }
 }
 
-fn target_text(u: &Upstream) -> String {
-    u.to_string()
-}
-
 /// Checks a route of a meshed VPS and renders it, or lists what the mesh cannot carry.
 /// `target_meshed` says, for a VPS id, whether it is in the mesh (its entry) or why not.
 pub(crate) fn carry<'a>(
@@ -329,7 +325,7 @@ pub(crate) fn carry<'a>(
             if route.proxy_protocol != ProxyProtocol::None {
                 issues.push(RouteIssue::ProxyProtocolToFleet(route.proxy_protocol));
             }
-            let text = target_text(&route.upstream);
+            let text = route.upstream.to_string();
             let (purpose, selector) = match target {
                 RouteTarget::Vps { vps_id, .. } => match target_meshed(*vps_id) {
                     Ok(m) => (

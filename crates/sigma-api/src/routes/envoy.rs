@@ -1,5 +1,6 @@
 //! Envoy routes (classic mode): operators manage them per VPS; agents read their own.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::Json;
@@ -12,6 +13,7 @@ use sigma_types::{
     FieldErrors, PlanMode, RouteIssueReport, RoutePlan, RoutePlanEntry, RouteRuns,
 };
 use utoipa::IntoParams;
+use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
@@ -203,13 +205,25 @@ pub async fn route_plan(
         &inputs.routes,
         mesh,
     )
-    .map_err(|e| ApiError::internal(&e))?;
+    .map_err(|e| match e {
+        // A purpose whose stored settings the model refuses (an explicit mesh port on the
+        // template's health port, which the settings alone cannot know): the mesh cannot be
+        // computed until the purpose is fixed, as the reconciler reports too.
+        sigma_mesh::Error::InvalidPurpose { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+        }
+        e => ApiError::internal(&e),
+    })?;
+    let mut placements: HashMap<Uuid, Placement> = placements
+        .into_iter()
+        .map(|p| (p.route_id, p.placement))
+        .collect();
     let routes = inputs
         .routes
         .iter()
-        .zip(placements)
-        .map(|(r, p)| {
-            let (runs, mesh_host, listen_address, issues) = match p.placement {
+        .map(|r| {
+            let placement = placements.remove(&r.id).unwrap_or(Placement::Classic);
+            let (runs, mesh_host, listen_address, issues) = match placement {
                 _ if !mesh => (RouteRuns::Classic, None, None, Vec::new()),
                 Placement::Classic => (RouteRuns::Classic, None, None, Vec::new()),
                 Placement::Mesh { host, bind } => (
