@@ -109,13 +109,40 @@ pub(crate) struct Pending {
     pub key_uses: HashMap<Uuid, i64>,
 }
 
+/// The queue of not-yet-written heartbeats, and the batch a flush is writing.
+///
+/// The batch stays readable until its transaction has committed (or has been queued again
+/// after a failure): a read between the flush taking the queue and the commit would otherwise
+/// find the heartbeat neither queued nor in the database and show a reporting agent as silent.
+#[derive(Debug, Default)]
+struct Queue {
+    pending: Pending,
+    /// Heartbeats of the flush in progress (at most one: flushes hold `flush_gate`).
+    in_flight: HashMap<Uuid, Beat>,
+}
+
+/// A flush's batch while it is written. Dropped unfinished (the flush future cancelled, e.g.
+/// at shutdown), it goes back to the queue instead of being lost.
+struct InFlight<'a> {
+    fleet: &'a Fleet,
+    pending: Option<Pending>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.pending.take() {
+            self.fleet.requeue(p);
+        }
+    }
+}
+
 /// In-memory fleet state shared by every request.
 #[derive(Debug)]
 pub struct Fleet {
     vps: RwLock<HashMap<Uuid, HotVps>>,
     /// Bumped whenever a VPS's hot state changes; long polls wait on it.
     changes: tokio::sync::watch::Sender<u64>,
-    pending: Mutex<Pending>,
+    queue: Mutex<Queue>,
     /// When the change poll last started (Unix ms; 0 before the first poll).
     last_poll: AtomicI64,
     /// Bumped whenever something the mesh is computed from may have changed (a VPS's identity,
@@ -147,7 +174,7 @@ impl Default for Fleet {
         Fleet {
             vps: RwLock::default(),
             changes: tokio::sync::watch::Sender::new(0),
-            pending: Mutex::default(),
+            queue: Mutex::default(),
             last_poll: AtomicI64::default(),
             mesh: tokio::sync::watch::Sender::new(0),
             mesh_seen: Mutex::default(),
@@ -222,36 +249,46 @@ impl Fleet {
         }
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn queue_beat(&self, id: Uuid, beat: Beat) {
-        let mut p = self.pending();
-        match p.beats.get_mut(&id) {
+        let mut q = self.queue();
+        match q.pending.beats.get_mut(&id) {
             Some(b) => b.merge(beat),
             None => {
-                p.beats.insert(id, beat);
+                q.pending.beats.insert(id, beat);
             }
         }
     }
 
     pub(crate) fn queue_key_use(&self, key: Uuid, at: i64) {
-        let mut p = self.pending();
-        let e = p.key_uses.entry(key).or_insert(at);
+        let mut q = self.queue();
+        let e = q.pending.key_uses.entry(key).or_insert(at);
         *e = (*e).max(at);
     }
 
-    /// The not-yet-written heartbeat of a VPS, so reads show the latest state.
+    /// The not-yet-committed heartbeat of a VPS (queued, or in the batch a flush is writing,
+    /// the queued one newer), so reads show the latest state.
     pub(crate) fn pending_beat(&self, id: Uuid) -> Option<Beat> {
-        self.pending().beats.get(&id).cloned()
+        let q = self.queue();
+        match (q.in_flight.get(&id), q.pending.beats.get(&id)) {
+            (None, None) => None,
+            (Some(b), None) | (None, Some(b)) => Some(b.clone()),
+            (Some(writing), Some(queued)) => {
+                let mut b = writing.clone();
+                b.merge(queued.clone());
+                Some(b)
+            }
+        }
     }
 
     /// Takes the addresses out of a VPS's queued heartbeat (keeping the rest of it), with the
     /// time they were reported.
     pub(crate) fn take_pending_ips(&self, id: Uuid) -> Option<(i64, String)> {
-        let mut p = self.pending();
-        let b = p.beats.get_mut(&id)?;
+        let mut q = self.queue();
+        let b = q.pending.beats.get_mut(&id)?;
         b.ips_json.take().map(|ips| (b.at, ips))
     }
 
@@ -270,23 +307,34 @@ impl Fleet {
         );
     }
 
+    /// Takes the queue for a flush; its heartbeats stay readable as in flight until
+    /// [`Fleet::written`] or [`Fleet::requeue`].
     fn take(&self) -> Pending {
-        std::mem::take(&mut *self.pending())
+        let mut q = self.queue();
+        let taken = std::mem::take(&mut q.pending);
+        q.in_flight = taken.beats.clone();
+        taken
+    }
+
+    /// The flush's batch is committed: reads find it in the database now.
+    fn written(&self) {
+        self.queue().in_flight.clear();
     }
 
     /// Puts back what a failed write took, without overwriting anything newer.
     fn requeue(&self, old: Pending) {
-        let mut p = self.pending();
+        let mut q = self.queue();
+        q.in_flight.clear();
         for (id, beat) in old.beats {
-            match p.beats.get_mut(&id) {
+            match q.pending.beats.get_mut(&id) {
                 Some(newer) => newer.merge(beat),
                 None => {
-                    p.beats.insert(id, beat);
+                    q.pending.beats.insert(id, beat);
                 }
             }
         }
         for (id, at) in old.key_uses {
-            let e = p.key_uses.entry(id).or_insert(at);
+            let e = q.pending.key_uses.entry(id).or_insert(at);
             *e = (*e).max(at);
         }
     }
@@ -371,13 +419,22 @@ impl Store {
     /// On failure everything taken is queued again.
     pub async fn flush(&self) -> Result<usize> {
         let _gate = self.fleet.flush_gate.lock().await;
-        let pending = self.fleet.take();
+        let mut batch = InFlight {
+            fleet: &self.fleet,
+            pending: Some(self.fleet.take()),
+        };
+        let pending = batch.pending.as_ref().expect("just taken");
         if pending.beats.is_empty() && pending.key_uses.is_empty() {
+            batch.pending.take();
+            self.fleet.written();
             return Ok(0);
         }
         let started = std::time::Instant::now();
-        match self.write_pending(&pending).await {
+        let result = self.write_pending(pending).await;
+        let pending = batch.pending.take().expect("taken once");
+        match result {
             Ok(()) => {
+                self.fleet.written();
                 tracing::debug!(
                     heartbeats = pending.beats.len(),
                     key_uses = pending.key_uses.len(),
@@ -639,6 +696,48 @@ mod tests {
         // A classic-mode report clears what a mesh one said.
         let classic = AgentState::default();
         assert_eq!(MeshFacts::of(&classic), MeshFacts::default());
+    }
+
+    #[test]
+    fn a_batch_being_written_stays_readable_until_written() {
+        let f = Fleet::default();
+        let id = Uuid::new_v4();
+        f.queue_beat(id, beat(1, Some("[\"a\"]"), Some("old")));
+        let taken = f.take();
+        assert_eq!(
+            f.pending_beat(id).unwrap(),
+            beat(1, Some("[\"a\"]"), Some("old")),
+            "in flight: still the latest truth"
+        );
+        f.queue_beat(id, beat(2, None, Some("new")));
+        assert_eq!(
+            f.pending_beat(id).unwrap(),
+            beat(2, Some("[\"a\"]"), Some("new")),
+            "queued over in flight"
+        );
+        f.written();
+        assert_eq!(f.pending_beat(id).unwrap(), beat(2, None, Some("new")));
+        let again = f.take();
+        f.requeue(again);
+        assert_eq!(f.pending_beat(id).unwrap(), beat(2, None, Some("new")));
+        drop(taken);
+        let _ = f.take();
+        f.written();
+        assert_eq!(f.pending_beat(id), None, "committed: read from the database");
+    }
+
+    #[test]
+    fn a_cancelled_flush_requeues_its_batch() {
+        let f = Fleet::default();
+        let id = Uuid::new_v4();
+        f.queue_beat(id, beat(1, None, Some("s")));
+        let batch = InFlight {
+            fleet: &f,
+            pending: Some(f.take()),
+        };
+        drop(batch);
+        let again = f.take();
+        assert_eq!(again.beats.get(&id), Some(&beat(1, None, Some("s"))));
     }
 
     #[test]
