@@ -867,7 +867,8 @@ async fn iptables_mode_user_switch_shutdown_and_running_without_sigma_api() {
     let w = World::new("mesh-iptables", true);
     std::fs::write(w.at("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
     // As root with an existing unprivileged user, pilot-agent runs as that user with
-    // CAP_NET_BIND_SERVICE (egress port 80); otherwise as the agent's own user.
+    // CAP_NET_BIND_SERVICE (always: route listeners may bind low ports at any time);
+    // otherwise as the agent's own user.
     let nobody = std::fs::read_to_string("/etc/passwd")
         .unwrap_or_default()
         .lines()

@@ -3,7 +3,7 @@
 //! stand-in Xboard (see [`crate::eastwest`]), and sigma-api in mesh mode `kubernetes`
 //! authenticated as its service account.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use sigma_testkit::{ApiOptions, SigmaApi};
@@ -111,21 +111,65 @@ impl MeshCluster {
 }
 
 /// A simulated VPS of a mesh scenario: its namespace (routed to the gateway only), install
-/// root and sigma-agent in mesh mode with the real pilot-agent and Envoy.
+/// root and sigma-agent, in mesh mode with the real pilot-agent and Envoy, or in classic mode
+/// serving xDS to an Envoy of its own.
 pub struct MeshVps {
     /// Its host name (sigma's `hostname`).
     pub hostname: String,
     /// `AGENT_ROOT`: where the agent writes the proxy's files.
-    pub root: std::path::PathBuf,
+    pub root: PathBuf,
+    /// Its directory (state, logs, copied binaries).
+    pub dir: PathBuf,
+    /// The unprivileged user the proxy runs as in mesh mode (root when `None`).
+    pub istio_user: Option<String>,
     /// sigma-agent; declared before the namespace so it stops first.
     pub agent: Proc,
+    /// The mode the agent runs in.
+    pub run: AgentRun,
     /// Its network namespace.
     pub ns: Netns,
 }
 
+/// How a VPS's sigma-agent runs.
+pub enum AgentRun {
+    /// `--istio-enabled`: the agent runs pilot-agent, whose Envoy istiod configures.
+    Mesh,
+    /// Classic mode: the agent serves xDS to this Envoy (admin on 127.0.0.1:9901).
+    Classic {
+        /// The Envoy, started from `sigma-agent envoy-bootstrap`.
+        envoy: Proc,
+    },
+}
+
+/// The mode to start or switch a VPS's agent in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Mesh mode.
+    Mesh,
+    /// Classic mode.
+    Classic,
+}
+
 impl MeshCluster {
-    /// Starts a VPS in namespace `index` that enrolls with `token` as `hostname`.
+    /// Starts a VPS in namespace `index` that enrolls with `token` as `hostname`, in mesh
+    /// mode; its proxy runs as root (the agent's default `--istio-user` does not exist here).
     pub fn start_vps(&self, dir: &Path, index: u8, hostname: &str, token: &str) -> MeshVps {
+        self.start_vps_with(dir, index, hostname, token, Mode::Mesh, None)
+    }
+
+    /// [`MeshCluster::start_vps`] in `mode`, with pilot-agent and Envoy run (in mesh mode) as
+    /// the unprivileged `user` when given, as on a real VPS: the agent switches to it keeping
+    /// only `CAP_NET_BIND_SERVICE`. Both binaries are then copied into the VPS's directory,
+    /// since the user may not enter the directories they were built or installed in.
+    pub fn start_vps_with(
+        &self,
+        dir: &Path,
+        index: u8,
+        hostname: &str,
+        token: &str,
+        mode: Mode,
+        user: Option<&str>,
+    ) -> MeshVps {
         let vps_dir = dir.join(hostname);
         let root = vps_dir.join("root");
         std::fs::create_dir_all(root.join("etc")).unwrap();
@@ -135,33 +179,118 @@ impl MeshCluster {
         // Inside the namespace /etc/hosts is its own file (bind-mounted by `ip netns exec`):
         // the agent's hosts block must land there.
         std::os::unix::fs::symlink("/etc/hosts", root.join("etc/hosts")).unwrap();
-        let agent_bin = env_path("SIGMA_E2E_PILOT_AGENT_BIN");
+        let agent_bin = PathBuf::from(env_path("SIGMA_E2E_PILOT_AGENT_BIN"));
         std::fs::copy(
-            Path::new(&agent_bin).with_file_name("envoy_bootstrap_tmpl.json"),
+            agent_bin.with_file_name("envoy_bootstrap_tmpl.json"),
             root.join("var/lib/istio/envoy/envoy_bootstrap_tmpl.json"),
         )
         .expect("Envoy bootstrap template next to pilot-agent");
-        let mut cmd = ns.command(sigma_testkit::bin("sigma-agent"));
-        cmd.env(
-            "SIGMA_API_URL",
-            format!("http://{}:{}", ns.host_ip, self.api.port),
-        )
-        .env("SIGMA_ENROLLMENT_TOKEN", token)
-        .env("AGENT_STATE_DIR", vps_dir.join("state"))
-        .env("AGENT_HOSTNAME", hostname)
-        .env("AGENT_INTERVAL", "1s")
-        .env("AGENT_METRICS_LISTEN", "0.0.0.0:9102")
-        .env("AGENT_ISTIO_ENABLED", "true")
-        .env("AGENT_ROOT", &root)
-        .env("AGENT_ISTIO_AGENT_PATH", &agent_bin)
-        .env("AGENT_ISTIO_ENVOY_PATH", env_path("SIGMA_ENVOY_BIN"))
-        .env("SIGMA_LOG", "info");
-        let agent = Proc::spawn(&format!("agent-{hostname}"), cmd, &vps_dir);
+        let (agent, run) =
+            self.spawn_agent(&ns, &vps_dir, &root, hostname, Some(token), mode, user);
         MeshVps {
             hostname: hostname.to_string(),
             root,
+            dir: vps_dir,
+            istio_user: user.map(str::to_string),
             agent,
+            run,
             ns,
+        }
+    }
+
+    /// Switches `v` to `to` the way `install-agent.sh --istio`/`--no-istio` does: the agent
+    /// (and a classic Envoy) stopped first, which in mesh mode stops pilot-agent and Envoy,
+    /// then started in the other mode with the key it already has.
+    pub fn switch(&self, v: &mut MeshVps, to: Mode) {
+        v.agent.stop();
+        if let AgentRun::Classic { envoy } = &mut v.run {
+            envoy.stop();
+        }
+        let (agent, run) = self.spawn_agent(
+            &v.ns,
+            &v.dir,
+            &v.root,
+            &v.hostname,
+            None,
+            to,
+            v.istio_user.as_deref(),
+        );
+        v.agent = agent;
+        v.run = run;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_agent(
+        &self,
+        ns: &Netns,
+        vps_dir: &Path,
+        root: &Path,
+        hostname: &str,
+        token: Option<&str>,
+        mode: Mode,
+        user: Option<&str>,
+    ) -> (Proc, AgentRun) {
+        let env = |cmd: &mut std::process::Command| {
+            cmd.env(
+                "SIGMA_API_URL",
+                format!("http://{}:{}", ns.host_ip, self.api.port),
+            )
+            .env("AGENT_STATE_DIR", vps_dir.join("state"))
+            .env("AGENT_HOSTNAME", hostname)
+            .env("AGENT_INTERVAL", "1s")
+            .env("AGENT_METRICS_LISTEN", "0.0.0.0:9102")
+            .env("SIGMA_LOG", "info");
+            if let Some(t) = token {
+                cmd.env("SIGMA_ENROLLMENT_TOKEN", t);
+            }
+        };
+        let mut cmd = ns.command(sigma_testkit::bin("sigma-agent"));
+        env(&mut cmd);
+        match mode {
+            Mode::Mesh => {
+                let mut agent_bin = PathBuf::from(env_path("SIGMA_E2E_PILOT_AGENT_BIN"));
+                let mut envoy_bin = PathBuf::from(env_path("SIGMA_ENVOY_BIN"));
+                if let Some(u) = user {
+                    let bin = vps_dir.join("bin");
+                    std::fs::create_dir_all(&bin).unwrap();
+                    for b in [&mut agent_bin, &mut envoy_bin] {
+                        let to = bin.join(b.file_name().unwrap());
+                        if !to.exists() {
+                            std::fs::copy(&*b, &to).unwrap_or_else(|e| panic!("copy {b:?}: {e}"));
+                        }
+                        *b = to;
+                    }
+                    cmd.env("AGENT_ISTIO_USER", u);
+                }
+                cmd.env("AGENT_ISTIO_ENABLED", "true")
+                    .env("AGENT_ROOT", root)
+                    .env("AGENT_ISTIO_AGENT_PATH", &agent_bin)
+                    .env("AGENT_ISTIO_ENVOY_PATH", &envoy_bin);
+                let agent = Proc::spawn(&format!("agent-{hostname}"), cmd, vps_dir);
+                (agent, AgentRun::Mesh)
+            }
+            Mode::Classic => {
+                let mut boot = ns.command(sigma_testkit::bin("sigma-agent"));
+                env(&mut boot);
+                let out = boot
+                    .args(["envoy-bootstrap", "--admin", "127.0.0.1:9901"])
+                    .output()
+                    .expect("sigma-agent envoy-bootstrap");
+                assert!(
+                    out.status.success(),
+                    "envoy-bootstrap: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let bootstrap = vps_dir.join("classic-envoy.json");
+                std::fs::write(&bootstrap, &out.stdout).unwrap();
+                let agent = Proc::spawn(&format!("agent-{hostname}"), cmd, vps_dir);
+                let mut e = ns.command(env_path("SIGMA_ENVOY_BIN"));
+                e.arg("-c")
+                    .arg(&bootstrap)
+                    .args(["--disable-hot-restart", "--log-level", "warn"]);
+                let envoy = Proc::spawn(&format!("classic-envoy-{hostname}"), e, vps_dir);
+                (agent, AgentRun::Classic { envoy })
+            }
         }
     }
 

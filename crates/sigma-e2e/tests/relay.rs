@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sigma_e2e::mesh::{MeshCluster, MeshVps};
+use sigma_e2e::mesh::{MeshCluster, MeshVps, Mode};
 use sigma_e2e::work_dir;
 
 /// Where the exits' application listens (the `xrayr` purpose's `http-api` port).
@@ -23,19 +23,7 @@ const APP_PORT: u16 = 8080;
 /// One user connection to `addr:port` (from outside the mesh): `(host, peer)` the exit's
 /// application answered with.
 fn user_call(addr: &str, port: u16) -> Result<(String, String), String> {
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "-m", "5", &format!("http://{addr}:{port}/")])
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    let v: Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stdout)))?;
-    Ok((
-        v["host"].as_str().unwrap_or_default().to_string(),
-        v["peer"].as_str().unwrap_or_default().to_string(),
-    ))
+    user_call_timeout(addr, port, "5")
 }
 
 /// Waits until `n` user calls all succeed, answered by exactly `hosts` seeing `peer`.
@@ -105,6 +93,49 @@ fn stat(relay: &MeshVps, cluster: &str, name: &str) -> Option<u64> {
     )
 }
 
+/// Waits until `v` is active and its agent reports `mode` (`classic` or `mesh`).
+async fn wait_mode(cluster: &MeshCluster, v: &MeshVps, mode: &str) -> Value {
+    sigma_e2e::wait_for(
+        &format!("{} active in {mode} mode", v.hostname),
+        Duration::from_secs(60),
+        || async {
+            cluster
+                .api
+                .vps(&v.hostname)
+                .await
+                .filter(|x| x["status"] == "active" && x["agent_state"]["mode"] == mode)
+        },
+    )
+    .await
+}
+
+/// The route to the exit pool listens on a port below 1024, as relays do.
+const POOL_PORT: u16 = 443;
+
+/// pilot-agent and Envoy of `v`'s namespace: (exe name, pid, real uid, CapAmb, CapEff), sorted.
+fn proxy_identity(v: &MeshVps) -> Vec<(String, u32, String, String, String)> {
+    let mut out = Vec::new();
+    for (pid, exe) in v.ns.processes() {
+        let name = exe.file_name().unwrap().to_string_lossy().to_string();
+        if name != "pilot-agent" && name != "envoy-bin" {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.split_whitespace().next().unwrap_or("").to_string())
+                .unwrap_or_default()
+        };
+        out.push((name, pid, field("Uid:"), field("CapAmb:"), field("CapEff:")));
+    }
+    out.sort();
+    out
+}
+
 /// The test bed of a chain: the cluster, two `xrayr` exits with their application, and a
 /// `vpn-relay` relay of another provider, all in mesh mode; `ids` in that order.
 struct Chain {
@@ -115,7 +146,7 @@ struct Chain {
     cluster: MeshCluster,
 }
 
-async fn chain(tag: &str) -> Chain {
+async fn chain(tag: &str, mode: Mode) -> Chain {
     let dir = work_dir(tag);
     let cluster = MeshCluster::up(&dir).await;
     let api = &cluster.api;
@@ -146,9 +177,18 @@ async fn chain(tag: &str) -> Chain {
         .iter()
         .map(|e| e.serve_http_echo(APP_PORT, &dir))
         .collect();
-    let relay = cluster.start_vps(&dir, 53, "relay-53.e2e.sigma", &relay_token);
+    // The relay's proxy runs unprivileged, as on a real VPS, so its route on 443 proves the
+    // agent's CAP_NET_BIND_SERVICE grant.
+    let relay = cluster.start_vps_with(
+        &dir,
+        53,
+        "relay-53.e2e.sigma",
+        &relay_token,
+        mode,
+        Some("nobody"),
+    );
     let mut ids = Vec::new();
-    for v in exits.iter().chain([&relay]) {
+    for v in &exits {
         ids.push(
             cluster.wait_meshed(v).await["id"]
                 .as_str()
@@ -156,6 +196,11 @@ async fn chain(tag: &str) -> Chain {
                 .to_string(),
         );
     }
+    let relay_vps = match mode {
+        Mode::Mesh => cluster.wait_meshed(&relay).await,
+        Mode::Classic => wait_mode(&cluster, &relay, "classic").await,
+    };
+    ids.push(relay_vps["id"].as_str().unwrap().to_string());
     Chain {
         exits,
         relay,
@@ -170,7 +215,7 @@ async fn a_relay_forwards_user_streams_to_an_exit_pool_over_mtls_in_mesh_mode() 
     if !sigma_e2e::can_run(&["ip", "curl", "python3", "nft", "iptables-legacy-save"]) {
         return;
     }
-    let c = chain("relay-chain").await;
+    let c = chain("relay-chain", Mode::Mesh).await;
     let (api, exits, relay, ids) = (&c.cluster.api, &c.exits, &c.relay, &c.ids);
     let relay_id = &ids[2];
 
@@ -182,7 +227,7 @@ async fn a_relay_forwards_user_streams_to_an_exit_pool_over_mtls_in_mesh_mode() 
             "PUT",
             &format!("/api/vps/{relay_id}/envoy-routes"),
             Some(json!({"routes": [
-                {"name": "exits", "listen_port": 9443, "target": {"purpose": "xrayr", "port": "http-api"}},
+                {"name": "exits", "listen_port": 443, "target": {"purpose": "xrayr", "port": "http-api"}},
                 {"name": "one", "listen_port": 9444, "target": {"vps": "exit-51.e2e.sigma", "port": "http-api"}},
                 {"name": "ext", "listen_port": 9445, "backend_host": exits[1].ns.ip, "backend_port": APP_PORT},
             ]})),
@@ -203,10 +248,28 @@ async fn a_relay_forwards_user_streams_to_an_exit_pool_over_mtls_in_mesh_mode() 
         assert_eq!(r["listen_address"], relay.ns.ip.as_str(), "{r}");
     }
 
+    // pilot-agent and Envoy run as nobody with CAP_NET_BIND_SERVICE as their only capability.
+    let before = proxy_identity(relay);
+    for (exe, _pid, uid, cap_amb, cap_eff) in &before {
+        assert_eq!(uid, "65534", "{exe} runs as nobody");
+        assert_eq!(
+            cap_amb, "0000000000000400",
+            "{exe}: only CAP_NET_BIND_SERVICE, ambient"
+        );
+        assert_eq!(
+            cap_eff, "0000000000000400",
+            "{exe}: only CAP_NET_BIND_SERVICE, effective"
+        );
+    }
+    assert!(
+        before.iter().any(|p| p.0 == "pilot-agent") && before.iter().any(|p| p.0 == "envoy-bin"),
+        "pilot-agent and Envoy in the relay's namespace: {before:?}"
+    );
+
     // Users reach both exits through the relay; each exit's application sees its own Envoy on
     // loopback (the stream came through its ingress listener, so over the mesh).
     let both: BTreeSet<String> = exits.iter().map(|e| e.hostname.clone()).collect();
-    wait_chain(relay, 9443, 20, &both, "127.0.0.1", "the pool route").await;
+    wait_chain(relay, POOL_PORT, 20, &both, "127.0.0.1", "the pool route").await;
     eprintln!(
         "route stored -> chain answering through the mesh: {:.2} s (first routes of the relay: Sidecar swap, istiod push)",
         (t0.elapsed()).as_secs_f64()
@@ -220,7 +283,7 @@ async fn a_relay_forwards_user_streams_to_an_exit_pool_over_mtls_in_mesh_mode() 
     // The hop to the exits is mTLS with istiod's certificates: the relay's Envoy counts TLS
     // handshakes on the route's cluster.
     let entry = sigma_mesh::model::workload_entry_name(&relay.hostname);
-    let cluster_name = format!("outbound|9443||route-9443.{entry}.sigma.mesh");
+    let cluster_name = format!("outbound|{POOL_PORT}||route-{POOL_PORT}.{entry}.sigma.mesh");
     let counter = |cluster: &str, name: &str| {
         stat(relay, cluster, name).unwrap_or_else(|| panic!("no counter {name} on {cluster}"))
     };
@@ -245,7 +308,7 @@ async fn a_relay_forwards_user_streams_to_an_exit_pool_over_mtls_in_mesh_mode() 
     let calls: Vec<_> = (0..100)
         .map(|_| {
             let ip = relay.ns.ip.clone();
-            std::thread::spawn(move || user_call(&ip, 9443))
+            std::thread::spawn(move || user_call(&ip, POOL_PORT))
         })
         .collect();
     let answers: Vec<_> = calls.into_iter().map(|h| h.join().unwrap()).collect();
@@ -269,7 +332,7 @@ async fn a_relay_forwards_user_streams_to_an_exit_pool_over_mtls_in_mesh_mode() 
     assert!(st == 200 || st == 202, "{st} {b}");
     wait_chain(
         relay,
-        9443,
+        POOL_PORT,
         10,
         &second,
         "127.0.0.1",
@@ -287,16 +350,198 @@ async fn a_relay_forwards_user_streams_to_an_exit_pool_over_mtls_in_mesh_mode() 
         .call(
             "POST",
             &format!("/api/vps/{relay_id}/envoy-routes"),
-            Some(json!({"name": "later", "listen_port": 9446,
+            Some(json!({"name": "later", "listen_port": 993,
                         "target": {"vps": "exit-52.e2e.sigma", "port": "http-api"}})),
         )
         .await;
     assert_eq!(st, 201, "{b}");
-    wait_chain(relay, 9446, 1, &second, "127.0.0.1", "the added route").await;
+    wait_chain(relay, 993, 1, &second, "127.0.0.1", "the added route").await;
     eprintln!(
         "route added -> listener live on the relay's Envoy: {:.2} s",
         t.elapsed().as_secs_f64()
     );
+    // Both low ports were bound by the same unprivileged Envoy, with no restart in between.
+    assert_eq!(
+        proxy_identity(relay),
+        before,
+        "the relay's proxy restarted or changed user"
+    );
+}
+
+/// Calls `relay:port` every 25 ms from outside until stopped; each answer with its time and
+/// the peer the exit's application saw (the relay's address in classic mode, the exit's own
+/// Envoy on loopback in mesh mode).
+struct Prober {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(Instant, Result<String, String>)>>,
+}
+
+impl Prober {
+    fn start(addr: &str, port: u16) -> Prober {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let addr = addr.to_string();
+        let thread = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = user_call_timeout(&addr, port, "1").map(|(_, peer)| peer);
+                seen.push((Instant::now(), r));
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            seen
+        });
+        Prober { stop, thread }
+    }
+
+    /// Stops it: the forwarding gap across a switch from a path whose answers show peer
+    /// `from` to one whose answers show `to` (last answer of the old path to first answer of
+    /// the new one), and how many calls failed in between.
+    fn gap(self, from: &str, to: &str) -> (Duration, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let seen = self.thread.join().unwrap();
+        let first_new = seen
+            .iter()
+            .position(|(_, r)| r.as_deref() == Ok(to))
+            .unwrap_or_else(|| panic!("no answer through the new path ({to}): {seen:?}"));
+        let last_old = seen[..first_new]
+            .iter()
+            .rposition(|(_, r)| r.as_deref() == Ok(from))
+            .unwrap_or_else(|| panic!("no answer through the old path ({from}) before the switch"));
+        let failed = seen[last_old..first_new]
+            .iter()
+            .filter(|(_, r)| r.is_err())
+            .count();
+        (seen[first_new].0 - seen[last_old].0, failed)
+    }
+}
+
+/// [`user_call`] with curl's whole-call limit `secs`.
+fn user_call_timeout(addr: &str, port: u16, secs: &str) -> Result<(String, String), String> {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-m", secs, &format!("http://{addr}:{port}/")])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stdout)))?;
+    Ok((
+        v["host"].as_str().unwrap_or_default().to_string(),
+        v["peer"].as_str().unwrap_or_default().to_string(),
+    ))
+}
+
+/// The same relay in classic mode, switched to mesh mode and back the way the installer does
+/// (agent stopped, started in the other mode with its key): its routes keep forwarding, and
+/// the gap each way is measured with a user calling every 25 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_keeps_its_routes_across_a_switch_to_mesh_mode_and_back() {
+    if !sigma_e2e::can_run(&["ip", "curl", "python3", "nft", "iptables-legacy-save"]) {
+        return;
+    }
+    let mut c = chain("relay-switch", Mode::Classic).await;
+    let relay_id = c.ids[2].clone();
+    let api = &c.cluster.api;
+    let (st, b) = api
+        .call(
+            "PUT",
+            &format!("/api/vps/{relay_id}/envoy-routes"),
+            Some(json!({"routes": [
+                {"name": "exits", "listen_port": POOL_PORT, "target": {"purpose": "xrayr", "port": "http-api"}},
+            ]})),
+        )
+        .await;
+    assert_eq!(st, 200, "{b}");
+    let (st, plan) = api
+        .call(
+            "GET",
+            &format!("/api/vps/{relay_id}/envoy-routes/plan?mode=mesh"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{plan}");
+    assert_eq!(plan["agent_mode"], "classic", "{plan}");
+    assert_eq!(
+        plan["routes"][0]["runs"], "mesh",
+        "carried after a switch: {plan}"
+    );
+
+    // Classic mode: the relay's own Envoy (sigma-agent's xDS) connects to each exit's
+    // application directly, which sees the relay's address.
+    let both: BTreeSet<String> = c.exits.iter().map(|e| e.hostname.clone()).collect();
+    let relay_ip = c.relay.ns.ip.clone();
+    wait_chain(
+        &c.relay,
+        POOL_PORT,
+        20,
+        &both,
+        &relay_ip,
+        "the pool route in classic mode",
+    )
+    .await;
+
+    // Classic -> mesh.
+    let probe = Prober::start(&relay_ip, POOL_PORT);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    c.cluster.switch(&mut c.relay, Mode::Mesh);
+    wait_mode(&c.cluster, &c.relay, "mesh").await;
+    wait_chain(
+        &c.relay,
+        POOL_PORT,
+        20,
+        &both,
+        "127.0.0.1",
+        "the pool route in mesh mode",
+    )
+    .await;
+    let switched = t.elapsed();
+    let (gap, failed) = probe.gap(&relay_ip, "127.0.0.1");
+    eprintln!(
+        "classic -> mesh: forwarding gap {:.2} s ({failed} user calls failed), switch done (pool answering over mTLS) after {:.2} s",
+        gap.as_secs_f64(),
+        switched.as_secs_f64()
+    );
+    // The hop is mTLS now.
+    let entry = sigma_mesh::model::workload_entry_name(&c.relay.hostname);
+    let cluster_name = format!("outbound|{POOL_PORT}||route-{POOL_PORT}.{entry}.sigma.mesh");
+    assert!(
+        stat(&c.relay, &cluster_name, "ssl.handshake").is_some_and(|n| n > 0),
+        "no mTLS handshake on {cluster_name}"
+    );
+
+    // Mesh -> classic.
+    let probe = Prober::start(&relay_ip, POOL_PORT);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    c.cluster.switch(&mut c.relay, Mode::Classic);
+    wait_mode(&c.cluster, &c.relay, "classic").await;
+    wait_chain(
+        &c.relay,
+        POOL_PORT,
+        20,
+        &both,
+        &relay_ip,
+        "the pool route in classic mode again",
+    )
+    .await;
+    let switched = t.elapsed();
+    let (gap, failed) = probe.gap("127.0.0.1", &relay_ip);
+    eprintln!(
+        "mesh -> classic: forwarding gap {:.2} s ({failed} user calls failed), switch done after {:.2} s",
+        gap.as_secs_f64(),
+        switched.as_secs_f64()
+    );
+    // Nothing of the mesh is left running on the relay.
+    let left: Vec<_> = c
+        .relay
+        .ns
+        .processes()
+        .into_iter()
+        .filter(|(_, exe)| exe.ends_with("pilot-agent"))
+        .collect();
+    assert!(left.is_empty(), "pilot-agent still runs: {left:?}");
 }
 
 /// Route change in sigma-api -> listener live on the relay's Envoy in mesh mode (through the
@@ -309,7 +554,7 @@ async fn route_change_to_live_listener() {
         return;
     }
     const N: usize = 50;
-    let c = chain("relay-bench").await;
+    let c = chain("relay-bench", Mode::Mesh).await;
     let (api, relay) = (&c.cluster.api, &c.relay);
     let relay_id = &c.ids[2];
     let exit: BTreeSet<String> = BTreeSet::from([c.exits[0].hostname.clone()]);

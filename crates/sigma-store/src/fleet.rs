@@ -723,7 +723,11 @@ mod tests {
         drop(taken);
         let _ = f.take();
         f.written();
-        assert_eq!(f.pending_beat(id), None, "committed: read from the database");
+        assert_eq!(
+            f.pending_beat(id),
+            None,
+            "committed: read from the database"
+        );
     }
 
     #[test]

@@ -83,8 +83,6 @@ pub struct Credentials {
     pub gid: u32,
     /// Supplementary groups.
     pub groups: Vec<u32>,
-    /// Keep `CAP_NET_BIND_SERVICE` (ambient) across the switch.
-    pub bind_low_ports: bool,
 }
 
 const CAP_NET_BIND_SERVICE: u32 = 10;
@@ -112,7 +110,15 @@ fn check(r: libc::c_int) -> io::Result<()> {
     }
 }
 
-/// Switches the calling (freshly forked) process to `c`.
+/// Switches the calling (freshly forked) process to `c`, keeping `CAP_NET_BIND_SERVICE`
+/// (ambient, the only capability) so that Envoy can bind ports below 1024.
+///
+/// Always, not only when the bundle's egress listeners need it: a relay's route listeners
+/// (`listen_port` 443, say) reach Envoy from istiod at any time, without a bundle change or a
+/// proxy restart, so a grant decided at start would leave a route added later unbound. The
+/// capability lets Envoy bind low ports and nothing else; which listeners it binds is what
+/// istiod sends, from the Sidecars sigma writes (Istio's own gateways get the same through
+/// `net.ipv4.ip_unprivileged_port_start=0`).
 ///
 /// # Safety
 /// Only for `pre_exec`: it changes the credentials of the whole process and must run in the
@@ -122,44 +128,40 @@ pub unsafe fn switch_to(c: &Credentials) -> io::Result<()> {
     // SAFETY (all blocks below): plain system calls with valid pointers to live, correctly laid
     // out memory; the caller guarantees we are the forked child.
     unsafe {
-        if c.bind_low_ports {
-            // Without KEEPCAPS, setuid away from root empties the permitted set.
-            check(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0))?;
-        }
+        // Without KEEPCAPS, setuid away from root empties the permitted set.
+        check(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0))?;
         check(libc::setgroups(c.groups.len() as _, c.groups.as_ptr()))?;
         check(libc::setgid(c.gid))?;
         check(libc::setuid(c.uid))?;
-        if c.bind_low_ports {
-            let mut hdr = CapHeader {
-                version: LINUX_CAPABILITY_VERSION_3,
-                pid: 0,
-            };
-            let bit = 1u32 << CAP_NET_BIND_SERVICE;
-            // An ambient capability must be both permitted and inheritable.
-            let data = [
-                CapData {
-                    effective: bit,
-                    permitted: bit,
-                    inheritable: bit,
-                },
-                CapData {
-                    effective: 0,
-                    permitted: 0,
-                    inheritable: 0,
-                },
-            ];
-            let r = libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr());
-            if r != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            check(libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
-                CAP_NET_BIND_SERVICE as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-            ))?;
+        let mut hdr = CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let bit = 1u32 << CAP_NET_BIND_SERVICE;
+        // An ambient capability must be both permitted and inheritable.
+        let data = [
+            CapData {
+                effective: bit,
+                permitted: bit,
+                inheritable: bit,
+            },
+            CapData {
+                effective: 0,
+                permitted: 0,
+                inheritable: 0,
+            },
+        ];
+        let r = libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr());
+        if r != 0 {
+            return Err(io::Error::last_os_error());
         }
+        check(libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+            CAP_NET_BIND_SERVICE as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        ))?;
     }
     Ok(())
 }

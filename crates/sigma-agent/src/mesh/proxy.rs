@@ -201,13 +201,12 @@ impl Proxy {
         vars.into_iter().collect()
     }
 
-    fn credentials(&self, p: &Prepared) -> Option<Credentials> {
+    fn credentials(&self) -> Option<Credentials> {
         let (u, groups) = self.run_as.user.as_ref()?;
         Some(Credentials {
             uid: u.uid,
             gid: u.gid,
             groups: groups.clone(),
-            bind_low_ports: p.bundle.egress.iter().any(|e| e.port < 1024),
         })
     }
 
@@ -222,7 +221,7 @@ impl Proxy {
                     .map(str::to_string),
             );
         }
-        let creds = self.credentials(p);
+        let creds = self.credentials();
         if creds.is_none() && !privs::is_root() && p.bundle.egress.iter().any(|e| e.port < 1024) {
             tracing::warn!(
                 "an egress listener needs a port below 1024 but the agent is not root: Envoy can bind it only with CAP_NET_BIND_SERVICE on its binary"
