@@ -294,6 +294,29 @@ impl MeshCluster {
         }
     }
 
+    /// Waits until istiod's endpoint index holds every address of `addresses` for service
+    /// `host` (istiod's `/debug/endpointShardz`), i.e. until a proxy that connects now gets
+    /// them in its first EDS answer.
+    pub async fn wait_istiod_endpoints(&self, host: &str, addresses: &[String]) {
+        use std::time::Duration;
+        let port = &self.cp.env["ISTIOD_HTTP_PORT"];
+        let url = format!("http://127.0.0.1:{port}/debug/endpointShardz");
+        let http = reqwest::Client::new();
+        crate::wait_for(
+            &format!("istiod's endpoints of {host}: {addresses:?}"),
+            Duration::from_secs(60),
+            || async {
+                let shards: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+                let of_host = shards.get(host)?.to_string();
+                addresses
+                    .iter()
+                    .all(|a| of_host.contains(&format!("\"{a}\"")))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
     /// Waits until the VPS is active, its WorkloadEntry exists and its agent reports the
     /// proxy ready in mesh mode; returns the VPS as sigma-api shows it.
     pub async fn wait_meshed(&self, v: &MeshVps) -> Value {

@@ -411,6 +411,21 @@ impl Prober {
             .iter()
             .filter(|(_, r)| r.is_err())
             .count();
+        // What the users saw meanwhile: each change of answer, with its time from the last old
+        // answer (the first few, enough to tell refused from reset).
+        let mut kinds: Vec<(String, f64)> = Vec::new();
+        for (t, r) in &seen[last_old..=first_new] {
+            let k = match r {
+                Ok(peer) => format!("answered, peer {peer}"),
+                Err(e) => e.trim().to_string(),
+            };
+            if kinds.last().is_none_or(|(last, _)| *last != k) {
+                kinds.push((k, (*t - seen[last_old].0).as_secs_f64()));
+            }
+        }
+        for (k, at) in kinds.iter().take(6) {
+            eprintln!("  +{at:.2} s: {k}");
+        }
         (seen[first_new].0 - seen[last_old].0, failed)
     }
 }
@@ -481,6 +496,22 @@ async fn a_relay_keeps_its_routes_across_a_switch_to_mesh_mode_and_back() {
     )
     .await;
 
+    // The mesh side is settled before the switch, as it is for long-lived exits: istiod holds
+    // both exits as endpoints of the route's ServiceEntry. (Exits that joined seconds ago
+    // reach istiod's endpoint index only after several seconds; measuring that would blame
+    // the switch for it.)
+    let entry = sigma_mesh::model::workload_entry_name(&c.relay.hostname);
+    let route_host = format!("route-{POOL_PORT}.{entry}.sigma.mesh");
+    let exit_ips: Vec<String> = c.exits.iter().map(|e| e.ns.ip.clone()).collect();
+    let t = Instant::now();
+    c.cluster
+        .wait_istiod_endpoints(&route_host, &exit_ips)
+        .await;
+    eprintln!(
+        "istiod holds both exits for {route_host} {:.2} s after the classic chain answered",
+        t.elapsed().as_secs_f64()
+    );
+
     // Classic -> mesh.
     let probe = Prober::start(&relay_ip, POOL_PORT);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -504,8 +535,7 @@ async fn a_relay_keeps_its_routes_across_a_switch_to_mesh_mode_and_back() {
         switched.as_secs_f64()
     );
     // The hop is mTLS now.
-    let entry = sigma_mesh::model::workload_entry_name(&c.relay.hostname);
-    let cluster_name = format!("outbound|{POOL_PORT}||route-{POOL_PORT}.{entry}.sigma.mesh");
+    let cluster_name = format!("outbound|{POOL_PORT}||{route_host}");
     assert!(
         stat(&c.relay, &cluster_name, "ssl.handshake").is_some_and(|n| n > 0),
         "no mTLS handshake on {cluster_name}"
