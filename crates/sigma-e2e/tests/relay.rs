@@ -109,6 +109,28 @@ async fn wait_mode(cluster: &MeshCluster, v: &MeshVps, mode: &str) -> Value {
     .await
 }
 
+/// Waits until the plan for the relay's current mode shows every active route's listener
+/// live (from the agent's report of its Envoy); returns the plan.
+async fn wait_live(cluster: &MeshCluster, relay_id: &str, mode: &str) -> Value {
+    let path = format!("/api/vps/{relay_id}/envoy-routes/plan");
+    let mut last = Value::Null;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        let (st, plan) = cluster.api.call("GET", &path, None).await;
+        assert_eq!(st, 200, "{plan}");
+        let routes = plan["routes"].as_array().cloned().unwrap_or_default();
+        if plan["agent_mode"] == mode
+            && !routes.is_empty()
+            && routes.iter().all(|r| r["listener"]["state"] == "live")
+        {
+            return plan;
+        }
+        last = plan;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("route listeners not all live in {mode} mode: {last:#}");
+}
+
 /// The route to the exit pool listens on a port below 1024, as relays do.
 const POOL_PORT: u16 = 443;
 
@@ -279,6 +301,14 @@ async fn a_relay_forwards_user_streams_to_an_exit_pool_over_mtls_in_mesh_mode() 
     // The external backend is plain TCP from the relay's address.
     let second: BTreeSet<String> = BTreeSet::from([exits[1].hostname.clone()]);
     wait_chain(relay, 9445, 5, &second, &relay.ns.ip, "the external route").await;
+    // The plan for today's mode shows each listener live, from the agent's reading of the
+    // listeners its Envoy has bound.
+    let t = Instant::now();
+    wait_live(&c.cluster, relay_id, "mesh").await;
+    eprintln!(
+        "listeners reported live {:.2} s after the chain answered",
+        t.elapsed().as_secs_f64()
+    );
 
     // The hop to the exits is mTLS with istiod's certificates: the relay's Envoy counts TLS
     // handshakes on the route's cluster.
@@ -495,6 +525,7 @@ async fn a_relay_keeps_its_routes_across_a_switch_to_mesh_mode_and_back() {
         "the pool route in classic mode",
     )
     .await;
+    wait_live(&c.cluster, &relay_id, "classic").await;
 
     // The mesh side is settled before the switch, as it is for long-lived exits: istiod holds
     // both exits as endpoints of the route's ServiceEntry. (Exits that joined seconds ago
@@ -540,6 +571,7 @@ async fn a_relay_keeps_its_routes_across_a_switch_to_mesh_mode_and_back() {
         stat(&c.relay, &cluster_name, "ssl.handshake").is_some_and(|n| n > 0),
         "no mTLS handshake on {cluster_name}"
     );
+    wait_live(&c.cluster, &relay_id, "mesh").await;
 
     // Mesh -> classic.
     let probe = Prober::start(&relay_ip, POOL_PORT);
@@ -563,6 +595,7 @@ async fn a_relay_keeps_its_routes_across_a_switch_to_mesh_mode_and_back() {
         gap.as_secs_f64(),
         switched.as_secs_f64()
     );
+    wait_live(&c.cluster, &relay_id, "classic").await;
     // Nothing of the mesh is left running on the relay.
     let left: Vec<_> = c
         .relay

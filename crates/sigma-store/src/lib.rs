@@ -85,7 +85,13 @@ impl Store {
         })
     }
 
-    /// Which database is behind the store.
+    /// How long an agent may stay silent before its VPS leaves route pools; also how old an
+    /// agent's report may be before what it says about its Envoy is no longer current.
+    pub fn target_silence(&self) -> Duration {
+        self.settings.target_silence
+    }
+
+    /// The database backend.
     pub fn backend(&self) -> Backend {
         self.pools.backend()
     }

@@ -24,6 +24,8 @@ pub use contract::{
 };
 pub use envoy::*;
 pub use money::{Amount, Rate};
-pub use route_plan::{PlanMode, RouteIssueReport, RoutePlan, RoutePlanEntry, RouteRuns};
+pub use route_plan::{
+    PlanMode, RouteIssueReport, RouteListener, RoutePlan, RoutePlanEntry, RouteRuns,
+};
 pub use route_target::*;
 pub use validate::{FieldErrors, Normalize};

@@ -52,6 +52,38 @@ impl RouteRuns {
     }
 }
 
+/// Whether a route's listener is live on the VPS now, from its agent's last report (plans for
+/// the current mode only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RouteListener {
+    /// Forwarding: in mesh mode Envoy has a listener bound at the route's address and port; in
+    /// classic mode Envoy accepted the routes version that has it.
+    Live,
+    /// Not forwarding yet (or any more): the reason says what the agent reported.
+    NotLive {
+        /// What is missing.
+        reason: String,
+    },
+    /// The agent's report does not say (no report, an older agent, Envoy's listeners not
+    /// readable, or more listeners than one report lists).
+    Unknown {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl RouteListener {
+    /// The serialized state name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RouteListener::Live => "live",
+            RouteListener::NotLive { .. } => "not_live",
+            RouteListener::Unknown { .. } => "unknown",
+        }
+    }
+}
+
 /// Something the mesh cannot carry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RouteIssueReport {
@@ -82,6 +114,9 @@ pub struct RoutePlanEntry {
     /// Mesh mode: the address the listener binds (with `listen_port`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen_address: Option<String>,
+    /// Plans for the current mode: whether its listener is live now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listener: Option<RouteListener>,
     /// Why the mesh cannot carry it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub issues: Vec<RouteIssueReport>,

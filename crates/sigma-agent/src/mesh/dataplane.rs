@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sigma_types::mesh::BundleEgress;
 use sigma_types::mesh::dataplane::{
-    EgressDataPlane, EgressEndpoints, EgressResponses, HostsEntry, ListenerState,
-    MAX_EGRESS_REPORTED, MeshDataPlane, XdsConnection, reason_text,
+    BoundListeners, EgressDataPlane, EgressEndpoints, EgressResponses, HostsEntry, ListenerState,
+    MAX_EGRESS_REPORTED, MAX_LISTENERS_REPORTED, MeshDataPlane, XdsConnection, reason_text,
 };
 use time::OffsetDateTime;
 
@@ -417,6 +417,7 @@ pub fn assemble(egress: &[BundleEgress], r: &Readings, now: OffsetDateTime) -> M
             .take(MAX_EGRESS_REPORTED)
             .collect(),
         omitted: 0,
+        listeners: r.listeners.as_ref().ok().map(bound_listeners),
     };
     while report.egress.len() > 1
         && serde_json::to_vec(&report).map_or(usize::MAX, |b| b.len()) > REPORT_BUDGET_BYTES
@@ -425,6 +426,26 @@ pub fn assemble(egress: &[BundleEgress], r: &Readings, now: OffsetDateTime) -> M
     }
     report.omitted = u32::try_from(egress.len() - report.egress.len()).unwrap_or(u32::MAX);
     report
+}
+
+/// The listeners of `all` outside loopback, grouped by address, at most
+/// [`MAX_LISTENERS_REPORTED`] ports (lowest addresses and ports first; the rest counted).
+fn bound_listeners(all: &BTreeSet<SocketAddr>) -> BoundListeners {
+    let mut out = BoundListeners::default();
+    let mut kept = 0;
+    for a in all
+        .iter()
+        .filter(|a| !a.ip().is_loopback() && a.port() != 0)
+    {
+        if kept == MAX_LISTENERS_REPORTED {
+            out.omitted += 1;
+            continue;
+        }
+        // The set is ordered by address, then port: each list comes out ascending.
+        out.ports.entry(a.ip()).or_default().push(a.port());
+        kept += 1;
+    }
+    out
 }
 
 /// How far back the reported response counts reach: a few of XrayR's calls, and short enough
@@ -560,6 +581,34 @@ mod tests {
             stats: Ok(stats),
             hosts: Ok("127.0.0.1 localhost\n# BEGIN sigma-istio\n127.0.0.2 xboard.sigma.svc.cluster.local\n# END sigma-istio\n".into()),
         }
+    }
+
+    #[test]
+    fn listeners_outside_loopback_are_reported_bounded() {
+        let d = assemble(&egress(), &readings(), OffsetDateTime::UNIX_EPOCH);
+        let l = d.listeners.expect("read");
+        assert_eq!(
+            l.ports,
+            [("0.0.0.0".parse().unwrap(), vec![15001])].into(),
+            "the loopback egress listener is not among them"
+        );
+        let many: BTreeSet<SocketAddr> = (1..=600)
+            .map(|p| SocketAddr::from(([10, 0, 0, 5], p)))
+            .chain([SocketAddr::from(([127, 0, 0, 2], 80))])
+            .collect();
+        let l = bound_listeners(&many);
+        assert_eq!(
+            l.ports[&"10.0.0.5".parse::<IpAddr>().unwrap()].len(),
+            MAX_LISTENERS_REPORTED
+        );
+        assert_eq!(l.omitted, 600 - MAX_LISTENERS_REPORTED as u32);
+        let mut r = readings();
+        r.listeners = Err(answer("/listeners", "refused"));
+        assert_eq!(
+            assemble(&egress(), &r, OffsetDateTime::UNIX_EPOCH).listeners,
+            None,
+            "unknown, never empty"
+        );
     }
 
     #[test]

@@ -269,6 +269,7 @@ mod tests {
             xds: sigma_types::mesh::dataplane::XdsConnection::Disconnected,
             egress: Vec::new(),
             omitted: 0,
+            listeners: None,
         };
         shared.update(|s| {
             s.stage = Stage::Running;

@@ -9,9 +9,11 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use sigma_mesh::Placement;
 use sigma_types::{
-    AgentMode, EnvoyConfig, EnvoyRoute, EnvoyRouteBatch, EnvoyRouteCreate, EnvoyRoutePatch,
-    FieldErrors, PlanMode, RouteIssueReport, RoutePlan, RoutePlanEntry, RouteRuns,
+    AgentMode, AgentState, EnvoyConfig, EnvoyRoute, EnvoyRouteBatch, EnvoyRouteCreate,
+    EnvoyRoutePatch, FieldErrors, PlanMode, RouteIssueReport, RouteListener, RoutePlan,
+    RoutePlanEntry, RouteRuns, Vps,
 };
+use time::OffsetDateTime;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
@@ -169,6 +171,77 @@ pub struct PlanQuery {
     pub mode: Option<PlanMode>,
 }
 
+/// What the agent's last report says about its Envoy's listeners.
+enum Liveness {
+    /// Classic mode: one answer for every route (Envoy accepted the current routes or not).
+    Classic(RouteListener),
+    /// Mesh mode: the listeners Envoy has bound, or why that is unknown.
+    Mesh(Result<sigma_types::mesh::dataplane::BoundListeners, RouteListener>),
+}
+
+/// The agent's report, unless it is missing or older than `silence`.
+fn fresh_state(vps: &Vps, silence: Duration) -> Result<&AgentState, RouteListener> {
+    let unknown = |reason: String| RouteListener::Unknown { reason };
+    let state = vps
+        .agent_state
+        .as_ref()
+        .ok_or_else(|| unknown("its agent has not reported".into()))?;
+    match vps.last_heartbeat_at {
+        Some(at) if OffsetDateTime::now_utc() - at <= silence => Ok(state),
+        Some(at) => Err(unknown(format!(
+            "its agent has not reported since {}",
+            at.format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        ))),
+        None => Err(unknown("its agent has not reported".into())),
+    }
+}
+
+/// Classic mode: live when the agent's Envoy accepted the routes version sigma-api serves now.
+fn classic_listener(vps: &Vps, current: i64, silence: Duration) -> RouteListener {
+    let state = match fresh_state(vps, silence) {
+        Ok(s) => s,
+        Err(unknown) => return unknown,
+    };
+    let not_live = |reason: &str| RouteListener::NotLive {
+        reason: reason.into(),
+    };
+    match (state.xds_clients, state.envoy_applied_version) {
+        (Some(0), _) => not_live("no Envoy is connected to sigma-agent's xDS server"),
+        (_, Some(v)) if v == current => RouteListener::Live,
+        (_, Some(_)) if state.last_nack.is_some() => {
+            not_live("Envoy refused the current routes (see the VPS's agent_state.last_nack)")
+        }
+        (_, Some(_)) => not_live("Envoy has not accepted the current routes yet"),
+        (_, None) => RouteListener::Unknown {
+            reason: "its agent reports no routes version accepted by Envoy".into(),
+        },
+    }
+}
+
+/// Mesh mode: the listeners the agent last read from its Envoy.
+fn mesh_listeners(
+    vps: &Vps,
+    silence: Duration,
+) -> Result<sigma_types::mesh::dataplane::BoundListeners, RouteListener> {
+    let unknown = |reason: &str| RouteListener::Unknown {
+        reason: reason.into(),
+    };
+    let state = fresh_state(vps, silence)?;
+    let m = state
+        .mesh_state
+        .as_ref()
+        .ok_or_else(|| unknown("its agent reports no pilot-agent state"))?;
+    let d = m.dataplane.as_ref().ok_or_else(|| {
+        unknown(
+            "its agent reports no data-plane reading (Envoy not running yet, or an older agent)",
+        )
+    })?;
+    d.listeners.clone().ok_or_else(|| {
+        unknown("its agent could not read Envoy's listeners (or is older than this report)")
+    })
+}
+
 /// Where a VPS's active routes run in a mode, and what the mesh cannot carry: what switching
 /// the VPS to mesh mode (or back) does to each route, before it is done.
 #[utoipa::path(get, path = "/api/vps/{id}/envoy-routes/plan", tag = "envoy",
@@ -214,49 +287,92 @@ pub async fn route_plan(
         }
         e => ApiError::internal(&e),
     })?;
+    // Today's mode: whether each route's listener is live, from the agent's last report.
+    let live = match (mode, agent_mode) {
+        (PlanMode::Current, AgentMode::Classic) => {
+            let current = s.store.envoy_config(id).await?.version;
+            Some(Liveness::Classic(classic_listener(
+                &vps,
+                current,
+                s.store.target_silence(),
+            )))
+        }
+        (PlanMode::Current, AgentMode::Mesh) => Some(Liveness::Mesh(mesh_listeners(
+            &vps,
+            s.store.target_silence(),
+        ))),
+        _ => None,
+    };
     let mut placements: HashMap<Uuid, Placement> = placements
         .into_iter()
         .map(|p| (p.route_id, p.placement))
         .collect();
-    let routes = inputs
-        .routes
-        .iter()
-        .map(|r| {
-            let placement = placements.remove(&r.id).unwrap_or(Placement::Classic);
-            let (runs, mesh_host, listen_address, issues) = match placement {
-                _ if !mesh => (RouteRuns::Classic, None, None, Vec::new()),
-                Placement::Classic => (RouteRuns::Classic, None, None, Vec::new()),
-                Placement::Mesh { host, bind } => (
-                    RouteRuns::Mesh,
-                    Some(host),
-                    Some(bind.to_string()),
-                    Vec::new(),
-                ),
-                Placement::NotCarried(issues) => (
-                    RouteRuns::NotCarried,
-                    None,
-                    None,
-                    issues
-                        .iter()
-                        .map(|i| RouteIssueReport {
-                            code: i.code().to_string(),
-                            message: i.to_string(),
-                        })
-                        .collect(),
-                ),
-            };
-            RoutePlanEntry {
-                route_id: r.id,
-                name: r.name.clone(),
-                listen_port: r.listen_port,
-                upstream: r.upstream.to_string(),
-                runs,
-                mesh_host,
-                listen_address,
-                issues,
-            }
-        })
-        .collect();
+    let routes =
+        inputs
+            .routes
+            .iter()
+            .map(|r| {
+                let placement = placements.remove(&r.id).unwrap_or(Placement::Classic);
+                let (runs, mesh_host, listen_address, issues) = match placement {
+                    _ if !mesh => (RouteRuns::Classic, None, None, Vec::new()),
+                    Placement::Classic => (RouteRuns::Classic, None, None, Vec::new()),
+                    Placement::Mesh { host, bind } => (
+                        RouteRuns::Mesh,
+                        Some(host),
+                        Some(bind.to_string()),
+                        Vec::new(),
+                    ),
+                    Placement::NotCarried(issues) => (
+                        RouteRuns::NotCarried,
+                        None,
+                        None,
+                        issues
+                            .iter()
+                            .map(|i| RouteIssueReport {
+                                code: i.code().to_string(),
+                                message: i.to_string(),
+                            })
+                            .collect(),
+                    ),
+                };
+                let listener =
+                    live.as_ref().map(|l| match l {
+                        Liveness::Classic(state) => state.clone(),
+                        Liveness::Mesh(Err(unknown)) => unknown.clone(),
+                        Liveness::Mesh(Ok(bound)) => {
+                            match listen_address.as_deref().map(str::parse::<std::net::IpAddr>) {
+                        Some(Ok(addr)) => match bound.has(addr, r.listen_port) {
+                            Some(true) => RouteListener::Live,
+                            Some(false) => RouteListener::NotLive {
+                                reason: format!(
+                                    "Envoy has no listener bound at {addr}:{}",
+                                    r.listen_port
+                                ),
+                            },
+                            None => RouteListener::Unknown {
+                                reason: "the agent's report lists only part of Envoy's listeners"
+                                    .into(),
+                            },
+                        },
+                        _ => RouteListener::NotLive {
+                            reason: "the mesh does not carry it".into(),
+                        },
+                    }
+                        }
+                    });
+                RoutePlanEntry {
+                    route_id: r.id,
+                    name: r.name.clone(),
+                    listen_port: r.listen_port,
+                    upstream: r.upstream.to_string(),
+                    runs,
+                    mesh_host,
+                    listen_address,
+                    listener,
+                    issues,
+                }
+            })
+            .collect();
     Ok(Json(RoutePlan {
         vps_id: id,
         hostname: vps.hostname,

@@ -4,8 +4,8 @@ use serde_json::Value;
 use std::collections::HashMap;
 
 use sigma_types::{
-    EnvoyRoute, EnvoyRouteBatch, EnvoyRouteCreate, EnvoyRoutePatch, PlanMode, RoutePlan,
-    RoutePlanEntry, RouteRuns, RouteStatus,
+    EnvoyRoute, EnvoyRouteBatch, EnvoyRouteCreate, EnvoyRoutePatch, PlanMode, RouteListener,
+    RoutePlan, RoutePlanEntry, RouteRuns, RouteStatus,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -64,9 +64,19 @@ fn runs_cell(r: RouteRuns) -> Cell {
     }
 }
 
-/// `routes list` with the mode each route runs in today (disabled routes run nowhere).
-const LIST_HEADERS: [&str; 8] = [
-    "NAME", "LISTEN", "BACKEND", "CLUSTER", "TIMEOUT", "PROXY", "STATUS", "RUNS",
+/// Whether a route's listener is live, painted: `live` green, `not live` red, `?` dim.
+fn live_cell(l: Option<&RouteListener>) -> Cell {
+    match l {
+        Some(RouteListener::Live) => Cell::painted("live", Paint::Green),
+        Some(RouteListener::NotLive { .. }) => Cell::painted("not live", Paint::Red),
+        Some(RouteListener::Unknown { .. }) | None => Cell::painted("?", Paint::Dim),
+    }
+}
+
+/// `routes list` with the mode each route runs in today and whether its listener is live
+/// (disabled routes run nowhere).
+const LIST_HEADERS: [&str; 9] = [
+    "NAME", "LISTEN", "BACKEND", "CLUSTER", "TIMEOUT", "PROXY", "STATUS", "RUNS", "LIVE",
 ];
 
 fn plan_row(r: &RoutePlanEntry, _: OffsetDateTime) -> Vec<Cell> {
@@ -84,6 +94,13 @@ fn plan_row(r: &RoutePlanEntry, _: OffsetDateTime) -> Vec<Cell> {
             .map(|i| i.message.as_str())
             .collect::<Vec<_>>()
             .join("; "),
+    };
+    // A plan for today's mode also says whether the listener is live.
+    let detail = match &r.listener {
+        None => detail,
+        Some(RouteListener::Live) => format!("{detail} (live)"),
+        Some(RouteListener::NotLive { reason }) => format!("{detail} (not live: {reason})"),
+        Some(RouteListener::Unknown { reason }) => format!("{detail} (live?: {reason})"),
     };
     vec![
         Cell::new(r.name.clone()),
@@ -230,23 +247,30 @@ pub async fn run(ctx: &mut Ctx<'_>, cmd: RouteCommand) -> Result<()> {
                 return ctx.out.value(&ans.body);
             }
             let routes: Vec<EnvoyRoute> = ans.parse()?;
-            let runs: HashMap<Uuid, RouteRuns> = plan(ctx, id, PlanMode::Current)
-                .await?
-                .1
-                .routes
-                .into_iter()
-                .map(|r| (r.route_id, r.runs))
-                .collect();
+            let runs: HashMap<Uuid, (RouteRuns, Option<RouteListener>)> =
+                plan(ctx, id, PlanMode::Current)
+                    .await?
+                    .1
+                    .routes
+                    .into_iter()
+                    .map(|r| (r.route_id, (r.runs, r.listener)))
+                    .collect();
             ctx.rows(
                 &routes,
                 &format!("routes on {vps}"),
                 &LIST_HEADERS,
                 |r, now| {
                     let mut cells = row(r, now);
-                    cells.push(match runs.get(&r.id) {
-                        Some(x) => runs_cell(*x),
-                        None => Cell::painted("-", Paint::Dim),
-                    });
+                    match runs.get(&r.id) {
+                        Some((x, live)) => {
+                            cells.push(runs_cell(*x));
+                            cells.push(live_cell(live.as_ref()));
+                        }
+                        None => {
+                            cells.push(Cell::painted("-", Paint::Dim));
+                            cells.push(Cell::painted("-", Paint::Dim));
+                        }
+                    }
                     cells
                 },
             )

@@ -487,6 +487,7 @@ pub(crate) mod tests {
                 xds: XdsConnection::Connected,
                 egress: vec![xboard()],
                 omitted: 0,
+                listeners: None,
             }),
         }
     }

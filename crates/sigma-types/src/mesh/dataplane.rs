@@ -27,6 +27,46 @@ pub const MAX_COUNT: u64 = (1 << 53) - 1;
 /// Most endpoints one egress cluster may report.
 pub const MAX_ENDPOINTS: u32 = 1_000_000;
 
+/// Most listener ports one report lists in [`MeshDataPlane::listeners`] (a relay's route
+/// listeners and a purpose's ingress listeners; about 6 bytes each in the report).
+pub const MAX_LISTENERS_REPORTED: usize = 512;
+
+/// The listeners Envoy has bound outside loopback (route listeners on the VPS's address,
+/// ingress listeners, Istio's own on the wildcard address), so that sigma can tell whether a
+/// route's listener is live. Loopback (egress) listeners are reported per egress entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BoundListeners {
+    /// Ports per bound address, ascending, at most [`MAX_LISTENERS_REPORTED`] in all.
+    #[schema(value_type = Object)]
+    pub ports: std::collections::BTreeMap<IpAddr, Vec<u16>>,
+    /// Listeners left out to keep the report bounded.
+    #[serde(default)]
+    pub omitted: u32,
+}
+
+impl BoundListeners {
+    /// Whether a listener is bound at `addr:port`, or at the wildcard address of its family
+    /// on `port`. `None` when the answer may be among the omitted listeners.
+    pub fn has(&self, addr: IpAddr, port: u16) -> Option<bool> {
+        let wildcard: IpAddr = match addr {
+            IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+            IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+        };
+        let bound = [addr, wildcard].iter().any(|a| {
+            self.ports
+                .get(a)
+                .is_some_and(|p| p.binary_search(&port).is_ok())
+        });
+        if bound {
+            Some(true)
+        } else if self.omitted > 0 {
+            None
+        } else {
+            Some(false)
+        }
+    }
+}
+
 /// Envoy's xDS stream to istiod (its `control_plane.connected_state` gauge).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -166,6 +206,10 @@ pub struct MeshDataPlane {
     /// Egress entries left out to keep the report bounded.
     #[serde(default)]
     pub omitted: u32,
+    /// The listeners bound outside loopback; absent when Envoy's listeners could not be read
+    /// (or the agent is older than this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listeners: Option<BoundListeners>,
 }
 
 fn reason(r: &str, field: String, e: &mut FieldErrors) {
@@ -190,6 +234,26 @@ impl MeshDataPlane {
     pub(crate) fn check(&self, field: &str, e: &mut FieldErrors) {
         if let XdsConnection::Unknown { reason: r } = &self.xds {
             reason(r, format!("{field}.xds.reason"), e);
+        }
+        if let Some(l) = &self.listeners {
+            let total: usize = l.ports.values().map(Vec::len).sum();
+            if total > MAX_LISTENERS_REPORTED {
+                e.add(
+                    format!("{field}.listeners.ports"),
+                    format!("more than {MAX_LISTENERS_REPORTED} ports"),
+                );
+            }
+            for (addr, ports) in &l.ports {
+                if ports.first() == Some(&0) || !ports.windows(2).all(|w| w[0] < w[1]) {
+                    e.add(
+                        format!("{field}.listeners.ports.{addr}"),
+                        "must be ports 1 to 65535, ascending, each once",
+                    );
+                }
+            }
+            if l.omitted > u32::from(u16::MAX) * 2 {
+                e.add(format!("{field}.listeners.omitted"), "too large");
+            }
         }
         if self.egress.len() > MAX_EGRESS_REPORTED {
             e.add(
@@ -325,7 +389,52 @@ mod tests {
                 hosts_entry: HostsEntry::Present,
             }],
             omitted: 0,
+            listeners: Some(BoundListeners {
+                ports: [("10.0.0.5".parse().unwrap(), vec![443, 15146])].into(),
+                omitted: 0,
+            }),
         }
+    }
+
+    #[test]
+    fn bound_listeners_answer_for_the_address_or_the_wildcard() {
+        let mut l = BoundListeners {
+            ports: [
+                ("10.0.0.5".parse().unwrap(), vec![443, 993]),
+                ("0.0.0.0".parse().unwrap(), vec![15090]),
+            ]
+            .into(),
+            omitted: 0,
+        };
+        let a: IpAddr = "10.0.0.5".parse().unwrap();
+        assert_eq!(l.has(a, 443), Some(true));
+        assert_eq!(l.has(a, 15090), Some(true), "wildcard");
+        assert_eq!(l.has(a, 444), Some(false));
+        assert_eq!(l.has("10.0.0.6".parse().unwrap(), 443), Some(false));
+        l.omitted = 3;
+        assert_eq!(l.has(a, 444), None, "may be among the omitted");
+    }
+
+    #[test]
+    fn bad_listener_lists_are_named() {
+        let mut d = sample();
+        d.listeners = Some(BoundListeners {
+            ports: [("10.0.0.5".parse().unwrap(), vec![993, 443])].into(),
+            omitted: 0,
+        });
+        let mut e = FieldErrors::new();
+        d.check("dataplane", &mut e);
+        assert!(
+            e.to_string().contains("dataplane.listeners.ports.10.0.0.5"),
+            "{e}"
+        );
+        d.listeners = Some(BoundListeners {
+            ports: [("10.0.0.5".parse().unwrap(), (1..=600).collect())].into(),
+            omitted: 0,
+        });
+        let mut e = FieldErrors::new();
+        d.check("dataplane", &mut e);
+        assert!(e.to_string().contains("more than 512 ports"), "{e}");
     }
 
     fn errors(d: &MeshDataPlane) -> String {
