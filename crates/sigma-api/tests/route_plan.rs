@@ -5,7 +5,10 @@
 use serde_json::{Value, json};
 use sigma_testkit::{ADMIN_KEY, SigmaApi, TestDb, both_backends};
 
-both_backends!(a_plan_names_what_each_route_becomes);
+both_backends!(
+    a_plan_names_what_each_route_becomes,
+    a_plan_for_today_says_whether_each_listener_is_live
+);
 
 async fn enroll(s: &SigmaApi, token: &str, hostname: &str, ip: &str) -> String {
     let (st, r) = s
@@ -17,6 +20,86 @@ async fn enroll(s: &SigmaApi, token: &str, hostname: &str, ip: &str) -> String {
         .await;
     assert_eq!(st, 200, "{r}");
     r["vps"]["id"].as_str().unwrap().to_string()
+}
+
+/// The listener state of route `name` in the plan for today's mode.
+async fn live(s: &SigmaApi, vps: &str, name: &str) -> Value {
+    let (st, plan) = s
+        .call("GET", &format!("/api/vps/{vps}/envoy-routes/plan"), None)
+        .await;
+    assert_eq!(st, 200, "{plan}");
+    route(&plan, name)["listener"].clone()
+}
+
+async fn a_plan_for_today_says_whether_each_listener_is_live(db: TestDb) {
+    let s = SigmaApi::builder().store(&db).start();
+    let token = s.token(json!({"purpose": "vpn-relay"})).await;
+    let (st, r) = s
+        .post(
+            "/api/agent/register",
+            &token,
+            json!({"hostname": "relay-1", "ip_addresses": [{"ip": "198.51.100.1", "label": "public"}]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let id = r["vps"]["id"].as_str().unwrap().to_string();
+    let key = r["agent_key"].as_str().unwrap().to_string();
+    let (st, v) = s
+        .call(
+            "POST",
+            &format!("/api/vps/{id}/envoy-routes"),
+            Some(json!({"name": "ext", "listen_port": 2525, "backend_host": "192.0.2.9", "backend_port": 25})),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    // Registered, but no report of its Envoy yet.
+    assert_eq!(live(&s, &id, "ext").await["state"], "unknown");
+    let (st, cfg) = s
+        .get("/api/agent/envoy-config?hostname=relay-1", &key)
+        .await;
+    assert_eq!(st, 200, "{cfg}");
+    let current = cfg["version"].as_i64().unwrap();
+    let beat = |applied: i64, clients: u32| {
+        json!({"hostname": "relay-1", "agent_state": {
+            "mode": "classic", "envoy_applied_version": applied, "xds_clients": clients}})
+    };
+    // Envoy holds an older version of the routes: not live, and why.
+    let (st, b) = s
+        .post("/api/agent/heartbeat", &key, beat(current - 1, 1))
+        .await;
+    assert_eq!(st, 200, "{b}");
+    let l = live(&s, &id, "ext").await;
+    assert_eq!(l["state"], "not_live", "{l}");
+    assert!(
+        l["reason"].as_str().unwrap().contains("not accepted"),
+        "{l}"
+    );
+    // Envoy accepted the version served now.
+    s.post("/api/agent/heartbeat", &key, beat(current, 1)).await;
+    assert_eq!(live(&s, &id, "ext").await, json!({"state": "live"}));
+    // No Envoy connected to the agent's xDS server.
+    s.post("/api/agent/heartbeat", &key, beat(current, 0)).await;
+    assert_eq!(live(&s, &id, "ext").await["state"], "not_live");
+    // A mesh-mode agent whose report has no reading of Envoy's listeners: unknown.
+    let (st, b) = s
+        .post(
+            "/api/agent/heartbeat",
+            &key,
+            json!({"hostname": "relay-1", "agent_state": {"mode": "mesh"}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{b}");
+    let l = live(&s, &id, "ext").await;
+    assert_eq!(l["state"], "unknown", "{l}");
+    // Plans for another mode say nothing about liveness.
+    let (_, plan) = s
+        .call(
+            "GET",
+            &format!("/api/vps/{id}/envoy-routes/plan?mode=classic"),
+            None,
+        )
+        .await;
+    assert!(route(&plan, "ext").get("listener").is_none(), "{plan}");
 }
 
 fn route<'a>(plan: &'a Value, name: &str) -> &'a Value {
@@ -94,10 +177,16 @@ async fn a_plan_names_what_each_route_becomes(db: TestDb) {
     );
     for r in p["routes"].as_array().unwrap() {
         assert_eq!(r["runs"], "classic", "{r}");
+        assert_eq!(r["listener"]["state"], "unknown", "no report yet: {r}");
     }
     let (st, c) = plan("classic").await;
     assert_eq!(st, 200);
-    assert_eq!(c["routes"], p["routes"]);
+    // The same plan, without today's liveness.
+    let mut today = p["routes"].clone();
+    for r in today.as_array_mut().unwrap() {
+        r.as_object_mut().unwrap().remove("listener");
+    }
+    assert_eq!(c["routes"], today);
 
     // Mesh mode while the relay's purpose is not in the mesh: nothing would forward, and each
     // route says why.

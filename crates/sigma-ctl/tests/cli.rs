@@ -606,7 +606,7 @@ fn envoy_routes_end_to_end() {
     assert_eq!(
         rows[0],
         [
-            "NAME", "LISTEN", "BACKEND", "CLUSTER", "TIMEOUT", "PROXY", "STATUS", "RUNS"
+            "NAME", "LISTEN", "BACKEND", "CLUSTER", "TIMEOUT", "PROXY", "STATUS", "RUNS", "LIVE"
         ]
     );
     assert_eq!(
@@ -619,7 +619,9 @@ fn envoy_routes_end_to_end() {
             "2000ms",
             "v2",
             "active",
-            "classic"
+            "classic",
+            // No agent has reported on this VPS's Envoy.
+            "?"
         ]
     );
 
