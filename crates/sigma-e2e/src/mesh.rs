@@ -348,6 +348,7 @@ impl MeshCluster {
 
 impl MeshVps {
     /// Starts the application of a serving purpose on this VPS: HTTP on `0.0.0.0:<port>`,
+    /// `GET /bytes/<n>` answering `n` zero bytes (for throughput), anything else
     /// answering `{"host": <its hostname>, "peer": <the client address it sees>}`, so a caller
     /// can tell which VPS answered and whether an Envoy (loopback peer) was in the path.
     pub fn serve_http_echo(&self, port: u16, dir: &Path) -> Proc {
@@ -359,6 +360,12 @@ impl MeshVps {
                  class H(http.server.BaseHTTPRequestHandler):\n    \
                  protocol_version = 'HTTP/1.1'\n    \
                  def do_GET(self):\n        \
+                 if self.path.startswith('/bytes/'):\n            \
+                 n = int(self.path[7:]); chunk = memoryview(bytes(1 << 20))\n            \
+                 self.send_response(200); self.send_header('content-length', str(n)); self.end_headers()\n            \
+                 while n > 0:\n                \
+                 self.wfile.write(chunk[:min(n, len(chunk))]); n -= min(n, len(chunk))\n            \
+                 return\n        \
                  b = json.dumps({{'host': '{}', 'peer': self.client_address[0]}}).encode()\n        \
                  self.send_response(200); self.send_header('content-length', str(len(b))); self.end_headers(); self.wfile.write(b)\n    \
                  def log_message(self, *a): pass\n\

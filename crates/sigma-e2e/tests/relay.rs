@@ -670,3 +670,106 @@ async fn route_change_to_live_listener() {
         sorted[N - 1]
     );
 }
+
+/// One connection through `addr:port` downloading `bytes` from the exit's application:
+/// MB/s (10^6 bytes per second) over the whole transfer.
+fn bulk_mb_per_s(addr: &str, port: u16, bytes: u64) -> f64 {
+    use std::io::{Read, Write};
+    let t = Instant::now();
+    let mut s = std::net::TcpStream::connect((addr, port)).unwrap();
+    s.write_all(format!("GET /bytes/{bytes} HTTP/1.0\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0u64;
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got += n as u64;
+    }
+    assert!(
+        got > bytes,
+        "short transfer: {got} of {bytes} bytes (and headers)"
+    );
+    bytes as f64 / t.elapsed().as_secs_f64() / 1e6
+}
+
+/// New connections per second through `addr:port`, each one request and its answer, from
+/// `threads` threads for `secs` seconds.
+fn conns_per_s(addr: &str, port: u16, threads: usize, secs: u64) -> f64 {
+    use std::io::{Read, Write};
+    let t = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let addr = addr.to_string();
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                let end = Instant::now() + Duration::from_secs(secs);
+                while Instant::now() < end {
+                    let mut s = std::net::TcpStream::connect((addr.as_str(), port)).unwrap();
+                    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+                    let mut out = Vec::new();
+                    s.read_to_end(&mut out).unwrap();
+                    assert!(out.starts_with(b"HTTP/1."), "{out:?}");
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let total: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    total as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Relay throughput in classic and mesh mode on the same machine: MB/s over one connection
+/// (256 MiB, median of 3) and connections/s (4 threads, 5 s), through a VPS route on 443 to one
+/// exit. Classic: user -> relay's Envoy -> exit's application (plain TCP). Mesh: user -> the
+/// relay's Envoy -> mTLS -> the exit's Envoy -> its application. All of it shares the
+/// machine's 2 cores, the Python application included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "benchmark: cargo test -p sigma-e2e --test relay -- --ignored --nocapture relay_throughput"]
+async fn relay_throughput_classic_vs_mesh() {
+    if !sigma_e2e::can_run(&["ip", "curl", "python3", "nft", "iptables-legacy-save"]) {
+        return;
+    }
+    let mut c = chain("relay-throughput", Mode::Classic).await;
+    let relay_id = c.ids[2].clone();
+    let (st, b) = c
+        .cluster
+        .api
+        .call(
+            "PUT",
+            &format!("/api/vps/{relay_id}/envoy-routes"),
+            Some(json!({"routes": [
+                {"name": "one", "listen_port": POOL_PORT, "target": {"vps": "exit-51.e2e.sigma", "port": "http-api"}},
+            ]})),
+        )
+        .await;
+    assert_eq!(st, 200, "{b}");
+    let one = BTreeSet::from([c.exits[0].hostname.clone()]);
+    let relay_ip = c.relay.ns.ip.clone();
+    let measure = |what: &str| {
+        let mut mb: Vec<f64> = (0..3)
+            .map(|_| bulk_mb_per_s(&relay_ip, POOL_PORT, 256 << 20))
+            .collect();
+        mb.sort_by(f64::total_cmp);
+        let cps = conns_per_s(&relay_ip, POOL_PORT, 4, 5);
+        eprintln!(
+            "{what}: one connection {:.0} MB/s (median of 3 x 256 MiB; {:.0}..{:.0}), {cps:.0} connections/s",
+            mb[1], mb[0], mb[2]
+        );
+    };
+    wait_chain(&c.relay, POOL_PORT, 5, &one, &relay_ip, "classic").await;
+    measure("classic (relay Envoy -> exit application)");
+    let entry = sigma_mesh::model::workload_entry_name(&c.relay.hostname);
+    c.cluster
+        .wait_istiod_endpoints(
+            &format!("route-{POOL_PORT}.{entry}.sigma.mesh"),
+            std::slice::from_ref(&c.exits[0].ns.ip),
+        )
+        .await;
+    c.cluster.switch(&mut c.relay, Mode::Mesh);
+    wait_chain(&c.relay, POOL_PORT, 5, &one, "127.0.0.1", "mesh").await;
+    measure("mesh (relay Envoy -> mTLS -> exit Envoy -> exit application)");
+}
