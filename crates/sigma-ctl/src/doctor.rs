@@ -9,7 +9,9 @@
 use serde::Serialize;
 use serde_json::Value;
 use sigma_types::mesh::{MeshAgentState, MeshPhase, VpsMeshReport};
-use sigma_types::{AgentMode, MeshSyncStatus, Vps, VpsStatus};
+use sigma_types::{
+    AgentMode, MeshSyncStatus, RouteListener, RoutePlan, RoutePlanEntry, RouteRuns, Vps, VpsStatus,
+};
 use time::{Duration, OffsetDateTime};
 
 use crate::output;
@@ -89,6 +91,9 @@ pub enum LinkKind {
     EgressEndpoints,
     /// The share of 5xx responses and failed connections of each egress host.
     EgressResponses,
+    /// Each active Envoy route (relay hop) forwards: carried in the VPS's mode, its listener
+    /// live.
+    RouteListeners,
     /// Prometheus scrapes its Envoy.
     PrometheusScrape,
     /// Prometheus sees requests from it to Xboard.
@@ -114,6 +119,7 @@ impl LinkKind {
             LinkKind::EgressListener => "egress-listener",
             LinkKind::EgressEndpoints => "egress-endpoints",
             LinkKind::EgressResponses => "egress-responses",
+            LinkKind::RouteListeners => "route-listeners",
             LinkKind::PrometheusScrape => "prometheus-scrape",
             LinkKind::XboardRequests => "xboard-requests",
         }
@@ -137,6 +143,7 @@ impl LinkKind {
             LinkKind::EgressListener => "egress listeners",
             LinkKind::EgressEndpoints => "egress endpoints",
             LinkKind::EgressResponses => "egress responses",
+            LinkKind::RouteListeners => "route listeners",
             LinkKind::PrometheusScrape => "Prometheus scrapes Envoy",
             LinkKind::XboardRequests => "requests to Xboard",
         }
@@ -214,6 +221,9 @@ pub struct Inputs<'a> {
     pub stale_after: Duration,
     /// Prometheus' answers, with `--prometheus`.
     pub prometheus: Option<&'a PromAnswers>,
+    /// Where the VPS's routes run today and whether they are live; the route link is left
+    /// out without it (a sigma-api that does not answer the plan, the console).
+    pub routes: Option<&'a RoutePlan>,
 }
 
 /// The name of the VPS's WorkloadEntry: what the cluster holds, else what sigma wants, else
@@ -968,6 +978,96 @@ fn xboard_requests(i: &Inputs<'_>, p: &PromAnswers) -> Link {
     }
 }
 
+/// Whether every active route of the VPS forwards now, each named `name:port`.
+fn route_listeners(i: &Inputs<'_>, plan: &RoutePlan) -> Link {
+    let k = LinkKind::RouteListeners;
+    let h = &i.vps.hostname;
+    if plan.routes.is_empty() {
+        return ok(k, "no active routes");
+    }
+    let named = |rs: &[&RoutePlanEntry]| {
+        rs.iter()
+            .map(|r| format!("{}:{}", r.name, r.listen_port))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let not_carried: Vec<_> = plan
+        .routes
+        .iter()
+        .filter(|r| r.runs == RouteRuns::NotCarried)
+        .collect();
+    if !not_carried.is_empty() {
+        return failed(
+            k,
+            format!(
+                "not carried in mesh mode, so not forwarding: {} ({})",
+                named(&not_carried),
+                not_carried
+                    .iter()
+                    .flat_map(|r| r.issues.iter().map(|x| x.message.as_str()))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            format!(
+                "`sigmactl routes plan {h} --mode mesh` says what each needs; fix the route or its target, or run {h} in classic mode"
+            ),
+        );
+    }
+    let not_live: Vec<_> = plan
+        .routes
+        .iter()
+        .filter(|r| matches!(r.listener, Some(RouteListener::NotLive { .. })))
+        .collect();
+    if !not_live.is_empty() {
+        let why = not_live
+            .iter()
+            .filter_map(|r| match &r.listener {
+                Some(RouteListener::NotLive { reason }) => Some(format!("{}: {reason}", r.name)),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        let fix = match plan.agent_mode {
+            AgentMode::Mesh => format!(
+                "istiod builds each from the VPS's Sidecar (`sigmactl mesh export`, `kubectl -n sigma get sidecar -o yaml`); on {h} `ss -ltnp` shows what holds a port"
+            ),
+            AgentMode::Classic => format!(
+                "check the Envoy of {h} is running and connected to sigma-agent's xDS (the VPS's agent_state: xds_clients, last_nack)"
+            ),
+        };
+        return failed(k, format!("not live: {why}"), fix);
+    }
+    let unknown: Vec<_> = plan
+        .routes
+        .iter()
+        .filter(|r| !matches!(r.listener, Some(RouteListener::Live)))
+        .collect();
+    if let Some(first) = unknown.first() {
+        let why = match &first.listener {
+            Some(RouteListener::Unknown { reason }) => reason.clone(),
+            _ => "the plan does not say".to_string(),
+        };
+        return warning(
+            k,
+            format!("unknown for {}: {why}", named(&unknown)),
+            "see the agent heartbeat and proxy links",
+        );
+    }
+    let all: Vec<_> = plan.routes.iter().collect();
+    ok(
+        k,
+        format!(
+            "{} route(s) live in {} mode: {}",
+            all.len(),
+            match plan.agent_mode {
+                AgentMode::Mesh => "mesh",
+                AgentMode::Classic => "classic",
+            },
+            named(&all)
+        ),
+    )
+}
+
 /// Every link of the VPS's chain, in order.
 pub fn evaluate(i: &Inputs<'_>) -> Vec<Link> {
     let mut links = vec![
@@ -989,6 +1089,9 @@ pub fn evaluate(i: &Inputs<'_>) -> Vec<Link> {
         i.now,
         i.stale_after,
     ));
+    if let Some(plan) = i.routes {
+        links.push(route_listeners(i, plan));
+    }
     if let Some(p) = i.prometheus {
         links.push(prometheus_scrape(i, p));
         links.push(xboard_requests(i, p));
@@ -1086,6 +1189,101 @@ mod tests {
         }))
     }
 
+    /// A VPS without routes.
+    const NO_ROUTES: RoutePlan = RoutePlan {
+        vps_id: uuid::Uuid::nil(),
+        hostname: String::new(),
+        mode: sigma_types::PlanMode::Current,
+        agent_mode: AgentMode::Mesh,
+        mesh_registrar: String::new(),
+        routes: Vec::new(),
+    };
+
+    fn planned(
+        name: &str,
+        port: u16,
+        runs: RouteRuns,
+        listener: Option<RouteListener>,
+    ) -> RoutePlanEntry {
+        RoutePlanEntry {
+            route_id: uuid::Uuid::nil(),
+            name: name.into(),
+            listen_port: port,
+            upstream: "pool vpn-exit:vpn".into(),
+            runs,
+            mesh_host: None,
+            listen_address: None,
+            listener,
+            issues: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn route_listeners_verdicts() {
+        let v = healthy_vps();
+        let r = report();
+        let link = |plan: Option<&RoutePlan>| {
+            let links = evaluate(&Inputs {
+                vps: &v,
+                purpose_mesh: Some(&mesh_on()),
+                report: &r,
+                now: now(),
+                stale_after: DEFAULT_STALE_AFTER,
+                prometheus: None,
+                routes: plan,
+            });
+            links
+                .into_iter()
+                .find(|l| l.link == LinkKind::RouteListeners)
+        };
+        assert!(link(None).is_none(), "no plan, no route link");
+        let link = |plan: Option<&RoutePlan>| link(plan).expect("the route link");
+        let l = link(Some(&NO_ROUTES));
+        assert_eq!(
+            (l.result, l.reason.as_str()),
+            (Outcome::Ok, "no active routes")
+        );
+
+        let mut p = NO_ROUTES;
+        p.routes = vec![
+            planned("exits", 443, RouteRuns::Mesh, Some(RouteListener::Live)),
+            planned("one", 993, RouteRuns::Mesh, Some(RouteListener::Live)),
+        ];
+        let l = link(Some(&p));
+        assert_eq!(l.result, Outcome::Ok, "{l:?}");
+        assert!(l.reason.contains("exits:443, one:993"), "{l:?}");
+        p.routes[1].listener = Some(RouteListener::Unknown {
+            reason: "its agent has not reported".into(),
+        });
+        let l = link(Some(&p));
+        assert_eq!(l.result, Outcome::Warning, "{l:?}");
+        assert!(
+            l.reason.contains("one:993") && l.reason.contains("has not reported"),
+            "{l:?}"
+        );
+        p.routes[0].listener = Some(RouteListener::NotLive {
+            reason: "Envoy has no listener bound at 192.0.2.1:443".into(),
+        });
+        let l = link(Some(&p));
+        assert_eq!(l.result, Outcome::Failed, "{l:?}");
+        assert!(l.reason.contains("exits: Envoy has no listener"), "{l:?}");
+        assert!(
+            l.fix.as_deref().unwrap_or_default().contains("ss -ltnp"),
+            "{l:?}"
+        );
+        p.routes[1] = planned("pp", 8444, RouteRuns::NotCarried, None);
+        p.routes[1].issues = vec![sigma_types::RouteIssueReport {
+            code: "proxy_protocol_to_fleet".into(),
+            message: "a PROXY header toward a fleet target".into(),
+        }];
+        let l = link(Some(&p));
+        assert_eq!(l.result, Outcome::Failed, "{l:?}");
+        assert!(
+            l.reason.contains("pp:8444") && l.reason.contains("PROXY header"),
+            "{l:?}"
+        );
+    }
+
     fn mesh_on() -> Value {
         json!({"enabled": true})
     }
@@ -1098,6 +1296,7 @@ mod tests {
             now: now(),
             stale_after: DEFAULT_STALE_AFTER,
             prometheus: p,
+            routes: Some(&NO_ROUTES),
         })
     }
 
@@ -1121,14 +1320,14 @@ mod tests {
             xboard_rate: Some(Ok(0.5)),
         };
         let links = run(&healthy_vps(), &mesh_on(), &report(), Some(&prom));
-        assert_eq!(links.len(), 17);
+        assert_eq!(links.len(), 18);
         for l in &links {
             assert_eq!(l.result, Outcome::Ok, "{l:?}");
             assert!(l.fix.is_none());
         }
-        assert_eq!(tally(&links), (17, 0, 0));
+        assert_eq!(tally(&links), (18, 0, 0));
         let links = run(&healthy_vps(), &mesh_on(), &report(), None);
-        assert_eq!(links.len(), 15, "Prometheus links only with --prometheus");
+        assert_eq!(links.len(), 16, "Prometheus links only with --prometheus");
     }
 
     #[test]
@@ -1357,6 +1556,7 @@ mod tests {
             now: now(),
             stale_after: DEFAULT_STALE_AFTER,
             prometheus: None,
+            routes: None,
         });
         assert_eq!(l.result, Outcome::Failed);
         assert!(l.reason.contains("never"));

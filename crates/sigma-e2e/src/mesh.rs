@@ -294,6 +294,35 @@ impl MeshCluster {
         }
     }
 
+    /// `sigmactl -o json mesh doctor HOST [--prometheus URL]` as an admin: its exit code and
+    /// links.
+    pub fn doctor(&self, host: &str, prometheus: Option<&str>) -> (i32, Vec<Value>) {
+        let home = sigma_testkit::temp_dir("sigmactl-home");
+        let mut cmd = std::process::Command::new(sigma_testkit::bin("sigmactl"));
+        // Only what sigmactl should read: no SIGMA_* of the test environment, no real config.
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &home)
+            .env("SIGMA_API_URL", &self.api.url)
+            .env("SIGMA_API_KEY", sigma_testkit::ADMIN_KEY)
+            .args(["-o", "json", "mesh", "doctor", host]);
+        if let Some(p) = prometheus {
+            cmd.args(["--prometheus", p]);
+        }
+        let out = cmd.output().expect("run sigmactl");
+        let links: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "sigmactl mesh doctor printed no JSON ({e}): {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (
+            out.status.code().unwrap_or(-1),
+            links.as_array().cloned().unwrap_or_default(),
+        )
+    }
+
     /// Waits until istiod's endpoint index holds every address of `addresses` for service
     /// `host` (istiod's `/debug/endpointShardz`), i.e. until a proxy that connects now gets
     /// them in its first EDS answer.

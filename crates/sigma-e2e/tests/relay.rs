@@ -309,6 +309,19 @@ async fn a_relay_forwards_user_streams_to_an_exit_pool_over_mtls_in_mesh_mode() 
         "listeners reported live {:.2} s after the chain answered",
         t.elapsed().as_secs_f64()
     );
+    // `sigmactl mesh doctor` covers the relay's routes.
+    let (_, links) = c.cluster.doctor(&relay.hostname, None);
+    let l = links
+        .iter()
+        .find(|l| l["link"] == "route-listeners")
+        .unwrap_or_else(|| panic!("no route-listeners link: {links:?}"));
+    assert_eq!(l["result"], "ok", "{l}");
+    assert!(
+        l["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("exits:443") && r.contains("mesh mode")),
+        "{l}"
+    );
 
     // The hop to the exits is mTLS with istiod's certificates: the relay's Envoy counts TLS
     // handshakes on the route's cluster.

@@ -359,7 +359,7 @@ async fn xrayr_calls_xboard_through_the_east_west_gateway_with_its_own_identity(
     let prom_url = prom.url.clone();
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     let links = loop {
-        let (code, links) = doctor(&cluster, &v.hostname, Some(&prom_url));
+        let (code, links) = cluster.doctor(&v.hostname, Some(&prom_url));
         let bad: Vec<&Value> = links
             .iter()
             .filter(|l| l["result"] != "ok" && l["link"] != "xboard-requests")
@@ -456,7 +456,7 @@ async fn xrayr_calls_xboard_through_the_east_west_gateway_with_its_own_identity(
         "the doctor to name the stopped gateway",
         Duration::from_secs(120),
         || async {
-            let (code, links) = doctor(&cluster, &v.hostname, None);
+            let (code, links) = cluster.doctor(&v.hostname, None);
             let l = links.into_iter().find(|l| l["link"] == "xds-connected")?;
             (code == 1 && l["result"] == "failed").then_some(l)
         },
@@ -477,41 +477,12 @@ async fn doctor_until(cluster: &MeshCluster, host: &str, link: &str, result: &st
         &format!("the doctor's {link} link to be {result}"),
         Duration::from_secs(120),
         || async {
-            let (code, links) = doctor(cluster, host, None);
+            let (code, links) = cluster.doctor(host, None);
             let l = links.into_iter().find(|l| l["link"] == link)?;
             (l["result"] == result && (result != "failed" || code == 1)).then_some(l)
         },
     )
     .await
-}
-
-/// Runs `sigmactl -o json mesh doctor HOST [--prometheus URL]` as the admin: its exit code
-/// and links.
-fn doctor(cluster: &MeshCluster, host: &str, prometheus: Option<&str>) -> (i32, Vec<Value>) {
-    let home = sigma_testkit::temp_dir("sigmactl-home");
-    let mut cmd = std::process::Command::new(sigma_testkit::bin("sigmactl"));
-    // Only what sigmactl should read: no SIGMA_* of the test environment, no real config.
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", &home)
-        .env("SIGMA_API_URL", &cluster.api.url)
-        .env("SIGMA_API_KEY", ADMIN_KEY)
-        .args(["-o", "json", "mesh", "doctor", host]);
-    if let Some(p) = prometheus {
-        cmd.args(["--prometheus", p]);
-    }
-    let out = cmd.output().expect("run sigmactl");
-    let links: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "sigmactl mesh doctor printed no JSON ({e}): {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (
-        out.status.code().unwrap_or(-1),
-        links.as_array().cloned().unwrap_or_default(),
-    )
 }
 
 /// The requests Xboard served so far.

@@ -9,7 +9,7 @@ use std::time::Duration as StdDuration;
 
 use serde_json::{Value, json};
 use sigma_types::mesh::{HOSTS_BEGIN, HOSTS_END, IstioBootstrapBundle, MeshAgentState, MeshPhase};
-use sigma_types::{AgentMode, List, MeshSyncStatus, Purpose, Vps};
+use sigma_types::{AgentMode, List, MeshSyncStatus, Purpose, RoutePlan, Vps};
 use time::OffsetDateTime;
 
 use super::Ctx;
@@ -886,6 +886,17 @@ async fn doctor_cmd(ctx: &mut Ctx<'_>, a: MeshDoctorArgs) -> Result<()> {
         Some(base) => Some(ask_prometheus(base, &v, &report).await),
         None => None,
     };
+    // Where its routes run today and whether they are live (a sigma-api without the plan
+    // answers 404 for the route).
+    let routes: Option<RoutePlan> = match ctx
+        .client
+        .get(&["api", "vps", &id_s, "envoy-routes", "plan"], &[])
+        .await
+    {
+        Ok(a) => Some(a.parse()?),
+        Err(e) if e.status() == Some(404) => None,
+        Err(e) => return Err(e),
+    };
     let stale_after = a
         .stale_after
         .map(time::Duration::seconds)
@@ -897,6 +908,7 @@ async fn doctor_cmd(ctx: &mut Ctx<'_>, a: MeshDoctorArgs) -> Result<()> {
         now: ctx.now,
         stale_after,
         prometheus: prom.as_ref(),
+        routes: routes.as_ref(),
     });
     let (n_ok, n_warn, n_failed) = doctor::tally(&links);
     if ctx.out.human() {

@@ -48,6 +48,7 @@ pub async fn section(web: &Web, s: &Session, v: &Vps) -> Markup {
                         now: OffsetDateTime::now_utc(),
                         stale_after: doctor::DEFAULT_STALE_AFTER,
                         prometheus: None,
+                        routes: None,
                     });
                     @let (ok, warn, failed) = doctor::tally(&links);
                     h3 { "Mesh chain (" (ok) " ok, " (warn) " warning, " (failed) " failed)" }
@@ -60,7 +61,7 @@ pub async fn section(web: &Web, s: &Session, v: &Vps) -> Markup {
                             td { @if let Some(f) = &l.fix { span.mono { (f) } } @else if l.result == Outcome::Ok { "—" } }
                         } } }
                     } }
-                    p.hint { "The same verdicts as " span.mono { "sigmactl mesh doctor " (v.hostname) } " (without its Prometheus links)." }
+                    p.hint { "The same verdicts as " span.mono { "sigmactl mesh doctor " (v.hostname) } " (without its Prometheus and route links)." }
                     @if let MeshReport::Reported(rep) = r {
                         h3 { "WorkloadEntry: desired and in the cluster" }
                         dl {
