@@ -257,4 +257,15 @@ impl sigma_web::MeshReports for ConsoleMeshReports {
                 .map_err(|e| e.message)
         })
     }
+
+    fn route_plan(
+        &self,
+        id: uuid::Uuid,
+    ) -> sigma_web::BoxFuture<'_, Result<sigma_types::RoutePlan, String>> {
+        Box::pin(async move {
+            routes::envoy::plan(&self.store, &self.mesh, id, sigma_types::PlanMode::Current)
+                .await
+                .map_err(|e| e.message)
+        })
+    }
 }

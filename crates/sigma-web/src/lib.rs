@@ -84,6 +84,10 @@ pub trait MeshReports: Send + Sync + 'static {
         who: &'a sigma_store::Principal,
         id: uuid::Uuid,
     ) -> BoxFuture<'a, Result<sigma_types::mesh::VpsMeshReport, String>>;
+
+    /// Where VPS `id`'s routes run today and whether each listener is live (the answer of
+    /// `GET /api/vps/{id}/envoy-routes/plan`); `Err` says why there is none.
+    fn route_plan(&self, id: uuid::Uuid) -> BoxFuture<'_, Result<sigma_types::RoutePlan, String>>;
 }
 
 /// What every console handler shares.

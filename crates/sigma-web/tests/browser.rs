@@ -707,6 +707,12 @@ async fn console_in_a_real_browser() {
         routes_text.contains("xray-in") && routes_text.contains("10.20.0.5:443"),
         "{routes_text}"
     );
+    // Where it runs today and whether its listener is live (no agent has reported here).
+    assert!(
+        routes_text.contains("classic")
+            && routes_text.contains("unknown: its agent has not reported"),
+        "{routes_text}"
+    );
     shot(&c, &shots, "vps-detail-routes").await;
     let (_, listed) = api
         .call("GET", &format!("/api/vps/{routed}/envoy-routes"), None)
@@ -785,6 +791,10 @@ async fn console_in_a_real_browser() {
         "the API's report: {mesh_text}"
     );
     assert!(exists(&c, "#mesh table.doctor tbody tr").await);
+    assert!(
+        mesh_text.contains("route listeners"),
+        "the doctor's route link, from the route plan: {mesh_text}"
+    );
 
     // Delete a VPS with confirmation, then restore it; the history shows both.
     c.find(Locator::Css("main a[href$='/delete']"))

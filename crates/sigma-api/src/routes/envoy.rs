@@ -256,13 +256,28 @@ pub async fn route_plan(
     ApiQuery(q): ApiQuery<PlanQuery>,
 ) -> ApiResult<Json<RoutePlan>> {
     let id = uuid_param(&id)?;
+    Ok(Json(
+        plan(&s.store, &s.mesh, id, q.mode.unwrap_or(PlanMode::Current)).await?,
+    ))
+}
+
+/// The route plan of VPS `id` for `mode`: the endpoint's answer, and the console's.
+pub(crate) async fn plan(
+    store: &sigma_store::Store,
+    mesh_state: &crate::mesh::MeshState,
+    id: Uuid,
+    mode: PlanMode,
+) -> ApiResult<RoutePlan> {
+    let s = PlanCtx {
+        store,
+        mesh: mesh_state,
+    };
     let vps = s.store.get_vps(id).await?;
     let agent_mode = vps
         .agent_state
         .as_ref()
         .and_then(|a| a.mode)
         .unwrap_or(AgentMode::Classic);
-    let mode = q.mode.unwrap_or(PlanMode::Current);
     let inputs = s.store.route_plan_inputs(id).await?;
     // Classic mode carries every route; mesh mode what the model renders. Today's mode is the
     // agent's: a meshed VPS whose agent still runs classic is served by sigma-agent's Envoy.
@@ -373,12 +388,18 @@ pub async fn route_plan(
                 }
             })
             .collect();
-    Ok(Json(RoutePlan {
+    Ok(RoutePlan {
         vps_id: id,
         hostname: vps.hostname,
         mode,
         agent_mode,
         mesh_registrar: s.mesh.mode().as_str().to_string(),
         routes,
-    }))
+    })
+}
+
+/// What [`plan`] reads.
+struct PlanCtx<'a> {
+    store: &'a sigma_store::Store,
+    mesh: &'a crate::mesh::MeshState,
 }

@@ -2,12 +2,12 @@
 //! sigma wants against the one the cluster holds, as `GET /api/vps/{id}/mesh` returns it) and
 //! the VPS's mesh chain judged link by link by `sigmactl mesh doctor`'s own rules
 //! ([`sigma_ctl::doctor::evaluate`], a pure function; Prometheus links are left out, the console
-//! does not query Prometheus).
+//! does not query Prometheus; the route link comes from the VPS's route plan).
 
 use maud::{Markup, html};
 use sigma_ctl::doctor::{self, Inputs, MeshReport, Outcome};
 use sigma_store::sessions::Session;
-use sigma_types::Vps;
+use sigma_types::{RoutePlan, Vps};
 use time::OffsetDateTime;
 
 use crate::Web;
@@ -18,7 +18,7 @@ fn json_block(v: &serde_json::Value) -> String {
 }
 
 /// The mesh section of VPS `v`.
-pub async fn section(web: &Web, s: &Session, v: &Vps) -> Markup {
+pub async fn section(web: &Web, s: &Session, v: &Vps, plan: Option<&RoutePlan>) -> Markup {
     let report = match &web.mesh {
         Some(m) => match m.report(&s.principal, v.id).await {
             Ok(r) => Ok(MeshReport::Reported(Box::new(r))),
@@ -48,7 +48,7 @@ pub async fn section(web: &Web, s: &Session, v: &Vps) -> Markup {
                         now: OffsetDateTime::now_utc(),
                         stale_after: doctor::DEFAULT_STALE_AFTER,
                         prometheus: None,
-                        routes: None,
+                        routes: plan,
                     });
                     @let (ok, warn, failed) = doctor::tally(&links);
                     h3 { "Mesh chain (" (ok) " ok, " (warn) " warning, " (failed) " failed)" }
@@ -61,7 +61,7 @@ pub async fn section(web: &Web, s: &Session, v: &Vps) -> Markup {
                             td { @if let Some(f) = &l.fix { span.mono { (f) } } @else if l.result == Outcome::Ok { "—" } }
                         } } }
                     } }
-                    p.hint { "The same verdicts as " span.mono { "sigmactl mesh doctor " (v.hostname) } " (without its Prometheus and route links)." }
+                    p.hint { "The same verdicts as " span.mono { "sigmactl mesh doctor " (v.hostname) } " (without its Prometheus links)." }
                     @if let MeshReport::Reported(rep) = r {
                         h3 { "WorkloadEntry: desired and in the cluster" }
                         dl {

@@ -12,7 +12,7 @@ use maud::{Markup, html};
 use sigma_store::sessions::Session;
 use sigma_types::{
     ClusterType, EnvoyRoute, EnvoyRouteCreate, EnvoyRoutePatch, FieldErrors, ProxyProtocol,
-    RouteStatus, RouteTarget, RouteTargetInput, Upstream, Vps, VpsStatus,
+    RouteListener, RoutePlan, RouteStatus, RouteTarget, RouteTargetInput, Upstream, Vps, VpsStatus,
 };
 use uuid::Uuid;
 
@@ -40,8 +40,11 @@ async fn route_of(web: &Web, id: &str, rid: &str) -> WebResult<(Vps, EnvoyRoute)
 }
 
 /// The routes section of the VPS page.
-pub fn section(s: &Session, v: &Vps, routes: &[EnvoyRoute]) -> Markup {
+pub fn section(s: &Session, v: &Vps, routes: &[EnvoyRoute], plan: Option<&RoutePlan>) -> Markup {
     let operate = s.may_operate() && v.status != VpsStatus::Deleted;
+    // Where each active route runs today and whether its listener is live (disabled routes
+    // run nowhere and are not in the plan).
+    let planned = |id: Uuid| plan.and_then(|p| p.routes.iter().find(|r| r.route_id == id));
     html! {
         section.card #routes {
             h2 { "Routes" }
@@ -55,6 +58,7 @@ pub fn section(s: &Session, v: &Vps, routes: &[EnvoyRoute]) -> Markup {
                     thead { tr {
                         th scope="col" { "Name" } th scope="col" { "Listen" } th scope="col" { "Backend" }
                         th scope="col" { "Type" } th scope="col" { "PROXY" } th scope="col" { "Status" }
+                        th scope="col" { "Runs" } th scope="col" { "Listener" }
                         @if operate { th scope="col" { span.sr-only { "Actions" } } }
                     } }
                     tbody { @for r in routes { tr {
@@ -64,6 +68,18 @@ pub fn section(s: &Session, v: &Vps, routes: &[EnvoyRoute]) -> Markup {
                         td { (r.upstream.kind_label()) }
                         td { (r.proxy_protocol.as_str()) }
                         td { span class={ "badge route-" (r.status.as_str()) } { (r.status.as_str()) } }
+                        @match planned(r.id) {
+                            Some(p) => {
+                                td { span class={ "badge runs-" (p.runs.as_str()) } title=[p.issues.first().map(|i| i.message.as_str())] { (p.runs.as_str().replace('_', " ")) } }
+                                @match &p.listener {
+                                    Some(RouteListener::Live) => td { span.badge.live { "live" } },
+                                    Some(RouteListener::NotLive { reason }) => td { span.badge.not-live { "not live" } " " span.hint { (reason) } },
+                                    Some(RouteListener::Unknown { reason }) => td { span.hint { "unknown: " (reason) } },
+                                    None => td { "—" },
+                                }
+                            }
+                            None => { td { "—" } td { "—" } }
+                        }
                         @if operate { td.actions {
                             a href={ "/vps/" (v.id) "/routes/" (r.id) } aria-label={ "Edit route " (r.name) } { "Edit" }
                             " "

@@ -333,7 +333,13 @@ async fn detail_page(
     } else {
         Default::default()
     };
-    let mesh_section = mesh::section(web, s, v).await;
+    // Where the routes run today and whether each listener is live: one plan for the routes
+    // table and the mesh chain's route link (none outside sigma-api).
+    let plan = match &web.mesh {
+        Some(m) => m.route_plan(v.id).await.ok(),
+        None => None,
+    };
+    let mesh_section = mesh::section(web, s, v, plan.as_ref()).await;
     let stored = draft_of(v);
     let no_errors = FieldErrors::new();
     let edit = edit.unwrap_or(EditState {
@@ -399,7 +405,7 @@ async fn detail_page(
         }
         (contract_card(&v.contract))
         (mesh_section)
-        (routes::section(s, v, &routes))
+        (routes::section(s, v, &routes, plan.as_ref()))
         @if operate { (edit_form(s, v, &edit, &purposes, &providers)) }
         section.card #history {
             h2 { "History" }
