@@ -159,6 +159,13 @@ impl ControlPlane {
             .find(|e| e["metadata"]["labels"]["sigma.io/vps-id"] == vps_id))
     }
 
+    /// An API for an Istio security kind (`AuthorizationPolicy`, `PeerAuthentication`) in a
+    /// namespace.
+    pub fn istio_security(&self, kind: &str, ns: &str) -> Api<DynamicObject> {
+        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("security.istio.io", "v1", kind));
+        Api::namespaced_with(self.admin.clone(), ns, &ar)
+    }
+
     /// An API for a core kind in a namespace.
     pub fn core(&self, kind: &str, ns: &str) -> Api<DynamicObject> {
         let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("", "v1", kind));

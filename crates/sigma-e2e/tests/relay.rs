@@ -362,6 +362,86 @@ async fn a_relay_forwards_user_streams_to_an_exit_pool_over_mtls_in_mesh_mode() 
         failed.len()
     );
 
+    // The exits see the relay's SPIFFE identity: Envoy's RBAC on an exit's ingress listener,
+    // from an AuthorizationPolicy on the exits, matches the peer certificate of the hop. Allowing
+    // only another identity stops the chain (the control); allowing the relay's
+    // (spiffe://cluster.local/ns/sigma/sa/sigma-vm) lets it through again.
+    let policies = c.cluster.cp.istio_security("AuthorizationPolicy", "sigma");
+    let policy = |principal: &str| {
+        json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+               "metadata": {"name": "exits-from-relays", "namespace": "sigma"},
+               "spec": {"selector": {"matchLabels": {"app": "xrayr"}}, "action": "ALLOW",
+                        "rules": [{"from": [{"source": {"principals": [principal]}}]}]}})
+    };
+    c.cluster
+        .cp
+        .apply_object(&policies, policy("cluster.local/ns/sigma/sa/someone-else"))
+        .await;
+    let relay_ip = relay.ns.ip.clone();
+    sigma_e2e::wait_for(
+        "the exits to refuse an identity the policy does not allow",
+        Duration::from_secs(60),
+        || async { user_call(&relay_ip, POOL_PORT).is_err().then_some(()) },
+    )
+    .await;
+    c.cluster
+        .cp
+        .apply_object(&policies, policy("cluster.local/ns/sigma/sa/sigma-vm"))
+        .await;
+    wait_chain(
+        relay,
+        POOL_PORT,
+        20,
+        &both,
+        "127.0.0.1",
+        "the chain with only the relay's identity allowed",
+    )
+    .await;
+    policies
+        .delete("exits-from-relays", &Default::default())
+        .await
+        .expect("delete the AuthorizationPolicy");
+
+    // Prometheus, discovering the Envoys through sigma-api, has the relay's per-VPS connection
+    // and byte series for the hop, labelled with the relay's VPS, purpose, provider and
+    // country. (Istio's own proxy would add istio_tcp_connections_opened_total,
+    // istio_tcp_sent_bytes_total and istio_tcp_received_bytes_total with source_workload the
+    // relay's entry and destination_workload each exit's: the series Kiali draws its TCP edges
+    // from; upstream Envoy lacks the filters that make them.)
+    let prom = sigma_e2e::prometheus::Prometheus::start(
+        &c.cluster.cp.dir,
+        &format!("{}/api/prometheus/targets", api.url),
+        sigma_testkit::ADMIN_KEY,
+    )
+    .await;
+    for metric in [
+        "envoy_cluster_upstream_cx_total",
+        "envoy_cluster_upstream_cx_rx_bytes_total",
+        "envoy_cluster_upstream_cx_tx_bytes_total",
+    ] {
+        let q = format!(r#"{metric}{{job="envoy",cluster_name="{cluster_name}"}}"#);
+        let s = sigma_e2e::wait_for(
+            &format!("{metric} of the relay in Prometheus"),
+            Duration::from_secs(90),
+            || async {
+                prom.query(&q).await.into_iter().find(|s| {
+                    s["metric"]["hostname"] == relay.hostname.as_str()
+                        && s["value"][1]
+                            .as_str()
+                            .and_then(|v| v.parse::<f64>().ok())
+                            .is_some_and(|v| v > 0.0)
+                })
+            },
+        )
+        .await;
+        assert_eq!(s["metric"]["purpose"], "vpn-relay", "{s}");
+        assert_eq!(s["metric"]["provider"], "ovh", "{s}");
+        assert_eq!(s["metric"]["country"], "FI", "{s}");
+        assert_eq!(s["metric"]["vps_id"], relay_id.as_str(), "{s}");
+        eprintln!("Prometheus: {s}");
+    }
+    drop(prom);
+
     // No packet-filter rule on any VPS: nothing is intercepted.
     for v in exits.iter().chain([relay]) {
         assert_eq!(v.ns.filter_rules(), Vec::<String>::new(), "{}", v.hostname);
