@@ -770,8 +770,13 @@ fn bulk_mb_per_s(addr: &str, port: u16, bytes: u64) -> f64 {
     use std::io::{Read, Write};
     let t = Instant::now();
     let mut s = std::net::TcpStream::connect((addr, port)).unwrap();
-    s.write_all(format!("GET /bytes/{bytes} HTTP/1.0\r\n\r\n").as_bytes())
-        .unwrap();
+    // HTTP/1.1 with close: the exit's ingress listener serves an HTTP port, and Envoy refuses
+    // HTTP/1.0 (426) by default.
+    s.write_all(
+        format!("GET /bytes/{bytes} HTTP/1.1\r\nhost: exit\r\nconnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
     let mut buf = vec![0u8; 1 << 20];
     let mut got = 0u64;
     loop {
@@ -801,10 +806,15 @@ fn conns_per_s(addr: &str, port: u16, threads: usize, secs: u64) -> f64 {
                 let end = Instant::now() + Duration::from_secs(secs);
                 while Instant::now() < end {
                     let mut s = std::net::TcpStream::connect((addr.as_str(), port)).unwrap();
-                    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+                    s.write_all(b"GET / HTTP/1.1\r\nhost: exit\r\nconnection: close\r\n\r\n")
+                        .unwrap();
                     let mut out = Vec::new();
                     s.read_to_end(&mut out).unwrap();
-                    assert!(out.starts_with(b"HTTP/1."), "{out:?}");
+                    assert!(
+                        out.starts_with(b"HTTP/1.1 200") || out.starts_with(b"HTTP/1.0 200"),
+                        "{}",
+                        String::from_utf8_lossy(&out)
+                    );
                     n += 1;
                 }
                 n
