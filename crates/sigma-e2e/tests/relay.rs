@@ -7,8 +7,9 @@
 //! the route stored in sigma-api.
 //!
 //! The exits are VPS of the `xrayr` purpose (its `http-api` port, application on 8080,
-//! answering `{"host", "peer"}`); the relay is a `vpn-relay` VPS of another provider (another
-//! Istio network).
+//! answering `{"host", "peer"}`, one in DE and one in NL); the relay is a `vpn-relay` VPS of
+//! another provider (another Istio network). The same relay also runs classic mode and is
+//! switched to mesh mode and back, and a benchmark compares both modes' throughput.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -158,8 +159,9 @@ fn proxy_identity(v: &MeshVps) -> Vec<(String, u32, String, String, String)> {
     out
 }
 
-/// The test bed of a chain: the cluster, two `xrayr` exits with their application, and a
-/// `vpn-relay` relay of another provider, all in mesh mode; `ids` in that order.
+/// The test bed of a chain: the cluster, two `xrayr` exits of one provider in two countries
+/// (DE, NL) with their application, and a `vpn-relay` relay of another provider whose agent
+/// runs in the given mode (proxy as `nobody`); `ids` in that order.
 struct Chain {
     exits: [MeshVps; 2],
     relay: MeshVps,
@@ -218,6 +220,15 @@ async fn chain(tag: &str, mode: Mode) -> Chain {
                 .to_string(),
         );
     }
+    // The exits are in two countries (the pool spans both; a route may narrow it to one).
+    let (st, b) = api
+        .call(
+            "PATCH",
+            &format!("/api/vps/{}", ids[1]),
+            Some(json!({"country": "NL"})),
+        )
+        .await;
+    assert_eq!(st, 200, "{b}");
     let relay_vps = match mode {
         Mode::Mesh => cluster.wait_meshed(&relay).await,
         Mode::Classic => wait_mode(&cluster, &relay, "classic").await,
@@ -252,6 +263,7 @@ async fn a_relay_forwards_user_streams_to_an_exit_pool_over_mtls_in_mesh_mode() 
                 {"name": "exits", "listen_port": 443, "target": {"purpose": "xrayr", "port": "http-api"}},
                 {"name": "one", "listen_port": 9444, "target": {"vps": "exit-51.e2e.sigma", "port": "http-api"}},
                 {"name": "ext", "listen_port": 9445, "backend_host": exits[1].ns.ip, "backend_port": APP_PORT},
+                {"name": "de", "listen_port": 9447, "target": {"purpose": "xrayr", "port": "http-api", "countries": ["DE"]}},
             ]})),
         )
         .await;
@@ -301,6 +313,8 @@ async fn a_relay_forwards_user_streams_to_an_exit_pool_over_mtls_in_mesh_mode() 
     // The external backend is plain TCP from the relay's address.
     let second: BTreeSet<String> = BTreeSet::from([exits[1].hostname.clone()]);
     wait_chain(relay, 9445, 5, &second, &relay.ns.ip, "the external route").await;
+    // The pool narrowed to one country: only the German exit.
+    wait_chain(relay, 9447, 10, &one, "127.0.0.1", "the pool of DE only").await;
     // The plan for today's mode shows each listener live, from the agent's reading of the
     // listeners its Envoy has bound.
     let t = Instant::now();
