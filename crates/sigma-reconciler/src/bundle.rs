@@ -33,7 +33,7 @@ use sigma_types::mesh::{IstioBootstrapBundle, IstioBootstrapFiles, IstioProxyArc
 use time::OffsetDateTime;
 
 use crate::metrics::{BundleCall, BundleCallLabels, CallCounters};
-use crate::{Error, Result};
+use crate::{Error, HostProblem, Missing, Result, TokenAnswer};
 
 /// How long a failure to read the shared pieces is answered from memory.
 const FAILURE_TTL: Duration = Duration::from_secs(1);
@@ -260,15 +260,23 @@ impl BundleIssuer {
         let cm = match self.timed(BundleCall::ConfigMap, api.get(name)).await? {
             Ok(cm) => cm,
             Err(e) if is_not_found(&e) => {
-                return Err(Error::Missing(format!(
-                    "ConfigMap {ns}/{name} not found ({hint})"
-                )));
+                return Err(Missing::ConfigMap {
+                    namespace: ns.into(),
+                    name: name.into(),
+                    hint: hint.into(),
+                }
+                .into());
             }
             Err(e) => return Err(Error::kube(format!("reading ConfigMap {ns}/{name}"), e)),
         };
-        cm.data
-            .and_then(|mut d| d.remove(key))
-            .ok_or_else(|| Error::Missing(format!("ConfigMap {ns}/{name} has no key {key}")))
+        cm.data.and_then(|mut d| d.remove(key)).ok_or_else(|| {
+            Missing::ConfigMapKey {
+                namespace: ns.into(),
+                name: name.into(),
+                key: key.into(),
+            }
+            .into()
+        })
     }
 
     async fn root_cert(&self) -> Result<String> {
@@ -301,32 +309,43 @@ impl BundleIssuer {
         let svc = match self.timed(BundleCall::Service, api.get(name)).await? {
             Ok(s) => s,
             Err(e) if is_not_found(&e) => {
-                return Err(Error::Missing(format!(
-                    "Service {ns}/{name} not found: install Istio's east-west gateway, or give its address with --eastwest-address"
-                )));
+                return Err(Missing::GatewayService {
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                }
+                .into());
             }
             Err(e) => return Err(Error::kube(format!("reading Service {ns}/{name}"), e)),
         };
         match gateway_address(&svc) {
             Some(GatewayAddress::Ip(ip)) => Ok(ip),
             Some(GatewayAddress::Hostname(h)) => self.resolve(&h, ns, name).await,
-            None => Err(Error::Missing(format!(
-                "Service {ns}/{name} has no load-balancer address or external IP yet: wait for its load balancer, or give the address with --eastwest-address"
-            ))),
+            None => Err(Missing::GatewayAddress {
+                namespace: ns.clone(),
+                name: name.clone(),
+            }
+            .into()),
         }
     }
 
     async fn resolve(&self, host: &str, ns: &str, name: &str) -> Result<IpAddr> {
-        let what = || format!("host name {host} of Service {ns}/{name}");
+        let missing = |problem| -> Error {
+            Missing::GatewayHost {
+                host: host.into(),
+                namespace: ns.into(),
+                name: name.into(),
+                problem,
+            }
+            .into()
+        };
         let found = tokio::time::timeout(
             self.settings.timeout,
             tokio::net::lookup_host((host, ISTIOD_PORT)),
         )
         .await
-        .map_err(|_| Error::Missing(format!("{} did not resolve in time", what())))?
-        .map_err(|e| Error::Missing(format!("{} does not resolve: {e}", what())))?;
-        pick_address(found.map(|s| s.ip()))
-            .ok_or_else(|| Error::Missing(format!("{} resolves to no address", what())))
+        .map_err(|_| missing(HostProblem::Timeout))?
+        .map_err(|e| missing(HostProblem::Lookup(Arc::new(e))))?;
+        pick_address(found.map(|s| s.ip())).ok_or_else(|| missing(HostProblem::NoAddress))
     }
 
     async fn read_shared(&self) -> Result<SharedPieces> {
@@ -389,9 +408,11 @@ impl BundleIssuer {
         {
             Ok(r) => r,
             Err(e) if is_not_found(&e) => {
-                return Err(Error::Missing(format!(
-                    "ServiceAccount {ns}/{service_account} not found: create it (the purpose's mesh identity)"
-                )));
+                return Err(Missing::ServiceAccount {
+                    namespace: ns.clone(),
+                    name: service_account.into(),
+                }
+                .into());
             }
             Err(e) => {
                 return Err(Error::kube(
@@ -400,15 +421,17 @@ impl BundleIssuer {
                 ));
             }
         };
-        let status = resp.status.ok_or_else(|| {
-            Error::Missing(format!(
-                "TokenRequest for ServiceAccount {ns}/{service_account} was answered without a token"
-            ))
-        })?;
+        let no_token = |answer| -> Error {
+            Missing::Token {
+                namespace: ns.clone(),
+                name: service_account.into(),
+                answer,
+            }
+            .into()
+        };
+        let status = resp.status.ok_or_else(|| no_token(TokenAnswer::NoToken))?;
         if status.token.trim().is_empty() {
-            return Err(Error::Missing(format!(
-                "TokenRequest for ServiceAccount {ns}/{service_account} was answered with an empty token"
-            )));
+            return Err(no_token(TokenAnswer::EmptyToken));
         }
         let ts = status.expiration_timestamp.0;
         let expires_at =

@@ -75,11 +75,120 @@ pub enum Error {
     Timeout(std::time::Duration),
     /// A cluster object that a VPS's bootstrap bundle is made from is missing (Istio not
     /// installed yet, no east-west gateway address, no such service account).
-    #[error("{0}")]
-    Missing(String),
+    #[error(transparent)]
+    Missing(#[from] Missing),
     /// The kubeconfig or in-cluster configuration is unusable.
     #[error("Kubernetes configuration: {0}")]
     Config(String),
+}
+
+/// What a bootstrap bundle needs from the cluster and did not find, each with what to do.
+/// `Clone`, so a cached failure can be handed to the next callers.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Missing {
+    /// A ConfigMap Istio writes is absent; `hint` says what that usually means.
+    #[error("ConfigMap {namespace}/{name} not found ({hint})")]
+    ConfigMap {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// What its absence usually means.
+        hint: String,
+    },
+    /// The ConfigMap lacks the key.
+    #[error("ConfigMap {namespace}/{name} has no key {key}")]
+    ConfigMapKey {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The key.
+        key: String,
+    },
+    /// The east-west gateway's Service is absent.
+    #[error(
+        "Service {namespace}/{name} not found: install Istio's east-west gateway, or give its address with --eastwest-address"
+    )]
+    GatewayService {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// The east-west gateway's Service has no address yet.
+    #[error(
+        "Service {namespace}/{name} has no load-balancer address or external IP yet: wait for its load balancer, or give the address with --eastwest-address"
+    )]
+    GatewayAddress {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// The east-west gateway's load-balancer host name does not give an address.
+    #[error("host name {host} of Service {namespace}/{name} {problem}")]
+    GatewayHost {
+        /// The host name.
+        host: String,
+        /// The Service's namespace.
+        namespace: String,
+        /// The Service's name.
+        name: String,
+        /// What went wrong.
+        #[source]
+        problem: HostProblem,
+    },
+    /// The purpose's ServiceAccount is absent.
+    #[error("ServiceAccount {namespace}/{name} not found: create it (the purpose's mesh identity)")]
+    ServiceAccount {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// A TokenRequest was answered without a usable token.
+    #[error("TokenRequest for ServiceAccount {namespace}/{name} was answered {answer}")]
+    Token {
+        /// The ServiceAccount's namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// What came back.
+        answer: TokenAnswer,
+    },
+}
+
+/// Why a gateway host name gave no address.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HostProblem {
+    /// The lookup took longer than the API timeout.
+    #[error("did not resolve in time")]
+    Timeout,
+    /// The lookup failed.
+    #[error("does not resolve: {0}")]
+    Lookup(#[source] Arc<std::io::Error>),
+    /// The lookup gave no usable address.
+    #[error("resolves to no address")]
+    NoAddress,
+}
+
+/// A TokenRequest answer without a usable token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenAnswer {
+    /// No status at all.
+    NoToken,
+    /// An empty token.
+    EmptyToken,
+}
+
+impl std::fmt::Display for TokenAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TokenAnswer::NoToken => "without a token",
+            TokenAnswer::EmptyToken => "with an empty token",
+        })
+    }
 }
 
 impl Error {
