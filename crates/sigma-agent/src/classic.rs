@@ -11,8 +11,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::Result;
-use crate::client::{Backoff, Client};
+use crate::client::Client;
 use crate::runner::{Desired, Managed};
+use sigma_types::backoff::Backoff;
 
 /// Where route snapshots go (the xDS server), and what it tells back.
 pub trait RoutesSink: Send + Sync + 'static {

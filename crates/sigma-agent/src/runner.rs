@@ -9,10 +9,11 @@ use sigma_types::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{Backoff, Client};
+use crate::client::Client;
 use crate::metrics::Metrics;
 use crate::state::StateDir;
 use crate::{Error, Result, host};
+use sigma_types::backoff::Backoff;
 
 /// What the agent manages on the VPS (the proxy, in classic or mesh mode). The runner tells it
 /// the desired state; it reports what it has applied.

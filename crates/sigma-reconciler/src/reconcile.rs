@@ -11,6 +11,7 @@ use sigma_mesh::{Kind, MeshObject, MeshTemplate, ObjectKey, SkipReason};
 use sigma_store::Store;
 use sigma_store::mesh::{MeshInputs, MeshStatusUpdate, MeshVpsRow};
 use sigma_types::MeshSyncStatus;
+use sigma_types::backoff::Backoff;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -75,34 +76,6 @@ pub struct Reconciler {
     settings: ReconcilerSettings,
     /// Counters (cloning shares them; [`Stats::register`] exports them).
     pub stats: Stats,
-}
-
-/// Capped exponential backoff.
-#[derive(Debug)]
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    fn new(min: Duration, max: Duration) -> Self {
-        Backoff {
-            min,
-            max,
-            next: min,
-        }
-    }
-
-    fn next(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        d
-    }
-
-    fn reset(&mut self) {
-        self.next = self.min;
-    }
 }
 
 /// Why a whole pass failed, as the VPS waiting for it are told. The stored status is text, so
@@ -455,6 +428,7 @@ impl Reconciler {
         changes: &mut watch::Receiver<u64>,
         shutdown: &CancellationToken,
     ) -> bool {
+        // Jittered: replicas that lost the API server together do not retry in step.
         let mut backoff = Backoff::new(self.settings.min_backoff, self.settings.max_backoff);
         // When the next pass runs, and before when a change notice may not pull it (while the
         // API server is failing, notices wait for the backoff).
@@ -501,7 +475,7 @@ impl Reconciler {
                         }
                         Ok(r) => {
                             self.stats.pass_failed(FailureKind::Objects);
-                            let delay = backoff.next();
+                            let delay = backoff.next_delay();
                             tracing::warn!(failed = r.failures.len(), applied = r.applied, deleted = r.deleted,
                                 retry_in_ms = delay.as_millis() as u64, "mesh partly reconciled");
                             // Other changes may still go through at once; the failed objects
@@ -511,7 +485,7 @@ impl Reconciler {
                         }
                         Err(e) => {
                             self.stats.pass_failed(FailureKind::of(&e));
-                            let delay = backoff.next();
+                            let delay = backoff.next_delay();
                             tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "mesh not reconciled");
                             due = now + delay;
                             hold_until = due;
@@ -543,15 +517,6 @@ fn not_meshed_reason(row: &MeshVpsRow, enabled: &HashSet<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(3));
-        let seq: Vec<u64> = (0..5).map(|_| b.next().as_millis() as u64).collect();
-        assert_eq!(seq, [500, 1000, 2000, 3000, 3000]);
-        b.reset();
-        assert_eq!(b.next(), Duration::from_millis(500));
-    }
 
     #[test]
     fn a_failed_pass_recognises_what_it_wrote() {

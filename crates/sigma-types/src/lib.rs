@@ -5,6 +5,7 @@
 //! CLI agree on one definition of "a valid hostname" or "a valid country".
 
 pub mod api;
+pub mod backoff;
 pub mod cert;
 pub mod contract;
 pub mod costs;

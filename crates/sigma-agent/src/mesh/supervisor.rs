@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::client::Backoff;
+use sigma_types::backoff::Backoff;
 
 use super::privs::{self, Credentials};
 use super::status::Shared;

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use tokio::time::Interval;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::Backoff;
+use sigma_types::backoff::Backoff;
 
 use super::bundle::{BundleError, Bundles, Prepared, Record};
 use super::dataplane;
