@@ -55,9 +55,9 @@ pub(super) enum BundleError {
     /// Its `cluster.env` or `hosts` is refused (the reason names the file).
     #[error("{0}")]
     Content(String),
-    /// Writing or removing the files failed (the reason names the path).
-    #[error("{0}")]
-    Files(String),
+    /// Writing or removing the files failed (the error names the path).
+    #[error(transparent)]
+    Files(#[from] super::install::InstallError),
     /// The blocking file work did not finish (a panic).
     #[error("{doing}: {source}")]
     Task {

@@ -157,8 +157,34 @@ fn chown_dir(dir: &Path, mode: Option<u32>, owner: Owner) -> io::Result<()> {
     Ok(())
 }
 
-fn ctx(path: &Path) -> impl Fn(io::Error) -> String + '_ {
-    move |e| format!("{}: {e}", path.display())
+/// A file operation of the installation that failed, naming its path.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// Reading, writing, creating or removing `path` failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The hosts file is not text.
+    #[error("{} is not UTF-8", path.display())]
+    NotUtf8 {
+        /// The hosts file.
+        path: PathBuf,
+    },
+    /// Several steps of an uninstall failed (each was tried).
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Several(Vec<InstallError>),
+}
+
+fn ctx(path: &Path) -> impl Fn(io::Error) -> InstallError + '_ {
+    move |source| InstallError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Writes every file of the bundle, the certificate directories and the hosts block; returns
@@ -170,7 +196,7 @@ pub fn install(
     hosts_entries: &[String],
     owner: Owner,
     created: &mut Vec<PathBuf>,
-) -> Result<(), String> {
+) -> Result<(), InstallError> {
     let f = &bundle.files;
     let files: [(PathBuf, &str, u32); 4] = [
         (layout.root_cert(), &f.root_cert_pem, 0o644),
@@ -220,20 +246,20 @@ pub fn install(
 }
 
 /// Rewrites only the token (a refresh with an unchanged bundle version).
-pub fn install_token(layout: &Layout, token: &str, owner: Owner) -> Result<(), String> {
+pub fn install_token(layout: &Layout, token: &str, owner: Owner) -> Result<(), InstallError> {
     let p = layout.token();
     write_atomic(&p, token.as_bytes(), 0o600, owner).map_err(ctx(&p))
 }
 
 /// Puts `entries` in the hosts block (removes the block when empty), keeping the file's mode,
 /// owner and every other line; does not touch the file when nothing changes.
-pub fn write_hosts(layout: &Layout, entries: &[String]) -> Result<(), String> {
+pub fn write_hosts(layout: &Layout, entries: &[String]) -> Result<(), InstallError> {
     let link = layout.hosts();
     // Write through a symlink, not over it.
     let path = fs::canonicalize(&link).unwrap_or(link);
     let (existing, meta) = match fs::read(&path) {
         Ok(b) => (
-            String::from_utf8(b).map_err(|_| format!("{} is not UTF-8", path.display()))?,
+            String::from_utf8(b).map_err(|_| InstallError::NotUtf8 { path: path.clone() })?,
             fs::metadata(&path).ok(),
         ),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -267,7 +293,7 @@ pub fn write_hosts(layout: &Layout, entries: &[String]) -> Result<(), String> {
     }
 }
 
-fn remove_file(p: &Path) -> Result<(), String> {
+fn remove_file(p: &Path) -> Result<(), InstallError> {
     match fs::remove_file(p) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -283,9 +309,9 @@ pub fn uninstall(
     layout: &Layout,
     cert_dirs: &[PathBuf],
     created: &[PathBuf],
-) -> Result<(), String> {
+) -> Result<(), InstallError> {
     let mut errors = Vec::new();
-    let mut note = |r: Result<(), String>| {
+    let mut note = |r: Result<(), InstallError>| {
         if let Err(e) = r {
             errors.push(e);
         }
@@ -324,10 +350,10 @@ pub fn uninstall(
             Err(e) => note(Err(ctx(d)(e))),
         }
     }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors.join("; "))
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.remove(0)),
+        _ => Err(InstallError::Several(errors)),
     }
 }
 
