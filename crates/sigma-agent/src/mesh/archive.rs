@@ -35,6 +35,116 @@ fn hex(d: &[u8]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Why Istio's sidecar archive could not be downloaded or unpacked. Each names the URL,
+/// path or archive entry concerned; the system's or HTTP client's error is the source.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    /// The request failed (connection, TLS, a broken body).
+    #[error("downloading {url}: {source}")]
+    Request {
+        /// The archive's URL.
+        url: String,
+        /// The client's error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The server answered with an error status.
+    #[error("downloading {url}: HTTP {status}")]
+    Status {
+        /// The archive's URL.
+        url: String,
+        /// The status code.
+        status: u16,
+    },
+    /// The server sent nothing for [`CHUNK_TIMEOUT`].
+    #[error("downloading {url}: no data for {CHUNK_TIMEOUT:?}")]
+    Stalled {
+        /// The archive's URL.
+        url: String,
+    },
+    /// The agent stopped meanwhile.
+    #[error("stopped while downloading")]
+    Stopped,
+    /// The archive is larger than [`MAX_ARCHIVE_BYTES`].
+    #[error("{url} is larger than {MAX_ARCHIVE_BYTES} bytes")]
+    TooLarge {
+        /// The archive's URL.
+        url: String,
+    },
+    /// The archive's digest is not the one the bundle states.
+    #[error(
+        "sha256 mismatch for {url}: the bundle says {expected}, the download is {got}; refusing it"
+    )]
+    Digest {
+        /// The archive's URL.
+        url: String,
+        /// What the bundle says.
+        expected: String,
+        /// What was downloaded.
+        got: String,
+    },
+    /// A local file operation failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The file is not gzip.
+    #[error("the proxy archive is not a .tar.gz (only Istio's istio-sidecar.tar.gz is supported)")]
+    NotGzip,
+    /// The tar stream is broken.
+    #[error("reading the proxy archive: {0}")]
+    Read(#[source] io::Error),
+    /// An entry's path cannot be read.
+    #[error("archive entry: {0}")]
+    EntryPath(#[source] io::Error),
+    /// A wanted entry is a link, a directory or the like.
+    #[error("{name} in the proxy archive is not a regular file")]
+    NotAFile {
+        /// The entry.
+        name: String,
+    },
+    /// A wanted entry appears twice.
+    #[error("{name} appears twice in the proxy archive")]
+    Twice {
+        /// The entry.
+        name: String,
+    },
+    /// An entry could not be written to its target.
+    #[error("unpacking {name} to {}: {source}", target.display())]
+    Unpack {
+        /// The entry.
+        name: String,
+        /// Where it goes.
+        target: PathBuf,
+        /// The system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// A binary is missing from the archive.
+    #[error("the proxy archive has no {0}")]
+    Missing(&'static str),
+    /// A staged file could not be moved into place.
+    #[error("installing {}: {source}", dest.display())]
+    Install {
+        /// Where it goes.
+        dest: PathBuf,
+        /// The system's error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_at(path: &Path) -> impl Fn(io::Error) -> ArchiveError + '_ {
+    move |source| ArchiveError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 /// Downloads `url` into `dest`, refusing it (and deleting what was written) unless its SHA-256
 /// is `sha256`.
 pub async fn download(
@@ -43,15 +153,21 @@ pub async fn download(
     sha256: &str,
     dest: &Path,
     stop: &CancellationToken,
-) -> Result<(), String> {
+) -> Result<(), ArchiveError> {
     let result = async {
         let mut resp = http
             .get(url)
             .send()
             .await
-            .map_err(|e| format!("downloading {url}: {e}"))?;
+            .map_err(|source| ArchiveError::Request {
+                url: url.into(),
+                source,
+            })?;
         if !resp.status().is_success() {
-            return Err(format!("downloading {url}: HTTP {}", resp.status().as_u16()));
+            return Err(ArchiveError::Status {
+                url: url.into(),
+                status: resp.status().as_u16(),
+            });
         }
         let mut file = tokio::fs::OpenOptions::new()
             .write(true)
@@ -60,37 +176,40 @@ pub async fn download(
             .mode(0o600)
             .open(dest)
             .await
-            .map_err(|e| format!("{}: {e}", dest.display()))?;
+            .map_err(io_at(dest))?;
         let mut hasher = Sha256::new();
         let mut total = 0u64;
         loop {
             let chunk = tokio::select! {
-                _ = stop.cancelled() => return Err("stopped while downloading".into()),
+                _ = stop.cancelled() => return Err(ArchiveError::Stopped),
                 c = tokio::time::timeout(CHUNK_TIMEOUT, resp.chunk()) => c,
             };
             let chunk = match chunk {
-                Err(_) => return Err(format!("downloading {url}: no data for {CHUNK_TIMEOUT:?}")),
-                Ok(Err(e)) => return Err(format!("downloading {url}: {e}")),
+                Err(_) => return Err(ArchiveError::Stalled { url: url.into() }),
+                Ok(Err(source)) => {
+                    return Err(ArchiveError::Request {
+                        url: url.into(),
+                        source,
+                    });
+                }
                 Ok(Ok(None)) => break,
                 Ok(Ok(Some(c))) => c,
             };
             total += chunk.len() as u64;
             if total > MAX_ARCHIVE_BYTES {
-                return Err(format!("{url} is larger than {MAX_ARCHIVE_BYTES} bytes"));
+                return Err(ArchiveError::TooLarge { url: url.into() });
             }
             hasher.update(&chunk);
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| format!("{}: {e}", dest.display()))?;
+            file.write_all(&chunk).await.map_err(io_at(dest))?;
         }
-        file.sync_all()
-            .await
-            .map_err(|e| format!("{}: {e}", dest.display()))?;
+        file.sync_all().await.map_err(io_at(dest))?;
         let got = hex(&hasher.finalize());
         if got != sha256 {
-            return Err(format!(
-                "sha256 mismatch for {url}: the bundle says {sha256}, the download is {got}; refusing it"
-            ));
+            return Err(ArchiveError::Digest {
+                url: url.into(),
+                expected: sha256.into(),
+                got,
+            });
         }
         Ok(())
     }
@@ -134,27 +253,21 @@ fn extract_to(entry: &mut impl Read, target: &Path, mode: u32) -> io::Result<Pat
 
 /// Unpacks pilot-agent, Envoy and (when present) the bootstrap template from a `.tar.gz`; puts
 /// nothing in place unless both binaries are there.
-pub fn unpack(archive: &Path, t: &Targets) -> Result<(), String> {
-    let mut f = fs::File::open(archive).map_err(|e| format!("{}: {e}", archive.display()))?;
+pub fn unpack(archive: &Path, t: &Targets) -> Result<(), ArchiveError> {
+    let mut f = fs::File::open(archive).map_err(io_at(archive))?;
     let mut magic = [0u8; 2];
-    f.read_exact(&mut magic)
-        .map_err(|e| format!("{}: {e}", archive.display()))?;
+    f.read_exact(&mut magic).map_err(io_at(archive))?;
     if magic != [0x1f, 0x8b] {
-        return Err(
-            "the proxy archive is not a .tar.gz (only Istio's istio-sidecar.tar.gz is supported)"
-                .into(),
-        );
+        return Err(ArchiveError::NotGzip);
     }
-    let f = fs::File::open(archive).map_err(|e| format!("{}: {e}", archive.display()))?;
+    let f = fs::File::open(archive).map_err(io_at(archive))?;
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(f));
     let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
     let result = (|| {
-        let entries = tar
-            .entries()
-            .map_err(|e| format!("reading the proxy archive: {e}"))?;
+        let entries = tar.entries().map_err(ArchiveError::Read)?;
         for entry in entries {
-            let mut entry = entry.map_err(|e| format!("reading the proxy archive: {e}"))?;
-            let name = normalised(&entry.path().map_err(|e| format!("archive entry: {e}"))?);
+            let mut entry = entry.map_err(ArchiveError::Read)?;
+            let name = normalised(&entry.path().map_err(ArchiveError::EntryPath)?);
             let (target, mode) = match name.as_str() {
                 "usr/local/bin/pilot-agent" => (&t.agent, 0o755),
                 "usr/local/bin/envoy" => (&t.envoy, 0o755),
@@ -162,13 +275,17 @@ pub fn unpack(archive: &Path, t: &Targets) -> Result<(), String> {
                 _ => continue,
             };
             if !entry.header().entry_type().is_file() {
-                return Err(format!("{name} in the proxy archive is not a regular file"));
+                return Err(ArchiveError::NotAFile { name });
             }
             if staged.iter().any(|(_, dest)| dest == target) {
-                return Err(format!("{name} appears twice in the proxy archive"));
+                return Err(ArchiveError::Twice { name });
             }
-            let tmp = extract_to(&mut entry, target, mode)
-                .map_err(|e| format!("unpacking {name} to {}: {e}", target.display()))?;
+            let tmp =
+                extract_to(&mut entry, target, mode).map_err(|source| ArchiveError::Unpack {
+                    name: name.clone(),
+                    target: target.clone(),
+                    source,
+                })?;
             staged.push((tmp, target.clone()));
         }
         for (what, p) in [
@@ -176,7 +293,7 @@ pub fn unpack(archive: &Path, t: &Targets) -> Result<(), String> {
             ("usr/local/bin/envoy", &t.envoy),
         ] {
             if !staged.iter().any(|(_, d)| d == p) {
-                return Err(format!("the proxy archive has no {what}"));
+                return Err(ArchiveError::Missing(what));
             }
         }
         Ok(())
@@ -193,7 +310,10 @@ pub fn unpack(archive: &Path, t: &Targets) -> Result<(), String> {
         );
     }
     for (tmp, dest) in &staged {
-        fs::rename(tmp, dest).map_err(|e| format!("installing {}: {e}", dest.display()))?;
+        fs::rename(tmp, dest).map_err(|source| ArchiveError::Install {
+            dest: dest.clone(),
+            source,
+        })?;
     }
     Ok(())
 }
@@ -231,7 +351,12 @@ mod tests {
             targz(&[("./usr/local/bin/envoy", b"E"), ("./etc/x", b"x")]),
         )
         .unwrap();
-        assert!(unpack(&a, &t).unwrap_err().contains("pilot-agent"));
+        assert!(
+            unpack(&a, &t)
+                .unwrap_err()
+                .to_string()
+                .contains("pilot-agent")
+        );
         assert!(
             !t.envoy.exists(),
             "nothing installed from an incomplete archive"
@@ -253,7 +378,7 @@ mod tests {
         );
         assert_eq!(fs::read(&t.template).unwrap(), b"{}");
         fs::write(&a, b"PK\x03\x04 a zip").unwrap();
-        assert!(unpack(&a, &t).unwrap_err().contains(".tar.gz"));
+        assert!(unpack(&a, &t).unwrap_err().to_string().contains(".tar.gz"));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -4,7 +4,7 @@
 //! Supervising the running process is [`super::supervisor`]'s.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -88,31 +88,100 @@ pub(super) struct Proxy {
     pub(super) tracker: TaskTracker,
 }
 
+/// Why pilot-agent and Envoy could not be installed, or the interception not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The binaries are absent and nothing says where to get them.
+    #[error(
+        "pilot-agent or Envoy is missing ({}, {}) and the bundle names no proxy archive",
+        agent.display(),
+        envoy.display()
+    )]
+    NoBinaries {
+        /// Where pilot-agent should be.
+        agent: PathBuf,
+        /// Where Envoy should be.
+        envoy: PathBuf,
+    },
+    /// `--istio-agent-path` is a bare file name.
+    #[error("--istio-agent-path has no directory")]
+    NoAgentDir,
+    /// The binaries' directory could not be prepared.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The directory or file.
+        path: PathBuf,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Downloading or unpacking Istio's sidecar archive.
+    #[error(transparent)]
+    Archive(#[from] archive::ArchiveError),
+    /// The unpacking task did not finish (a panic).
+    #[error("unpacking: {0}")]
+    Task(#[source] tokio::task::JoinError),
+    /// `pilot-agent istio-iptables` could not be started.
+    #[error("pilot-agent {args}: cannot start: {source}")]
+    Spawn {
+        /// Its arguments.
+        args: String,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `pilot-agent istio-iptables` could not be waited for.
+    #[error("pilot-agent {args}: {source}")]
+    Command {
+        /// Its arguments.
+        args: String,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `pilot-agent istio-iptables` did not finish in time.
+    #[error("pilot-agent {args}: did not finish within {IPTABLES_TIMEOUT:?}")]
+    CommandTimeout {
+        /// Its arguments.
+        args: String,
+    },
+    /// `pilot-agent istio-iptables` failed.
+    #[error("pilot-agent {args} failed: {status}")]
+    CommandFailed {
+        /// Its arguments.
+        args: String,
+        /// How it ended.
+        status: std::process::ExitStatus,
+    },
+}
+
 impl Proxy {
     /// Makes sure pilot-agent and Envoy are installed, from the bundle's archive if needed.
     pub(super) async fn ensure_installed(
         &self,
         p: &Prepared,
         stop: &CancellationToken,
-    ) -> Result<(), String> {
+    ) -> Result<(), ProxyError> {
         let s = &self.settings;
         if is_executable(&s.agent_path) && is_executable(&s.envoy_path) {
             return Ok(());
         }
         let Some(a) = &p.bundle.istio_proxy else {
-            return Err(format!(
-                "pilot-agent or Envoy is missing ({}, {}) and the bundle names no proxy archive",
-                s.agent_path.display(),
-                s.envoy_path.display()
-            ));
+            return Err(ProxyError::NoBinaries {
+                agent: s.agent_path.clone(),
+                envoy: s.envoy_path.clone(),
+            });
         };
         tracing::info!(url = %a.url, version = a.version.as_deref().unwrap_or("?"), "downloading Istio's sidecar archive");
-        let dir = s
-            .agent_path
-            .parent()
-            .ok_or("--istio-agent-path has no directory")?;
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let tmp = install::temp_beside(&s.agent_path).map_err(|e| e.to_string())?;
+        let dir = s.agent_path.parent().ok_or(ProxyError::NoAgentDir)?;
+        std::fs::create_dir_all(dir).map_err(|source| ProxyError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let tmp = install::temp_beside(&s.agent_path).map_err(|source| ProxyError::Io {
+            path: s.agent_path.clone(),
+            source,
+        })?;
         archive::download(&self.download_http, &a.url, &a.sha256, &tmp, stop).await?;
         let targets = archive::Targets {
             agent: s.agent_path.clone(),
@@ -124,8 +193,8 @@ impl Proxy {
             .tracker
             .spawn_blocking(move || archive::unpack(&t, &targets))
             .await
-            .map_err(|e| format!("unpacking: {e}"))
-            .and_then(|r| r);
+            .map_err(ProxyError::Task)
+            .and_then(|r| r.map_err(ProxyError::from));
         let _ = std::fs::remove_file(&tmp);
         r?;
         tracing::info!(path = %s.agent_path.display(), "pilot-agent and Envoy installed");
@@ -271,11 +340,12 @@ impl Proxy {
         }
     }
 
-    async fn run_once(&self, spec: LaunchSpec) -> Result<(), String> {
+    async fn run_once(&self, spec: LaunchSpec) -> Result<(), ProxyError> {
         let what = spec.args.join(" ");
-        let mut child = spec
-            .spawn()
-            .map_err(|e| format!("pilot-agent {what}: cannot start: {e}"))?;
+        let mut child = spec.spawn().map_err(|source| ProxyError::Spawn {
+            args: what.clone(),
+            source,
+        })?;
         let pid = child.id().unwrap_or(0);
         let stop = CancellationToken::new();
         if let Some(o) = child.stdout.take() {
@@ -298,17 +368,14 @@ impl Proxy {
                 stop.clone(),
             );
         }
-        let st = match tokio::time::timeout(IPTABLES_TIMEOUT, child.wait()).await {
-            Ok(s) => s.map_err(|e| e.to_string()),
+        match tokio::time::timeout(IPTABLES_TIMEOUT, child.wait()).await {
+            Ok(Ok(s)) if s.success() => Ok(()),
+            Ok(Ok(status)) => Err(ProxyError::CommandFailed { args: what, status }),
+            Ok(Err(source)) => Err(ProxyError::Command { args: what, source }),
             Err(_) => {
                 supervisor::terminate(&mut child, Duration::from_secs(2)).await;
-                Err(format!("did not finish within {IPTABLES_TIMEOUT:?}"))
+                Err(ProxyError::CommandTimeout { args: what })
             }
-        };
-        match st {
-            Ok(s) if s.success() => Ok(()),
-            Ok(s) => Err(format!("pilot-agent {what} failed: {s}")),
-            Err(e) => Err(format!("pilot-agent {what}: {e}")),
         }
     }
 
@@ -319,7 +386,7 @@ impl Proxy {
         &self,
         p: &Prepared,
         applied: bool,
-    ) -> Result<Option<bool>, String> {
+    ) -> Result<Option<bool>, ProxyError> {
         match &p.cidrs {
             Some(c) => {
                 // Like istio-start.sh: clean first, so a restart never stacks rules.
@@ -339,7 +406,7 @@ impl Proxy {
     }
 
     /// Removes the iptables rules the agent put in place.
-    pub(super) async fn remove_iptables(&self) -> Result<(), String> {
+    pub(super) async fn remove_iptables(&self) -> Result<(), ProxyError> {
         self.run_once(self.iptables_spec(None, None)).await
     }
 

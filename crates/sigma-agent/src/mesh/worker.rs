@@ -33,10 +33,10 @@ enum WorkerError {
     /// Fetching, checking or installing the bundle.
     #[error(transparent)]
     Bundle(#[from] BundleError),
-    /// Installing pilot-agent and Envoy, or setting up the interception (the reason names
-    /// the download, file or command).
-    #[error("{0}")]
-    Proxy(String),
+    /// Installing pilot-agent and Envoy, or setting up the interception (the error names the
+    /// download, file or command).
+    #[error(transparent)]
+    Proxy(#[from] super::proxy::ProxyError),
     /// No fresh bundle when the token was due.
     #[error("refreshing the bundle failed: {0}")]
     Refresh(#[source] BundleError),
