@@ -54,19 +54,8 @@ async fn kube_server_with(
 /// Enrolls an agent for `hostname` (active at once) and returns its key.
 async fn enroll(s: &SigmaApi, hostname: &str, ip: &str) -> (String, String) {
     let token = s.token(json!({"purpose": "xrayr", "max_uses": 1})).await;
-    let (st, v) = s
-        .request(
-            "POST",
-            "/api/agent/register",
-            Some(&token),
-            Some(json!({"hostname": hostname, "ip_addresses": [{"ip": ip, "label": "public"}]})),
-        )
-        .await;
-    assert_eq!(st, 200, "{v}");
-    (
-        v["agent_key"].as_str().unwrap().to_string(),
-        v["vps"]["id"].as_str().unwrap().to_string(),
-    )
+    let (id, key) = s.register(&token, hostname, ip).await;
+    (key, id)
 }
 
 async fn mesh_on(s: &SigmaApi) {

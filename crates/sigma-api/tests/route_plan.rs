@@ -10,18 +10,6 @@ both_backends!(
     a_plan_for_today_says_whether_each_listener_is_live
 );
 
-async fn enroll(s: &SigmaApi, token: &str, hostname: &str, ip: &str) -> String {
-    let (st, r) = s
-        .post(
-            "/api/agent/register",
-            token,
-            json!({"hostname": hostname, "ip_addresses": [{"ip": ip, "label": "public"}]}),
-        )
-        .await;
-    assert_eq!(st, 200, "{r}");
-    r["vps"]["id"].as_str().unwrap().to_string()
-}
-
 /// The listener state of route `name` in the plan for today's mode.
 async fn live(s: &SigmaApi, vps: &str, name: &str) -> Value {
     let (st, plan) = s
@@ -34,16 +22,7 @@ async fn live(s: &SigmaApi, vps: &str, name: &str) -> Value {
 async fn a_plan_for_today_says_whether_each_listener_is_live(db: TestDb) {
     let s = SigmaApi::builder().store(&db).start();
     let token = s.token(json!({"purpose": "vpn-relay"})).await;
-    let (st, r) = s
-        .post(
-            "/api/agent/register",
-            &token,
-            json!({"hostname": "relay-1", "ip_addresses": [{"ip": "198.51.100.1", "label": "public"}]}),
-        )
-        .await;
-    assert_eq!(st, 200, "{r}");
-    let id = r["vps"]["id"].as_str().unwrap().to_string();
-    let key = r["agent_key"].as_str().unwrap().to_string();
+    let (id, key) = s.register(&token, "relay-1", "198.51.100.1").await;
     let (st, v) = s
         .call(
             "POST",
@@ -132,8 +111,8 @@ async fn a_plan_names_what_each_route_becomes(db: TestDb) {
     assert_eq!(st, 200, "{v}");
     let relay_token = s.token(json!({"purpose": "vpn-relay"})).await;
     let exit_token = s.token(json!({"purpose": "vpn-exit"})).await;
-    let relay = enroll(&s, &relay_token, "relay-1", "198.51.100.1").await;
-    enroll(&s, &exit_token, "exit-1", "203.0.113.1").await;
+    let relay = s.register(&relay_token, "relay-1", "198.51.100.1").await.0;
+    s.register(&exit_token, "exit-1", "203.0.113.1").await;
     let (st, v) = s
         .call(
             "PUT",

@@ -17,21 +17,6 @@ fn field<'a>(v: &'a Value, f: &str) -> &'a str {
 }
 
 /// Registers `hostname` with one public address; returns (id, agent key).
-async fn enroll(s: &SigmaApi, token: &str, hostname: &str, ip: &str) -> (String, String) {
-    let (st, r) = s
-        .post(
-            "/api/agent/register",
-            token,
-            json!({"hostname": hostname, "ip_addresses": [{"ip": ip, "label": "public"}]}),
-        )
-        .await;
-    assert_eq!(st, 200, "{r}");
-    (
-        r["vps"]["id"].as_str().unwrap().to_string(),
-        r["agent_key"].as_str().unwrap().to_string(),
-    )
-}
-
 /// `(hostname, address, port)` of each endpoint of route `name` in an agent config.
 fn endpoints(cfg: &Value, name: &str) -> Vec<(String, String, u64)> {
     cfg["endpoints"][name]
@@ -69,10 +54,10 @@ async fn fleet_targets_are_checked_and_resolved(db: TestDb) {
     assert_eq!(st, 200, "{v}");
     let relay_token = s.token(json!({"purpose": "vpn-relay"})).await;
     let exit_token = s.token(json!({"purpose": "vpn-exit", "max_uses": 3})).await;
-    let (relay, relay_key) = enroll(&s, &relay_token, "relay-1", "198.51.100.1").await;
-    let (exit1, exit1_key) = enroll(&s, &exit_token, "exit-1", "203.0.113.1").await;
-    let (exit2, exit2_key) = enroll(&s, &exit_token, "exit-2", "203.0.113.2").await;
-    let (_exit3, _) = enroll(&s, &exit_token, "exit-3", "203.0.113.3").await;
+    let (relay, relay_key) = s.register(&relay_token, "relay-1", "198.51.100.1").await;
+    let (exit1, exit1_key) = s.register(&exit_token, "exit-1", "203.0.113.1").await;
+    let (exit2, exit2_key) = s.register(&exit_token, "exit-2", "203.0.113.2").await;
+    let (_exit3, _) = s.register(&exit_token, "exit-3", "203.0.113.3").await;
     for (id, cc) in [(&exit1, "DE"), (&exit2, "FI")] {
         let (st, v) = s
             .patch(&format!("/api/vps/{id}"), k, json!({"country": cc}))

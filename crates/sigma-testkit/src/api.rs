@@ -353,6 +353,23 @@ impl SigmaApi {
         v["token"].as_str().unwrap().to_string()
     }
 
+    /// Registers `hostname` with enrollment `token` and one public address, as an agent
+    /// does; returns the new VPS's `(id, agent key)`.
+    pub async fn register(&self, token: &str, hostname: &str, ip: &str) -> (String, String) {
+        let (st, r) = self
+            .post(
+                "/api/agent/register",
+                token,
+                serde_json::json!({"hostname": hostname, "ip_addresses": [{"ip": ip, "label": "public"}]}),
+            )
+            .await;
+        assert_eq!(st, 200, "registering {hostname}: {r}");
+        (
+            r["vps"]["id"].as_str().unwrap().to_string(),
+            r["agent_key"].as_str().unwrap().to_string(),
+        )
+    }
+
     /// The VPS of a hostname, if any.
     pub async fn vps(&self, hostname: &str) -> Option<Value> {
         let (_, v) = self
