@@ -247,14 +247,18 @@ pub async fn run(ctx: &mut Ctx<'_>, cmd: RouteCommand) -> Result<()> {
                 return ctx.out.value(&ans.body);
             }
             let routes: Vec<EnvoyRoute> = ans.parse()?;
+            // A sigma-api without the plan (older than this sigmactl) answers 404 for the
+            // route: the list is still shown, its RUNS and LIVE cells `-`.
             let runs: HashMap<Uuid, (RouteRuns, Option<RouteListener>)> =
-                plan(ctx, id, PlanMode::Current)
-                    .await?
-                    .1
-                    .routes
-                    .into_iter()
-                    .map(|r| (r.route_id, (r.runs, r.listener)))
-                    .collect();
+                match plan(ctx, id, PlanMode::Current).await {
+                    Ok((_, p)) => p
+                        .routes
+                        .into_iter()
+                        .map(|r| (r.route_id, (r.runs, r.listener)))
+                        .collect(),
+                    Err(e) if e.status() == Some(404) => HashMap::new(),
+                    Err(e) => return Err(e),
+                };
             ctx.rows(
                 &routes,
                 &format!("routes on {vps}"),
