@@ -106,6 +106,38 @@ impl Prometheus {
             .unwrap_or_default()
     }
 
+    /// Waits (up to 90 s) until Prometheus has the per-VPS upstream connection and byte
+    /// series of Envoy cluster `cluster` (`envoy_cluster_upstream_cx_total`,
+    /// `_rx_bytes_total`, `_tx_bytes_total`, job `envoy`) above zero for VPS `hostname`;
+    /// returns each series found, with its labels.
+    pub async fn upstream_series(&self, cluster: &str, hostname: &str) -> Vec<Value> {
+        let mut found = Vec::new();
+        for metric in [
+            "envoy_cluster_upstream_cx_total",
+            "envoy_cluster_upstream_cx_rx_bytes_total",
+            "envoy_cluster_upstream_cx_tx_bytes_total",
+        ] {
+            let q = format!(r#"{metric}{{job="envoy",cluster_name="{cluster}"}}"#);
+            found.push(
+                crate::wait_for(
+                    &format!("{metric} of {hostname} in Prometheus"),
+                    std::time::Duration::from_secs(90),
+                    || async {
+                        self.query(&q).await.into_iter().find(|s| {
+                            s["metric"]["hostname"] == hostname
+                                && s["value"][1]
+                                    .as_str()
+                                    .and_then(|v| v.parse::<f64>().ok())
+                                    .is_some_and(|v| v > 0.0)
+                        })
+                    },
+                )
+                .await,
+            );
+        }
+        found
+    }
+
     /// The result vector of an instant query.
     pub async fn query(&self, q: &str) -> Vec<Value> {
         let v: Value = self

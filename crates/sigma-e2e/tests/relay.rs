@@ -110,15 +110,40 @@ async fn wait_mode(cluster: &MeshCluster, v: &MeshVps, mode: &str) -> Value {
     .await
 }
 
+/// Replaces the relay's routes with `routes` (a JSON array), as an operator does.
+async fn put_routes(cluster: &MeshCluster, relay_id: &str, routes: Value) {
+    let (st, b) = cluster
+        .api
+        .call(
+            "PUT",
+            &format!("/api/vps/{relay_id}/envoy-routes"),
+            Some(json!({ "routes": routes })),
+        )
+        .await;
+    assert_eq!(st, 200, "{b}");
+}
+
+/// The relay's route plan for `mode` (`current`, `mesh` or `classic`).
+async fn route_plan(cluster: &MeshCluster, relay_id: &str, mode: &str) -> Value {
+    let (st, plan) = cluster
+        .api
+        .call(
+            "GET",
+            &format!("/api/vps/{relay_id}/envoy-routes/plan?mode={mode}"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{plan}");
+    plan
+}
+
 /// Waits until the plan for the relay's current mode shows every active route's listener
 /// live (from the agent's report of its Envoy); returns the plan.
 async fn wait_live(cluster: &MeshCluster, relay_id: &str, mode: &str) -> Value {
-    let path = format!("/api/vps/{relay_id}/envoy-routes/plan");
     let mut last = Value::Null;
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(60) {
-        let (st, plan) = cluster.api.call("GET", &path, None).await;
-        assert_eq!(st, 200, "{plan}");
+        let plan = route_plan(cluster, relay_id, "current").await;
         let routes = plan["routes"].as_array().cloned().unwrap_or_default();
         if plan["agent_mode"] == mode
             && !routes.is_empty()
@@ -255,27 +280,18 @@ async fn a_relay_forwards_user_streams_to_an_exit_pool_over_mtls_in_mesh_mode() 
     // The chain: a pool route to both exits, a route to one exit, and a route to a backend
     // outside the mesh (the second exit's application port, reached as plain TCP).
     let t0 = Instant::now();
-    let (st, b) = api
-        .call(
-            "PUT",
-            &format!("/api/vps/{relay_id}/envoy-routes"),
-            Some(json!({"routes": [
-                {"name": "exits", "listen_port": 443, "target": {"purpose": "xrayr", "port": "http-api"}},
-                {"name": "one", "listen_port": 9444, "target": {"vps": "exit-51.e2e.sigma", "port": "http-api"}},
-                {"name": "ext", "listen_port": 9445, "backend_host": exits[1].ns.ip, "backend_port": APP_PORT},
-                {"name": "de", "listen_port": 9447, "target": {"purpose": "xrayr", "port": "http-api", "countries": ["DE"]}},
-            ]})),
-        )
-        .await;
-    assert_eq!(st, 200, "{b}");
-    let (st, plan) = api
-        .call(
-            "GET",
-            &format!("/api/vps/{relay_id}/envoy-routes/plan"),
-            None,
-        )
-        .await;
-    assert_eq!(st, 200, "{plan}");
+    put_routes(
+        &c.cluster,
+        relay_id,
+        json!([
+            {"name": "exits", "listen_port": 443, "target": {"purpose": "xrayr", "port": "http-api"}},
+            {"name": "one", "listen_port": 9444, "target": {"vps": "exit-51.e2e.sigma", "port": "http-api"}},
+            {"name": "ext", "listen_port": 9445, "backend_host": exits[1].ns.ip, "backend_port": APP_PORT},
+            {"name": "de", "listen_port": 9447, "target": {"purpose": "xrayr", "port": "http-api", "countries": ["DE"]}},
+        ]),
+    )
+    .await;
+    let plan = route_plan(&c.cluster, relay_id, "current").await;
     assert_eq!(plan["agent_mode"], "mesh", "{plan}");
     for r in plan["routes"].as_array().unwrap() {
         assert_eq!(r["runs"], "mesh", "{r}");
@@ -428,26 +444,7 @@ async fn a_relay_forwards_user_streams_to_an_exit_pool_over_mtls_in_mesh_mode() 
         sigma_testkit::ADMIN_KEY,
     )
     .await;
-    for metric in [
-        "envoy_cluster_upstream_cx_total",
-        "envoy_cluster_upstream_cx_rx_bytes_total",
-        "envoy_cluster_upstream_cx_tx_bytes_total",
-    ] {
-        let q = format!(r#"{metric}{{job="envoy",cluster_name="{cluster_name}"}}"#);
-        let s = sigma_e2e::wait_for(
-            &format!("{metric} of the relay in Prometheus"),
-            Duration::from_secs(90),
-            || async {
-                prom.query(&q).await.into_iter().find(|s| {
-                    s["metric"]["hostname"] == relay.hostname.as_str()
-                        && s["value"][1]
-                            .as_str()
-                            .and_then(|v| v.parse::<f64>().ok())
-                            .is_some_and(|v| v > 0.0)
-                })
-            },
-        )
-        .await;
+    for s in prom.upstream_series(&cluster_name, &relay.hostname).await {
         assert_eq!(s["metric"]["purpose"], "vpn-relay", "{s}");
         assert_eq!(s["metric"]["provider"], "ovh", "{s}");
         assert_eq!(s["metric"]["country"], "FI", "{s}");
@@ -594,25 +591,15 @@ async fn a_relay_keeps_its_routes_across_a_switch_to_mesh_mode_and_back() {
     }
     let mut c = chain("relay-switch", Mode::Classic).await;
     let relay_id = c.ids[2].clone();
-    let api = &c.cluster.api;
-    let (st, b) = api
-        .call(
-            "PUT",
-            &format!("/api/vps/{relay_id}/envoy-routes"),
-            Some(json!({"routes": [
-                {"name": "exits", "listen_port": POOL_PORT, "target": {"purpose": "xrayr", "port": "http-api"}},
-            ]})),
-        )
-        .await;
-    assert_eq!(st, 200, "{b}");
-    let (st, plan) = api
-        .call(
-            "GET",
-            &format!("/api/vps/{relay_id}/envoy-routes/plan?mode=mesh"),
-            None,
-        )
-        .await;
-    assert_eq!(st, 200, "{plan}");
+    put_routes(
+        &c.cluster,
+        &relay_id,
+        json!([
+            {"name": "exits", "listen_port": POOL_PORT, "target": {"purpose": "xrayr", "port": "http-api"}},
+        ]),
+    )
+    .await;
+    let plan = route_plan(&c.cluster, &relay_id, "mesh").await;
     assert_eq!(plan["agent_mode"], "classic", "{plan}");
     assert_eq!(
         plan["routes"][0]["runs"], "mesh",
@@ -852,18 +839,14 @@ async fn relay_throughput_classic_vs_mesh() {
     }
     let mut c = chain("relay-throughput", Mode::Classic).await;
     let relay_id = c.ids[2].clone();
-    let (st, b) = c
-        .cluster
-        .api
-        .call(
-            "PUT",
-            &format!("/api/vps/{relay_id}/envoy-routes"),
-            Some(json!({"routes": [
-                {"name": "one", "listen_port": POOL_PORT, "target": {"vps": "exit-51.e2e.sigma", "port": "http-api"}},
-            ]})),
-        )
-        .await;
-    assert_eq!(st, 200, "{b}");
+    put_routes(
+        &c.cluster,
+        &relay_id,
+        json!([
+            {"name": "one", "listen_port": POOL_PORT, "target": {"vps": "exit-51.e2e.sigma", "port": "http-api"}},
+        ]),
+    )
+    .await;
     let one = BTreeSet::from([c.exits[0].hostname.clone()]);
     let relay_ip = c.relay.ns.ip.clone();
     let measure = |what: &str| {

@@ -816,26 +816,10 @@ async fn a_purpose_serves_its_port_to_another_purpose_through_ingress_listeners(
     )
     .await;
     let served_cluster = format!("outbound|{SERVED_PORT}||{SERVED_HOST}");
-    for metric in [
-        "envoy_cluster_upstream_cx_total",
-        "envoy_cluster_upstream_cx_rx_bytes_total",
-        "envoy_cluster_upstream_cx_tx_bytes_total",
-    ] {
-        let q = format!(r#"{metric}{{job="envoy",cluster_name="{served_cluster}"}}"#);
-        let s = wait_for(
-            &format!("{metric} of {} in Prometheus", client.hostname),
-            Duration::from_secs(90),
-            || async {
-                prom.query(&q).await.into_iter().find(|s| {
-                    s["metric"]["hostname"] == client.hostname.as_str()
-                        && s["value"][1]
-                            .as_str()
-                            .and_then(|v| v.parse::<f64>().ok())
-                            .is_some_and(|v| v > 0.0)
-                })
-            },
-        )
-        .await;
+    for s in prom
+        .upstream_series(&served_cluster, &client.hostname)
+        .await
+    {
         assert_eq!(s["metric"]["purpose"], "monitor", "{s}");
         assert_eq!(s["metric"]["country"], "FI", "{s}");
         assert_eq!(s["metric"]["provider"], "ovh", "{s}");
