@@ -6,20 +6,11 @@
 //! SIGMA_ENVOY_BIN=… cargo bench -p sigma-agent --bench route_change
 //! ```
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sigma_testkit::{SigmaApi, free_port, temp_dir};
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use sigma_testkit::classic::ClassicRelay;
+use sigma_testkit::{SigmaApi, free_port};
 
 fn accepts(port: u16) -> bool {
     std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
@@ -34,54 +25,8 @@ async fn main() {
     };
     let api = SigmaApi::start();
     let token = api.token(json!({"purpose": "vpn-relay"})).await;
-    let state = temp_dir("bench-route");
-    let xds_port = free_port();
     let agent_bin = sigma_testkit::bin("sigma-agent");
-    let env = |c: &mut Command| {
-        c.env_clear()
-            .env("SIGMA_API_URL", &api.url)
-            .env("SIGMA_ENROLLMENT_TOKEN", &token)
-            .env("AGENT_STATE_DIR", &state)
-            .env("AGENT_HOSTNAME", "bench-relay")
-            .env("AGENT_INTERVAL", "30s")
-            .env("AGENT_METRICS_LISTEN", format!("127.0.0.1:{}", free_port()))
-            .env("AGENT_XDS_LISTEN", format!("127.0.0.1:{xds_port}"))
-            .env("AGENT_ROUTE_LISTEN_ADDRESS", "127.0.0.1");
-    };
-    let mut boot = Command::new(&agent_bin);
-    env(&mut boot);
-    let out = boot
-        .args([
-            "envoy-bootstrap",
-            "--admin",
-            &format!("127.0.0.1:{}", free_port()),
-        ])
-        .output()
-        .unwrap();
-    let bootstrap = state.with_extension("envoy.json");
-    std::fs::write(&bootstrap, out.stdout).unwrap();
-    let mut cmd = Command::new(&agent_bin);
-    env(&mut cmd);
-    let _agent = Kill(
-        cmd.stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let _envoy = Kill(
-        Command::new(envoy)
-            .args([
-                "-c",
-                bootstrap.to_str().unwrap(),
-                "--use-dynamic-base-id",
-                "--log-level",
-                "error",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _relay = ClassicRelay::start(&agent_bin, &envoy, &api.url, &token, "bench-relay", "30s");
     let vps = SigmaApi::eventually(Duration::from_secs(30), || async {
         api.vps("bench-relay")
             .await

@@ -2,22 +2,14 @@
 //! sigma-agent's xDS server, and bytes flow through Envoy.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sigma_testkit::{SigmaApi, free_port, temp_dir};
+use sigma_testkit::classic::ClassicRelay;
+use sigma_testkit::{SigmaApi, free_port};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn envoy_bin() -> Option<String> {
     match std::env::var("SIGMA_ENVOY_BIN") {
@@ -87,60 +79,13 @@ async fn routes_in_sigma_api_drive_a_real_envoy() {
     let Some(envoy) = envoy_bin() else { return };
     let mut api = SigmaApi::start();
     let token = api.token(json!({"purpose": "vpn-relay"})).await;
-    let state = temp_dir("classic");
-    let xds_port = free_port();
-    let admin_port = free_port();
-    let agent_env = |c: &mut Command| {
-        c.env_clear()
-            .env("SIGMA_API_URL", &api.url)
-            .env("SIGMA_ENROLLMENT_TOKEN", &token)
-            .env("AGENT_STATE_DIR", &state)
-            .env("AGENT_HOSTNAME", "relay-envoy-1")
-            .env("AGENT_INTERVAL", "300ms")
-            .env("AGENT_MAX_BACKOFF", "1s")
-            .env("AGENT_METRICS_LISTEN", format!("127.0.0.1:{}", free_port()))
-            .env("AGENT_XDS_LISTEN", format!("127.0.0.1:{xds_port}"))
-            .env("AGENT_ROUTE_LISTEN_ADDRESS", "127.0.0.1");
-    };
-    let mut boot = Command::new(env!("CARGO_BIN_EXE_sigma-agent"));
-    agent_env(&mut boot);
-    let out = boot
-        .args([
-            "envoy-bootstrap",
-            "--admin",
-            &format!("127.0.0.1:{admin_port}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let bootstrap = state.with_extension("envoy.json");
-    std::fs::write(&bootstrap, &out.stdout).unwrap();
-
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sigma-agent"));
-    agent_env(&mut cmd);
-    let _agent = Kill(
-        cmd.stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let _envoy = Kill(
-        Command::new(envoy)
-            .args([
-                "-c",
-                bootstrap.to_str().unwrap(),
-                "--use-dynamic-base-id",
-                "--log-level",
-                "warn",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let _relay = ClassicRelay::start(
+        Path::new(env!("CARGO_BIN_EXE_sigma-agent")),
+        &envoy,
+        &api.url,
+        &token,
+        "relay-envoy-1",
+        "300ms",
     );
     let vps = sigma_testkit::SigmaApi::eventually(Duration::from_secs(20), || async {
         api.vps("relay-envoy-1")

@@ -15,6 +15,7 @@
 //! Every server is started with the same admin key, [`ADMIN_KEY`].
 
 pub mod api;
+pub mod classic;
 pub mod ctl;
 #[cfg(feature = "db")]
 pub mod db;
