@@ -428,8 +428,8 @@ impl Reconciler {
         changes: &mut watch::Receiver<u64>,
         shutdown: &CancellationToken,
     ) -> bool {
-        // Jittered: replicas that lost the API server together do not retry in step.
-        let mut backoff = Backoff::new(self.settings.min_backoff, self.settings.max_backoff);
+        // Exact: only the leader reconciles, so there is no crowd to spread out.
+        let mut backoff = Backoff::exact(self.settings.min_backoff, self.settings.max_backoff);
         // When the next pass runs, and before when a change notice may not pull it (while the
         // API server is failing, notices wait for the backoff).
         let mut due = Instant::now();
