@@ -268,17 +268,13 @@ pub(crate) async fn plan(
     id: Uuid,
     mode: PlanMode,
 ) -> ApiResult<RoutePlan> {
-    let s = PlanCtx {
-        store,
-        mesh: mesh_state,
-    };
-    let vps = s.store.get_vps(id).await?;
+    let vps = store.get_vps(id).await?;
     let agent_mode = vps
         .agent_state
         .as_ref()
         .and_then(|a| a.mode)
         .unwrap_or(AgentMode::Classic);
-    let inputs = s.store.route_plan_inputs(id).await?;
+    let inputs = store.route_plan_inputs(id).await?;
     // Classic mode carries every route; mesh mode what the model renders. Today's mode is the
     // agent's: a meshed VPS whose agent still runs classic is served by sigma-agent's Envoy.
     let mesh = match mode {
@@ -287,7 +283,7 @@ pub(crate) async fn plan(
         PlanMode::Current => agent_mode == AgentMode::Mesh,
     };
     let placements = sigma_mesh::plan_routes(
-        &s.mesh.template,
+        &mesh_state.template,
         &inputs.purposes,
         &inputs.vps,
         &inputs.routes,
@@ -305,17 +301,16 @@ pub(crate) async fn plan(
     // Today's mode: whether each route's listener is live, from the agent's last report.
     let live = match (mode, agent_mode) {
         (PlanMode::Current, AgentMode::Classic) => {
-            let current = s.store.envoy_config(id).await?.version;
+            let current = store.envoy_config(id).await?.version;
             Some(Liveness::Classic(classic_listener(
                 &vps,
                 current,
-                s.store.target_silence(),
+                store.target_silence(),
             )))
         }
-        (PlanMode::Current, AgentMode::Mesh) => Some(Liveness::Mesh(mesh_listeners(
-            &vps,
-            s.store.target_silence(),
-        ))),
+        (PlanMode::Current, AgentMode::Mesh) => {
+            Some(Liveness::Mesh(mesh_listeners(&vps, store.target_silence())))
+        }
         _ => None,
     };
     let mut placements: HashMap<Uuid, Placement> = placements
@@ -393,13 +388,7 @@ pub(crate) async fn plan(
         hostname: vps.hostname,
         mode,
         agent_mode,
-        mesh_registrar: s.mesh.mode().as_str().to_string(),
+        mesh_registrar: mesh_state.mode().as_str().to_string(),
         routes,
     })
-}
-
-/// What [`plan`] reads.
-struct PlanCtx<'a> {
-    store: &'a sigma_store::Store,
-    mesh: &'a crate::mesh::MeshState,
 }
