@@ -70,6 +70,40 @@ async fn a_plan_for_today_says_whether_each_listener_is_live(db: TestDb) {
     assert_eq!(st, 200, "{b}");
     let l = live(&s, &id, "ext").await;
     assert_eq!(l["state"], "unknown", "{l}");
+    // A hostile listener report is refused whole, naming the field; nothing of it is stored.
+    for (listeners, field) in [
+        (
+            json!({"ports": {"198.51.100.1": [993, 443]}}),
+            "agent_state.mesh_state.dataplane.listeners.ports.198.51.100.1",
+        ),
+        (json!({"ports": {"not-an-address": [443]}}), "agent_state"),
+        (
+            json!({"ports": {"198.51.100.1": [443]}, "omitted": 4_000_000_000u32}),
+            "agent_state.mesh_state.dataplane.listeners.omitted",
+        ),
+    ] {
+        let (st, b) = s
+            .post(
+                "/api/agent/heartbeat",
+                &key,
+                json!({"hostname": "relay-1", "agent_state": {"mode": "mesh", "mesh_state": {
+                    "state": "ready", "restarts": 0,
+                    "dataplane": {"read_at": "2026-01-01T00:00:00Z", "xds": {"state": "connected"},
+                                  "listeners": listeners}}}}),
+            )
+            .await;
+        assert_eq!(st, 422, "{listeners}: {b}");
+        let named = b["fields"]
+            .as_object()
+            .is_some_and(|f| f.keys().any(|k| k.starts_with(field)));
+        assert!(named, "{field} not named: {b}");
+    }
+    assert_eq!(
+        live(&s, &id, "ext").await["state"],
+        "unknown",
+        "still the last good report"
+    );
+
     // Plans for another mode say nothing about liveness.
     let (_, plan) = s
         .call(

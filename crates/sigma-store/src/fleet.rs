@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use sigma_types::mesh::MeshPhase;
 use sigma_types::{AgentState, VpsStatus};
@@ -117,15 +117,23 @@ pub(crate) struct Pending {
 #[derive(Debug, Default)]
 struct Queue {
     pending: Pending,
-    /// Heartbeats of the flush in progress (at most one: flushes hold `flush_gate`).
-    in_flight: HashMap<Uuid, Beat>,
+    /// Heartbeats of the flush in progress (at most one: flushes hold `flush_gate`), shared
+    /// with that flush rather than copied: a batch may hold 100,000 heartbeats.
+    in_flight: Arc<HashMap<Uuid, Beat>>,
+}
+
+/// What a flush takes from the queue and writes.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    pub beats: Arc<HashMap<Uuid, Beat>>,
+    pub key_uses: HashMap<Uuid, i64>,
 }
 
 /// A flush's batch while it is written. Dropped unfinished (the flush future cancelled, e.g.
 /// at shutdown), it goes back to the queue instead of being lost.
 struct InFlight<'a> {
     fleet: &'a Fleet,
-    pending: Option<Pending>,
+    pending: Option<Batch>,
 }
 
 impl Drop for InFlight<'_> {
@@ -309,23 +317,29 @@ impl Fleet {
 
     /// Takes the queue for a flush; its heartbeats stay readable as in flight until
     /// [`Fleet::written`] or [`Fleet::requeue`].
-    fn take(&self) -> Pending {
+    fn take(&self) -> Batch {
         let mut q = self.queue();
         let taken = std::mem::take(&mut q.pending);
-        q.in_flight = taken.beats.clone();
-        taken
+        let beats = Arc::new(taken.beats);
+        q.in_flight = beats.clone();
+        Batch {
+            beats,
+            key_uses: taken.key_uses,
+        }
     }
 
     /// The flush's batch is committed: reads find it in the database now.
     fn written(&self) {
-        self.queue().in_flight.clear();
+        self.queue().in_flight = Arc::default();
     }
 
     /// Puts back what a failed write took, without overwriting anything newer.
-    fn requeue(&self, old: Pending) {
+    fn requeue(&self, old: Batch) {
         let mut q = self.queue();
-        q.in_flight.clear();
-        for (id, beat) in old.beats {
+        q.in_flight = Arc::default();
+        // The queue's reference is gone, so the batch is normally moved, not copied.
+        let beats = Arc::try_unwrap(old.beats).unwrap_or_else(|shared| (*shared).clone());
+        for (id, beat) in beats {
             match q.pending.beats.get_mut(&id) {
                 Some(newer) => newer.merge(beat),
                 None => {
@@ -450,7 +464,7 @@ impl Store {
         }
     }
 
-    async fn write_pending(&self, p: &Pending) -> Result<()> {
+    async fn write_pending(&self, p: &Batch) -> Result<()> {
         let mut tx = self.pools.write.begin().await?;
         let beats: Vec<_> = p.beats.iter().collect();
         for chunk in beats.chunks(BATCH) {

@@ -31,6 +31,9 @@ pub const MAX_ENDPOINTS: u32 = 1_000_000;
 /// listeners and a purpose's ingress listeners; about 6 bytes each in the report).
 pub const MAX_LISTENERS_REPORTED: usize = 512;
 
+/// Most listeners a report may say it left out (every port of four addresses).
+pub const MAX_COUNT_OMITTED: u32 = 4 * 65_535;
+
 /// The listeners Envoy has bound outside loopback (route listeners on the VPS's address,
 /// ingress listeners, Istio's own on the wildcard address), so that sigma can tell whether a
 /// route's listener is live. Loopback (egress) listeners are reported per egress entry.
@@ -243,16 +246,23 @@ impl MeshDataPlane {
                     format!("more than {MAX_LISTENERS_REPORTED} ports"),
                 );
             }
+            // An address is listed only with its ports, so the address count is bounded too.
             for (addr, ports) in &l.ports {
-                if ports.first() == Some(&0) || !ports.windows(2).all(|w| w[0] < w[1]) {
+                if ports.is_empty()
+                    || ports.first() == Some(&0)
+                    || !ports.windows(2).all(|w| w[0] < w[1])
+                {
                     e.add(
                         format!("{field}.listeners.ports.{addr}"),
-                        "must be ports 1 to 65535, ascending, each once",
+                        "must be ports 1 to 65535, ascending, each once, at least one",
                     );
                 }
             }
-            if l.omitted > u32::from(u16::MAX) * 2 {
-                e.add(format!("{field}.listeners.omitted"), "too large");
+            if l.omitted > MAX_COUNT_OMITTED {
+                e.add(
+                    format!("{field}.listeners.omitted"),
+                    format!("must be at most {MAX_COUNT_OMITTED}"),
+                );
             }
         }
         if self.egress.len() > MAX_EGRESS_REPORTED {
@@ -427,6 +437,16 @@ mod tests {
         assert!(
             e.to_string().contains("dataplane.listeners.ports.10.0.0.5"),
             "{e}"
+        );
+        d.listeners = Some(BoundListeners {
+            ports: [("10.0.0.6".parse().unwrap(), vec![])].into(),
+            omitted: 0,
+        });
+        let mut e = FieldErrors::new();
+        d.check("dataplane", &mut e);
+        assert!(
+            e.to_string().contains("dataplane.listeners.ports.10.0.0.6"),
+            "an address without ports: {e}"
         );
         d.listeners = Some(BoundListeners {
             ports: [("10.0.0.5".parse().unwrap(), (1..=600).collect())].into(),
