@@ -17,6 +17,8 @@ macro_rules! dynsql {
 pub mod agent;
 pub mod audit;
 pub mod auth;
+#[cfg(any(test, feature = "bulk"))]
+pub mod bulk;
 pub mod console;
 pub(crate) mod contracts;
 pub mod db;
