@@ -29,6 +29,7 @@ free_port() {
 }
 
 # Starts a throw-away PostgreSQL cluster on loopback and sets PG_URL. Stopped on exit.
+# Without fsync (tests) unless PG_FSYNC=on (benchmarks measure a durable server).
 start_postgres() {
   local bindir
   bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
@@ -43,7 +44,7 @@ start_postgres() {
   fi
   "${run[@]}" "$bindir/initdb" -D "$PG_DIR/data" -U postgres -A trust --no-sync >/dev/null
   "${run[@]}" "$bindir/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/log" -w -o \
-    "-p $port -k $PG_DIR -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=400" start >/dev/null
+    "-p $port -k $PG_DIR -c listen_addresses=127.0.0.1 -c fsync=${PG_FSYNC:-off} -c max_connections=400" start >/dev/null
   PG_URL="postgres://postgres@127.0.0.1:$port/postgres"
   PG_STOP=("${run[@]}" "$bindir/pg_ctl" -D "$PG_DIR/data" -m fast stop)
   trap 'stop_postgres' EXIT

@@ -64,6 +64,21 @@ async fn takeover_by_any_token_is_refused_and_changes_nothing(db: TestDb) {
     assert_eq!(st, 200, "{r}");
     let key = r["agent_key"].as_str().unwrap().to_string();
     let id = r["vps"]["id"].as_str().unwrap().to_string();
+    // The admin key's first use is written by the next heartbeat flush (its `last_used_at`):
+    // wait for it, so a flush between two snapshots is not taken for a change.
+    for _ in 0..100 {
+        let (_, keys) = s.get("/api/api-keys", ADMIN_KEY).await;
+        if keys["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| k["role"] == "admin")
+            .all(|k| !k["last_used_at"].is_null())
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let before = snapshot(&s, &id).await;
 
     // Tokens of every kind of preset, and none: none may take the VPS over.

@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 use sigma_testkit::{ADMIN_KEY, SigmaApi, TestDb, VpsBuilder, both_backends};
 
-both_backends!(targets_follow_the_inventory);
+both_backends!(targets_follow_the_inventory, shards_split_the_fleet);
 
 fn groups<'a>(v: &'a Value, kind: &str, hostname: &str) -> Vec<&'a Value> {
     v.as_array()
@@ -188,4 +188,89 @@ async fn targets_follow_the_inventory(db: TestDb) {
         !all.to_string().contains("a.example.net"),
         "a VPS retired after the document was served disappears from the next one"
     );
+}
+
+/// Sharded service discovery: every target is in exactly one shard, the shards together are the
+/// whole document, a VPS keeps its shard, and bad shard parameters are named.
+async fn shards_split_the_fleet(db: TestDb) {
+    let s = SigmaApi::builder().store(&db).start();
+    let k = ADMIN_KEY;
+    for i in 0..24 {
+        let (st, v) = s
+            .post(
+                "/api/vps",
+                k,
+                VpsBuilder::new(&format!("s{i}.example.net"))
+                    .set("status", json!("active"))
+                    .set(
+                        "ip_addresses",
+                        json!([{"ip": format!("203.0.113.{i}"), "label": "public"}]),
+                    )
+                    .build(),
+            )
+            .await;
+        assert_eq!(st, 201, "{v}");
+    }
+    let key = |g: &Value| format!("{} {}", g["labels"]["sigma_target_kind"], g["targets"][0]);
+    let (st, all) = s.get("/api/prometheus/targets", k).await;
+    assert_eq!(st, 200, "{all}");
+    let mut whole: Vec<String> = all.as_array().unwrap().iter().map(key).collect();
+    whole.sort();
+    assert_eq!(whole.len(), 48, "node and agent targets of 24 VPS");
+
+    let mut union = vec![];
+    let mut sizes = vec![];
+    for shard in 0..3 {
+        let (st, part) = s
+            .get(
+                &format!("/api/prometheus/targets?shards=3&shard={shard}"),
+                k,
+            )
+            .await;
+        assert_eq!(st, 200, "{part}");
+        let part: Vec<String> = part.as_array().unwrap().iter().map(key).collect();
+        sizes.push(part.len());
+        union.extend(part);
+    }
+    union.sort();
+    assert_eq!(
+        union, whole,
+        "the shards are the whole document, each target once"
+    );
+    assert!(
+        sizes.iter().all(|&n| n > 0 && n < 48),
+        "a split, not one shard with everything: {sizes:?}"
+    );
+    // A VPS's node and agent targets travel together, and a shard is stable across builds.
+    let (_, again) = s
+        .get("/api/prometheus/targets?shards=3&shard=1&kind=agent", k)
+        .await;
+    let (_, first) = s.get("/api/prometheus/targets?shards=3&shard=1", k).await;
+    let hosts = |v: &Value, kind: &str| -> Vec<String> {
+        let mut h: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|g| g["labels"]["sigma_target_kind"] == kind)
+            .map(|g| g["labels"]["hostname"].as_str().unwrap().to_string())
+            .collect();
+        h.sort();
+        h
+    };
+    assert_eq!(hosts(&again, "agent"), hosts(&first, "node"));
+
+    for (query, field) in [
+        ("shards=3", "shard"),
+        ("shard=0", "shards"),
+        ("shards=3&shard=3", "shard"),
+        ("shards=0&shard=0", "shards"),
+        ("shards=1025&shard=0", "shards"),
+    ] {
+        let (st, v) = s.get(&format!("/api/prometheus/targets?{query}"), k).await;
+        assert_eq!(st, 422, "{query}: {v}");
+        assert!(
+            v["fields"].get(field).is_some(),
+            "{query} names {field}: {v}"
+        );
+    }
 }

@@ -206,7 +206,7 @@ fn indexed_search(backend: Backend, text: &str) -> Option<Sql> {
 
 /// The WHERE clause of [`VpsQuery`]'s filters, meaning what they mean for `GET /api/vps`, plus
 /// the console's.
-fn filters(backend: Backend, q: &VpsQuery, f: &ConsoleFilter) -> Sql {
+pub(crate) fn filters(backend: Backend, q: &VpsQuery, f: &ConsoleFilter) -> Sql {
     let search = q.q.as_deref().and_then(|t| indexed_search(backend, t));
     let mut w = match &search {
         Some(_) => crate::inventory::vps_filters(&VpsQuery {

@@ -29,6 +29,14 @@ pub struct HotVps {
     pub envoy_version: i64,
 }
 
+impl HotVps {
+    /// Whether this is an older state of the VPS than `other`: both versions only ever grow in
+    /// the database, so a read with a lower one was taken before a write already cached.
+    fn older_than(&self, other: &HotVps) -> bool {
+        (self.desired_version, self.envoy_version) < (other.desired_version, other.envoy_version)
+    }
+}
+
 /// A heartbeat's effects, waiting to be written.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Beat {
@@ -220,12 +228,18 @@ impl Fleet {
             .cloned()
     }
 
+    /// Caches a VPS's state read from the database, unless the cache already holds a newer
+    /// one. A read can be overtaken by a write: the change poll re-reads every row changed in
+    /// its window, and a retire, re-commission or route change committed (and cached) between
+    /// its read and this put must not be undone by it — an agent would be told its VPS is
+    /// retired again until the next poll (seen at 100,000 VPS, where a poll takes a second).
     pub(crate) fn put(&self, id: Uuid, hot: HotVps) {
-        let old = self
-            .vps
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, hot.clone());
+        let mut map = self.vps.write().unwrap_or_else(|p| p.into_inner());
+        if map.get(&id).is_some_and(|cur| hot.older_than(cur)) {
+            return;
+        }
+        let old = map.insert(id, hot.clone());
+        drop(map);
         if old.as_ref() != Some(&hot) {
             self.changed();
         }
@@ -676,6 +690,37 @@ mod tests {
             agent_state_json: None,
             mesh: None,
         }
+    }
+
+    #[test]
+    fn a_read_overtaken_by_a_write_does_not_undo_it() {
+        let fleet = Fleet::default();
+        let id = Uuid::new_v4();
+        let hot = |status, desired_version, envoy_version| HotVps {
+            hostname: "a.example.net".into(),
+            status,
+            desired_version,
+            ips_json: "[]".into(),
+            envoy_version,
+        };
+        // Retired (version 3), then re-commissioned and cached (version 4); the change poll's
+        // read from before the re-commission arrives last.
+        fleet.put(id, hot(VpsStatus::Retired, 3, 1));
+        fleet.put(id, hot(VpsStatus::Provisioning, 4, 1));
+        fleet.put(id, hot(VpsStatus::Retired, 3, 1));
+        assert_eq!(fleet.get(id).unwrap().status, VpsStatus::Provisioning);
+        // Same for a route change (the Envoy version) at one desired version.
+        fleet.put(id, hot(VpsStatus::Provisioning, 4, 2));
+        fleet.put(id, hot(VpsStatus::Provisioning, 4, 1));
+        assert_eq!(fleet.get(id).unwrap().envoy_version, 2);
+        // A read at the same versions carries what they do not count (addresses): taken.
+        let mut same = hot(VpsStatus::Provisioning, 4, 2);
+        same.ips_json = "[1]".into();
+        fleet.put(id, same.clone());
+        assert_eq!(fleet.get(id).unwrap(), same);
+        // Newer always wins.
+        fleet.put(id, hot(VpsStatus::Active, 5, 2));
+        assert_eq!(fleet.get(id).unwrap().status, VpsStatus::Active);
     }
 
     #[test]

@@ -546,33 +546,53 @@ impl Store {
         self.list_vps_filtered(q, &ContractFilter::default()).await
     }
 
+    /// Every live VPS of these statuses, handed to `each` one at a time from one streaming
+    /// read, in no particular order; returns how many. For reads of the whole fleet (service
+    /// discovery): paging it with `OFFSET` re-reads the skipped rows and counts the matches on
+    /// every page, which grows with the square of the fleet.
+    pub async fn for_each_vps(
+        &self,
+        statuses: &[VpsStatus],
+        mut each: impl FnMut(Vps),
+    ) -> Result<usize> {
+        use futures_util::TryStreamExt;
+        if statuses.is_empty() {
+            return Ok(0);
+        }
+        let mut sel = Sql::new(VPS_SELECT);
+        sel.push(" WHERE v.deleted_at IS NULL AND v.status IN (");
+        for (i, st) in statuses.iter().enumerate() {
+            if i > 0 {
+                sel.push(", ");
+            }
+            sel.bind(st.as_str());
+        }
+        sel.push(")");
+        let mut rows = sel.query().fetch(&self.pools.read);
+        let mut n = 0;
+        while let Some(row) = rows.try_next().await? {
+            each(self.vps_from_row(&row)?);
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// VPS matching a query and contract filters, by hostname.
     pub async fn list_vps_filtered(&self, q: &VpsQuery, f: &ContractFilter) -> Result<List<Vps>> {
-        let mut w = vps_filters(q);
-        crate::contracts::filter(&mut w, f);
-        let mut count = Sql::new(
-            "SELECT COUNT(*) AS n FROM vps v LEFT JOIN providers pr ON pr.id = v.provider_id",
-        );
-        count.push_sql(&w);
-        let total: i64 = count
-            .query()
-            .fetch_one(&self.pools.read)
-            .await?
-            .try_get("n")?;
-        let mut sel = Sql::new(VPS_SELECT);
-        sel.push_sql(&w);
-        sel.push(" ORDER BY v.hostname, v.id LIMIT ")
-            .bind(q.limit.unwrap_or(sigma_types::DEFAULT_LIMIT))
-            .push(" OFFSET ")
-            .bind(q.offset.unwrap_or(0));
-        let rows = sel.query().fetch_all(&self.pools.read).await?;
-        Ok(List {
-            items: rows
-                .iter()
-                .map(|r| self.vps_from_row(r))
-                .collect::<Result<_>>()?,
-            total,
-        })
+        // The console's list, which reads `q` from the text-search index, counts without the
+        // provider join unless a provider is asked for, and walks past `offset` in the sort
+        // index only: at 100,000 VPS in SQLite the first page took 80-100 ms and the last
+        // 165-270 ms the plain way (a count through the join, every skipped row read).
+        self.list_vps_console(
+            q,
+            &crate::console::ConsoleFilter {
+                contract: f.clone(),
+                ..Default::default()
+            },
+            crate::console::VpsSort::Hostname,
+            false,
+        )
+        .await
     }
 
     async fn resolve_refs(
@@ -1130,7 +1150,9 @@ pub(crate) fn vps_filters(q: &VpsQuery) -> Sql {
         w.push(" AND pr.name_key = ").bind(p.to_lowercase());
     }
     if let Some(t) = &q.tag {
-        w.push(" AND EXISTS (SELECT 1 FROM vps_tags t WHERE t.vps_id = v.id AND t.tag = ")
+        // `IN` rather than a correlated `EXISTS`: SQLite then reads the tag's index entries
+        // instead of probing vps_tags once for every live VPS (1.2 s at 100,000 VPS).
+        w.push(" AND v.id IN (SELECT t.vps_id FROM vps_tags t WHERE t.tag = ")
             .bind(t.as_str())
             .push(")");
     }

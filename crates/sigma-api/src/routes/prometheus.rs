@@ -10,7 +10,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use sigma_types::{Vps, VpsQuery, VpsStatus};
+use sigma_types::{Vps, VpsStatus};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
@@ -50,6 +50,62 @@ pub struct TargetsQuery {
     // a `$ref` to it would dangle.
     #[param(inline)]
     pub kind: Option<TargetKind>,
+    /// Split the fleet into this many shards (1-1024, with `shard`): each Prometheus of a
+    /// sharded set asks for its own. A VPS's shard is its id's first 64 bits modulo `shards`,
+    /// so it stays in one shard for its life.
+    #[param(minimum = 1, maximum = 1024)]
+    pub shards: Option<u16>,
+    /// Which shard (0 to `shards` - 1).
+    pub shard: Option<u16>,
+}
+
+/// Most shards a fleet can be split into.
+pub const MAX_SHARDS: u16 = 1024;
+
+/// One shard of one kind's document: the checked form of [`TargetsQuery`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Slice {
+    kind: Option<TargetKind>,
+    shard: u16,
+    shards: u16,
+}
+
+impl TargetsQuery {
+    fn check(&self) -> Result<Slice, sigma_types::FieldErrors> {
+        let mut e = sigma_types::FieldErrors::new();
+        let (shard, shards) = match (self.shard, self.shards) {
+            (None, None) => (0, 1),
+            (Some(shard), Some(shards)) => {
+                if !(1..=MAX_SHARDS).contains(&shards) {
+                    e.add("shards", format!("must be 1-{MAX_SHARDS}"));
+                } else if shard >= shards {
+                    e.add("shard", format!("must be below shards ({shards})"));
+                }
+                (shard, shards)
+            }
+            (Some(_), None) => {
+                e.add("shards", "is required with shard");
+                (0, 1)
+            }
+            (None, Some(_)) => {
+                e.add("shard", "is required with shards");
+                (0, 1)
+            }
+        };
+        e.into_result()?;
+        Ok(Slice {
+            kind: self.kind,
+            shard,
+            shards,
+        })
+    }
+}
+
+/// The shard of a VPS among `shards`.
+fn shard_of(id: uuid::Uuid, shards: u16) -> u16 {
+    let b = id.as_bytes();
+    let hi = u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+    (hi % u64::from(shards)) as u16
 }
 
 /// One target group of the `file_sd` format.
@@ -66,22 +122,24 @@ pub struct TargetGroup {
 /// reconciler's recorded WorkloadEntry name). Prometheus refreshes every 30-60 s anyway.
 const CACHE_MAX_AGE: Duration = Duration::from_secs(30);
 
-/// The rendered targets documents, one per `kind` filter, each tagged with the inventory's
-/// change generation it was built from.
+/// The rendered targets documents, per `kind` filter and shard count (every shard of a count is
+/// rendered by the one read that renders any), each tagged with the inventory's change
+/// generation it was built from.
 ///
-/// Building the document for 10,000 VPS reads every VPS row (hundreds of milliseconds); the
-/// store's change signal is bumped on every write that can change a target (register, retire,
-/// edit, new addresses, purpose writes, other replicas' changes seen by the change poll), so a
-/// cached document is reused until then. The lock makes concurrent misses build it once.
+/// Building the documents reads every VPS row (seconds at a million VPS); the store's change
+/// signal is bumped on every write that can change a target (register, retire, edit, new
+/// addresses, purpose writes, other replicas' changes seen by the change poll), so cached
+/// documents are reused until then. The lock makes concurrent misses build them once.
 #[derive(Default)]
 pub struct TargetsCache {
-    docs: tokio::sync::Mutex<HashMap<Option<TargetKind>, CachedDoc>>,
+    docs: tokio::sync::Mutex<HashMap<(Option<TargetKind>, u16), CachedDocs>>,
 }
 
-struct CachedDoc {
+struct CachedDocs {
     generation: u64,
     built: Instant,
-    body: Bytes,
+    /// One document per shard.
+    bodies: Vec<Bytes>,
 }
 
 /// Envoy's Prometheus stats port on a mesh VPS.
@@ -110,8 +168,9 @@ pub(crate) fn labels(v: &Vps, kind: TargetKind) -> BTreeMap<String, String> {
     ])
 }
 
-/// Scrape targets of the fleet: node-exporter, sigma-agent and (for mesh-enrolled VPS) Envoy,
-/// at each VPS's public address. Only active and provisioning VPS are listed.
+/// Scrape targets of the fleet: node-exporter, sigma-agent and (for mesh-enabled VPS) Envoy,
+/// at each VPS's public address. Only active and provisioning VPS are listed. A large fleet is
+/// split among several Prometheus servers with `shards` and `shard`.
 #[utoipa::path(get, path = "/api/prometheus/targets", tag = "system", params(TargetsQuery),
     responses((status = 200, body = Vec<TargetGroup>),
     (status = 422, description = "an invalid path, query or body value (named)", body = sigma_types::ErrorBody)), security(("bearer" = [])))]
@@ -120,25 +179,25 @@ pub async fn targets(
     Reader(_): Reader,
     ApiQuery(q): ApiQuery<TargetsQuery>,
 ) -> ApiResult<Response> {
+    let slice = q.check()?;
     let mut docs = s.targets.docs.lock().await;
     // Read the generation before building, so a change during the build makes the next request
     // build again rather than keep a document that may have missed it.
     let generation = *s.store.mesh_changes().borrow();
-    let body = match docs.get(&q.kind) {
+    let key = (slice.kind, slice.shards);
+    let body = match docs.get(&key) {
         Some(d) if d.generation == generation && d.built.elapsed() < CACHE_MAX_AGE => {
-            d.body.clone()
+            d.bodies[usize::from(slice.shard)].clone()
         }
         _ => {
-            let groups = build(&s, q.kind).await?;
-            let body = Bytes::from(
-                serde_json::to_vec(&groups).map_err(|e| crate::error::ApiError::internal(&e))?,
-            );
+            let bodies = build(&s, slice.kind, slice.shards).await?;
+            let body = bodies[usize::from(slice.shard)].clone();
             docs.insert(
-                q.kind,
-                CachedDoc {
+                key,
+                CachedDocs {
                     generation,
                     built: Instant::now(),
-                    body: body.clone(),
+                    bodies,
                 },
             );
             body
@@ -148,9 +207,26 @@ pub async fn targets(
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-async fn build(s: &AppState, kind: Option<TargetKind>) -> ApiResult<Vec<TargetGroup>> {
-    let q = TargetsQuery { kind };
-    let want = |k: TargetKind| q.kind.is_none_or(|w| w == k);
+/// Appends one target group to a shard's JSON array.
+fn push_group(doc: &mut Vec<u8>, target: String, labels: &BTreeMap<String, String>) {
+    doc.push(if doc.is_empty() { b'[' } else { b',' });
+    let group = TargetGroupRef {
+        targets: [target],
+        labels,
+    };
+    // Serializing strings and a map into a Vec cannot fail.
+    serde_json::to_writer(&mut *doc, &group).expect("serialize a target group");
+}
+
+#[derive(Serialize)]
+struct TargetGroupRef<'a> {
+    targets: [String; 1],
+    labels: &'a BTreeMap<String, String>,
+}
+
+/// Renders every shard's document in one streaming read of the fleet.
+async fn build(s: &AppState, kind: Option<TargetKind>, shards: u16) -> ApiResult<Vec<Bytes>> {
+    let want = |k: TargetKind| kind.is_none_or(|w| w == k);
     let mut meshed: HashSet<String> = HashSet::new();
     let mut offset = 0;
     loop {
@@ -169,65 +245,58 @@ async fn build(s: &AppState, kind: Option<TargetKind>) -> ApiResult<Vec<TargetGr
         }
     }
     let agent_port = s.mesh.template.health_port;
-    let mut out = Vec::new();
-    for status in [VpsStatus::Active, VpsStatus::Provisioning] {
-        let mut offset = 0;
-        loop {
-            let page = s
-                .store
-                .list_vps(&VpsQuery {
-                    status: Some(status),
-                    limit: Some(sigma_types::MAX_LIMIT),
-                    offset: Some(offset),
-                    ..Default::default()
-                })
-                .await?;
-            for v in &page.items {
-                // The reachable address by the mesh's own rule: public before private, never
-                // just the first one listed.
-                let Some(ip) = sigma_mesh::select_address(&v.ip_addresses) else {
-                    continue;
+    let mut docs: Vec<Vec<u8>> = vec![Vec::new(); usize::from(shards)];
+    s.store
+        .for_each_vps(&[VpsStatus::Active, VpsStatus::Provisioning], |v| {
+            // The reachable address by the mesh's own rule: public before private, never
+            // just the first one listed.
+            let Some(ip) = sigma_mesh::select_address(&v.ip_addresses) else {
+                return;
+            };
+            let doc = &mut docs[usize::from(shard_of(v.id, shards))];
+            if want(TargetKind::Node) && v.monitoring {
+                push_group(
+                    doc,
+                    host_port(ip, v.node_exporter_port),
+                    &labels(&v, TargetKind::Node),
+                );
+            }
+            if want(TargetKind::Agent) {
+                push_group(
+                    doc,
+                    host_port(ip, agent_port),
+                    &labels(&v, TargetKind::Agent),
+                );
+            }
+            if want(TargetKind::Envoy)
+                && v.status == VpsStatus::Active
+                && !v.mesh_opt_out
+                && meshed.contains(&v.purpose)
+            {
+                let mut l = labels(&v, TargetKind::Envoy);
+                let entry = v
+                    .mesh
+                    .workload_entry
+                    .clone()
+                    .unwrap_or_else(|| sigma_mesh::model::workload_entry_name(&v.hostname));
+                l.insert("workload_entry".into(), entry);
+                let (port, path) = match s.mesh.envoy_metrics {
+                    EnvoyMetricsVia::Direct => (ENVOY_STATS_PORT, "/stats/prometheus"),
+                    EnvoyMetricsVia::Agent => (agent_port, "/metrics/envoy"),
                 };
-                if want(TargetKind::Node) && v.monitoring {
-                    out.push(TargetGroup {
-                        targets: vec![host_port(ip, v.node_exporter_port)],
-                        labels: labels(v, TargetKind::Node),
-                    });
-                }
-                if want(TargetKind::Agent) {
-                    out.push(TargetGroup {
-                        targets: vec![host_port(ip, agent_port)],
-                        labels: labels(v, TargetKind::Agent),
-                    });
-                }
-                if want(TargetKind::Envoy)
-                    && v.status == VpsStatus::Active
-                    && !v.mesh_opt_out
-                    && meshed.contains(&v.purpose)
-                {
-                    let mut l = labels(v, TargetKind::Envoy);
-                    let entry = v
-                        .mesh
-                        .workload_entry
-                        .clone()
-                        .unwrap_or_else(|| sigma_mesh::model::workload_entry_name(&v.hostname));
-                    l.insert("workload_entry".into(), entry);
-                    let (port, path) = match s.mesh.envoy_metrics {
-                        EnvoyMetricsVia::Direct => (ENVOY_STATS_PORT, "/stats/prometheus"),
-                        EnvoyMetricsVia::Agent => (agent_port, "/metrics/envoy"),
-                    };
-                    l.insert("__metrics_path__".into(), path.into());
-                    out.push(TargetGroup {
-                        targets: vec![host_port(ip, port)],
-                        labels: l,
-                    });
-                }
+                l.insert("__metrics_path__".into(), path.into());
+                push_group(doc, host_port(ip, port), &l);
             }
-            offset += page.items.len() as i64;
-            if page.items.is_empty() || offset >= page.total {
-                break;
+        })
+        .await?;
+    Ok(docs
+        .into_iter()
+        .map(|mut d| {
+            if d.is_empty() {
+                d.push(b'[');
             }
-        }
-    }
-    Ok(out)
+            d.push(b']');
+            Bytes::from(d)
+        })
+        .collect())
 }
