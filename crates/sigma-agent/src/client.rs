@@ -51,6 +51,13 @@ impl Client {
             .await
             .map_err(|e| Error::Unreachable(e.to_string()))?;
         let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            // A day at most: a broken header must not park an agent for good.
+            .map(|s| Duration::from_secs(s.min(86_400)));
         let body = resp
             .bytes()
             .await
@@ -59,6 +66,7 @@ impl Client {
             return serde_json::from_slice(&body).map_err(|e| Error::Api {
                 status: status.as_u16(),
                 message: format!("unreadable answer: {e}"),
+                retry_after: None,
             });
         }
         let message = serde_json::from_slice::<ErrorBody>(&body)
@@ -74,7 +82,11 @@ impl Client {
             401 => Error::Unauthorized(message),
             403 => Error::Forbidden(message),
             409 => Error::Conflict(message),
-            s => Error::Api { status: s, message },
+            s => Error::Api {
+                status: s,
+                message,
+                retry_after,
+            },
         })
     }
 

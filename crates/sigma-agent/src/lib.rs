@@ -42,6 +42,8 @@ pub enum Error {
         status: u16,
         /// Its message.
         message: String,
+        /// When sigma-api asked to be tried again (its `Retry-After`, in seconds).
+        retry_after: Option<std::time::Duration>,
     },
     /// The local proxy.
     #[error("proxy: {0}")]

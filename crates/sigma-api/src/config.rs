@@ -171,6 +171,19 @@ pub struct Config {
     #[arg(long, env = "SIGMA_ISTIO_TOKEN_TTL", default_value = "1h", value_parser = duration)]
     pub istio_token_ttl: Duration,
 
+    /// Average TokenRequests per second bootstrap bundles may make toward the API server (one
+    /// per bundle). Beyond it, after a wait of up to 2 s, a bundle request is answered 503
+    /// `mesh_busy` with a Retry-After, and agents come back then. A fleet of N VPS refreshes
+    /// about N / (0.6 x --istio-token-ttl) tokens per second: keep this well above that.
+    #[arg(long, env = "SIGMA_ISTIO_TOKEN_QPS", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub istio_token_qps: u32,
+
+    /// TokenRequests bundles may make at once above that average.
+    #[arg(long, env = "SIGMA_ISTIO_TOKEN_BURST", default_value_t = 200,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub istio_token_burst: u32,
+
     /// Address of the east-west gateway VPS reach istiod through; without it, it is read from
     /// the gateway Service (--eastwest-service) at each bundle.
     #[arg(long, env = "SIGMA_EASTWEST_ADDRESS")]
@@ -487,6 +500,8 @@ impl Config {
             timeout: self.kube_timeout,
             cache_ttl: self.istio_bootstrap_cache,
             istio_proxy,
+            token_qps: f64::from(self.istio_token_qps),
+            token_burst: self.istio_token_burst,
         })
     }
 

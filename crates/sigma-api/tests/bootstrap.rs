@@ -15,6 +15,7 @@ both_backends!(
     only_active_meshed_vps_get_a_bundle,
     cluster_gaps_are_503_naming_the_missing_piece,
     bundles_need_kubernetes_mode,
+    token_requests_are_rate_limited,
 );
 
 fn xrayr_mesh() -> Value {
@@ -564,4 +565,90 @@ async fn bad_bootstrap_flags_stop_the_start() {
         assert!(!ok, "{env:?} must stop the start");
         assert!(stderr.contains(want), "{env:?}: {want} not in {stderr}");
     }
+}
+
+/// A storm of bundle requests makes TokenRequests no faster than `--istio-token-qps` (after the
+/// burst): the rest wait up to 2 s in line or are told when to come back (503 `mesh_busy` with
+/// a Retry-After), and a refused request makes no call to the API server.
+async fn token_requests_are_rate_limited(db: TestDb) {
+    let (s, kube) = kube_server_with(
+        &db,
+        Cluster::default(),
+        vec![
+            ("SIGMA_ISTIO_TOKEN_QPS", "1"),
+            ("SIGMA_ISTIO_TOKEN_BURST", "2"),
+        ],
+    )
+    .await;
+    mesh_on(&s).await;
+    let (key, _) = enroll(&s, "edge-a.example.com", "203.0.113.10").await;
+    kube.clear_calls();
+    let started = std::time::Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..12 {
+        let (http, url, key) = (
+            s.http.clone(),
+            s.url(&path("edge-a.example.com")),
+            key.clone(),
+        );
+        set.spawn(async move {
+            let resp = http.get(url).bearer_auth(&key).send().await.unwrap();
+            let status = resp.status().as_u16();
+            let retry_after = resp
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+            let body: Value = resp.json().await.unwrap();
+            (status, retry_after, body)
+        });
+    }
+    let answers = set.join_all().await;
+    let elapsed = started.elapsed();
+    let ok = answers.iter().filter(|a| a.0 == 200).count();
+    for (status, retry_after, body) in answers.iter().filter(|a| a.0 != 200) {
+        assert_eq!(*status, 503, "{body}");
+        assert_eq!(code(body), "mesh_busy", "{body}");
+        let secs: u64 = retry_after.as_deref().unwrap().parse().unwrap();
+        assert!((1..=3).contains(&secs), "Retry-After {secs}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("TokenRequests per second"),
+            "{body}"
+        );
+    }
+    // The burst of 2 at once, then 1 a second for the 2 s a request may wait: 4, give or take
+    // the token that refills while the requests arrive.
+    assert!(
+        (3..=5).contains(&ok),
+        "{ok} bundles issued at 1/s with a burst of 2: {answers:?}"
+    );
+    assert!(
+        elapsed < std::time::Duration::from_secs(6),
+        "nobody waits beyond the bound: {elapsed:?}"
+    );
+    let tokens = kube
+        .calls()
+        .iter()
+        .filter(|c| c.line() == "POST /api/v1/namespaces/sigma/serviceaccounts/sigma-vm/token")
+        .count();
+    assert_eq!(
+        tokens, ok,
+        "one TokenRequest per bundle issued, none for a refusal"
+    );
+    let m = s
+        .http
+        .get(s.url("/metrics"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("sigma_api_bootstrap_issued_total{result=\"mesh_busy\"}"),
+        "refusals are counted by their code"
+    );
 }

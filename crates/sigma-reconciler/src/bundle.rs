@@ -32,6 +32,7 @@ use sigma_mesh::{MeshPurpose, MeshTemplate, MeshVps};
 use sigma_types::mesh::{IstioBootstrapBundle, IstioBootstrapFiles, IstioProxyArchive};
 use time::OffsetDateTime;
 
+use crate::limiter::RateLimiter;
 use crate::metrics::{BundleCall, BundleCallLabels, CallCounters};
 use crate::{Error, HostProblem, Missing, Result, TokenAnswer};
 
@@ -67,6 +68,10 @@ pub struct BundleSettings {
     pub cache_ttl: Duration,
     /// Where agents download the proxy, when configured.
     pub istio_proxy: Option<IstioProxyArchive>,
+    /// Average TokenRequests per second toward the API server (every bundle makes one).
+    pub token_qps: f64,
+    /// TokenRequests allowed at once above that average.
+    pub token_burst: u32,
 }
 
 impl Default for BundleSettings {
@@ -80,6 +85,8 @@ impl Default for BundleSettings {
             timeout: Duration::from_secs(15),
             cache_ttl: Duration::from_secs(10),
             istio_proxy: None,
+            token_qps: 100.0,
+            token_burst: 200,
         }
     }
 }
@@ -180,9 +187,16 @@ pub struct BundleIssuer {
     client: kube::Client,
     settings: BundleSettings,
     cache: Mutex<Option<Cached>>,
+    /// Spaces out TokenRequests: a fleet re-fetching bundles at once (a sigma-api restart,
+    /// agents restarted together) must not turn into a TokenRequest storm on the API server.
+    tokens: RateLimiter,
     /// Calls made so far.
     pub calls: BundleCalls,
 }
+
+/// Longest a bundle request waits in line for a TokenRequest; beyond it the caller is told when
+/// to come back (503 with Retry-After), so a storm does not pile up open requests.
+pub const TOKEN_QUEUE_MAX: Duration = Duration::from_secs(2);
 
 /// A copy of a failure to hand to the next callers within [`FAILURE_TTL`].
 fn replay(e: &Error) -> Error {
@@ -220,6 +234,7 @@ impl BundleIssuer {
     pub fn new(client: kube::Client, settings: BundleSettings) -> Self {
         BundleIssuer {
             client,
+            tokens: RateLimiter::new(settings.token_qps, settings.token_burst),
             settings,
             cache: Mutex::new(None),
             calls: BundleCalls::default(),
@@ -389,6 +404,13 @@ impl BundleIssuer {
 
     /// A fresh token for a service account of the mesh namespace, audience `istio-ca`.
     pub async fn token(&self, service_account: &str) -> Result<IssuedToken> {
+        self.tokens
+            .acquire_within(TOKEN_QUEUE_MAX)
+            .await
+            .map_err(|retry_after| Error::Throttled {
+                qps: self.settings.token_qps,
+                retry_after,
+            })?;
         let ns = &self.settings.mesh_namespace;
         let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), ns);
         let req = TokenRequest {

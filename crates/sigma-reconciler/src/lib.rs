@@ -80,6 +80,17 @@ pub enum Error {
     /// The kubeconfig or in-cluster configuration is unusable.
     #[error("Kubernetes configuration: {0}")]
     Config(String),
+    /// Bundles are asked for faster than TokenRequests may be made (`--istio-token-qps`).
+    #[error(
+        "bootstrap bundles are asked for faster than the {qps} TokenRequests per second allowed; try again in {:.1} s",
+        retry_after.as_secs_f64()
+    )]
+    Throttled {
+        /// The allowed average rate.
+        qps: f64,
+        /// When a TokenRequest will be allowed again.
+        retry_after: std::time::Duration,
+    },
 }
 
 /// What a bootstrap bundle needs from the cluster and did not find, each with what to do.

@@ -36,6 +36,29 @@ impl RateLimiter {
         }
     }
 
+    /// Takes one token if it is available within `max_wait`, and waits for it; otherwise takes
+    /// nothing and returns how long until a token would be free, so the caller can be told to
+    /// come back then instead of queueing without bound.
+    pub async fn acquire_within(&self, max_wait: Duration) -> Result<(), Duration> {
+        let wait = {
+            let mut b = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
+            b.tokens = (b.tokens + elapsed * self.qps).min(self.burst);
+            b.at = now;
+            let wait = Duration::from_secs_f64((1.0 - b.tokens).max(0.0) / self.qps);
+            if wait > max_wait {
+                return Err(wait);
+            }
+            b.tokens -= 1.0;
+            wait
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        Ok(())
+    }
+
     /// Takes one token, waiting until it is available.
     pub async fn acquire(&self) {
         let wait = {
@@ -57,6 +80,29 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bounded_wait_refuses_beyond_it_and_says_when() {
+        let l = RateLimiter::new(10.0, 2);
+        let start = Instant::now();
+        let max = Duration::from_millis(250);
+        // The burst, then two more within 250 ms (at 100 and 200 ms).
+        for _ in 0..4 {
+            assert_eq!(l.acquire_within(max).await, Ok(()));
+        }
+        assert_eq!(start.elapsed(), Duration::from_millis(200));
+        // Now at 200 ms with the bucket empty: the next token is 100 ms away, within the bound;
+        // with no wait allowed the one after is refused, told how long until its token.
+        assert_eq!(l.acquire_within(max).await, Ok(()));
+        let refused = l.acquire_within(Duration::ZERO).await.unwrap_err();
+        assert!(
+            refused > Duration::ZERO && refused <= Duration::from_millis(100),
+            "{refused:?}"
+        );
+        // A refusal takes nothing: after its wait the token is there.
+        tokio::time::sleep(refused).await;
+        assert_eq!(l.acquire_within(Duration::ZERO).await, Ok(()));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn bursts_then_spaces_calls() {

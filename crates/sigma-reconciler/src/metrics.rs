@@ -66,11 +66,13 @@ pub enum FailureKind {
     Config,
     /// The pass ran, but the apply or delete of some objects failed.
     Objects,
+    /// A rate limit refused the call (bootstrap bundles' TokenRequests; passes wait instead).
+    Throttled,
 }
 
 impl FailureKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [FailureKind; 9] = [
+    pub const ALL: [FailureKind; 10] = [
         FailureKind::Store,
         FailureKind::InvalidPurposes,
         FailureKind::Model,
@@ -80,6 +82,7 @@ impl FailureKind {
         FailureKind::Missing,
         FailureKind::Config,
         FailureKind::Objects,
+        FailureKind::Throttled,
     ];
 
     /// The kind of a failed pass's error.
@@ -93,6 +96,7 @@ impl FailureKind {
             Error::Timeout(_) => FailureKind::Timeout,
             Error::Missing(_) => FailureKind::Missing,
             Error::Config(_) => FailureKind::Config,
+            Error::Throttled { .. } => FailureKind::Throttled,
         }
     }
 
@@ -108,6 +112,7 @@ impl FailureKind {
             FailureKind::Missing => "missing",
             FailureKind::Config => "config",
             FailureKind::Objects => "objects",
+            FailureKind::Throttled => "throttled",
         }
     }
 }

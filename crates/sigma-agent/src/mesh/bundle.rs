@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sigma_types::mesh::{InterceptionMode, IstioBootstrapBundle};
@@ -35,9 +36,15 @@ pub(super) enum BundleError {
     /// sigma-api has no bundle for this VPS (409: not meshed, or invalid mesh settings).
     #[error("sigma-api has no bundle for this VPS (409): {0}")]
     NoBundle(String),
-    /// sigma-api cannot build the bundle from the cluster (503).
-    #[error("the cluster cannot provide the bundle (503): {0}")]
-    ClusterUnavailable(String),
+    /// sigma-api cannot build the bundle from the cluster, or is asked for bundles faster than
+    /// it makes TokenRequests (503).
+    #[error("the cluster cannot provide the bundle (503): {message}")]
+    ClusterUnavailable {
+        /// sigma-api's message.
+        message: String,
+        /// When sigma-api asked to be tried again.
+        retry_after: Option<Duration>,
+    },
     /// Any other failure of the request.
     #[error("fetching the bundle: {0}")]
     Fetch(#[source] crate::Error),
@@ -67,6 +74,16 @@ pub(super) enum BundleError {
         #[source]
         source: tokio::task::JoinError,
     },
+}
+
+impl BundleError {
+    /// When sigma-api asked to be tried again, if it did.
+    pub(super) fn retry_after(&self) -> Option<Duration> {
+        match self {
+            BundleError::ClusterUnavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
 }
 
 /// Name of the record of the installed bundle in the state directory.
@@ -198,7 +215,11 @@ impl Bundles {
             Error::Api {
                 status: 503,
                 message,
-            } => BundleError::ClusterUnavailable(message),
+                retry_after,
+            } => BundleError::ClusterUnavailable {
+                message,
+                retry_after,
+            },
             e => BundleError::Fetch(e),
         })?;
         self.prepare(bundle)

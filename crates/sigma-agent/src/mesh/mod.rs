@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sigma_types::backoff::Backoff;
 use sigma_types::{AgentMode, AgentState, VpsStatus};
 use time::OffsetDateTime;
 use tokio::task::JoinHandle;
@@ -158,6 +159,21 @@ pub fn refresh_delay(
     }
     let frac = 0.5 + fastrand::f64() * 0.2;
     Duration::from_secs_f64((left * frac).clamp(1.0, 7.0 * 86400.0))
+}
+
+/// How long to wait after a failed bundle fetch: the backoff's next (jittered) delay, but not
+/// sooner than sigma-api's `Retry-After` when it gave one — spread over up to half as long
+/// again, so a fleet told the same time (throttled TokenRequests after a restart of many
+/// agents) does not come back in one wave.
+pub fn retry_delay(backoff: &mut Backoff, retry_after: Option<Duration>) -> Duration {
+    let delay = backoff.next_delay();
+    match retry_after {
+        Some(r) if r > delay => {
+            let spread = r.as_millis().min(u128::from(u64::MAX)) as u64 / 2;
+            r + Duration::from_millis(fastrand::u64(0..=spread))
+        }
+        _ => delay,
+    }
 }
 
 /// The mesh-mode manager.
@@ -312,6 +328,35 @@ impl Managed for Mesh {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retry_after_is_honoured_and_spread() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        let waits: Vec<Duration> = (0..200)
+            .map(|_| {
+                b.reset();
+                retry_delay(&mut b, Some(Duration::from_secs(10)))
+            })
+            .collect();
+        assert!(
+            waits
+                .iter()
+                .all(|w| *w >= Duration::from_secs(10) && *w <= Duration::from_secs(15))
+        );
+        let distinct: std::collections::BTreeSet<_> =
+            waits.iter().map(|w| w.as_millis() / 250).collect();
+        assert!(
+            distinct.len() > 10,
+            "spread over the window, not one wave: {distinct:?}"
+        );
+        // Without one, or with one shorter than the backoff, the backoff decides.
+        let mut b = Backoff::exact(Duration::from_secs(4), Duration::from_secs(60));
+        assert_eq!(retry_delay(&mut b, None), Duration::from_secs(4));
+        assert_eq!(
+            retry_delay(&mut b, Some(Duration::from_secs(1))),
+            Duration::from_secs(8)
+        );
+    }
 
     #[test]
     fn refresh_comes_at_half_to_seventy_percent_of_the_life_left() {

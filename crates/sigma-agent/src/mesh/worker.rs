@@ -16,9 +16,9 @@ use sigma_types::backoff::Backoff;
 use super::bundle::{BundleError, Bundles, Prepared, Record};
 use super::dataplane;
 use super::proxy::Proxy;
-use super::refresh_delay;
 use super::status::{Shared, Stage};
 use super::supervisor::{LaunchSpec, Supervisor};
+use super::{refresh_delay, retry_delay};
 
 /// How often the workload certificate is looked at.
 const HOUSEKEEPING: Duration = Duration::from_secs(5);
@@ -43,6 +43,18 @@ enum WorkerError {
     /// No fresh bundle after the workload certificate expired.
     #[error("the workload certificate expired and no fresh bundle came: {0}")]
     Lapse(#[source] BundleError),
+}
+
+impl WorkerError {
+    /// When sigma-api asked to be tried again, if it did.
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            WorkerError::Bundle(e) | WorkerError::Refresh(e) | WorkerError::Lapse(e) => {
+                e.retry_after()
+            }
+            WorkerError::Proxy(_) => None,
+        }
+    }
 }
 
 /// What the worker and the mesh manager share.
@@ -201,8 +213,8 @@ impl Worker {
 
     /// Waits out the backoff: `Installing` again, or `Done` when asked to stop meanwhile
     /// (nothing runs yet, so there is nothing to stop).
-    async fn retry_install(&mut self) -> State {
-        if sleep_or_stop(self.backoff.next_delay(), &self.stop).await {
+    async fn retry_install(&mut self, retry_after: Option<Duration>) -> State {
+        if sleep_or_stop(retry_delay(&mut self.backoff, retry_after), &self.stop).await {
             State::Installing
         } else {
             State::Done
@@ -230,7 +242,7 @@ impl Worker {
                     tracing::warn!(error = %e, "no Istio bootstrap bundle yet");
                     ctx.shared
                         .update(|s| s.stage = Stage::Installing(Some(e.to_string())));
-                    return self.retry_install().await;
+                    return self.retry_install(e.retry_after()).await;
                 }
             },
         };
@@ -265,7 +277,7 @@ impl Worker {
                 tracing::error!(error = %e, "installing the mesh proxy failed");
                 ctx.shared
                     .update(|s| s.stage = Stage::Installing(Some(e.to_string())));
-                self.retry_install().await
+                self.retry_install(e.retry_after()).await
             }
         }
     }
@@ -320,7 +332,7 @@ impl Worker {
                 });
             }
             Err(e) => {
-                let retry_at = Instant::now() + self.backoff.next_delay();
+                let retry_at = Instant::now() + retry_delay(&mut self.backoff, e.retry_after());
                 match why {
                     Renewal::Refresh => {
                         tracing::warn!(error = %e, "keeping the installed bundle");

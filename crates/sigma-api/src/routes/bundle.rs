@@ -61,11 +61,13 @@ pub async fn istio_bootstrap(
     query: Result<ApiQuery<BootstrapQuery>, ApiError>,
 ) -> Response {
     let started = Instant::now();
+    // Set when TokenRequests are throttled: how long until the next is allowed.
+    let mut busy: Option<std::time::Duration> = None;
     let r = async {
         // Credentials and role before the query, so a readonly key learns nothing from it.
         let MeshIdentity(p) = who?;
         let ApiQuery(q) = query?;
-        issue(&s, &p, q).await
+        issue(&s, &p, q, &mut busy).await
     }
     .await;
     let labels = ResultLabels::of(&r);
@@ -81,10 +83,12 @@ pub async fn istio_bootstrap(
             let unavailable = e.status == StatusCode::SERVICE_UNAVAILABLE;
             let mut resp = e.into_response();
             if unavailable {
-                resp.headers_mut().insert(
-                    header::RETRY_AFTER,
-                    HeaderValue::from_static(RETRY_AFTER_SECONDS),
-                );
+                let retry_after = match busy {
+                    // Whole seconds, rounded up: never sooner than a token is free.
+                    Some(d) => HeaderValue::from(d.as_secs_f64().ceil().max(1.0) as u64),
+                    None => HeaderValue::from_static(RETRY_AFTER_SECONDS),
+                };
+                resp.headers_mut().insert(header::RETRY_AFTER, retry_after);
             }
             resp
         }
@@ -125,7 +129,12 @@ async fn subject(s: &AppState, p: &Principal, hostname: &str) -> ApiResult<MeshS
     }
 }
 
-async fn issue(s: &AppState, p: &Principal, q: BootstrapQuery) -> ApiResult<IstioBootstrapBundle> {
+async fn issue(
+    s: &AppState,
+    p: &Principal,
+    q: BootstrapQuery,
+    busy: &mut Option<std::time::Duration>,
+) -> ApiResult<IstioBootstrapBundle> {
     let hostname = match q.hostname.as_deref() {
         None => return Err(ApiError::field("hostname", "required")),
         Some(h) => {
@@ -151,7 +160,12 @@ async fn issue(s: &AppState, p: &Principal, q: BootstrapQuery) -> ApiResult<Isti
     let bundle = bundles
         .issue(&s.mesh.template, &purpose, &subject.vps)
         .await
-        .map_err(|e| issue_error(&hostname, e))?;
+        .map_err(|e| {
+            if let sigma_reconciler::Error::Throttled { retry_after, .. } = &e {
+                *busy = Some(*retry_after);
+            }
+            issue_error(&hostname, e)
+        })?;
 
     if matches!(p.role, Role::Admin | Role::Operator) {
         // Recorded before the answer leaves: a credential handed to a person is never
@@ -187,6 +201,10 @@ fn issue_error(hostname: &str, e: sigma_reconciler::Error) -> ApiError {
                 message: format!("the mesh settings of purpose {purpose} are invalid"),
                 fields,
             }
+        }
+        // Not the cluster's fault: said without a warning per refused agent in a storm.
+        E::Throttled { .. } => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "mesh_busy", e.to_string())
         }
         other => {
             tracing::warn!(%hostname, error = %other, "bootstrap bundle not issued");
