@@ -6,6 +6,10 @@
 //! purpose's pool) are checked when written (the target exists, serves the port, is not the
 //! route's own VPS) and resolved into addresses when an agent reads its config; the config's
 //! version then also follows those addresses.
+//!
+//! One file (about 610 lines) because the writes and the config reads keep the invariant above
+//! together: every write bumps the version in its own transaction, and the reads return the
+//! version with the routes and resolved targets it stands for.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
