@@ -214,8 +214,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn subsystems_register_their_counters_as_counters() {
+    /// Kubernetes mode's metrics after one (failed) API server call of the reconciler's
+    /// cluster client and one of the bundle issuer.
+    async fn kubernetes_metrics() -> Metrics {
         let mesh = kubernetes();
         let mut metrics = Metrics::default();
         mesh.register_metrics(metrics.registry_mut());
@@ -224,7 +225,12 @@ mod tests {
         };
         k.cluster.list().await.unwrap_err();
         k.bundles.token("sigma-vm").await.unwrap_err();
-        let text = metrics.encode();
+        metrics
+    }
+
+    #[tokio::test]
+    async fn subsystems_register_their_counters_as_counters() {
+        let text = kubernetes_metrics().await.encode();
         for want in [
             "# TYPE sigma_api_mesh_passes counter\n",
             "sigma_api_mesh_passes_total{result=\"failed\"} 0\n",
@@ -247,15 +253,8 @@ mod tests {
     /// `metrics.txt`, which docs/check reads: the real names, sub-registry prefixes included.
     #[tokio::test]
     async fn every_metric_is_in_metrics_txt() {
-        let mesh = kubernetes();
-        let mut metrics = Metrics::default();
-        mesh.register_metrics(metrics.registry_mut());
         // A family is encoded once it has a sample: one each.
-        let MeshRuntime::Kubernetes(k) = &mesh.runtime else {
-            unreachable!()
-        };
-        k.cluster.list().await.unwrap_err();
-        k.bundles.token("sigma-vm").await.unwrap_err();
+        let mut metrics = kubernetes_metrics().await;
         let labels = crate::metrics::RequestLabels {
             method: "GET".into(),
             route: "/api/vps".into(),
