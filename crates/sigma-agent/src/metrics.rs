@@ -382,6 +382,35 @@ mod tests {
         assert!(t.contains("sigma_agent_key_rejected 0"));
     }
 
+    /// Every family the agent can export, in either mode, is in `metrics.txt`, which
+    /// docs/check reads: the real names, sub-registry prefixes included.
+    #[test]
+    fn every_metric_is_in_metrics_txt() {
+        let xds = sigma_xds::XdsServer::new(sigma_xds::ResourceOptions {
+            listen_address: "127.0.0.1".parse().unwrap(),
+        });
+        let classic = Metrics::classic(&xds.handle());
+        let mesh = Metrics::with_mesh();
+        let m = mesh.mesh.as_ref().unwrap();
+        m.phase
+            .get_or_create(&PhaseLabels {
+                phase: "ready".into(),
+            })
+            .set(1);
+        Metrics::count(&m.bundle_fetches, "ok");
+        for r in [&classic, &mesh] {
+            Metrics::count(&r.heartbeats, "ok");
+            Metrics::count(&r.registrations, "ok");
+        }
+        sigma_testkit::metrics::assert_listed(
+            &[&classic, &mesh].map(|r| (r.encode(), format!("{:?}", r.registry))),
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("metrics.txt"),
+            "The metric families sigma-agent exports in classic and in mesh mode, as `name type`.\n\
+             Kept in step by `cargo test -p sigma-agent --lib every_metric_is_in_metrics_txt`\n\
+             (SIGMA_UPDATE_METRICS=1 rewrites it); docs/check checks the docs against it.",
+        );
+    }
+
     #[test]
     fn classic_mode_exports_the_xds_servers_counters() {
         let xds = sigma_xds::XdsServer::new(sigma_xds::ResourceOptions {

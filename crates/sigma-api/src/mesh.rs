@@ -214,8 +214,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn subsystems_register_their_counters_as_counters() {
+    /// Kubernetes mode's metrics after one (failed) API server call of the reconciler's
+    /// cluster client and one of the bundle issuer.
+    async fn kubernetes_metrics() -> Metrics {
         let mesh = kubernetes();
         let mut metrics = Metrics::default();
         mesh.register_metrics(metrics.registry_mut());
@@ -224,7 +225,12 @@ mod tests {
         };
         k.cluster.list().await.unwrap_err();
         k.bundles.token("sigma-vm").await.unwrap_err();
-        let text = metrics.encode();
+        metrics
+    }
+
+    #[tokio::test]
+    async fn subsystems_register_their_counters_as_counters() {
+        let text = kubernetes_metrics().await.encode();
         for want in [
             "# TYPE sigma_api_mesh_passes counter\n",
             "sigma_api_mesh_passes_total{result=\"failed\"} 0\n",
@@ -241,6 +247,38 @@ mod tests {
             assert!(text.contains(want), "{want} missing from:\n{text}");
         }
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    }
+
+    /// Every family sigma-api can export (kubernetes mode registers the most) is in
+    /// `metrics.txt`, which docs/check reads: the real names, sub-registry prefixes included.
+    #[tokio::test]
+    async fn every_metric_is_in_metrics_txt() {
+        // A family is encoded once it has a sample: one each.
+        let mut metrics = kubernetes_metrics().await;
+        let labels = crate::metrics::RequestLabels {
+            method: "GET".into(),
+            route: "/api/vps".into(),
+            status: 200,
+        };
+        metrics.requests.get_or_create(&labels).observe(0.001);
+        let ok = crate::metrics::ResultLabels { result: "ok" };
+        for f in [
+            &metrics.heartbeats,
+            &metrics.registrations,
+            &metrics.bootstrap_issued,
+        ] {
+            f.get_or_create(&ok).inc();
+        }
+        metrics.bootstrap_duration.get_or_create(&ok).observe(0.001);
+        metrics.inventory.sample_for_test();
+        let debug = format!("{:?}", metrics.registry_mut());
+        sigma_testkit::metrics::assert_listed(
+            &[(metrics.encode(), debug)],
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("metrics.txt"),
+            "The metric families sigma-api exports (--mesh kubernetes registers them all), as `name type`.\n\
+             Kept in step by `cargo test -p sigma-api --lib every_metric_is_in_metrics_txt`\n\
+             (SIGMA_UPDATE_METRICS=1 rewrites it); docs/check checks the docs against it.",
+        );
     }
 
     #[test]

@@ -176,6 +176,14 @@ impl InventoryGauges {
         );
     }
 
+    /// One sample in each gauge, so that a test's encoding lists both families.
+    #[cfg(test)]
+    pub(crate) fn sample_for_test(&self) {
+        let labels = StatusLabels { status: "active" };
+        self.vps.get_or_create(&labels).set(1);
+        self.mesh_vps.get_or_create(&labels).set(1);
+    }
+
     /// Recounts when the inventory changed since the last count or the counts are older than
     /// [`INVENTORY_COUNTS_MAX_AGE`]; returns whether it counted.
     pub async fn refresh(&self, store: &sigma_store::Store) -> Result<bool, sigma_store::Error> {

@@ -7,7 +7,8 @@ use sigma_testkit::{ADMIN_KEY, SigmaApi, TestDb, both_backends};
 
 both_backends!(
     a_plan_names_what_each_route_becomes,
-    a_plan_for_today_says_whether_each_listener_is_live
+    a_plan_for_today_says_whether_each_listener_is_live,
+    a_listener_to_a_fleet_target_is_live_at_the_served_digest
 );
 
 /// The listener state of route `name` in the plan for today's mode.
@@ -113,6 +114,55 @@ async fn a_plan_for_today_says_whether_each_listener_is_live(db: TestDb) {
         )
         .await;
     assert!(route(&plan, "ext").get("listener").is_none(), "{plan}");
+}
+
+/// With a fleet target the served version is a digest of the route version and the target's
+/// addresses: the listener is live at that version, not at the bare route version.
+async fn a_listener_to_a_fleet_target_is_live_at_the_served_digest(db: TestDb) {
+    let s = SigmaApi::builder().store(&db).start();
+    let (st, v) = s
+        .patch(
+            "/api/purposes/vpn-exit",
+            ADMIN_KEY,
+            json!({"mesh": {"ports": [{"name": "vpn", "number": 443, "protocol": "TCP"}]}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let relay_token = s.token(json!({"purpose": "vpn-relay"})).await;
+    let exit_token = s.token(json!({"purpose": "vpn-exit"})).await;
+    let (id, key) = s.register(&relay_token, "relay-1", "198.51.100.1").await;
+    s.register(&exit_token, "exit-1", "203.0.113.1").await;
+    let (st, v) = s
+        .call(
+            "POST",
+            &format!("/api/vps/{id}/envoy-routes"),
+            Some(json!({"name": "exit", "listen_port": 443, "target": {"vps": "exit-1", "port": "vpn"}})),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let (st, cfg) = s
+        .get("/api/agent/envoy-config?hostname=relay-1", &key)
+        .await;
+    assert_eq!(st, 200, "{cfg}");
+    assert_eq!(
+        cfg["endpoints"]["exit"].as_array().map(Vec::len),
+        Some(1),
+        "{cfg}"
+    );
+    let served = cfg["version"].as_i64().unwrap();
+    let beat = |applied: i64| {
+        json!({"hostname": "relay-1", "agent_state": {
+            "mode": "classic", "envoy_applied_version": applied, "xds_clients": 1}})
+    };
+    s.post("/api/agent/heartbeat", &key, beat(served)).await;
+    assert_eq!(live(&s, &id, "exit").await, json!({"state": "live"}));
+    // The route version alone (what a config without targets would serve) is not it.
+    let (_, vps) = s.call("GET", &format!("/api/vps/{id}"), None).await;
+    let route_version = vps["envoy_version"].as_i64().unwrap();
+    assert_ne!(route_version, served, "{vps}");
+    s.post("/api/agent/heartbeat", &key, beat(route_version))
+        .await;
+    assert_eq!(live(&s, &id, "exit").await["state"], "not_live");
 }
 
 fn route<'a>(plan: &'a Value, name: &str) -> &'a Value {

@@ -3,6 +3,10 @@
 //! `edit` commands send a `PATCH` with only the fields given. A field that may be empty is
 //! cleared (sent as `null`) with its `--clear-FIELD` flag; `--FIELD` and `--clear-FIELD`
 //! exclude each other, and an `edit` without any field is a usage error.
+//!
+//! One file (about 1,030 lines) on purpose: it is the whole clap definition of one program, so
+//! the flags every command shares, the value parsers and the `--help` texts read in one place,
+//! and `the_command_line_is_consistent` checks it as one.
 
 use std::path::PathBuf;
 

@@ -24,6 +24,10 @@
 //!   [`ControlPlane::istiod_address`]), so the two can never disagree.
 //! * `hosts` resolves a load balancer's host name to an address (istioctl leaves the file empty
 //!   then) — that resolution is I/O and happens before this module is called.
+//!
+//! One file (about 780 lines) because it is one pure computation, meant to be read against
+//! istioctl's: its sections (the control plane's names, the mesh config, the VPS as a
+//! workload, the rendering) are the steps of building one bundle.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -1,18 +1,25 @@
 //! The inputs an operator writes: the fleet-wide [`MeshTemplate`] and the per-purpose
 //! [`MeshSettings`] (the purpose's `mesh` JSON object), with validation that names every bad
 //! field the way sigma-api reports errors (`ports[1].protocol`, `egress[0].bind`, …).
+//!
+//! The protocols and port decoding are in the submodule `protocol`, the template in `template`.
+//! The per-purpose settings stay one file (about 640 lines) with their field checks, because the
+//! checks are what [`MeshSettings`]' validation runs and name fields by the settings' paths.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
-use std::str::FromStr;
 
-use serde::de::{self, Deserializer, Visitor};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use sigma_types::validate as v;
 use sigma_types::{FieldErrors, Normalize};
 
 use crate::names;
+
+mod protocol;
+mod template;
+
+pub use protocol::*;
+pub use template::*;
 
 /// Ports the Istio sidecar itself listens on (admin, capture, health, telemetry, DNS, HBONE).
 /// A VPS service or an egress listener on one of them would fail to bind next to the proxy.
@@ -61,187 +68,6 @@ pub const MAX_PORT_NAME_LEN: usize = 62;
 
 /// Longest HTTP probe path accepted.
 pub const MAX_PROBE_PATH_LEN: usize = 1024;
-
-// ---------------------------------------------------------------------------------------------
-// Protocol
-
-/// An Istio port protocol. Istio only knows this fixed list; sigma accepts exactly these
-/// spellings so that what is stored is what Istio will be given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Protocol {
-    /// `TCP`
-    Tcp,
-    /// `UDP`
-    Udp,
-    /// `GRPC`
-    Grpc,
-    /// `GRPC-Web`
-    GrpcWeb,
-    /// `HTTP`
-    Http,
-    /// `HTTP_PROXY`
-    HttpProxy,
-    /// `HTTP2`
-    Http2,
-    /// `HTTPS`
-    Https,
-    /// `TLS`
-    Tls,
-    /// `Mongo`
-    Mongo,
-    /// `Redis`
-    Redis,
-    /// `MySQL`
-    MySql,
-}
-
-impl Protocol {
-    /// Every protocol Istio accepts.
-    pub const ALL: [Protocol; 12] = [
-        Protocol::Tcp,
-        Protocol::Udp,
-        Protocol::Grpc,
-        Protocol::GrpcWeb,
-        Protocol::Http,
-        Protocol::HttpProxy,
-        Protocol::Http2,
-        Protocol::Https,
-        Protocol::Tls,
-        Protocol::Mongo,
-        Protocol::Redis,
-        Protocol::MySql,
-    ];
-
-    /// Istio's spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-            Protocol::Grpc => "GRPC",
-            Protocol::GrpcWeb => "GRPC-Web",
-            Protocol::Http => "HTTP",
-            Protocol::HttpProxy => "HTTP_PROXY",
-            Protocol::Http2 => "HTTP2",
-            Protocol::Https => "HTTPS",
-            Protocol::Tls => "TLS",
-            Protocol::Mongo => "Mongo",
-            Protocol::Redis => "Redis",
-            Protocol::MySql => "MySQL",
-        }
-    }
-
-    /// A lower-case token for generated port names (`grpc-web`, `http-proxy`).
-    pub fn name_token(self) -> String {
-        self.as_str().to_ascii_lowercase().replace('_', "-")
-    }
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Protocol {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        if let Some(p) = Protocol::ALL.iter().find(|p| p.as_str() == s) {
-            return Ok(*p);
-        }
-        let list = Protocol::ALL.map(Protocol::as_str).join(", ");
-        if let Some(p) = Protocol::ALL
-            .iter()
-            .find(|p| p.as_str().eq_ignore_ascii_case(s))
-        {
-            return Err(format!(
-                "unknown protocol {s:?}: protocol names are case-sensitive, did you mean {:?}?",
-                p.as_str()
-            ));
-        }
-        Err(format!("unknown protocol {s:?}: Istio accepts only {list}"))
-    }
-}
-
-impl Serialize for Protocol {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for Protocol {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(de::Error::custom)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Port numbers
-
-struct PortVisitor;
-
-impl Visitor<'_> for PortVisitor {
-    type Value = u16;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a port number (1-65535)")
-    }
-
-    fn visit_u64<E: de::Error>(self, n: u64) -> Result<u16, E> {
-        u16::try_from(n)
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| E::custom(format!("{n} is not a port (1-65535)")))
-    }
-
-    fn visit_i64<E: de::Error>(self, n: i64) -> Result<u16, E> {
-        match u64::try_from(n) {
-            Ok(u) => self.visit_u64(u),
-            Err(_) => Err(E::custom(format!("{n} is not a port (1-65535)"))),
-        }
-    }
-
-    fn visit_f64<E: de::Error>(self, n: f64) -> Result<u16, E> {
-        Err(E::custom(format!("{n} is not a port (1-65535)")))
-    }
-
-    fn visit_str<E: de::Error>(self, s: &str) -> Result<u16, E> {
-        // Ranges are what operators most often try; Istio has no way to express them.
-        if s.contains(['-', ':']) {
-            return Err(E::custom(format!(
-                "{s:?} looks like a port range; Istio has no port ranges, list each port"
-            )));
-        }
-        Err(E::custom(format!(
-            "{s:?} is a string; write the port as a number (1-65535)"
-        )))
-    }
-}
-
-fn de_port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
-    d.deserialize_any(PortVisitor)
-}
-
-fn de_opt_port<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
-    struct Opt;
-    impl<'de> Visitor<'de> for Opt {
-        type Value = Option<u16>;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a port number (1-65535) or null")
-        }
-        fn visit_none<E: de::Error>(self) -> Result<Option<u16>, E> {
-            Ok(None)
-        }
-        fn visit_unit<E: de::Error>(self) -> Result<Option<u16>, E> {
-            Ok(None)
-        }
-        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Option<u16>, D::Error> {
-            de_port(d).map(Some)
-        }
-    }
-    d.deserialize_option(Opt)
-}
 
 // ---------------------------------------------------------------------------------------------
 // MeshSettings
@@ -817,90 +643,6 @@ impl Normalize for MeshSettings {
             network: self.network,
             interception,
         })
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// MeshTemplate
-
-/// How VPS are assigned to Istio networks (groups of endpoints that reach each other directly;
-/// traffic between networks goes through east-west gateways).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum NetworkMode {
-    /// `provider-<provider>` for each VPS; a VPS without a provider gets no network (Istio's
-    /// default network, i.e. reached directly).
-    #[default]
-    PerProvider,
-    /// One network for the whole fleet.
-    Fixed(String),
-}
-
-/// Fleet-wide mesh settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MeshTemplate {
-    /// Kubernetes namespace of every generated object.
-    pub namespace: String,
-    /// DNS domain of the purposes' services (`<purpose>.<domain>`).
-    pub service_domain: String,
-    /// Service account of workloads whose purpose names none.
-    pub service_account: String,
-    /// Network assignment.
-    pub network: NetworkMode,
-    /// Port of the agent's health endpoint.
-    pub health_port: u16,
-    /// Path of the agent's health endpoint.
-    pub health_path: String,
-    /// Value of the `version` label.
-    pub version: String,
-}
-
-impl Default for MeshTemplate {
-    fn default() -> Self {
-        MeshTemplate {
-            namespace: "sigma".into(),
-            service_domain: "sigma.mesh".into(),
-            service_account: "sigma-vm".into(),
-            network: NetworkMode::PerProvider,
-            health_port: 9102,
-            health_path: "/healthz".into(),
-            version: "v1".into(),
-        }
-    }
-}
-
-impl MeshTemplate {
-    /// Every problem of the template, by field.
-    pub fn validate(&self) -> Result<(), FieldErrors> {
-        let mut e = FieldErrors::new();
-        if !names::is_dns_label(&self.namespace) {
-            e.add("namespace", "must be a DNS-1123 label");
-        }
-        match check_mesh_host(&self.service_domain) {
-            // A purpose name (≤ 63) and a dot must still fit in a 253-character host.
-            Ok(d) if d.len() > 253 - 64 => e.add("service_domain", "longer than 189 characters"),
-            Ok(d) if d != self.service_domain => {
-                e.add("service_domain", format!("write it in canonical form: {d}"))
-            }
-            Ok(_) => {}
-            Err(r) => e.add("service_domain", r),
-        }
-        e.check(
-            "service_account",
-            check_service_account(&self.service_account),
-        );
-        if let NetworkMode::Fixed(n) = &self.network {
-            e.check("network", check_network(n));
-        }
-        if self.health_port == 0 {
-            e.add("health_port", "0 is not a port (1-65535)");
-        }
-        e.check("health_path", check_probe_path(&self.health_path));
-        if self.version.is_empty() || !names::is_label_value(&self.version) {
-            e.add("version", "must be a non-empty label value");
-        }
-        e.into_result()
     }
 }
 

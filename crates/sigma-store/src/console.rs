@@ -4,6 +4,9 @@
 //! chains. The JSON API's `list_vps` keeps its contract (hostname order); the console's list
 //! applies the same filters with the same meaning and adds what a person scanning a fleet
 //! needs.
+//!
+//! One file (about 640 lines) because these are the queries of one caller, kept apart from the
+//! JSON API's so that the console can change its own without touching the API's contract.
 
 use std::collections::HashMap;
 

@@ -1,5 +1,9 @@
 //! The in-memory side of the agent hot path: each VPS's identity and lifecycle state, and the
 //! heartbeats not yet written.
+//!
+//! One file (about 670 lines) because the identity cache, the heartbeat queue and the flush
+//! gate are one structure ([`Fleet`]): a heartbeat is checked, queued and flushed against the
+//! same state, and an operator's address edit is ordered against the flush through it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};

@@ -1,4 +1,8 @@
 //! Providers, purposes and VPS.
+//!
+//! One file (about 1,160 lines) because the three are written in each other's transactions: a
+//! provider or purpose is not deleted while VPS use it, and a VPS's row decoding reads the
+//! fleet's pending heartbeats. It splits along providers, purposes and VPS if it grows further.
 
 use sigma_types::{
     ContractFilter, IpAddress, List, Provider, ProviderCreate, ProviderPatch, Purpose,

@@ -6,14 +6,18 @@
 //! purpose's pool) are checked when written (the target exists, serves the port, is not the
 //! route's own VPS) and resolved into addresses when an agent reads its config; the config's
 //! version then also follows those addresses.
+//!
+//! One file (about 650 lines) because the writes and the config reads keep the invariant above
+//! together: every write bumps the version in its own transaction, and the reads return the
+//! version with the routes and resolved targets it stands for.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use sigma_types::{
-    ClusterType, EnvoyConfig, EnvoyRoute, ProxyProtocol, RouteSpec, RouteStatus, RouteTarget,
-    TargetSpec, Upstream, UpstreamSpec, VpsRef, VpsStatus,
+    ClusterType, EnvoyConfig, EnvoyRoute, ProxyProtocol, RouteEndpoint, RouteSpec, RouteStatus,
+    RouteTarget, TargetSpec, Upstream, UpstreamSpec, VpsRef, VpsStatus,
 };
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
@@ -149,6 +153,14 @@ impl Store {
         } else {
             ""
         };
+        Self::routes_where(exec, vps_id, filter).await
+    }
+
+    /// The routes of a VPS that also match `filter` (SQL over alias `r`, starting with ` AND`).
+    async fn routes_where<'c, E>(exec: E, vps_id: Uuid, filter: &str) -> Result<Vec<EnvoyRoute>>
+    where
+        E: sqlx::Executor<'c, Database = Any>,
+    {
         let rows = sqlx::query(dynsql!(
             "SELECT {} FROM envoy_routes r WHERE r.vps_id = $1{filter} ORDER BY r.name",
             route_cols("r")
@@ -452,43 +464,56 @@ impl Store {
     pub async fn envoy_config(&self, vps_id: Uuid) -> Result<EnvoyConfig> {
         // One read transaction, so version, routes and addresses belong together.
         let mut tx = self.pools.read.begin().await?;
-        let envoy_version: i64 = sqlx::query("SELECT envoy_version FROM vps WHERE id = $1")
-            .bind(vps_id.to_string())
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("no VPS with id {vps_id}")))?
-            .try_get("envoy_version")?;
+        let envoy_version = envoy_version_in(&mut tx, vps_id).await?;
         let routes = self.routes_in(&mut *tx, vps_id, true).await?;
+        let endpoints = self.resolve_targets(&mut tx, vps_id, &routes).await?;
+        tx.rollback().await?;
+        Ok(EnvoyConfig {
+            vps_id,
+            version: config_version(envoy_version, &endpoints),
+            routes,
+            endpoints,
+        })
+    }
+
+    /// The version [`Store::envoy_config`] returns, for callers that only compare it (the route
+    /// plan's listener liveness): the same read, of the routes that count towards the version
+    /// only (those to fleet targets, whose addresses it follows), and no config built.
+    pub async fn envoy_config_version(&self, vps_id: Uuid) -> Result<i64> {
+        let mut tx = self.pools.read.begin().await?;
+        let envoy_version = envoy_version_in(&mut tx, vps_id).await?;
+        let targeted = Self::routes_where(
+            &mut *tx,
+            vps_id,
+            " AND r.status = 'active' AND r.target_kind <> 'backend'",
+        )
+        .await?;
+        let endpoints = self.resolve_targets(&mut tx, vps_id, &targeted).await?;
+        tx.rollback().await?;
+        Ok(config_version(envoy_version, &endpoints))
+    }
+
+    /// The current endpoints of each of `routes` that has a fleet target, by route name.
+    async fn resolve_targets(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        vps_id: Uuid,
+        routes: &[EnvoyRoute],
+    ) -> Result<BTreeMap<String, Vec<RouteEndpoint>>> {
         let mut endpoints = BTreeMap::new();
         let mut settings: HashMap<String, Option<sigma_mesh::MeshSettings>> = HashMap::new();
         let healthy_since = now_ms().saturating_sub(
             i64::try_from(self.settings.target_silence.as_millis()).unwrap_or(i64::MAX),
         );
-        for r in &routes {
+        for r in routes {
             if let Upstream::Target { target } = &r.upstream {
                 let eps = self
-                    .target_endpoints(&mut tx, vps_id, target, healthy_since, &mut settings)
+                    .target_endpoints(tx, vps_id, target, healthy_since, &mut settings)
                     .await?;
                 endpoints.insert(r.name.clone(), eps);
             }
         }
-        tx.rollback().await?;
-        let version = if endpoints.is_empty() {
-            envoy_version
-        } else {
-            // A digest of the route version and every address: equal configs, equal versions.
-            let mut h = Sha256::new();
-            h.update(envoy_version.to_be_bytes());
-            h.update(serde_json::to_vec(&endpoints).unwrap_or_default());
-            let d = h.finalize();
-            i64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]) & i64::MAX
-        };
-        Ok(EnvoyConfig {
-            vps_id,
-            version,
-            routes,
-            endpoints,
-        })
+        Ok(endpoints)
     }
 
     /// An agent's view of its routes: returns at once when the version differs from
@@ -540,6 +565,29 @@ impl Store {
 }
 
 /// A route upstream as the columns that store it.
+/// A VPS's route version (`vps.envoy_version`).
+async fn envoy_version_in(tx: &mut Transaction<'_, Any>, vps_id: Uuid) -> Result<i64> {
+    Ok(sqlx::query("SELECT envoy_version FROM vps WHERE id = $1")
+        .bind(vps_id.to_string())
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no VPS with id {vps_id}")))?
+        .try_get("envoy_version")?)
+}
+
+/// The version of a config: the route version alone without fleet targets, else a digest of
+/// the route version and every address (equal configs, equal versions).
+fn config_version(envoy_version: i64, endpoints: &BTreeMap<String, Vec<RouteEndpoint>>) -> i64 {
+    if endpoints.is_empty() {
+        return envoy_version;
+    }
+    let mut h = Sha256::new();
+    h.update(envoy_version.to_be_bytes());
+    h.update(serde_json::to_vec(endpoints).unwrap_or_default());
+    let d = h.finalize();
+    i64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]) & i64::MAX
+}
+
 struct UpstreamCols {
     kind: &'static str,
     backend_host: Option<String>,

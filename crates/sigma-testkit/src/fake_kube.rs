@@ -15,6 +15,9 @@
 //!   (pages with `limit`/`continue`, `fieldSelector=metadata.name=…`), get, server-side apply
 //!   and delete with UID preconditions. With [`IstioWrites::Discard`] writes are answered but
 //!   not kept, so a test alone decides which objects a reader of the cluster sees.
+//!
+//! One file (about 660 lines) because it is one stand-in: the cluster state, the answers to
+//! each call and the two ways of reaching it share every type.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -9,6 +9,7 @@
 //!   `SIGMA_TEST_POSTGRES_URL` / `SIGMA_TEST_REQUIRE_POSTGRES`, and `both_backends!`;
 //! * [`fake_kube`] (feature `kube`): a stand-in Kubernetes API server, reached in-process
 //!   through a `kube::Client` or over HTTP through a kubeconfig;
+//! * [`metrics`]: the checked-in list of the metric families a binary exports;
 //! * [`bin`], [`TempDir`], [`eventually`]: the workspace's binaries, scratch directories and
 //!   polling.
 //!
@@ -21,6 +22,7 @@ pub mod ctl;
 pub mod db;
 #[cfg(feature = "kube")]
 pub mod fake_kube;
+pub mod metrics;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -59,7 +59,10 @@ pub(super) enum BundleError {
         /// This VPS's.
         this: String,
     },
-    /// Its `cluster.env` or `hosts` is refused (the reason names the file).
+    /// Its `cluster.env` is refused (the reason names the file and the line or variable).
+    #[error(transparent)]
+    ClusterEnv(#[from] super::env::EnvError),
+    /// Its `hosts` is refused (the reason names the file).
     #[error("{0}")]
     Content(String),
     /// Writing or removing the files failed (the error names the path).
@@ -176,12 +179,12 @@ impl Bundles {
                 this: self.hostname.clone(),
             });
         }
-        let env = ClusterEnv::parse(&bundle.files.cluster_env).map_err(BundleError::Content)?;
-        let cert_dirs = env.cert_dirs(&self.root).map_err(BundleError::Content)?;
+        let env = ClusterEnv::parse(&bundle.files.cluster_env)?;
+        let cert_dirs = env.cert_dirs(&self.root)?;
         let hosts = hosts::check_entries(&bundle.files.hosts).map_err(BundleError::Content)?;
         let cidrs = match bundle.interception {
             InterceptionMode::None => None,
-            InterceptionMode::Iptables => Some(env.service_cidrs().map_err(BundleError::Content)?),
+            InterceptionMode::Iptables => Some(env.service_cidrs()?),
         };
         Ok(Prepared {
             bundle,

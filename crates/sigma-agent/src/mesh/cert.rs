@@ -5,17 +5,51 @@
 use sigma_types::cert::pem_certificates;
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time};
 
+/// Why a certificate's expiry cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertError {
+    /// A DER element longer than what is left.
+    #[error("truncated DER")]
+    Truncated,
+    /// A DER length in a form this reader does not take (indefinite, or over 4 bytes).
+    #[error("unsupported DER length")]
+    UnsupportedLength,
+    /// A time with something other than digits where digits belong.
+    #[error("non-digit in DER time")]
+    NonDigit,
+    /// A time that is neither UTCTime nor GeneralizedTime of the usual length.
+    #[error("unsupported certificate time format")]
+    TimeFormat,
+    /// A time not ending in `Z`.
+    #[error("certificate time is not in UTC")]
+    NotUtc,
+    /// A time that is no date and time of day (month 13, …).
+    #[error("invalid certificate time")]
+    InvalidTime(#[source] time::error::ComponentRange),
+    /// The outer structure is not that of a certificate.
+    #[error("not a DER certificate")]
+    NotCertificate,
+    /// No validity where the certificate should have it.
+    #[error("certificate validity not found")]
+    NoValidity,
+    /// The PEM text cannot be read (sigma-types' reason).
+    #[error("{0}")]
+    Pem(String),
+    /// The PEM text holds no certificate.
+    #[error("no PEM certificate")]
+    NoCertificate,
+}
+
 /// One DER element: (tag, content, rest).
-fn der_element(input: &[u8]) -> Result<(u8, &[u8], &[u8]), String> {
-    let short = || "truncated DER".to_string();
-    let (&tag, rest) = input.split_first().ok_or_else(short)?;
-    let (&len0, mut rest) = rest.split_first().ok_or_else(short)?;
+fn der_element(input: &[u8]) -> Result<(u8, &[u8], &[u8]), CertError> {
+    let (&tag, rest) = input.split_first().ok_or(CertError::Truncated)?;
+    let (&len0, mut rest) = rest.split_first().ok_or(CertError::Truncated)?;
     let len = if len0 & 0x80 == 0 {
         usize::from(len0)
     } else {
         let n = usize::from(len0 & 0x7f);
         if n == 0 || n > 4 || rest.len() < n {
-            return Err("unsupported DER length".into());
+            return Err(CertError::UnsupportedLength);
         }
         let mut l = 0usize;
         for &b in &rest[..n] {
@@ -25,23 +59,23 @@ fn der_element(input: &[u8]) -> Result<(u8, &[u8], &[u8]), String> {
         l
     };
     if rest.len() < len {
-        return Err(short());
+        return Err(CertError::Truncated);
     }
     Ok((tag, &rest[..len], &rest[len..]))
 }
 
-fn digits(s: &[u8]) -> Result<u32, String> {
+fn digits(s: &[u8]) -> Result<u32, CertError> {
     s.iter().try_fold(0u32, |acc, &c| {
         if c.is_ascii_digit() {
             Ok(acc * 10 + u32::from(c - b'0'))
         } else {
-            Err("non-digit in DER time".to_string())
+            Err(CertError::NonDigit)
         }
     })
 }
 
 /// UTCTime (tag 0x17, `YYMMDDHHMMSSZ`) or GeneralizedTime (0x18, `YYYYMMDDHHMMSSZ`).
-fn der_time(tag: u8, v: &[u8]) -> Result<OffsetDateTime, String> {
+fn der_time(tag: u8, v: &[u8]) -> Result<OffsetDateTime, CertError> {
     let (year, rest) = match (tag, v.len()) {
         (0x17, 13) => {
             // RFC 5280: two-digit years 50–99 are 19xx, 00–49 are 20xx.
@@ -49,12 +83,12 @@ fn der_time(tag: u8, v: &[u8]) -> Result<OffsetDateTime, String> {
             (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &v[2..])
         }
         (0x18, 15) => (digits(&v[..4])?, &v[4..]),
-        _ => return Err("unsupported certificate time format".into()),
+        _ => return Err(CertError::TimeFormat),
     };
     if rest[10] != b'Z' {
-        return Err("certificate time is not in UTC".into());
+        return Err(CertError::NotUtc);
     }
-    let bad = |_| "invalid certificate time".to_string();
+    let bad = CertError::InvalidTime;
     let month = Month::try_from(digits(&rest[0..2])? as u8).map_err(bad)?;
     let date =
         Date::from_calendar_date(year as i32, month, digits(&rest[2..4])? as u8).map_err(bad)?;
@@ -68,14 +102,14 @@ fn der_time(tag: u8, v: &[u8]) -> Result<OffsetDateTime, String> {
 }
 
 /// `notAfter` of a DER X.509 certificate.
-pub fn not_after(der: &[u8]) -> Result<OffsetDateTime, String> {
+pub fn not_after(der: &[u8]) -> Result<OffsetDateTime, CertError> {
     let (tag, cert, _) = der_element(der)?;
     if tag != 0x30 {
-        return Err("not a DER certificate".into());
+        return Err(CertError::NotCertificate);
     }
     let (tag, tbs, _) = der_element(cert)?;
     if tag != 0x30 {
-        return Err("not a DER certificate".into());
+        return Err(CertError::NotCertificate);
     }
     let mut rest = tbs;
     // [0] version is optional; then serial, signature algorithm, issuer, validity.
@@ -88,7 +122,7 @@ pub fn not_after(der: &[u8]) -> Result<OffsetDateTime, String> {
     }
     let (tag, validity, _) = der_element(rest)?;
     if tag != 0x30 {
-        return Err("certificate validity not found".into());
+        return Err(CertError::NoValidity);
     }
     let (_, _, after_not_before) = der_element(validity)?;
     let (tag, v, _) = der_element(after_not_before)?;
@@ -96,9 +130,9 @@ pub fn not_after(der: &[u8]) -> Result<OffsetDateTime, String> {
 }
 
 /// `notAfter` of the first (leaf) certificate of a PEM chain.
-pub fn chain_not_after(pem: &str) -> Result<OffsetDateTime, String> {
-    let certs = pem_certificates(pem)?;
-    not_after(certs.first().ok_or("no PEM certificate")?)
+pub fn chain_not_after(pem: &str) -> Result<OffsetDateTime, CertError> {
+    let certs = pem_certificates(pem).map_err(CertError::Pem)?;
+    not_after(certs.first().ok_or(CertError::NoCertificate)?)
 }
 
 #[cfg(test)]
@@ -140,6 +174,20 @@ tL4ndQavEi51mI38AjEAi/V3bNTIZargCyzuFJ0nN6T5U6VR5CmD1/iQMVtCnwr1
         );
         assert!(not_after(&[0x30, 0x03, 0x30, 0x01]).is_err());
         assert!(chain_not_after("-----BEGIN CERTIFICATE-----\nAAAA").is_err());
+    }
+
+    #[test]
+    fn reasons_are_typed_and_keep_their_messages() {
+        use std::error::Error as _;
+        assert_eq!(not_after(&[0x30]).unwrap_err(), CertError::Truncated);
+        assert_eq!(not_after(&[0x30]).unwrap_err().to_string(), "truncated DER");
+        let e = der_time(0x17, b"491331235959Z").unwrap_err();
+        assert_eq!(e.to_string(), "invalid certificate time");
+        assert!(matches!(e, CertError::InvalidTime(_)) && e.source().is_some());
+        assert_eq!(
+            chain_not_after("").unwrap_err().to_string(),
+            "no PEM certificate"
+        );
     }
 
     #[test]

@@ -7,7 +7,98 @@
 //! values pilot-agent sees are exactly the ones a shell would give it.
 
 use std::collections::BTreeMap;
+use std::net::AddrParseError;
 use std::path::{Component, Path, PathBuf};
+
+/// Why `cluster.env`, or a variable the agent reads from it, is refused. The message names the
+/// line or the variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvError {
+    /// A line that is neither a comment nor an assignment.
+    #[error("cluster.env line {line}: not KEY=value")]
+    NotAssignment {
+        /// 1-based line number.
+        line: usize,
+    },
+    /// A variable name a shell would not accept.
+    #[error("cluster.env line {line}: bad variable name {key:?}")]
+    BadName {
+        /// 1-based line number.
+        line: usize,
+        /// The name.
+        key: String,
+    },
+    /// A value the agent cannot read as a shell would.
+    #[error("cluster.env line {line} ({key}): {source}")]
+    BadValue {
+        /// 1-based line number.
+        line: usize,
+        /// The variable.
+        key: String,
+        /// Why.
+        source: ValueError,
+    },
+    /// A certificate directory (`PROV_CERT`, `OUTPUT_CERTS`) that cannot be placed under the
+    /// install root.
+    #[error("cluster.env {key}: {source}")]
+    CertDir {
+        /// The variable.
+        key: &'static str,
+        /// Why.
+        source: PathError,
+    },
+    /// iptables mode without `ISTIO_SERVICE_CIDR`.
+    #[error("ISTIO_SERVICE_CIDR is empty: iptables mode needs the CIDRs to capture")]
+    NoServiceCidr,
+    /// `ISTIO_SERVICE_CIDR='*'`.
+    #[error("ISTIO_SERVICE_CIDR '*' would capture all traffic; sigma captures listed CIDRs only")]
+    CaptureAll,
+    /// An `ISTIO_SERVICE_CIDR` entry whose address does not parse.
+    #[error("ISTIO_SERVICE_CIDR entry {entry:?} is not a CIDR")]
+    NotCidr {
+        /// The entry.
+        entry: String,
+        /// Why its address does not parse.
+        source: AddrParseError,
+    },
+    /// An `ISTIO_SERVICE_CIDR` entry whose prefix length is not one of its address family.
+    #[error("ISTIO_SERVICE_CIDR entry {0:?} has a bad prefix length")]
+    BadPrefixLength(String),
+}
+
+/// Why one shell word of `cluster.env` is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    /// `'…` without its closing quote.
+    #[error("unterminated single quote")]
+    UnterminatedSingleQuote,
+    /// `"…` without its closing quote.
+    #[error("unterminated double quote")]
+    UnterminatedDoubleQuote,
+    /// `$` or a back-quote, which a shell would expand.
+    #[error("shell expansion ($ or `) is not supported")]
+    Expansion,
+    /// A backslash at the end of the line.
+    #[error("trailing backslash")]
+    TrailingBackslash,
+    /// Unquoted white space followed by more than a comment.
+    #[error("more than one word (quote the value)")]
+    MoreThanOneWord,
+    /// `;`, `&`, `|`, `<`, `>`, `(` or `)`.
+    #[error("shell operator {0:?} is not supported")]
+    Operator(char),
+}
+
+/// Why a path of the bundle cannot be placed under the install root.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// It contains `..` (it could point outside the root).
+    #[error("{0:?} must not contain '..'")]
+    ParentDir(String),
+    /// It names the root itself.
+    #[error("{0:?} names no directory")]
+    NoDirectory(String),
+}
 
 /// Parsed `cluster.env`, in file order (later assignments win, as in a shell).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -22,7 +113,7 @@ fn valid_key(k: &str) -> bool {
 }
 
 /// Parses one shell word: quoted and unquoted segments, concatenated.
-fn parse_value(raw: &str) -> Result<String, String> {
+fn parse_value(raw: &str) -> Result<String, ValueError> {
     let mut out = String::new();
     let mut chars = raw.chars().peekable();
     while let Some(c) = chars.next() {
@@ -31,7 +122,7 @@ fn parse_value(raw: &str) -> Result<String, String> {
                 match chars.next() {
                     Some('\'') => break,
                     Some(x) => out.push(x),
-                    None => return Err("unterminated single quote".into()),
+                    None => return Err(ValueError::UnterminatedSingleQuote),
                 }
             },
             '"' => loop {
@@ -44,20 +135,18 @@ fn parse_value(raw: &str) -> Result<String, String> {
                             out.push('\\');
                             out.push(x);
                         }
-                        None => return Err("unterminated double quote".into()),
+                        None => return Err(ValueError::UnterminatedDoubleQuote),
                     },
-                    Some('$' | '`') => {
-                        return Err("shell expansion ($ or `) is not supported".into());
-                    }
+                    Some('$' | '`') => return Err(ValueError::Expansion),
                     Some(x) => out.push(x),
-                    None => return Err("unterminated double quote".into()),
+                    None => return Err(ValueError::UnterminatedDoubleQuote),
                 }
             },
             '\\' => match chars.next() {
                 Some(x) => out.push(x),
-                None => return Err("trailing backslash".into()),
+                None => return Err(ValueError::TrailingBackslash),
             },
-            '$' | '`' => return Err("shell expansion ($ or `) is not supported".into()),
+            '$' | '`' => return Err(ValueError::Expansion),
             c if c.is_whitespace() => {
                 // Only a comment may follow the value.
                 let rest: String = chars.collect();
@@ -65,11 +154,9 @@ fn parse_value(raw: &str) -> Result<String, String> {
                 if rest.is_empty() || rest.starts_with('#') {
                     return Ok(out);
                 }
-                return Err("more than one word (quote the value)".into());
+                return Err(ValueError::MoreThanOneWord);
             }
-            ';' | '&' | '|' | '<' | '>' | '(' | ')' => {
-                return Err(format!("shell operator {c:?} is not supported"));
-            }
+            ';' | '&' | '|' | '<' | '>' | '(' | ')' => return Err(ValueError::Operator(c)),
             c => out.push(c),
         }
     }
@@ -78,7 +165,7 @@ fn parse_value(raw: &str) -> Result<String, String> {
 
 impl ClusterEnv {
     /// Parses the file's text; names the line of the first error.
-    pub fn parse(text: &str) -> Result<ClusterEnv, String> {
+    pub fn parse(text: &str) -> Result<ClusterEnv, EnvError> {
         let mut vars = BTreeMap::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -87,16 +174,19 @@ impl ClusterEnv {
             }
             let line = line.strip_prefix("export ").unwrap_or(line).trim_start();
             let Some((key, raw)) = line.split_once('=') else {
-                return Err(format!("cluster.env line {}: not KEY=value", i + 1));
+                return Err(EnvError::NotAssignment { line: i + 1 });
             };
             if !valid_key(key) {
-                return Err(format!(
-                    "cluster.env line {}: bad variable name {key:?}",
-                    i + 1
-                ));
+                return Err(EnvError::BadName {
+                    line: i + 1,
+                    key: key.to_string(),
+                });
             }
-            let value =
-                parse_value(raw).map_err(|e| format!("cluster.env line {} ({key}): {e}", i + 1))?;
+            let value = parse_value(raw).map_err(|source| EnvError::BadValue {
+                line: i + 1,
+                key: key.to_string(),
+                source,
+            })?;
             vars.insert(key.to_string(), value);
         }
         Ok(ClusterEnv { vars })
@@ -114,14 +204,14 @@ impl ClusterEnv {
 
     /// The directories pilot-agent reads and writes its workload certificate in
     /// (`PROV_CERT`, `OUTPUT_CERTS`), under `root`; `istio-start.sh`'s `./etc/certs` when unset.
-    pub fn cert_dirs(&self, root: &Path) -> Result<Vec<PathBuf>, String> {
+    pub fn cert_dirs(&self, root: &Path) -> Result<Vec<PathBuf>, EnvError> {
         let mut dirs = Vec::new();
         for key in ["PROV_CERT", "OUTPUT_CERTS"] {
             let v = match self.get(key) {
                 Some(v) if !v.is_empty() => v,
                 _ => "./etc/certs",
             };
-            let d = under_root(root, v).map_err(|e| format!("cluster.env {key}: {e}"))?;
+            let d = under_root(root, v).map_err(|source| EnvError::CertDir { key, source })?;
             if !dirs.contains(&d) {
                 dirs.push(d);
             }
@@ -131,30 +221,27 @@ impl ClusterEnv {
 
     /// The outbound CIDRs iptables mode captures (`ISTIO_SERVICE_CIDR`), checked: never `*`,
     /// every entry an address range.
-    pub fn service_cidrs(&self) -> Result<Vec<String>, String> {
+    pub fn service_cidrs(&self) -> Result<Vec<String>, EnvError> {
         let raw = self.get("ISTIO_SERVICE_CIDR").unwrap_or("").trim();
         if raw.is_empty() {
-            return Err(
-                "ISTIO_SERVICE_CIDR is empty: iptables mode needs the CIDRs to capture".into(),
-            );
+            return Err(EnvError::NoServiceCidr);
         }
         let mut out = Vec::new();
         for c in raw.split(',').map(str::trim).filter(|c| !c.is_empty()) {
             if c == "*" {
-                return Err("ISTIO_SERVICE_CIDR '*' would capture all traffic; sigma captures listed CIDRs only".into());
+                return Err(EnvError::CaptureAll);
             }
             let (ip, len) = c.split_once('/').unwrap_or((c, ""));
-            let ip: std::net::IpAddr = ip
-                .parse()
-                .map_err(|_| format!("ISTIO_SERVICE_CIDR entry {c:?} is not a CIDR"))?;
+            let ip: std::net::IpAddr = ip.parse().map_err(|source| EnvError::NotCidr {
+                entry: c.to_string(),
+                source,
+            })?;
             let max = if ip.is_ipv4() { 32 } else { 128 };
             match len.parse::<u8>() {
                 Ok(l) if l <= max => {}
                 _ if len.is_empty() => {}
                 _ => {
-                    return Err(format!(
-                        "ISTIO_SERVICE_CIDR entry {c:?} has a bad prefix length"
-                    ));
+                    return Err(EnvError::BadPrefixLength(c.to_string()));
                 }
             }
             out.push(c.to_string());
@@ -165,7 +252,7 @@ impl ClusterEnv {
 
 /// `path` (absolute, or relative to `/` as pilot-agent's `./…` defaults are) placed under
 /// `root`; `..` is refused so a bundle cannot point outside it.
-pub fn under_root(root: &Path, path: &str) -> Result<PathBuf, String> {
+pub fn under_root(root: &Path, path: &str) -> Result<PathBuf, PathError> {
     let mut out = root.to_path_buf();
     let mut any = false;
     for c in Path::new(path).components() {
@@ -176,12 +263,12 @@ pub fn under_root(root: &Path, path: &str) -> Result<PathBuf, String> {
                 any = true;
             }
             Component::ParentDir | Component::Prefix(_) => {
-                return Err(format!("{path:?} must not contain '..'"));
+                return Err(PathError::ParentDir(path.to_string()));
             }
         }
     }
     if !any {
-        return Err(format!("{path:?} names no directory"));
+        return Err(PathError::NoDirectory(path.to_string()));
     }
     Ok(out)
 }
@@ -237,8 +324,47 @@ mod tests {
             "A=x;rm\n",
         ] {
             let e = ClusterEnv::parse(bad).unwrap_err();
-            assert!(e.contains("line 1"), "{bad:?}: {e}");
+            assert!(e.to_string().contains("line 1"), "{bad:?}: {e}");
         }
+    }
+
+    #[test]
+    fn reasons_are_typed_and_keep_their_messages() {
+        use std::error::Error as _;
+        let e = ClusterEnv::parse("# x\nA='open\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cluster.env line 2 (A): unterminated single quote"
+        );
+        assert_eq!(
+            e.source().map(ToString::to_string).as_deref(),
+            Some("unterminated single quote")
+        );
+        assert_eq!(
+            ClusterEnv::parse("A=x;rm\n").unwrap_err(),
+            EnvError::BadValue {
+                line: 1,
+                key: "A".into(),
+                source: ValueError::Operator(';'),
+            }
+        );
+        let e = ClusterEnv::parse("ISTIO_SERVICE_CIDR='nope/8'\n")
+            .unwrap()
+            .service_cidrs()
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "ISTIO_SERVICE_CIDR entry \"nope/8\" is not a CIDR"
+        );
+        assert!(matches!(e, EnvError::NotCidr { .. }) && e.source().is_some());
+        let e = ClusterEnv::parse("OUTPUT_CERTS=/\n")
+            .unwrap()
+            .cert_dirs(Path::new("/r"))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cluster.env OUTPUT_CERTS: \"/\" names no directory"
+        );
     }
 
     #[test]
@@ -258,7 +384,7 @@ mod tests {
             vec![PathBuf::from("/tmp/r/var/lib/istio/certs")]
         );
         let e = ClusterEnv::parse("PROV_CERT='/etc/../../x'\n").unwrap();
-        assert!(e.cert_dirs(root).unwrap_err().contains(".."));
+        assert!(e.cert_dirs(root).unwrap_err().to_string().contains(".."));
     }
 
     #[test]

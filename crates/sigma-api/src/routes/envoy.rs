@@ -301,7 +301,7 @@ pub(crate) async fn plan(
     // Today's mode: whether each route's listener is live, from the agent's last report.
     let live = match (mode, agent_mode) {
         (PlanMode::Current, AgentMode::Classic) => {
-            let current = store.envoy_config(id).await?.version;
+            let current = store.envoy_config_version(id).await?;
             Some(Liveness::Classic(classic_listener(
                 &vps,
                 current,
