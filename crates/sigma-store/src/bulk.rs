@@ -194,6 +194,11 @@ impl Store {
             tx.commit().await?;
             start = end;
         }
+        if self.backend() == crate::Backend::Postgres {
+            // What autovacuum does within a minute of a bulk load: without statistics the
+            // planner would measure a table it believes empty.
+            sqlx::query("ANALYZE").execute(&self.pools.write).await?;
+        }
         Ok(())
     }
 

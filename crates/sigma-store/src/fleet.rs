@@ -482,8 +482,13 @@ impl Store {
         }
     }
 
+    /// Writes a batch, each statement (up to [`BATCH`] rows) committed on its own: one
+    /// transaction over a whole batch (tens of thousands of rows after a burst) held the row
+    /// locks of every VPS in it until the end, so on PostgreSQL an operator's retire of one of
+    /// them waited for the whole flush, and at 100,000 VPS eight such waits used up the pool
+    /// (503s). Every statement is idempotent (a row is only written by a newer heartbeat), so a
+    /// batch that fails halfway is simply written again.
     async fn write_pending(&self, p: &Batch) -> Result<()> {
-        let mut tx = self.pools.write.begin().await?;
         let beats: Vec<_> = p.beats.iter().collect();
         for chunk in beats.chunks(BATCH) {
             let mut sql = Sql::bulk(self.pools.backend, "WITH b(id, at, sys, st) AS (VALUES ");
@@ -508,7 +513,7 @@ impl Store {
                  FROM b WHERE vps.id = b.id \
                  AND (vps.last_heartbeat_at IS NULL OR vps.last_heartbeat_at <= b.at)",
             );
-            sql.query().execute(&mut *tx).await?;
+            sql.query().execute(&self.pools.write).await?;
         }
         // Addresses, queued only when they changed (`Fleet::note_ips`), in a statement of
         // their own for just those VPS: on SQLite an UPDATE that names ip_addresses fires the
@@ -539,7 +544,7 @@ impl Store {
                 ") UPDATE vps SET ip_addresses = a.ips FROM a \
                  WHERE vps.id = a.id AND vps.last_heartbeat_at <= a.at",
             );
-            sql.query().execute(&mut *tx).await?;
+            sql.query().execute(&self.pools.write).await?;
         }
         // The console's mesh facts, in a statement of their own that writes only rows whose
         // facts changed: in SQLite every index over a column an UPDATE sets is rewritten even
@@ -585,7 +590,7 @@ impl Store {
                  OR vps.mesh_cert_expires_at {distinct} m.cert \
                  OR vps.mesh_token_expires_at {distinct} m.token)"
             ));
-            sql.query().execute(&mut *tx).await?;
+            sql.query().execute(&self.pools.write).await?;
         }
         let uses: Vec<_> = p.key_uses.iter().collect();
         for chunk in uses.chunks(BATCH) {
@@ -600,9 +605,8 @@ impl Store {
                 ") UPDATE api_keys SET last_used_at = k.at FROM k WHERE api_keys.id = k.id \
                  AND (api_keys.last_used_at IS NULL OR api_keys.last_used_at < k.at)",
             );
-            sql.query().execute(&mut *tx).await?;
+            sql.query().execute(&self.pools.write).await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 
