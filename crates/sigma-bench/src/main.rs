@@ -260,6 +260,17 @@ impl Server {
         Some((field("VmRSS:")?, field("VmHWM:")?))
     }
 
+    /// CPU time the process has used so far (user + system), from /proc (clock ticks of
+    /// 1/100 s, Linux's `USER_HZ`).
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()?)).ok()?;
+        // Fields after the command name (which may hold spaces) start after its `)`.
+        let rest = stat.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        Some(ticks as f64 / 100.0)
+    }
+
     /// Stops it with SIGTERM, so it does its final flush like in production.
     async fn stop(&mut self) {
         if let Some(pid) = self.child.id() {
@@ -366,7 +377,9 @@ async fn main() -> anyhow::Result<()> {
         Mode::Targets => scale::targets(&addr, &admin, args.vps, args.requests)
             .await
             .map(|_| ()),
-        Mode::Heartbeats => heartbeats(&args, &addr, keys).await.map(|_| ()),
+        Mode::Heartbeats => heartbeats(&args, &addr, keys, server.as_ref())
+            .await
+            .map(|_| ()),
         Mode::Scale => {
             let server = server
                 .as_ref()
@@ -421,10 +434,21 @@ async fn keys_by_enrolling(
     Ok(Arc::new(keys))
 }
 
-/// The heartbeat phase: a warm-up, then `--duration` measured; prints the rate and latency.
-async fn heartbeats(args: &Args, addr: &str, keys: Arc<Vec<String>>) -> anyhow::Result<f64> {
+/// The heartbeat phase: a warm-up, then `--duration` measured; prints the rate and latency,
+/// and with a spawned sigma-api the CPU it used per 1,000 heartbeats (the load generator shares
+/// the machine, so that figure says what the server alone would carry).
+async fn heartbeats(
+    args: &Args,
+    addr: &str,
+    keys: Arc<Vec<String>>,
+    server: Option<&Server>,
+) -> anyhow::Result<f64> {
     drive(addr, keys.clone(), args.concurrency, args.warmup, false).await?;
+    let cpu_before = server.and_then(Server::cpu_seconds);
     let phase = drive(addr, keys, args.concurrency, args.duration, true).await?;
+    let cpu = cpu_before
+        .zip(server.and_then(Server::cpu_seconds))
+        .map(|(a, b)| b - a);
     let mut lat = phase.latencies_us;
     lat.sort_unstable();
     let n = lat.len();
@@ -441,6 +465,16 @@ async fn heartbeats(args: &Args, addr: &str, keys: Arc<Vec<String>>) -> anyhow::
         pct(&lat, 0.99),
         pct(&lat, 1.0),
     );
+    if let Some(cpu) = cpu {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        println!(
+            "heartbeats: vps={} server_cpu={cpu:.1}s per_1000={:.1}ms server_cores_busy={:.2} of {cores} (the rest: the load generator) => {:.0}/s with the server alone on {cores} cores",
+            args.vps,
+            cpu * 1000.0 / n as f64 * 1000.0,
+            cpu / phase.elapsed.as_secs_f64(),
+            n as f64 / cpu * cores,
+        );
+    }
     if phase.errors > 0 {
         bail!("{} heartbeats failed", phase.errors);
     }

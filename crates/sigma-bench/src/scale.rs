@@ -45,7 +45,7 @@ pub(crate) async fn run(
         server.startup.as_secs_f64(),
         memory_line(server)
     );
-    crate::heartbeats(args, addr, keys.clone()).await?;
+    crate::heartbeats(args, addr, keys.clone(), Some(server)).await?;
     println!(
         "memory after heartbeats: vps={} {}",
         args.vps,

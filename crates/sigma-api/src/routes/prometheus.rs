@@ -10,7 +10,8 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use sigma_types::{Vps, VpsStatus};
+use sigma_store::inventory::TargetVps;
+use sigma_types::VpsStatus;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
@@ -152,7 +153,7 @@ fn host_port(ip: IpAddr, port: u16) -> String {
     }
 }
 
-pub(crate) fn labels(v: &Vps, kind: TargetKind) -> BTreeMap<String, String> {
+pub(crate) fn labels(v: &TargetVps, kind: TargetKind) -> BTreeMap<String, String> {
     let opt = |o: &Option<String>| o.clone().unwrap_or_default();
     BTreeMap::from([
         ("vps_id".to_string(), v.id.to_string()),
@@ -247,7 +248,7 @@ async fn build(s: &AppState, kind: Option<TargetKind>, shards: u16) -> ApiResult
     let agent_port = s.mesh.template.health_port;
     let mut docs: Vec<Vec<u8>> = vec![Vec::new(); usize::from(shards)];
     s.store
-        .for_each_vps(&[VpsStatus::Active, VpsStatus::Provisioning], |v| {
+        .for_each_target(&[VpsStatus::Active, VpsStatus::Provisioning], |v| {
             // The reachable address by the mesh's own rule: public before private, never
             // just the first one listed.
             let Some(ip) = sigma_mesh::select_address(&v.ip_addresses) else {
@@ -275,7 +276,6 @@ async fn build(s: &AppState, kind: Option<TargetKind>, shards: u16) -> ApiResult
             {
                 let mut l = labels(&v, TargetKind::Envoy);
                 let entry = v
-                    .mesh
                     .workload_entry
                     .clone()
                     .unwrap_or_else(|| sigma_mesh::model::workload_entry_name(&v.hostname));

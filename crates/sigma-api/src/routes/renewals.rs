@@ -41,7 +41,7 @@ pub fn render(vps: &[Vps]) -> String {
         let Some(ts) = expiry_timestamp(v) else {
             continue;
         };
-        let mut l = labels(v, TargetKind::Node);
+        let mut l = labels(&v.into(), TargetKind::Node);
         l.remove("sigma_target_kind");
         l.insert("auto_renew".into(), v.contract.auto_renew.to_string());
         let body = l
