@@ -636,8 +636,7 @@ impl Store {
         let mut n = 0;
         while let Some(r) = rows.try_next().await? {
             let id: String = r.try_get("id")?;
-            let id =
-                Uuid::parse_str(&id).map_err(|_| Error::Corrupt(format!("vps id {id:?}")))?;
+            let id = Uuid::parse_str(&id).map_err(|_| Error::Corrupt(format!("vps id {id:?}")))?;
             // An address change not yet written is already the VPS's address.
             let pending = self.fleet.pending_beat(id).and_then(|b| b.ips_json);
             let ip_addresses = match pending.and_then(|j| serde_json::from_str(&j).ok()) {
