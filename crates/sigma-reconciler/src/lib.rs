@@ -36,7 +36,7 @@ pub use cluster::{Cluster, ClusterSettings, FIELD_MANAGER};
 pub use desired::{Desired, desired, export_yaml};
 pub use leader::{Leadership, LeaseSettings};
 pub use metrics::Stats;
-pub use reconcile::{PassReport, Reconciler, ReconcilerSettings};
+pub use reconcile::{PassReport, PassTimings, Reconciler, ReconcilerSettings};
 
 /// Everything that can go wrong in the reconciler.
 #[derive(Debug, thiserror::Error)]

@@ -67,6 +67,22 @@ pub struct PassReport {
     pub failures: Vec<(ObjectKey, String)>,
     /// VPS status rows written.
     pub statuses_written: u64,
+    /// Where the pass spent its time.
+    pub timings: PassTimings,
+}
+
+/// Where a pass spent its time, for the logs (the whole pass is the
+/// `pass_duration_seconds` histogram).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassTimings {
+    /// Reading the inventory and computing the desired state.
+    pub desired: Duration,
+    /// Listing the cluster and diffing.
+    pub list: Duration,
+    /// Applies and deletes.
+    pub writes: Duration,
+    /// Storing the VPS's results.
+    pub store: Duration,
 }
 
 /// The mesh reconciler of one replica.
@@ -157,6 +173,12 @@ impl Reconciler {
     /// Returns `Err` when nothing could be reconciled (inventory unreadable, purposes invalid,
     /// listing failed); failures of single objects are in the report.
     pub async fn pass(&self) -> Result<PassReport> {
+        let mut clock = std::time::Instant::now();
+        let mut lap = move || {
+            let now = std::time::Instant::now();
+            std::mem::replace(&mut clock, now).elapsed()
+        };
+        let mut timings = PassTimings::default();
         let inputs = self.store.mesh_inputs().await?;
         let desired = match desired(&self.settings.template, &inputs) {
             Ok(d) => d,
@@ -165,6 +187,7 @@ impl Reconciler {
                 return Err(e);
             }
         };
+        timings.desired = lap();
         let actual = match self.cluster.list().await {
             Ok(a) => a,
             Err(e) => {
@@ -202,6 +225,7 @@ impl Reconciler {
         }
         outcome.conflicts = plan.conflicts.iter().cloned().collect();
 
+        timings.list = lap();
         let mut report = PassReport {
             desired: desired.state.objects.len(),
             conflicts: plan.conflicts.len(),
@@ -273,9 +297,12 @@ impl Reconciler {
             }
         }
         report.failures.sort();
+        timings.writes = lap();
 
         let updates = self.statuses(&inputs, &desired.state, &outcome);
         report.statuses_written = self.store.write_mesh_statuses(&updates, now_ms()).await?;
+        timings.store = lap();
+        report.timings = timings;
         self.stats.wrote(report.applied, report.deleted);
         Ok(report)
     }
@@ -458,17 +485,28 @@ impl Reconciler {
                         }
                         r = self.pass() => r,
                     };
-                    let elapsed_ms = started.elapsed().as_millis() as u64;
+                    let took = started.elapsed();
+                    self.stats.pass_took(took.as_secs_f64());
+                    let elapsed_ms = took.as_millis() as u64;
                     let now = Instant::now();
                     match result {
                         Ok(r) if r.failures.is_empty() => {
                             backoff.reset();
                             self.stats.pass_ok(now_ms() / 1000);
+                            let t = r.timings;
+                            let (desired_ms, list_ms, writes_ms, store_ms) = (
+                                t.desired.as_millis() as u64,
+                                t.list.as_millis() as u64,
+                                t.writes.as_millis() as u64,
+                                t.store.as_millis() as u64,
+                            );
                             if r.applied + r.deleted + r.statuses_written as usize > 0 {
                                 tracing::info!(desired = r.desired, applied = r.applied, deleted = r.deleted,
-                                    conflicts = r.conflicts, statuses = r.statuses_written, elapsed_ms, "mesh reconciled");
+                                    conflicts = r.conflicts, statuses = r.statuses_written, elapsed_ms,
+                                    desired_ms, list_ms, writes_ms, store_ms, "mesh reconciled");
                             } else {
-                                tracing::debug!(desired = r.desired, elapsed_ms, "mesh in sync");
+                                tracing::debug!(desired = r.desired, elapsed_ms, desired_ms, list_ms,
+                                    writes_ms, store_ms, "mesh in sync");
                             }
                             due = now + self.settings.resync;
                             hold_until = now;
