@@ -89,7 +89,7 @@ impl Actual {
 
     /// Records an object sigma applied: the cluster holds it as desired (on every field sigma
     /// compares), under the UID the API server answered with.
-    pub fn applied(&mut self, obj: &MeshObject, uid: Option<String>) {
+    pub fn applied(&mut self, obj: MeshObject, uid: Option<String>) {
         let key = obj.key();
         if let Some(uid) = uid {
             self.uids.insert(key.clone(), uid);
@@ -99,7 +99,7 @@ impl Actual {
         {
             self.entry_owner.insert(key, id.clone());
         }
-        self.objects.push(obj.clone());
+        self.objects.push(obj);
     }
 }
 

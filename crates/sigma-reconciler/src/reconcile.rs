@@ -281,29 +281,34 @@ impl Reconciler {
         // Applies in the model's order (a VPS's group before its entry), a few at a time. The futures
         // own what they use, so the pass stays `Send` for any lifetime.
         let n = self.settings.concurrency.max(1);
-        let applies: Vec<BoxFuture<'static, (usize, Result<Option<String>>)>> = plan
-            .apply
-            .iter()
-            .enumerate()
-            .map(|(i, o)| {
-                let (cluster, o) = (self.cluster.clone(), o.clone());
-                async move { (i, cluster.apply(&o).await) }.boxed()
+        // Each object moves into its apply and comes back with the answer: a pass of 200,000
+        // applies holds one copy of them, not three.
+        type Applied = (MeshObject, Result<Option<String>>);
+        let applies: Vec<BoxFuture<'static, Applied>> = std::mem::take(&mut plan.apply)
+            .into_iter()
+            .map(|o| {
+                let cluster = self.cluster.clone();
+                async move {
+                    let r = cluster.apply(&o).await;
+                    (o, r)
+                }
+                .boxed()
             })
             .collect();
-        let applies: Vec<_> = futures_util::stream::iter(applies)
+        let applies: Vec<Applied> = futures_util::stream::iter(applies)
             .buffer_unordered(n)
             .collect()
             .await;
-        // What the cluster holds now, for the next pass: (index in the plan, UID).
+        // What the cluster holds now, for the next pass: the object and its UID.
         let mut applied = Vec::with_capacity(applies.len());
-        for (i, r) in applies {
+        for (o, r) in applies {
             match r {
                 Ok(uid) => {
                     report.applied += 1;
-                    applied.push((i, uid));
+                    applied.push((o, uid));
                 }
                 Err(e) => {
-                    let key = plan.apply[i].key();
+                    let key = o.key();
                     tracing::warn!(object = %key, error = %e, "apply failed");
                     outcome.apply_failed.insert(key.clone(), e.to_string());
                     report.failures.push((key, e.to_string()));
@@ -359,10 +364,10 @@ impl Reconciler {
         if report.failures.is_empty() {
             // The cluster as this pass leaves it: what it read, with its writes.
             let mut touched = deleted;
-            touched.extend(applied.iter().map(|(i, _)| plan.apply[*i].key()));
+            touched.extend(applied.iter().map(|(o, _)| o.key()));
             actual.forget(&touched);
-            for (i, uid) in applied {
-                actual.applied(&plan.apply[i], uid);
+            for (o, uid) in applied {
+                actual.applied(o, uid);
             }
             *self.known.lock().unwrap_or_else(|p| p.into_inner()) = Some(actual);
         }
