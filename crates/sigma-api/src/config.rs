@@ -128,7 +128,8 @@ pub struct Config {
     #[arg(long, env = "SIGMA_MESH_NETWORK")]
     pub mesh_network: Option<String>,
 
-    /// Full reconcile pass even without a change, repairing drift in the cluster.
+    /// Full reconcile pass (a list of the mesh namespace) even without a change, repairing
+    /// drift in the cluster; a pass for a change reads only the objects it writes.
     #[arg(long, env = "SIGMA_MESH_RESYNC_INTERVAL", default_value = "5m", value_parser = duration)]
     pub mesh_resync_interval: Duration,
 

@@ -67,6 +67,42 @@ pub struct Actual {
     pub entry_owner: HashMap<ObjectKey, String>,
 }
 
+impl Actual {
+    /// Forgets what it holds of `keys` (objects sigma wrote or re-read, recorded again after).
+    pub fn forget(&mut self, keys: &HashSet<ObjectKey>) {
+        if keys.is_empty() {
+            return;
+        }
+        // Borrowed (kind, name) pairs: no key is built per held object.
+        let names: HashSet<(Kind, &str, &str)> = keys
+            .iter()
+            .map(|k| (k.kind, k.namespace.as_str(), k.name.as_str()))
+            .collect();
+        self.objects.retain(|o| !names.contains(&o.sort_key()));
+        for k in keys {
+            self.uids.remove(k);
+            self.entry_owner.remove(k);
+            self.undecodable_foreign.remove(k);
+        }
+        self.undecodable_managed.retain(|k| !keys.contains(k));
+    }
+
+    /// Records an object sigma applied: the cluster holds it as desired (on every field sigma
+    /// compares), under the UID the API server answered with.
+    pub fn applied(&mut self, obj: MeshObject, uid: Option<String>) {
+        let key = obj.key();
+        if let Some(uid) = uid {
+            self.uids.insert(key.clone(), uid);
+        }
+        if matches!(key.kind, Kind::WorkloadEntry | Kind::WorkloadGroup)
+            && let Some(id) = obj.metadata().labels.get(sigma_mesh::objects::VPS_ID_LABEL)
+        {
+            self.entry_owner.insert(key, id.clone());
+        }
+        self.objects.push(obj);
+    }
+}
+
 /// The API server, as the reconciler uses it.
 pub struct Cluster {
     client: kube::Client,
@@ -133,6 +169,11 @@ impl Cluster {
         );
     }
 
+    /// How many calls [`Cluster::list`] takes for a namespace holding `objects` objects.
+    pub fn list_calls(&self, objects: usize) -> usize {
+        objects / self.settings.page_size.max(1) as usize + Kind::ALL.len()
+    }
+
     /// Lists every object of the five kinds in the namespace, page by page.
     ///
     /// Every object is listed, not only those with sigma's managed-by label: the diff must see
@@ -165,7 +206,27 @@ impl Cluster {
         Ok(actual)
     }
 
-    fn take_listed(&self, kind: Kind, obj: DynamicObject, actual: &mut Actual) {
+    /// The object of a kind and name in the namespace, through a list filtered to the name.
+    ///
+    /// Read with a list rather than a get: sigma's Role grants `list` on the Istio kinds and
+    /// never `get` (k8s/base/rbac.yaml), and a list with a field selector costs the API server
+    /// no more than a get. Counted and rate-limited as a list.
+    pub async fn list_one(&self, kind: Kind, name: &str) -> Result<Option<DynamicObject>> {
+        let api = self.api(kind);
+        let lp = ListParams::default().fields(&format!("metadata.name={name}"));
+        let page = self
+            .call(Verb::List, api.list(&lp))
+            .await?
+            .map_err(|e| Error::kube(format!("reading {} {name}", kind.as_str()), e))?;
+        // The selector is exact; the name check guards against a server that ignores it.
+        Ok(page
+            .items
+            .into_iter()
+            .find(|o| o.metadata.name.as_deref() == Some(name)))
+    }
+
+    /// Adds a listed object to `actual`.
+    pub fn take_listed(&self, kind: Kind, obj: DynamicObject, actual: &mut Actual) {
         let name = obj.metadata.name.clone().unwrap_or_default();
         let key = ObjectKey {
             kind,
@@ -211,23 +272,11 @@ impl Cluster {
     /// One WorkloadEntry of the namespace as the cluster holds it (metadata, spec and the
     /// status istiod keeps), or `None` when there is none of that name.
     ///
-    /// Read with a list filtered to the name rather than a get: sigma's Role grants `list` on
-    /// the Istio kinds and never `get` (k8s/base/rbac.yaml), and a list with a field selector
-    /// costs the API server no more than a get. Counted and rate-limited as a list, so a
-    /// burst of diagnostic reads cannot take more than the reconciler's budget.
+    /// Read with a list filtered to the name (see [`Cluster::list_one`]), counted and
+    /// rate-limited as a list, so a burst of diagnostic reads cannot take more than the
+    /// reconciler's budget.
     pub async fn workload_entry(&self, name: &str) -> Result<Option<serde_json::Value>> {
-        let api = self.api(Kind::WorkloadEntry);
-        let lp = ListParams::default().fields(&format!("metadata.name={name}"));
-        let page = self
-            .call(Verb::List, api.list(&lp))
-            .await?
-            .map_err(|e| Error::kube(format!("reading WorkloadEntry {name}"), e))?;
-        // The selector is exact; the name check guards against a server that ignores it.
-        let Some(obj) = page
-            .items
-            .into_iter()
-            .find(|o| o.metadata.name.as_deref() == Some(name))
-        else {
+        let Some(obj) = self.list_one(Kind::WorkloadEntry, name).await? else {
             return Ok(None);
         };
         let mut value = serde_json::to_value(&obj).map_err(|e| Error::Encoding {
@@ -252,25 +301,28 @@ impl Cluster {
     /// (`kubectl edit` takes over the field) would fail every later apply with a conflict and the
     /// object would never converge; Kubernetes recommends that controllers force for the
     /// objects they own.
-    pub async fn apply(&self, obj: &MeshObject) -> Result<()> {
+    ///
+    /// Returns the UID of the object the API server answered with.
+    pub async fn apply(&self, obj: &MeshObject) -> Result<Option<String>> {
         let api = self.api(obj.kind());
         let body = serde_json::to_value(obj).map_err(|e| Error::Encoding {
             what: format!("{} {}", obj.kind().as_str(), obj.name()),
             reason: e.to_string(),
         })?;
         let pp = PatchParams::apply(FIELD_MANAGER).force();
-        self.call(
-            Verb::Apply,
-            api.patch(obj.name(), &pp, &Patch::Apply(&body)),
-        )
-        .await?
-        .map_err(|e| {
-            Error::kube(
-                format!("applying {} {}", obj.kind().as_str(), obj.name()),
-                e,
+        let answer = self
+            .call(
+                Verb::Apply,
+                api.patch(obj.name(), &pp, &Patch::Apply(&body)),
             )
-        })?;
-        Ok(())
+            .await?
+            .map_err(|e| {
+                Error::kube(
+                    format!("applying {} {}", obj.kind().as_str(), obj.name()),
+                    e,
+                )
+            })?;
+        Ok(answer.metadata.uid)
     }
 
     /// Deletes one object, only if it is still the one listed (same UID). Already gone counts

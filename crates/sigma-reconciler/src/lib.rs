@@ -2,11 +2,14 @@
 //! that [`sigma_mesh`] computes from the inventory, and exports that state as YAML for GitOps.
 //!
 //! It is level-triggered: every pass reads the whole desired state from the database (the
-//! source of truth) and the whole actual state from the API server (the five Istio kinds in the
-//! mesh namespace), diffs them, server-side applies what differs and deletes sigma's objects
-//! that are no longer desired. A pass runs when the store reports a change, on a periodic
-//! resync, and after a failure with capped exponential backoff; a steady state costs the list
-//! calls and nothing else. The result per VPS is written back to the database so that every
+//! source of truth) and the actual state of the API server (the five Istio kinds in the mesh
+//! namespace), diffs them, server-side applies what differs and deletes sigma's objects that
+//! are no longer desired. A pass runs when the store reports a change, on a periodic resync,
+//! and after a failure with capped exponential backoff. The first pass, each resync and the
+//! pass after a failure list the whole namespace; a pass for a change starts from the state the
+//! last pass left and reads again only the objects it is about to write, so one register costs
+//! a few calls, not a list of the fleet's objects. A steady state costs the resync's list calls
+//! and nothing else. The result per VPS is written back to the database so that every
 //! replica shows it, and only one replica (the leader) reconciles at a time.
 //!
 //! * [`desired`] — desired state from the store's snapshot, and the GitOps export.
@@ -36,7 +39,7 @@ pub use cluster::{Cluster, ClusterSettings, FIELD_MANAGER};
 pub use desired::{Desired, desired, export_yaml};
 pub use leader::{Leadership, LeaseSettings};
 pub use metrics::Stats;
-pub use reconcile::{PassReport, Reconciler, ReconcilerSettings};
+pub use reconcile::{PassReport, PassTimings, Reconciler, ReconcilerSettings};
 
 /// Everything that can go wrong in the reconciler.
 #[derive(Debug, thiserror::Error)]

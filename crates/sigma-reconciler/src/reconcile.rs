@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Actual, Cluster};
 use crate::desired::desired;
 use crate::metrics::{FailureKind, Stats};
 use crate::{Error, Result};
@@ -27,7 +27,9 @@ use crate::{Error, Result};
 pub struct ReconcilerSettings {
     /// The mesh template (namespace, service domain, service account, network).
     pub template: MeshTemplate,
-    /// Full pass even without a change notice, to repair drift in the cluster.
+    /// Full pass (a list of the namespace) even without a change notice, to repair drift in
+    /// the cluster. Passes for a change notice in between start from what the last pass left
+    /// ([`Reconciler::pass_from_known`]).
     pub resync: Duration,
     /// Wait after a change notice before the pass, so a burst of changes costs one pass.
     pub debounce: Duration,
@@ -67,6 +69,24 @@ pub struct PassReport {
     pub failures: Vec<(ObjectKey, String)>,
     /// VPS status rows written.
     pub statuses_written: u64,
+    /// Whether it listed the whole namespace (else it read only the objects it wrote).
+    pub listed: bool,
+    /// Where the pass spent its time.
+    pub timings: PassTimings,
+}
+
+/// Where a pass spent its time, for the logs (the whole pass is the
+/// `pass_duration_seconds` histogram).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassTimings {
+    /// Reading the inventory and computing the desired state.
+    pub desired: Duration,
+    /// Reading the cluster (a list of the namespace, or the objects to write) and diffing.
+    pub list: Duration,
+    /// Applies and deletes.
+    pub writes: Duration,
+    /// Storing the VPS's results.
+    pub store: Duration,
 }
 
 /// The mesh reconciler of one replica.
@@ -76,6 +96,17 @@ pub struct Reconciler {
     settings: ReconcilerSettings,
     /// Counters (cloning shares them; [`Stats::register`] exports them).
     pub stats: Stats,
+    /// The cluster as the last successful pass left it (see [`Reconciler::pass_from_known`]).
+    known: std::sync::Mutex<Option<Actual>>,
+}
+
+/// Where a pass takes the cluster's state from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// A list of the whole namespace.
+    List,
+    /// What the last pass left, with the objects to write read again.
+    Known,
 }
 
 /// Why a whole pass failed, as the VPS waiting for it are told. The stored status is text, so
@@ -144,6 +175,7 @@ impl Reconciler {
             cluster,
             settings,
             stats: Stats::default(),
+            known: std::sync::Mutex::new(None),
         }
     }
 
@@ -152,11 +184,44 @@ impl Reconciler {
         &self.cluster
     }
 
-    /// One level-triggered pass: desired state from the database, actual state from the API
-    /// server, then the writes that close the gap, then the result of every VPS stored.
-    /// Returns `Err` when nothing could be reconciled (inventory unreadable, purposes invalid,
-    /// listing failed); failures of single objects are in the report.
+    /// One full level-triggered pass: desired state from the database, actual state from a
+    /// list of the whole namespace, then the writes that close the gap, then the result of
+    /// every VPS stored. Returns `Err` when nothing could be reconciled (inventory unreadable,
+    /// purposes invalid, listing failed); failures of single objects are in the report.
     pub async fn pass(&self) -> Result<PassReport> {
+        self.pass_with(Source::List).await
+    }
+
+    /// A pass for a change in the inventory: the same, but against the cluster's state as the
+    /// last pass left it (what it listed, with its own writes since) instead of a list of the
+    /// whole namespace. Only the objects it is about to write (or leaves alone as another
+    /// tool's) are read from the cluster, with a list filtered to each name, and the plan is
+    /// made again with what they are now: so a register costs two reads and two applies, not
+    /// a list of every object of the fleet. Drift in objects it does not write waits for the
+    /// periodic full pass (`resync`), which is what that pass is for.
+    ///
+    /// It is [`Reconciler::pass`] when there is no known state (the first pass, after a failed
+    /// or interrupted pass, after leadership changed) or when it would read more objects than
+    /// a full list takes calls.
+    pub async fn pass_from_known(&self) -> Result<PassReport> {
+        self.pass_with(Source::Known).await
+    }
+
+    /// Forgets the known state: the next pass lists the namespace.
+    fn forget_known(&self) -> Option<Actual> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    async fn pass_with(&self, source: Source) -> Result<PassReport> {
+        // Taken for the pass and put back only when it succeeds: a pass that fails, or is
+        // dropped when leadership is lost, leaves none behind, and the next one lists.
+        let known = self.forget_known().filter(|_| source == Source::Known);
+        let mut clock = std::time::Instant::now();
+        let mut lap = move || {
+            let now = std::time::Instant::now();
+            std::mem::replace(&mut clock, now).elapsed()
+        };
+        let mut timings = PassTimings::default();
         let inputs = self.store.mesh_inputs().await?;
         let desired = match desired(&self.settings.template, &inputs) {
             Ok(d) => d,
@@ -165,42 +230,48 @@ impl Reconciler {
                 return Err(e);
             }
         };
-        let actual = match self.cluster.list().await {
-            Ok(a) => a,
-            Err(e) => {
+        timings.desired = lap();
+        let (mut actual, mut listed) = match known {
+            Some(a) => (a, false),
+            None => match self.cluster.list().await {
+                Ok(a) => (a, true),
+                Err(e) => {
+                    self.fail_pending(&inputs, &e).await;
+                    return Err(e);
+                }
+            },
+        };
+        let objects = &desired.state.objects;
+        let mut plan = plan(objects, &actual);
+        if !listed {
+            let keys = plan_keys(&plan);
+            let read = if keys.len() > self.cluster.list_calls(actual.objects.len()) {
+                // Many writes (a purpose enabled, an import): a list is fewer calls.
+                self.cluster.list().await.map(|a| {
+                    actual = a;
+                    listed = true;
+                })
+            } else {
+                self.refresh(&keys, &mut actual).await
+            };
+            if let Err(e) = read {
                 self.fail_pending(&inputs, &e).await;
                 return Err(e);
             }
-        };
-        let mut plan = sigma_mesh::diff(&desired.state.objects, &actual.objects);
-        let desired_keys: HashSet<ObjectKey> =
-            desired.state.objects.iter().map(MeshObject::key).collect();
-        // Objects the diff could not see because they do not decode.
-        let mut outcome = Outcome::default();
-        plan.apply.retain(|o| {
-            let k = o.key();
-            if actual.undecodable_foreign.contains(&k) {
-                plan.conflicts.push(k);
-                false
+            plan = if listed {
+                self::plan(objects, &actual)
             } else {
-                true
-            }
-        });
-        for k in &actual.undecodable_managed {
-            if desired_keys.contains(k) {
-                if !plan.apply.iter().any(|o| &o.key() == k)
-                    && let Some(o) = desired.state.objects.iter().find(|o| &o.key() == k)
-                {
-                    plan.apply.push(o.clone());
-                }
-            } else if !plan.delete.contains(k) {
-                plan.delete.push(k.clone());
-            }
+                replan(plan, objects, &actual, &keys)
+            };
         }
         for k in &plan.conflicts {
             tracing::warn!(object = %k, "name taken by an object sigma does not manage; left alone");
         }
-        outcome.conflicts = plan.conflicts.iter().cloned().collect();
+        let mut outcome = Outcome {
+            conflicts: plan.conflicts.iter().cloned().collect(),
+            ..Outcome::default()
+        };
+        timings.list = lap();
 
         let mut report = PassReport {
             desired: desired.state.objects.len(),
@@ -210,22 +281,34 @@ impl Reconciler {
         // Applies in the model's order (a VPS's group before its entry), a few at a time. The futures
         // own what they use, so the pass stays `Send` for any lifetime.
         let n = self.settings.concurrency.max(1);
-        let applies: Vec<BoxFuture<'static, (ObjectKey, Result<()>)>> = plan
-            .apply
-            .iter()
+        // Each object moves into its apply and comes back with the answer: a pass of 200,000
+        // applies holds one copy of them, not three.
+        type Applied = (MeshObject, Result<Option<String>>);
+        let applies: Vec<BoxFuture<'static, Applied>> = std::mem::take(&mut plan.apply)
+            .into_iter()
             .map(|o| {
-                let (cluster, o) = (self.cluster.clone(), o.clone());
-                async move { (o.key(), cluster.apply(&o).await) }.boxed()
+                let cluster = self.cluster.clone();
+                async move {
+                    let r = cluster.apply(&o).await;
+                    (o, r)
+                }
+                .boxed()
             })
             .collect();
-        let applies: Vec<_> = futures_util::stream::iter(applies)
+        let applies: Vec<Applied> = futures_util::stream::iter(applies)
             .buffer_unordered(n)
             .collect()
             .await;
-        for (key, r) in applies {
+        // What the cluster holds now, for the next pass: the object and its UID.
+        let mut applied = Vec::with_capacity(applies.len());
+        for (o, r) in applies {
             match r {
-                Ok(()) => report.applied += 1,
+                Ok(uid) => {
+                    report.applied += 1;
+                    applied.push((o, uid));
+                }
                 Err(e) => {
+                    let key = o.key();
                     tracing::warn!(object = %key, error = %e, "apply failed");
                     outcome.apply_failed.insert(key.clone(), e.to_string());
                     report.failures.push((key, e.to_string()));
@@ -249,9 +332,13 @@ impl Reconciler {
             .buffer_unordered(n)
             .collect()
             .await;
+        let mut deleted = HashSet::new();
         for (key, r) in deletes {
             match r {
-                Ok(()) => report.deleted += 1,
+                Ok(()) => {
+                    report.deleted += 1;
+                    deleted.insert(key);
+                }
                 Err(e) => {
                     tracing::warn!(object = %key, error = %e, "delete failed");
                     if matches!(key.kind, Kind::WorkloadEntry | Kind::WorkloadGroup)
@@ -273,11 +360,53 @@ impl Reconciler {
             }
         }
         report.failures.sort();
+        report.listed = listed;
+        if report.failures.is_empty() {
+            // The cluster as this pass leaves it: what it read, with its writes.
+            let mut touched = deleted;
+            touched.extend(applied.iter().map(|(o, _)| o.key()));
+            actual.forget(&touched);
+            for (o, uid) in applied {
+                actual.applied(o, uid);
+            }
+            *self.known.lock().unwrap_or_else(|p| p.into_inner()) = Some(actual);
+        }
+        timings.writes = lap();
 
         let updates = self.statuses(&inputs, &desired.state, &outcome);
         report.statuses_written = self.store.write_mesh_statuses(&updates, now_ms()).await?;
+        timings.store = lap();
+        report.timings = timings;
         self.stats.wrote(report.applied, report.deleted);
         Ok(report)
+    }
+
+    /// Reads `keys` again, one filtered list each (a few at a time), and puts what the
+    /// cluster holds of them now into `actual`.
+    async fn refresh(&self, keys: &HashSet<ObjectKey>, actual: &mut Actual) -> Result<()> {
+        type Read = Result<(Kind, Option<kube::api::DynamicObject>)>;
+        let reads: Vec<BoxFuture<'static, Read>> = keys
+            .iter()
+            .map(|k| {
+                let (cluster, k) = (self.cluster.clone(), k.clone());
+                async move { Ok((k.kind, cluster.list_one(k.kind, &k.name).await?)) }.boxed()
+            })
+            .collect();
+        let reads: Vec<Read> = futures_util::stream::iter(reads)
+            .buffer_unordered(self.settings.concurrency.max(1))
+            .collect()
+            .await;
+        let mut found = Vec::new();
+        for r in reads {
+            if let (kind, Some(obj)) = r? {
+                found.push((kind, obj));
+            }
+        }
+        actual.forget(keys);
+        for (kind, obj) in found {
+            self.cluster.take_listed(kind, obj, actual);
+        }
+        Ok(())
     }
 
     /// After a failed pass, VPS waiting for the reconciler (`pending`) show why they wait.
@@ -400,7 +529,10 @@ impl Reconciler {
 
     /// Runs passes while this replica leads, until `shutdown`: at once on gaining leadership,
     /// after each change notice from the store (debounced), every `resync`, and after a failure
-    /// with capped exponential backoff. A pass in progress stops when leadership is lost.
+    /// with capped exponential backoff. A pass in progress stops when leadership is lost. The
+    /// first pass, each resync and the pass after a failure list the namespace
+    /// ([`Reconciler::pass`]); a pass for a change starts from what the last one left
+    /// ([`Reconciler::pass_from_known`]).
     pub async fn run(self, mut leader: watch::Receiver<bool>, shutdown: CancellationToken) {
         let mut changes = self.store.mesh_changes();
         loop {
@@ -434,6 +566,10 @@ impl Reconciler {
         // API server is failing, notices wait for the backoff).
         let mut due = Instant::now();
         let mut hold_until = Instant::now();
+        // When the next full pass (a list of the namespace) is due; passes before it start from
+        // what the last one left. A replica that just gained leadership lists first.
+        let mut resync_at = Instant::now();
+        self.forget_known();
         changes.borrow_and_update();
         loop {
             tokio::select! {
@@ -450,27 +586,42 @@ impl Reconciler {
                 }
                 _ = tokio::time::sleep_until(due) => {
                     let started = Instant::now();
+                    let source = if started >= resync_at { Source::List } else { Source::Known };
                     let result = tokio::select! {
                         _ = shutdown.cancelled() => return false,
                         r = wait_lost(leader) => {
                             if r { return false; }
                             return true;
                         }
-                        r = self.pass() => r,
+                        r = self.pass_with(source) => r,
                     };
-                    let elapsed_ms = started.elapsed().as_millis() as u64;
+                    let took = started.elapsed();
+                    self.stats.pass_took(took.as_secs_f64());
+                    let elapsed_ms = took.as_millis() as u64;
                     let now = Instant::now();
                     match result {
                         Ok(r) if r.failures.is_empty() => {
                             backoff.reset();
                             self.stats.pass_ok(now_ms() / 1000);
+                            let t = r.timings;
+                            let (desired_ms, list_ms, writes_ms, store_ms) = (
+                                t.desired.as_millis() as u64,
+                                t.list.as_millis() as u64,
+                                t.writes.as_millis() as u64,
+                                t.store.as_millis() as u64,
+                            );
                             if r.applied + r.deleted + r.statuses_written as usize > 0 {
                                 tracing::info!(desired = r.desired, applied = r.applied, deleted = r.deleted,
-                                    conflicts = r.conflicts, statuses = r.statuses_written, elapsed_ms, "mesh reconciled");
+                                    conflicts = r.conflicts, statuses = r.statuses_written, listed = r.listed,
+                                    elapsed_ms, desired_ms, list_ms, writes_ms, store_ms, "mesh reconciled");
                             } else {
-                                tracing::debug!(desired = r.desired, elapsed_ms, "mesh in sync");
+                                tracing::debug!(desired = r.desired, listed = r.listed, elapsed_ms,
+                                    desired_ms, list_ms, writes_ms, store_ms, "mesh in sync");
                             }
-                            due = now + self.settings.resync;
+                            if r.listed {
+                                resync_at = now + self.settings.resync;
+                            }
+                            due = resync_at;
                             hold_until = now;
                         }
                         Ok(r) => {
@@ -495,6 +646,100 @@ impl Reconciler {
             }
         }
     }
+}
+
+/// The writes that bring `actual` to `desired`, with the objects the diff cannot see because
+/// they do not decode: another tool's holding a desired name is a conflict, sigma's own is
+/// applied again when desired and deleted otherwise.
+fn plan(objects: &[MeshObject], actual: &Actual) -> sigma_mesh::Plan {
+    let mut plan = sigma_mesh::diff(objects, &actual.objects);
+    if !actual.undecodable_foreign.is_empty() {
+        plan.apply.retain(|o| {
+            let k = o.key();
+            if actual.undecodable_foreign.contains(&k) {
+                plan.conflicts.push(k);
+                false
+            } else {
+                true
+            }
+        });
+    }
+    if !actual.undecodable_managed.is_empty() {
+        let desired_keys: HashSet<ObjectKey> = objects.iter().map(MeshObject::key).collect();
+        for k in &actual.undecodable_managed {
+            if desired_keys.contains(k) {
+                if !plan.apply.iter().any(|o| &o.key() == k)
+                    && let Some(o) = objects.iter().find(|o| &o.key() == k)
+                {
+                    plan.apply.push(o.clone());
+                }
+            } else if !plan.delete.contains(k) {
+                plan.delete.push(k.clone());
+            }
+        }
+    }
+    plan
+}
+
+/// `plan` made again for `keys` only, after they were read again into `actual`: the rest of
+/// the plan stands, and diffing the whole fleet again would cost as much as the first plan.
+fn replan(
+    mut plan: sigma_mesh::Plan,
+    objects: &[MeshObject],
+    actual: &Actual,
+    keys: &HashSet<ObjectKey>,
+) -> sigma_mesh::Plan {
+    if keys.is_empty() {
+        return plan;
+    }
+    let names: HashSet<(Kind, &str, &str)> = keys
+        .iter()
+        .map(|k| (k.kind, k.namespace.as_str(), k.name.as_str()))
+        .collect();
+    let pick = |list: &[MeshObject]| -> Vec<MeshObject> {
+        list.iter()
+            .filter(|o| names.contains(&o.sort_key()))
+            .cloned()
+            .collect()
+    };
+    let part = Actual {
+        objects: pick(&actual.objects),
+        undecodable_managed: actual
+            .undecodable_managed
+            .iter()
+            .filter(|k| keys.contains(*k))
+            .cloned()
+            .collect(),
+        undecodable_foreign: actual
+            .undecodable_foreign
+            .iter()
+            .filter(|k| keys.contains(*k))
+            .cloned()
+            .collect(),
+        ..Actual::default()
+    };
+    let redone = self::plan(&pick(objects), &part);
+    plan.apply.retain(|o| !names.contains(&o.sort_key()));
+    plan.delete.retain(|k| !keys.contains(k));
+    plan.conflicts.retain(|k| !keys.contains(k));
+    plan.apply.extend(redone.apply);
+    plan.delete.extend(redone.delete);
+    plan.conflicts.extend(redone.conflicts);
+    // The model's order again (a VPS's group before its entry).
+    plan.apply.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+    plan.delete.sort();
+    plan.conflicts.sort();
+    plan
+}
+
+/// Every object a plan writes or leaves alone as another tool's.
+fn plan_keys(plan: &sigma_mesh::Plan) -> HashSet<ObjectKey> {
+    plan.apply
+        .iter()
+        .map(MeshObject::key)
+        .chain(plan.delete.iter().cloned())
+        .chain(plan.conflicts.iter().cloned())
+        .collect()
 }
 
 /// Resolves when leadership is lost (false) or the channel closes (true).

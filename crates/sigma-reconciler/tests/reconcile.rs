@@ -84,13 +84,25 @@ fn cluster(client: kube::Client, page_size: u32) -> Arc<Cluster> {
     ))
 }
 
-/// Runs one pass, answering each request the mock receives with the fake server.
+/// Runs one full pass, answering each request the mock receives with the fake server.
 async fn drive(
     rec: &Reconciler,
     handle: &mut Handle,
     fake: &FakeKube,
 ) -> sigma_reconciler::Result<sigma_reconciler::PassReport> {
-    let pass = rec.pass();
+    serve(rec.pass(), handle, fake).await
+}
+
+/// Runs one pass from the known state ([`Reconciler::pass_from_known`]), as [`drive`].
+async fn drive_known(
+    rec: &Reconciler,
+    handle: &mut Handle,
+    fake: &FakeKube,
+) -> sigma_reconciler::Result<sigma_reconciler::PassReport> {
+    serve(rec.pass_from_known(), handle, fake).await
+}
+
+async fn serve<T>(pass: impl Future<Output = T>, handle: &mut Handle, fake: &FakeKube) -> T {
     tokio::pin!(pass);
     loop {
         tokio::select! {
@@ -418,6 +430,163 @@ async fn a_group_name_held_by_another_tool_is_reported_on_the_vps() {
     assert_eq!((report.applied, report.conflicts), (1, 0), "{report:?}");
     let v = store.get_vps(id).await.unwrap();
     assert_eq!(v.mesh.status, MeshSyncStatus::Synced, "{:?}", v.mesh);
+}
+
+#[tokio::test]
+async fn a_pass_for_a_change_reads_only_the_objects_it_writes() {
+    let store = store().await;
+    add_vps(&store, "edge-1.example.com", "203.0.113.7").await;
+    let fake = FakeKube::default();
+    let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let rec = Reconciler::new(
+        store.clone(),
+        cluster(kube::Client::new(svc, "default"), 500),
+        settings(),
+    );
+    // Without a known state it lists, as a full pass.
+    let report = drive_known(&rec, &mut handle, &fake).await.unwrap();
+    assert!(report.listed, "{report:?}");
+    assert_eq!(report.applied, 5);
+    assert_lists(&fake.calls());
+
+    // A register: the new VPS's group and entry are read by name, then applied. No list of
+    // the namespace.
+    let id2 = add_vps(&store, "edge-2.example.com", "203.0.113.8").await;
+    fake.clear_calls();
+    fake.state.lock().unwrap().field_selectors.clear();
+    let report = drive_known(&rec, &mut handle, &fake).await.unwrap();
+    assert!(!report.listed, "{report:?}");
+    assert_eq!((report.applied, report.deleted), (2, 0), "{report:?}");
+    let calls = fake.calls();
+    let e2 = entry("edge-2.example.com");
+    let mut lines: Vec<String> = calls.iter().map(|c| c.line()).collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            format!("GET {}", list_path("workloadentries")),
+            format!("GET {}", list_path("workloadgroups")),
+            format!("PATCH {}/{e2}", list_path("workloadentries")),
+            format!("PATCH {}/{e2}", list_path("workloadgroups")),
+        ],
+        "{calls:#?}"
+    );
+    assert_eq!(
+        fake.state.lock().unwrap().field_selectors,
+        [format!("metadata.name={e2}"), format!("metadata.name={e2}")]
+    );
+    let v = store.get_vps(id2).await.unwrap();
+    assert_eq!(v.mesh.status, MeshSyncStatus::Synced, "{:?}", v.mesh);
+
+    // Nothing changed: no call at all.
+    fake.clear_calls();
+    let report = drive_known(&rec, &mut handle, &fake).await.unwrap();
+    assert_eq!((report.applied, report.deleted), (0, 0));
+    assert!(fake.calls().is_empty(), "{:#?}", fake.calls());
+
+    // Another tool's entry took the name a new VPS wants since the last list: the read by
+    // name finds it, and it is left alone as in a full pass.
+    let e3 = entry("edge-3.example.com");
+    fake.insert(
+        NS,
+        "workloadentries",
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+               "metadata": {"name": e3, "labels": {"team": "payments"}},
+               "spec": {"address": "192.0.2.1"}}),
+    );
+    let foreign = fake.object(NS, "workloadentries", &e3);
+    let id3 = add_vps(&store, "edge-3.example.com", "203.0.113.9").await;
+    let report = drive_known(&rec, &mut handle, &fake).await.unwrap();
+    assert!(!report.listed);
+    assert_eq!(
+        (report.applied, report.conflicts),
+        (1, 1),
+        "the group only: {report:?}"
+    );
+    assert_eq!(
+        fake.object(NS, "workloadentries", &e3),
+        foreign,
+        "untouched"
+    );
+    let v = store.get_vps(id3).await.unwrap();
+    assert_eq!(v.mesh.status, MeshSyncStatus::Error, "{:?}", v.mesh);
+
+    // A retire deletes the VPS's objects, each only if it is still the one sigma applied.
+    let group = fake.object(NS, "workloadgroups", &e2).unwrap();
+    store.retire_vps("test", id2, true).await.unwrap();
+    fake.clear_calls();
+    let report = drive_known(&rec, &mut handle, &fake).await.unwrap();
+    assert_eq!(report.deleted, 2, "{report:?}");
+    let calls = fake.calls();
+    let d = calls
+        .iter()
+        .find(|c| c.verb() == "DELETE" && c.path.contains("/workloadgroups/"))
+        .unwrap();
+    assert_eq!(d.body["preconditions"]["uid"], group["metadata"]["uid"]);
+    assert!(
+        calls.iter().filter(|c| c.verb() == "GET").count() <= 3,
+        "the two objects deleted and the conflicting entry: {calls:#?}"
+    );
+
+    // Drift in an object no change touches waits for the full pass, which repairs it.
+    fake.state.lock().unwrap().objects.remove(&(
+        NS.into(),
+        "workloadentries".into(),
+        entry("edge-1.example.com"),
+    ));
+    let report = drive_known(&rec, &mut handle, &fake).await.unwrap();
+    assert_eq!(report.applied, 0, "not seen without a list: {report:?}");
+    fake.clear_calls();
+    let report = drive(&rec, &mut handle, &fake).await.unwrap();
+    assert!(report.listed);
+    assert_eq!(report.applied, 1, "{report:?}");
+    assert_lists(&fake.calls());
+}
+
+/// A run's passes: the first lists, a change only reads what it writes, and after a failed
+/// pass the next one lists again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loop_lists_first_and_after_a_failure_and_reads_by_name_for_changes() {
+    let store = store().await;
+    let fake = FakeKube::default();
+    let rec = Reconciler::new(store.clone(), cluster(fake.client(), 500), run_settings());
+    let (_tx, leader) = tokio::sync::watch::channel(true);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(rec.run(leader, stop.clone()));
+    let full_lists = |fake: &FakeKube| {
+        fake.calls()
+            .iter()
+            .filter(|c| c.verb() == "GET" && !c.query.contains("fieldSelector"))
+            .count()
+    };
+    wait_for("the first pass lists", || {
+        let fake = fake.clone();
+        async move { full_lists(&fake) == 5 }
+    })
+    .await;
+    add_vps(&store, "edge-1.example.com", "203.0.113.7").await;
+    wait_for("entry applied", || {
+        let fake = fake.clone();
+        async move { fake.count("workloadentries") == 1 }
+    })
+    .await;
+    assert_eq!(full_lists(&fake), 5, "{:#?}", fake.calls());
+
+    // A failed call: the retry lists the namespace.
+    fake.state.lock().unwrap().fail_next = 1;
+    add_vps(&store, "edge-2.example.com", "203.0.113.8").await;
+    wait_for("second entry applied", || {
+        let fake = fake.clone();
+        async move { fake.count("workloadentries") == 2 }
+    })
+    .await;
+    wait_for("a list after the failure", || {
+        let fake = fake.clone();
+        async move { full_lists(&fake) == 10 }
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap();
 }
 
 async fn wait_for<F, Fut>(what: &str, mut f: F)

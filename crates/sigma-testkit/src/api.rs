@@ -243,6 +243,11 @@ impl SigmaApi {
         }
     }
 
+    /// Its process id while it runs (for benchmarks reading its memory in `/proc`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills it without a graceful shutdown (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
