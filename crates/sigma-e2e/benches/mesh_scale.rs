@@ -36,7 +36,12 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, WatchEvent, WatchP
 use serde_json::json;
 use sigma_e2e::cluster::repo_root;
 use sigma_e2e::{ControlPlane, work_dir};
-use sigma_testkit::{ADMIN_KEY, ApiOptions, SigmaApi};
+use sigma_testkit::{ApiOptions, SigmaApi};
+
+/// The admin key of every sigma-api here. Not the test kit's: seeded agent keys have the VPS's
+/// index as their prefix (`sgm_0000aaaa` is VPS 43,690's), and a fleet of 100,000 would hold
+/// the test kit key's prefix.
+const ADMIN: &str = "sgm_ffadc0de_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 
 const PURPOSES: [&str; 5] = ["xrayr", "vpn-exit", "vpn-relay", "vpn-entry", "monitor"];
 const KINDS: [&str; 5] = [
@@ -95,7 +100,7 @@ fn metric(text: &str, name: &str) -> f64 {
 }
 
 async fn snap(api: &SigmaApi) -> Snap {
-    let (st, v) = api.get("/metrics", ADMIN_KEY).await;
+    let (st, v) = api.get("/metrics", ADMIN).await;
     assert_eq!(st, 200, "{v}");
     let t = v.as_str().expect("metrics text");
     let m = |n: &str| metric(t, n);
@@ -233,6 +238,7 @@ impl Bench {
     fn options(&self, qps: usize, burst: usize) -> ApiOptions {
         ApiOptions::default()
             .database(self.db_url.clone(), self.api_dir.clone())
+            .admin_key(Some(ADMIN))
             .env("SIGMA_MESH_MODE", "kubernetes")
             .env("SIGMA_KUBECONFIG", self.kubeconfig.to_str().unwrap())
             .env("SIGMA_MESH_LEADER_ELECTION", "none")
@@ -398,16 +404,18 @@ async fn run(n: usize) -> Report {
     store.close().await;
     r.put("seed_seconds", t0.elapsed().as_secs_f64());
     {
-        let o = ApiOptions::default().database(db_url.clone(), api_dir.clone());
+        let o = ApiOptions::default()
+            .database(db_url.clone(), api_dir.clone())
+            .admin_key(Some(ADMIN));
         let api = tokio::task::spawn_blocking(move || SigmaApi::start_with(o))
             .await
             .unwrap();
         for p in PURPOSES {
             let (st, v) = api
-                .call(
-                    "PATCH",
+                .patch(
                     &format!("/api/purposes/{p}"),
-                    Some(json!({"mesh": {"enabled": true}})),
+                    ADMIN,
+                    json!({"mesh": {"enabled": true}}),
                 )
                 .await;
             assert_eq!(st, 200, "{v}");
@@ -506,9 +514,15 @@ async fn run(n: usize) -> Report {
 
     // 4. Register → WorkloadEntry visible, the fleet steady.
     let registers = env_usize("MESH_SCALE_REGISTERS", 100);
-    let token = api
-        .token(json!({"purpose": "xrayr", "max_uses": registers.max(1), "ttl_seconds": 86400}))
+    let (st, v) = api
+        .post(
+            "/api/enrollment-tokens",
+            ADMIN,
+            json!({"purpose": "xrayr", "max_uses": registers.max(1), "ttl_seconds": 86400}),
+        )
         .await;
+    assert_eq!(st, 201, "{v}");
+    let token = v["token"].as_str().expect("token").to_string();
     let entries_api: Api<DynamicObject> = b.cp.istio("WorkloadEntry", "sigma");
     let before = snap(&api).await;
     let k0 = kube_snap(&b.cp).await;

@@ -31,7 +31,13 @@ pub struct ClusterSettings {
     pub burst: u32,
     /// Longest wait for one call.
     pub timeout: Duration,
-    /// Objects per list page.
+    /// Objects per list page. 5,000 rather than client-go's usual 500: the API server's watch
+    /// cache walks every object after the continue key for each page it serves (its
+    /// `apiserver_cache_list_fetched_objects_total`), so a full list costs it N²/(2 × page)
+    /// object visits. At 100,000 WorkloadEntries, pages of 500 took it 10 to 19 s and ten
+    /// million visits, pages of 5,000 7 s and one million; and a full pass of 100,000 VPS
+    /// needs 45 calls instead of 403, within the default burst. A page of 5,000 is about 10 MB
+    /// of JSON.
     pub page_size: u32,
 }
 
@@ -42,7 +48,7 @@ impl Default for ClusterSettings {
             qps: 50.0,
             burst: 100,
             timeout: Duration::from_secs(30),
-            page_size: 500,
+            page_size: 5000,
         }
     }
 }
