@@ -28,6 +28,7 @@ pub mod desired;
 pub mod inspect;
 pub mod leader;
 pub mod limiter;
+mod memory;
 pub mod metrics;
 pub mod reconcile;
 

@@ -595,6 +595,7 @@ impl Reconciler {
                         }
                         r = self.pass_with(source) => r,
                     };
+                    crate::memory::release_freed();
                     let took = started.elapsed();
                     self.stats.pass_took(took.as_secs_f64());
                     let elapsed_ms = took.as_millis() as u64;
