@@ -5,7 +5,14 @@
 //! which about 130 MB stays live afterwards (heaptrack). glibc's allocator keeps the freed rest
 //! in its per-thread arenas, so sigma-api's resident memory stayed at the high-water mark of
 //! its largest pass (344 MiB at 10,000 VPS, 2.4 GiB at 100,000; `cargo bench -p sigma-e2e
-//! --bench mesh_scale`). Asking glibc to trim after each pass returns those pages.
+//! --bench mesh_scale`). Asking glibc to trim returns those pages: the reconciler does it once
+//! no pass has run for [`RELEASE_AFTER_QUIET`]. Trimming after every pass made each change pass
+//! at 100,000 VPS fault its working set back in (register -> WorkloadEntry p50 3.8 -> 5.2 s).
+
+use std::time::Duration;
+
+/// How long the reconciler is quiet (no pass) before it releases freed memory.
+pub(crate) const RELEASE_AFTER_QUIET: Duration = Duration::from_secs(10);
 
 /// Returns the allocator's free pages to the operating system (glibc only; elsewhere a no-op).
 pub(crate) fn release_freed() {
