@@ -638,7 +638,7 @@ impl Store {
             let id: String = r.try_get("id")?;
             let id = Uuid::parse_str(&id).map_err(|_| Error::Corrupt(format!("vps id {id:?}")))?;
             // An address change not yet written is already the VPS's address.
-            let pending = self.fleet.pending_beat(id).and_then(|b| b.ips_json);
+            let pending = self.fleet.pending_ips_json(id);
             let ip_addresses = match pending.and_then(|j| serde_json::from_str(&j).ok()) {
                 Some(ips) => ips,
                 None => json_col(&r, "ip_addresses")?,

@@ -249,17 +249,15 @@ impl Store {
         let id: String = r.try_get("id")?;
         let id = Uuid::parse_str(&id).map_err(|_| Error::Corrupt(format!("vps id {id:?}")))?;
         let status: String = r.try_get("status")?;
-        let ips: String = r.try_get("ip_addresses")?;
-        let mut ip_addresses: Vec<IpAddress> = serde_json::from_str(&ips)
-            .map_err(|e| Error::Corrupt(format!("vps ip_addresses: {e}")))?;
-        if let Some(ips) = self
+        // An address change not yet written is already the VPS's address.
+        let pending: Option<Vec<IpAddress>> = self
             .fleet
-            .pending_beat(id)
-            .and_then(|b| b.ips_json)
-            .and_then(|s| serde_json::from_str(&s).ok())
-        {
-            ip_addresses = ips;
-        }
+            .pending_ips_json(id)
+            .and_then(|s| serde_json::from_str(&s).ok());
+        let ip_addresses = match pending {
+            Some(ips) => ips,
+            None => crate::inventory::json_col(r, "ip_addresses")?,
+        };
         Ok(MeshVpsRow {
             vps: MeshVps {
                 id,
